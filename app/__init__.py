@@ -1,0 +1,18 @@
+"""sampledb-jobs: the analysis-job service of a malware sample database."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app.config import Settings
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    from app.api import register_api
+    from app.extensions import db
+
+    app = Flask(__name__)
+    app.config["SAMPLEDB"] = settings or Settings.from_env()
+    db.init_app(app)
+    register_api(app)
+    return app

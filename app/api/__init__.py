@@ -1,0 +1,70 @@
+"""The HTTP API: blueprints, OpenAPI, offline Swagger UI and the envelope on every response."""
+
+from __future__ import annotations
+
+from flask import Flask, request, send_from_directory
+from swagger_ui_bundle import swagger_ui_path
+from werkzeug.exceptions import HTTPException
+
+from app.analysis_workers import WorkerNotFound
+from app.api.base import BASE_PATH
+from app.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from app.extensions import api
+from app.jobs.service import JobNotFound, TaskNotFound
+from app.jobs.states import StateConflict
+
+MAX_BODY_BYTES = 1024 * 1024
+BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+def _check_body():
+    """415 for a body that is not application/json, 400 for one that is not JSON (before any parsing)."""
+    if request.method not in BODY_METHODS or not request.path.startswith(BASE_PATH):
+        return
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise ApiError.action(413, "Request body is larger than 1 MiB")
+    body = request.get_data(cache=True)
+    if not body:
+        return
+    if request.mimetype != "application/json":
+        raise ApiError.action(415, f"Request body must be application/json, not {request.mimetype or 'untyped'}")
+    if request.get_json(silent=True) is None:
+        raise ApiError.action(400, "Request body is not valid JSON")
+
+
+def register_api(app: Flask) -> None:
+    app.config.update(
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
+        API_TITLE="SampleDB Jobs",
+        API_VERSION="2",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX=BASE_PATH,
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        # Served from the swagger-ui-bundle package: the docs work offline, no CDN.
+        OPENAPI_SWAGGER_UI_URL=f"{BASE_PATH}/docs/static/",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"ArgusApiKey": {"type": "apiKey", "in": "header",
+                                                               "name": "Argus-API-Key"}}},
+            "security": [{"ArgusApiKey": []}],
+        },
+    )
+    api.init_app(app)
+    from app.api import health, jobs, workers
+
+    for blueprint in (jobs.blp, workers.blp):
+        api.register_blueprint(blueprint)
+    app.register_blueprint(health.blp)
+
+    @app.get(f"{BASE_PATH}/docs/static/<path:filename>")
+    def swagger_ui_static(filename: str):
+        return send_from_directory(swagger_ui_path, filename)
+
+    app.before_request(_check_body)
+    # The envelope on every error: ours, Flask's and flask-smorest's (registered after api.init_app to win).
+    app.register_error_handler(HTTPException, handle_http_exception)
+    app.register_error_handler(ApiError, handle_api_error)
+    app.register_error_handler(StateConflict, lambda e: handle_api_error(ApiError.action(409, str(e))))
+    for not_found in (JobNotFound, TaskNotFound, WorkerNotFound):
+        app.register_error_handler(not_found, lambda e: handle_api_error(ApiError.action(404, str(e))))
+    app.register_error_handler(Exception, handle_unexpected)

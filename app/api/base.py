@@ -1,0 +1,42 @@
+"""What every blueprint shares: the strict argument parser, the unit of work, the base path."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import flask_smorest
+import marshmallow as ma
+import sqlalchemy.orm as so
+from flask import current_app
+from webargs.flaskparser import FlaskParser
+
+from app.config import Settings
+from app.extensions import db
+
+BASE_PATH = "/sampledb/v2"
+
+
+class StrictParser(FlaskParser):
+    # webargs ignores unknown query parameters by default; the API refuses them (412) like unknown body fields.
+    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE,
+                                   "querystring": ma.RAISE}
+
+
+class Blueprint(flask_smorest.Blueprint):
+    ARGUMENTS_PARSER = StrictParser()
+
+
+def settings() -> Settings:
+    return current_app.config["SAMPLEDB"]
+
+
+@contextmanager
+def unit_of_work():
+    """One transaction per request: committed when the block ends, rolled back on any error."""
+    session: so.Session = db.session
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise

@@ -1,0 +1,60 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import socket
+
+import redis
+import sqlalchemy as sa
+from flask import Blueprint, current_app
+
+from app.api.base import BASE_PATH, settings
+from app.errors import envelope, message
+from app.extensions import db
+
+blp = Blueprint("health", __name__, url_prefix=BASE_PATH)
+
+
+@blp.get("/healthz")
+def healthz():
+    return envelope({"status": "ok"})
+
+
+def _check_database() -> None:
+    db.session.execute(sa.text("SELECT 1"))
+
+
+def _check_redis() -> None:
+    client = redis.Redis.from_url(settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _check_kafka() -> None:
+    # A Kafka ApiVersions round trip through kafka-python's own client proves the broker speaks the protocol.
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=settings().kafka_bootstrap_servers.split(","),
+                             request_timeout_ms=3000, api_version_auto_timeout_ms=3000,
+                             client_id="sampledb-jobs-readyz")
+    admin.close()
+
+
+CHECKS = {"postgresql": _check_database, "redis": _check_redis, "kafka": _check_kafka}
+
+
+@blp.get("/readyz")
+def readyz():
+    results, problems = {}, []
+    for name, check in CHECKS.items():
+        try:
+            check()
+            results[name] = "ok"
+        except (Exception, socket.timeout) as err:  # any failure means "not ready", never a 500
+            current_app.logger.warning("readiness check %s failed: %s", name, err)
+            results[name] = "unavailable"
+            problems.append(message("ACTION_ERROR", f"{name} is not reachable: {type(err).__name__}"))
+    status = 503 if problems else 200
+    return envelope(results, status, messages=problems)

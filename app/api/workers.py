@@ -1,0 +1,83 @@
+"""/worker: the registry of analysis workers."""
+
+from __future__ import annotations
+
+import json
+
+from flask import Response
+from flask.views import MethodView
+
+from app import analysis_workers as registry
+from app.api.base import BASE_PATH, Blueprint, unit_of_work
+from app.api.schemas import (
+    NoArgsSchema, WorkerCreateSchema, WorkerListArgsSchema, WorkerSchema, WorkerUpdateSchema, envelope_schema,
+)
+from app.auth import ANALYZER, VIEWER, current_principal, requires
+from app.errors import ApiError, envelope
+from app.extensions import db
+
+blp = Blueprint("workers", __name__, url_prefix=f"{BASE_PATH}/worker", description="Analysis workers")
+
+WorkerEnvelope = envelope_schema(WorkerSchema)
+
+
+@blp.route("")
+class WorkerCollection(MethodView):
+    @requires(VIEWER)
+    @blp.arguments(WorkerListArgsSchema, location="query")
+    @blp.response(200, envelope_schema(WorkerSchema, many=True))
+    def get(self, args: dict):
+        """Registered analysis workers"""
+        workers, count = registry.list_workers(db.session, **args)
+        return envelope([registry.worker_to_dict(w) for w in workers], count=count, limit=args["limit"],
+                        offset=args["offset"])
+
+    @requires(ANALYZER)
+    @blp.arguments(WorkerCreateSchema)
+    @blp.response(201, WorkerEnvelope)
+    def post(self, data: dict):
+        """Register an analysis worker"""
+        with unit_of_work() as session:
+            worker = registry.register_worker(session, data, current_principal().user)
+        return envelope(registry.worker_to_dict(worker), 201)
+
+
+@blp.route("/<string:id_or_short_name>")
+class WorkerItem(MethodView):
+    @requires(VIEWER)
+    @blp.arguments(NoArgsSchema, location="query")
+    @blp.response(200, WorkerEnvelope)
+    def get(self, _args, id_or_short_name: str):
+        """One analysis worker, by id or shortName"""
+        return envelope(registry.worker_to_dict(registry.get_worker(db.session, id_or_short_name)))
+
+    @requires(ANALYZER)
+    @blp.arguments(WorkerUpdateSchema)
+    @blp.response(200, WorkerEnvelope)
+    def put(self, data: dict, id_or_short_name: str):
+        """Change a worker's names, descriptions, classification filter or result schema"""
+        with unit_of_work() as session:
+            worker = registry.update_worker(session, id_or_short_name, data, current_principal().user)
+        return envelope(registry.worker_to_dict(worker))
+
+    @requires(ANALYZER)
+    @blp.arguments(NoArgsSchema, location="query")
+    @blp.response(200, WorkerEnvelope)
+    def delete(self, _args, id_or_short_name: str):
+        """Mark a worker deleted: new jobs get no task for it"""
+        with unit_of_work() as session:
+            worker = registry.delete_worker(session, id_or_short_name, current_principal().user)
+        return envelope(registry.worker_to_dict(worker))
+
+
+@blp.route("/<string:id_or_short_name>/schema")
+class WorkerResultSchema(MethodView):
+    @requires(VIEWER)
+    @blp.arguments(NoArgsSchema, location="query")
+    @blp.response(200, description="The worker's result schema as raw JSON schema (not enveloped)")
+    def get(self, _args, id_or_short_name: str):
+        """The JSON schema of the worker's results"""
+        worker = registry.get_worker(db.session, id_or_short_name)
+        if worker.result_schema is None:
+            raise ApiError.action(404, f"Analysis worker {worker.short_name} has no result schema")
+        return Response(json.dumps(worker.result_schema), mimetype="application/schema+json")

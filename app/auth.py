@@ -1,0 +1,126 @@
+"""API keys, roles and customer scope.
+
+Keys are random, shown once when made and stored only as their SHA-256; a request's key is
+looked up by its hash and the hashes compared in constant time. Roles are ordered
+VIEWER < UPLOADER < USER < ANALYZER and "X or higher" follows that order.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from flask import g, request
+
+from app.errors import ApiError
+from app.extensions import db
+from app.jobs.service import Scope
+from app.models import ApiKey, ApiKeyCustomer, Customer, User, now_ms
+
+API_KEY_HEADER = "Argus-API-Key"
+ROLES = ("SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER")
+VIEWER, UPLOADER, USER, ANALYZER = ROLES
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's user, role and the customers it may see."""
+
+    user: User
+    role: str
+    scope: Scope
+
+    def has_role(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def authenticate() -> Principal:
+    key = request.headers.get(API_KEY_HEADER, "")
+    if not key:
+        raise ApiError.action(401, f"Missing {API_KEY_HEADER} header")
+    digest = hash_key(key)
+    api_key = db.session.scalar(sa.select(ApiKey).where(ApiKey.key_hash == digest))
+    if api_key is None or not hmac.compare_digest(api_key.key_hash, digest):
+        raise ApiError.action(401, "Unknown API key")
+    if api_key.disabled:
+        raise ApiError.action(401, "API key is disabled")
+    if api_key.expires_timestamp is not None and api_key.expires_timestamp <= now_ms():
+        raise ApiError.action(401, "API key has expired")
+    if api_key.all_customers:
+        scope = Scope(None)
+    else:
+        scope = Scope(frozenset({api_key.user.customer_id} | {c.customer_id for c in api_key.granted_customers}))
+    return Principal(user=api_key.user, role=api_key.role, scope=scope)
+
+
+def requires(role: str):
+    """Decorator: the view needs a valid key with `role` or higher; the principal is in `g.principal`."""
+
+    def decorate(view):
+        @functools.wraps(view)
+        def wrapper(*args, **kwargs):
+            principal = authenticate()
+            if not principal.has_role(role):
+                raise ApiError.action(403, f"Role {role} or higher is required")
+            g.principal = principal
+            return view(*args, **kwargs)
+
+        wrapper._sampledb_role = role  # read by the OpenAPI security documentation
+        return wrapper
+
+    return decorate
+
+
+def current_principal() -> Principal:
+    return g.principal
+
+
+# -- making keys (CLI and tests) ---------------------------------------------------------------
+
+def ensure_customer(session: so.Session, short_name: str, name: str | None = None) -> Customer:
+    """The customer with this shortName, created on first sight (concurrent callers get the same row)."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    session.execute(pg_insert(Customer).values(short_name=short_name, name=name or short_name)
+                    .on_conflict_do_nothing(index_elements=[Customer.short_name]))
+    return session.scalars(sa.select(Customer).where(Customer.short_name == short_name)).one()
+
+
+def ensure_user(session: so.Session, short_name: str, customer: Customer, name: str | None = None) -> User:
+    user = session.scalars(sa.select(User).where(User.short_name == short_name)).one_or_none()
+    if user is None:
+        user = User(short_name=short_name, name=name or short_name, customer_id=customer.id)
+        session.add(user)
+        session.flush()
+    return user
+
+
+def create_key(
+    session: so.Session, *, user: str, customer: str, role: str, grant_customers: tuple[str, ...] = (),
+    all_customers: bool = False, expires_in: int | None = None,
+) -> str:
+    """Make a key (and its user and customers when new); returns the secret, which is stored only hashed."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    owner = ensure_user(session, user, ensure_customer(session, customer))
+    secret = secrets.token_urlsafe(32)
+    now = now_ms()
+    api_key = ApiKey(
+        key_hash=hash_key(secret), user_id=owner.id, role=role, all_customers=all_customers, disabled=False,
+        created_timestamp=now, expires_timestamp=now + expires_in * 1000 if expires_in is not None else None,
+    )
+    session.add(api_key)
+    session.flush()
+    for short_name in grant_customers:
+        session.add(ApiKeyCustomer(api_key_id=api_key.id, customer_id=ensure_customer(session, short_name).id))
+    session.flush()
+    return secret

@@ -1,0 +1,153 @@
+"""Every setting of the service: read from the environment, parsed and checked once.
+
+A bad value stops start-up with a ConfigError that names the variable. Run in the
+directory of a `sampledb-jobs dev` stack, unset URLs come from its `.sampledb/dev.env`
+so every command talks to that stack.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Mapping
+
+DEV_ENV_FILE = Path(".sampledb") / "dev.env"
+
+SITE_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+WORKER_SHORT_NAME_PATTERN = re.compile(r"^[a-zA-Z0-9_:.-]+$")
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+
+def _text(name: str, raw: str) -> str:
+    if not raw.strip():
+        raise ConfigError(f"{name} must not be empty")
+    return raw.strip()
+
+
+def _whole(name: str, raw: str, *, unit: str = "", allow_zero: bool = False) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number{unit}, got {raw!r}") from None
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'0 or more' if allow_zero else 'more than 0'}{unit}, got {value}")
+    return value
+
+
+def _seconds(name: str, raw: str) -> int:
+    return _whole(name, raw, unit=" of seconds")
+
+
+def _count(name: str, raw: str) -> int:
+    return _whole(name, raw)
+
+
+def _port(name: str, raw: str) -> int:
+    value = _whole(name, raw)
+    if value > 65535:
+        raise ConfigError(f"{name} must be a TCP port (1-65535), got {value}")
+    return value
+
+
+def _database_url(name: str, raw: str) -> str:
+    url = _text(name, raw)
+    if url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url[len("postgres://"):]
+    elif url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+    if not url.startswith("postgresql+psycopg://"):
+        raise ConfigError(f"{name} must be a postgresql:// URL, got {raw!r}")
+    return url
+
+
+def _redis_url(name: str, raw: str) -> str:
+    url = _text(name, raw)
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{name} must be a redis:// URL, got {raw!r}")
+    return url
+
+
+def _bootstrap(name: str, raw: str) -> str:
+    servers = [s.strip() for s in raw.split(",") if s.strip()]
+    if not servers or any(not re.match(r"^[^\s:]+:\d{1,5}$", s) for s in servers):
+        raise ConfigError(f"{name} must be a comma-separated list of host:port, got {raw!r}")
+    return ",".join(servers)
+
+
+def _site(name: str, raw: str) -> str:
+    site = _text(name, raw)
+    if not SITE_PATTERN.match(site):
+        raise ConfigError(f"{name} must be letters, digits, '_' or '-' (it goes into Kafka topic names), got {raw!r}")
+    return site
+
+
+def _worker_name(name: str, raw: str) -> str:
+    value = _text(name, raw)
+    if not WORKER_SHORT_NAME_PATTERN.match(value):
+        raise ConfigError(f"{name} must match [a-zA-Z0-9_:.-]+, got {raw!r}")
+    return value
+
+
+def _setting(env: str, default: str, parse: Callable[[str, str], object]):
+    return field(default=None, metadata={"env": env, "default": default, "parse": parse})
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = _setting("SAMPLEDB_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sampledb", _database_url)
+    redis_url: str = _setting("SAMPLEDB_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
+    kafka_bootstrap_servers: str = _setting("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", _bootstrap)
+    site: str = _setting("SAMPLEDB_SITE", "OSL", _site)
+    execution_timeout_seconds: int = _setting("SAMPLEDB_EXECUTION_TIMEOUT_SECONDS", "3600", _seconds)
+    enqueued_timeout_seconds: int = _setting(
+        "SAMPLEDB_ENQUEUED_TIMEOUT_SECONDS", "86400", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
+    )
+    abort_grace_seconds: int = _setting("SAMPLEDB_ABORT_GRACE_SECONDS", "300", _seconds)
+    sweep_interval_seconds: int = _setting("SAMPLEDB_SWEEP_INTERVAL_SECONDS", "60", _seconds)
+    outbox_relay_interval_seconds: int = _setting("SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS", "5", _seconds)
+    sweep_batch_size: int = _setting("SAMPLEDB_SWEEP_BATCH_SIZE", "500", _count)
+    fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
+    api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)
+    flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+        """Parse every setting; unset URLs fall back to a local dev stack's dev.env, then to defaults."""
+        env = dict(os.environ if environ is None else environ)
+        if environ is None:
+            for key, value in read_dev_env().items():
+                env.setdefault(key, value)
+        values = {}
+        for f in fields(cls):
+            meta = f.metadata
+            values[f.name] = meta["parse"](meta["env"], env.get(meta["env"], meta["default"]))
+        return cls(**values)
+
+    @property
+    def job_topic(self) -> str:
+        return f"Sample.Analysis.Job.{self.site}"
+
+    @property
+    def abort_topic(self) -> str:
+        return f"Sample.Analysis.Job.Abort.{self.site}"
+
+    @property
+    def event_topic(self) -> str:
+        return f"Sample.Analysis.Job.Event.{self.site}"
+
+
+def read_dev_env(path: Path = DEV_ENV_FILE) -> dict[str, str]:
+    """The shell assignments a running `sampledb-jobs dev` wrote, or nothing."""
+    if not path.is_file():
+        return {}
+    assignments = {}
+    for line in path.read_text().splitlines():
+        key, sep, value = line.strip().partition("=")
+        if sep and key.startswith("SAMPLEDB_"):
+            assignments[key] = value.strip().strip("'\"")
+    return assignments

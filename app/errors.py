@@ -1,0 +1,137 @@
+"""The Argus envelope: the one place that shapes every response body, success or error."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from flask import Response, current_app
+from werkzeug.exceptions import HTTPException
+
+from app.models import now_ms
+
+log = logging.getLogger(__name__)
+
+# Argus answers bad arguments with 412 where flask-smorest/webargs would say 422.
+ARGUMENT_ERROR = 412
+
+
+class ApiError(Exception):
+    """An error answered in the envelope: one message per problem."""
+
+    def __init__(self, status: int, messages: list[dict]):
+        super().__init__(messages[0]["message"] if messages else str(status))
+        self.status = status
+        self.messages = messages
+
+    @classmethod
+    def action(cls, status: int, text: str) -> "ApiError":
+        return cls(status, [message("ACTION_ERROR", text)])
+
+    @classmethod
+    def field(cls, field_name: str, text: str, status: int = ARGUMENT_ERROR) -> "ApiError":
+        return cls(status, [message("FIELD_ERROR", text, field=field_name)])
+
+
+def message(kind: str, text: str, *, field: str | None = None, parameter: str | None = None,
+            template: str | None = None) -> dict:
+    return {
+        "type": kind,
+        "field": field,
+        "message": text,
+        "messageTemplate": template or text,
+        "parameter": parameter,
+        "timestamp": now_ms(),
+    }
+
+
+def envelope(data, status: int = 200, *, count: int = 0, limit: int = 0, offset: int = 0,
+             messages: list[dict] | None = None, size: int | None = None) -> Response:
+    """A response in the Argus envelope; for a list, pass the total `count` and the applied limit/offset."""
+    if isinstance(data, list) and size is None:
+        size = len(data)
+    body = {
+        "responseCode": status,
+        "limit": limit,
+        "offset": offset,
+        "count": count,
+        "size": size or 0,
+        "metaData": {},
+        "messages": messages or [],
+        "data": data,
+    }
+    return Response(json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json")
+
+
+def error_response(status: int, messages: list[dict], headers=None) -> Response:
+    response = envelope(None, status, messages=messages)
+    if headers:
+        response.headers.extend(headers)
+    return response
+
+
+def field_messages(errors, prefix: str = "") -> list[dict]:
+    """Flatten marshmallow/webargs errors ({field: [msg] | {nested}}) into one FIELD_ERROR per bad field."""
+    found: list[dict] = []
+    if isinstance(errors, dict):
+        for key, value in errors.items():
+            name = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            if key == "_schema":
+                name = prefix or None
+            if isinstance(value, (dict, list)) and not _is_message_list(value):
+                found.extend(field_messages(value, name or ""))
+            else:
+                texts = "; ".join(str(t) for t in (value if isinstance(value, list) else [value]))
+                # "state.0" names the list "state" (the message keeps the position).
+                field_name = ".".join(p for p in name.split(".") if not p.isdigit()) if name else None
+                found.append(message("FIELD_ERROR", f"{name}: {texts}" if name else texts, field=field_name,
+                                     parameter=field_name))
+    elif isinstance(errors, list):
+        found.append(message("FIELD_ERROR", "; ".join(str(e) for e in errors), field=prefix or None,
+                             parameter=prefix or None))
+    return found
+
+
+def _is_message_list(value) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def handle_http_exception(error: HTTPException) -> Response:
+    """Every HTTP error, also those raised by Flask, werkzeug and flask-smorest/webargs, in the envelope."""
+    status = error.code or 500
+    data = getattr(error, "data", None) or {}
+    if status == 422 or (status == 400 and "messages" in data):
+        # webargs validation errors: {location: {field: [messages]}}
+        errors = data.get("messages") or data.get("errors") or {}
+        messages = []
+        for location_errors in (errors.values() if isinstance(errors, dict) else [errors]):
+            messages.extend(field_messages(location_errors))
+        return error_response(ARGUMENT_ERROR, messages or [message("FIELD_ERROR", "Invalid argument")])
+    text = data.get("message") or _DEFAULT_TEXT.get(status) or error.description or error.name
+    headers = data.get("headers") or ([("Allow", ", ".join(error.valid_methods))]
+                                      if getattr(error, "valid_methods", None) else None)
+    return error_response(status, [message("ACTION_ERROR", text)], headers)
+
+
+_DEFAULT_TEXT = {
+    400: "Request body is not valid JSON",
+    401: "Missing or invalid Argus-API-Key",
+    403: "Access denied",
+    404: "Not found",
+    405: "Method not allowed",
+    413: "Request body is larger than 1 MiB",
+    415: "Request body must be application/json",
+}
+
+
+def handle_api_error(error: ApiError) -> Response:
+    return error_response(error.status, error.messages)
+
+
+def handle_unexpected(error: Exception) -> Response:
+    """Last resort: log the stack trace, answer 500 in the envelope without it."""
+    if isinstance(error, HTTPException):
+        return handle_http_exception(error)
+    log.exception("unhandled error")
+    current_app.logger.debug("unhandled error: %r", error)
+    return error_response(500, [message("ACTION_ERROR", "Internal error")])

@@ -1,0 +1,103 @@
+"""Job search (§5.4): criteria already validated by the API schema, turned into one SQL query."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.errors import ApiError
+from app.jobs.service import Scope
+from app.jobs.states import JOB_ACTIVE
+from app.models import Customer, Job
+
+MAX_RESULTS = 10_000
+TIME_FIELDS = {
+    "enqueuedTimestamp": Job.enqueued_timestamp,
+    "startTimestamp": Job.start_timestamp,
+    "endTimestamp": Job.end_timestamp,
+    "lastUpdatedTimestamp": Job.last_updated_timestamp,
+}
+SORT_FIELDS = {
+    "id": Job.id,
+    "state": Job.state,
+    **TIME_FIELDS,
+    "sampleSha256": Job.sample_sha256,
+    "customer": Customer.short_name,
+}
+
+
+@dataclass
+class Criteria:
+    limit: int = 25
+    offset: int = 0
+    sort_by: list[str] = field(default_factory=lambda: ["enqueuedTimestamp"])
+    state: list[str] = field(default_factory=lambda: list(JOB_ACTIVE))
+    sample_sha256: list[str] = field(default_factory=list)
+    customer: list[str | int] = field(default_factory=list)
+    start_timestamp: int | None = None
+    end_timestamp: int | None = None
+    time_field_strategy: list[str] = field(default_factory=lambda: ["all"])
+    time_match_strategy: str = "any"
+
+
+def _time_condition(criteria: Criteria):
+    if criteria.start_timestamp is None and criteria.end_timestamp is None:
+        return None
+    names = list(TIME_FIELDS) if "all" in criteria.time_field_strategy else criteria.time_field_strategy
+    per_field = []
+    for name in dict.fromkeys(names):
+        column = TIME_FIELDS[name]
+        bounds = []
+        if criteria.start_timestamp is not None:
+            bounds.append(column >= criteria.start_timestamp)
+        if criteria.end_timestamp is not None:
+            bounds.append(column <= criteria.end_timestamp)
+        # A null field never lies in a range: SQL comparisons with NULL are not true.
+        per_field.append(sa.and_(*bounds))
+    return sa.or_(*per_field) if criteria.time_match_strategy == "any" else sa.and_(*per_field)
+
+
+def _customer_ids(session: so.Session, refs: list[str | int]) -> list[int]:
+    ids = {r for r in refs if isinstance(r, int)}
+    names = [str(r) for r in refs if not isinstance(r, int)]
+    ids |= {int(n) for n in names if n.isdigit() and len(n) < 10}
+    if names:
+        ids |= set(session.scalars(sa.select(Customer.id).where(Customer.short_name.in_(names))))
+    return sorted(ids)
+
+
+def search_jobs(session: so.Session, criteria: Criteria, scope: Scope) -> tuple[list[Job], int]:
+    """The page of jobs matching `criteria` that `scope` may see, and the total number of matches."""
+    conditions = []
+    if criteria.state:
+        conditions.append(Job.state.in_(criteria.state))
+    if criteria.sample_sha256:
+        conditions.append(Job.sample_sha256.in_({s.lower() for s in criteria.sample_sha256}))
+    if criteria.customer:
+        # A customer outside the caller's scope simply matches nothing (scope.restrict below).
+        conditions.append(Job.customer_id.in_(_customer_ids(session, criteria.customer)))
+    time_condition = _time_condition(criteria)
+    if time_condition is not None:
+        conditions.append(time_condition)
+
+    matching = scope.restrict(sa.select(Job.id).where(*conditions))
+    count = session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
+    if criteria.limit == 0 and count > MAX_RESULTS:
+        raise ApiError.field("limit", f"limit: 0 asks for every match, but {count} jobs match (at most "
+                                      f"{MAX_RESULTS}); narrow the search or page with limit and offset")
+    if count == 0 or criteria.offset >= count:
+        return [], count
+
+    order = []
+    for name in criteria.sort_by:
+        column = SORT_FIELDS[name.lstrip("-")]
+        order.append(column.desc() if name.startswith("-") else column.asc())
+    order.append(Job.id.asc())  # ties broken by id so that paging is stable
+    stmt = scope.restrict(sa.select(Job).where(*conditions)).order_by(*order).offset(criteria.offset)
+    if any(name.lstrip("-") == "customer" for name in criteria.sort_by):
+        stmt = stmt.join(Customer, Customer.id == Job.customer_id)
+    if criteria.limit:
+        stmt = stmt.limit(criteria.limit)
+    return list(session.scalars(stmt).unique()), count

@@ -1,0 +1,335 @@
+"""The only code that changes a job.
+
+Every change goes through `_move_job` / `_record`: the row change, its history entry and
+its outbox message are written in the caller's transaction, so they commit together or
+not at all. Changes to an existing job lock its row first (SELECT ... FOR UPDATE), so
+concurrent updates are serialised by PostgreSQL instead of racing in Python. The caller
+owns the transaction: it commits (or rolls back) the session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Iterable
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app import outbox
+from app.config import Settings
+from app.jobs.serialize import user_info
+from app.jobs.states import (
+    JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Move, StateConflict,
+    classify_move,
+)
+from app.models import AnalysisWorker, Customer, Job, JobHistory, JobTask, User, now_ms
+
+
+class JobNotFound(LookupError):
+    """No such job, or one of a customer the caller may not see (both answer 404)."""
+
+
+class TaskNotFound(LookupError):
+    """The job has no such task."""
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The customers a caller may see; `customer_ids=None` means every customer."""
+
+    customer_ids: frozenset[int] | None = None
+
+    def allows(self, customer_id: int) -> bool:
+        return self.customer_ids is None or customer_id in self.customer_ids
+
+    def restrict(self, stmt: sa.Select) -> sa.Select:
+        return stmt if self.customer_ids is None else stmt.where(Job.customer_id.in_(self.customer_ids))
+
+
+EVERYONE = Scope()
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+def get_job(session: so.Session, job_id: uuid.UUID, scope: Scope = EVERYONE) -> Job:
+    job = session.scalars(scope.restrict(sa.select(Job).where(Job.id == job_id))).one_or_none()
+    if job is None:
+        raise JobNotFound(f"Job {job_id} not found")
+    return job
+
+
+def get_task(job: Job, task_id: uuid.UUID) -> JobTask:
+    for task in job.tasks:
+        if task.id == task_id:
+            return task
+    raise TaskNotFound(f"Task {task_id} of job {job.id} not found")
+
+
+def job_history(session: so.Session, job: Job) -> list[JobHistory]:
+    return list(session.scalars(sa.select(JobHistory).where(JobHistory.job_id == job.id).order_by(JobHistory.id)))
+
+
+def _lock_job(session: so.Session, job_id: uuid.UUID, scope: Scope) -> Job:
+    """Fetch the job with its row locked until the transaction ends; fresh from the database."""
+    stmt = scope.restrict(sa.select(Job).where(Job.id == job_id)).with_for_update(of=Job)
+    job = session.scalars(stmt.execution_options(populate_existing=True)).unique().one_or_none()
+    if job is None:
+        raise JobNotFound(f"Job {job_id} not found")
+    return job
+
+
+# -- creating ----------------------------------------------------------------------------------
+
+def workers_for(session: so.Session, classification: dict, fallback_worker: str) -> list[str]:
+    """Short names of the registered, non-deleted workers that accept this classification (never empty)."""
+    workers = session.scalars(sa.select(AnalysisWorker).where(AnalysisWorker.deleted.is_(False))).all()
+    names = sorted(w.short_name for w in workers if w.accepts_classification(classification))
+    return names or [fallback_worker]
+
+
+def create_job(
+    session: so.Session,
+    settings: Settings,
+    *,
+    submission: dict,
+    classification: dict,
+    customer: Customer,
+    workers: Iterable[str],
+    sample_size: int | None = None,
+    actor: User | None = None,
+) -> tuple[uuid.UUID, bool]:
+    """Create the job of a submission with its tasks, history and announcements.
+
+    Idempotent on the submission id through a unique constraint (INSERT ... ON CONFLICT DO
+    NOTHING): a repeated submission returns the existing job's id and `False`.
+    """
+    now = now_ms()
+    job_id = uuid.uuid4()
+    inserted = session.execute(
+        pg_insert(Job).values(
+            id=job_id, state="enqueued", abort_requested=False, site=settings.site,
+            sample_sha256=submission["sample"]["id"].lower(), sample_size=sample_size,
+            customer_id=customer.id, submission_id=uuid.UUID(str(submission["id"])),
+            submission=submission, classification=classification,
+            enqueued_timestamp=now, last_updated_timestamp=now,
+            last_updated_by_user_id=actor.id if actor else None,
+        ).on_conflict_do_nothing(index_elements=[Job.submission_id]).returning(Job.id)
+    ).scalar_one_or_none()
+    if inserted is None:
+        existing = session.scalar(sa.select(Job.id).where(Job.submission_id == uuid.UUID(str(submission["id"]))))
+        return existing, False
+
+    tasks = [{"id": uuid.uuid4(), "worker": name} for name in workers]
+    session.execute(sa.insert(JobTask), [
+        {"id": t["id"], "job_id": job_id, "worker": t["worker"], "state": "enqueued", "enqueued_timestamp": now,
+         "last_updated_timestamp": now, "analyses": []}
+        for t in tasks
+    ])
+    key = str(job_id)
+    outbox.add_message(session, settings.job_topic, key, {
+        "jobID": key,
+        "submission": submission,
+        "classification": classification,
+        "tasks": [{"id": str(t["id"]), "worker": t["worker"]} for t in tasks],
+    })
+    _record(session, settings, job_id, None, "enqueued", actor, f"Job created from submission {submission['id']}", now)
+    return job_id, True
+
+
+# -- changing ----------------------------------------------------------------------------------
+
+def update_job(
+    session: so.Session, settings: Settings, job_id: uuid.UUID, *, state: str, message: str | None,
+    actor: User | None, scope: Scope = EVERYONE,
+) -> Job:
+    """An analyzer's explicit update of a job; it wins over the tasks' roll-up."""
+    job = _lock_job(session, job_id, scope)
+    move = classify_move("job", job.state, state)
+    now = now_ms()
+    if move is Move.REPEAT:
+        return job
+    if move is Move.HEARTBEAT:
+        _touch(job, actor, now)
+        if message is not None:
+            job.message = message
+        return job
+    _move_job(session, settings, job, state, actor, message, now)
+    return job
+
+
+def update_task(
+    session: so.Session, settings: Settings, job_id: uuid.UUID, task_id: uuid.UUID, *, state: str,
+    analyses: list[uuid.UUID] | None, message: str | None, actor: User | None, scope: Scope = EVERYONE,
+) -> JobTask:
+    """An analysis worker's report on its task; rolls up into the job."""
+    state = TASK_STATE_ALIASES.get(state, state)
+    job = _lock_job(session, job_id, scope)
+    task = get_task(job, task_id)
+    move = classify_move("task", task.state, state)
+    if move is Move.REPEAT:
+        return task
+    now = now_ms()
+    # Any task report is activity of its job: a job whose tasks report progress never times out.
+    _touch(job, actor, now)
+    task.last_updated_timestamp = now
+    if analyses:
+        known = {a["id"] for a in task.analyses or []}
+        task.analyses = (task.analyses or []) + [
+            {"id": str(a), "analysisScore": None, "userAgent": None} for a in analyses if str(a) not in known
+        ]
+    if message is not None:
+        task.message = message
+    if move is Move.HEARTBEAT:
+        return task
+
+    from_state = task.state
+    task.state = state
+    if state == "executing" and task.start_timestamp is None:
+        task.start_timestamp = now
+    if state in TASK_FINAL:
+        task.end_timestamp = now
+    _record(session, settings, job.id, from_state, state, actor, message, now, task_id=task.id)
+    _roll_up(session, settings, job, actor, now)
+    return task
+
+
+def request_abort(
+    session: so.Session, settings: Settings, job_id: uuid.UUID, *, reason: str | None, actor: User | None,
+    scope: Scope = EVERYONE,
+) -> Job:
+    """Ask for a job to be aborted: at once if nobody works on it yet, else by the analyzer."""
+    job = _lock_job(session, job_id, scope)
+    if job.state == "aborted" or (job.abort_requested and job.state in JOB_ACTIVE):
+        return job
+    if job.state in JOB_FINAL:
+        raise StateConflict(f"Cannot change job state from {job.state} to aborted: {job.state} is final")
+    now = now_ms()
+    job.abort_requested = True
+    job.abort_requested_timestamp = now
+    job.abort_requested_by_user_id = actor.id if actor else None
+    job.abort_reason = reason
+    if job.state == "enqueued":
+        _move_job(session, settings, job, "aborted", actor, reason, now)
+    else:
+        _touch(job, actor, now)
+        _record(session, settings, job.id, job.state, job.state, actor,
+                f"Abort requested: {reason}" if reason else "Abort requested", now, announce=False)
+    outbox.add_message(session, settings.abort_topic, str(job.id), {
+        "jobID": str(job.id),
+        "sample": {"id": job.sample_sha256},
+        "state": job.state,
+        "requestedTimestamp": now,
+        "requestedByUser": user_info(actor),
+        "reason": reason,
+    })
+    return job
+
+
+# -- sweeps ------------------------------------------------------------------------------------
+
+def _sweep(session: so.Session, settings: Settings, condition, order_by, to_state: str, message: str, limit: int) -> int:
+    """Move one bounded batch of matching jobs; rows another sweep holds are skipped, not waited for."""
+    stmt = (
+        sa.select(Job).where(condition).order_by(order_by).limit(limit)
+        .with_for_update(of=Job, skip_locked=True).options(so.lazyload("*"))
+        .execution_options(populate_existing=True)
+    )
+    jobs = session.scalars(stmt).all()
+    now = now_ms()
+    for job in jobs:
+        _move_job(session, settings, job, to_state, None, message, now)
+    return len(jobs)
+
+
+def sweep_execution_timeouts(session: so.Session, settings: Settings, now: int, limit: int) -> int:
+    cutoff = now - settings.execution_timeout_seconds * 1000
+    return _sweep(
+        session, settings, sa.and_(Job.state == "executing", Job.last_updated_timestamp < cutoff),
+        Job.last_updated_timestamp, "timeout",
+        f"No progress reported for {settings.execution_timeout_seconds} seconds", limit,
+    )
+
+
+def sweep_enqueued_timeouts(session: so.Session, settings: Settings, now: int, limit: int) -> int:
+    if settings.enqueued_timeout_seconds == 0:
+        return 0
+    cutoff = now - settings.enqueued_timeout_seconds * 1000
+    return _sweep(
+        session, settings, sa.and_(Job.state == "enqueued", Job.enqueued_timestamp < cutoff),
+        Job.enqueued_timestamp, "timeout",
+        f"Not started within {settings.enqueued_timeout_seconds} seconds", limit,
+    )
+
+
+def sweep_unconfirmed_aborts(session: so.Session, settings: Settings, now: int, limit: int) -> int:
+    cutoff = now - settings.abort_grace_seconds * 1000
+    return _sweep(
+        session, settings,
+        sa.and_(Job.abort_requested.is_(True), Job.state.in_(JOB_ACTIVE), Job.abort_requested_timestamp < cutoff),
+        Job.abort_requested_timestamp, "aborted",
+        f"Abort not confirmed by the analyzer within {settings.abort_grace_seconds} seconds", limit,
+    )
+
+
+# -- the one place a job's state changes ------------------------------------------------------
+
+def _touch(job: Job, actor: User | None, now: int) -> None:
+    job.last_updated_timestamp = now
+    if actor is not None:
+        job.last_updated_by_user_id = actor.id
+
+
+def _move_job(session: so.Session, settings: Settings, job: Job, to_state: str, actor: User | None,
+              message: str | None, now: int) -> None:
+    from_state = job.state
+    job.state = to_state
+    _touch(job, actor, now)
+    if message is not None:
+        job.message = message
+    if to_state == "executing" and job.start_timestamp is None:
+        job.start_timestamp = now
+    _record(session, settings, job.id, from_state, to_state, actor, message, now)
+    if to_state in JOB_FINAL:
+        job.end_timestamp = now
+        task_state = TASK_STATE_WHEN_JOB_ENDS[to_state]
+        for task in job.tasks:
+            if task.state not in TASK_FINAL:
+                _record(session, settings, job.id, task.state, task_state, actor,
+                        f"Job became {to_state}", now, task_id=task.id)
+                task.state = task_state
+                task.end_timestamp = now
+                task.last_updated_timestamp = now
+
+
+def _roll_up(session: so.Session, settings: Settings, job: Job, actor: User | None, now: int) -> None:
+    """Derive the job's state from its tasks: first start -> executing; all final -> done/failed/aborted."""
+    if job.state not in JOB_ACTIVE:
+        return
+    states = [t.state for t in job.tasks]
+    if all(s in TASK_FINAL for s in states):
+        if job.abort_requested:
+            target = "aborted"
+        else:
+            target = "done" if "success" in states else "failed"
+        _move_job(session, settings, job, target, actor, f"All tasks final: {', '.join(sorted(set(states)))}", now)
+    elif job.state == "enqueued" and "executing" in states:
+        _move_job(session, settings, job, "executing", actor, None, now)
+
+
+def _record(session: so.Session, settings: Settings, job_id: uuid.UUID, from_state: str | None, to_state: str,
+            actor: User | None, message: str | None, now: int, *, task_id: uuid.UUID | None = None,
+            announce: bool = True) -> None:
+    """Write a history entry; a job state change is also announced on the event topic."""
+    session.add(JobHistory(job_id=job_id, task_id=task_id, timestamp=now, user_id=actor.id if actor else None,
+                           from_state=from_state, to_state=to_state, message=message))
+    if announce and task_id is None:
+        outbox.add_message(session, settings.event_topic, str(job_id), {
+            "jobID": str(job_id),
+            "fromState": from_state,
+            "toState": to_state,
+            "timestamp": now,
+            "user": user_info(actor),
+            "message": message,
+        })

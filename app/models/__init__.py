@@ -1,0 +1,12 @@
+"""SQLAlchemy models. Timestamps are integer milliseconds since the epoch (UTC), as in the API."""
+
+from app.models.base import Base, now_ms
+from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
+from app.models.workers import AnalysisWorker
+from app.models.jobs import Job, JobHistory, JobTask
+from app.models.outbox import OutboxMessage
+
+__all__ = [
+    "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "Job", "JobHistory",
+    "JobTask", "OutboxMessage", "User", "now_ms",
+]

@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import uuid
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from sqlalchemy.dialects.postgresql import JSONB
+
+from app.models.base import Base
+
+
+class OutboxMessage(Base):
+    """A Kafka message written in the transaction of the change it announces; the relay sends it."""
+
+    __tablename__ = "outbox"
+
+    id: so.Mapped[int] = so.mapped_column(sa.BigInteger, sa.Identity(), primary_key=True)
+    event_id: so.Mapped[uuid.UUID] = so.mapped_column(sa.Uuid, default=uuid.uuid4, unique=True)
+    topic: so.Mapped[str] = so.mapped_column(sa.String(255))
+    key: so.Mapped[str] = so.mapped_column(sa.String(255))
+    value: so.Mapped[dict] = so.mapped_column(JSONB)
+    created_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    sent_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
+    attempts: so.Mapped[int] = so.mapped_column(sa.Integer, default=0)
+    next_attempt_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
+    last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
+
+    __table_args__ = (
+        # The relay reads only unsent rows, oldest first; sent rows leave the index.
+        sa.Index("ix_outbox_unsent", "id", postgresql_where=sa.text("sent_timestamp IS NULL")),
+    )

