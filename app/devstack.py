@@ -1,0 +1,286 @@
+"""`sampledb-jobs dev`: the whole service on one machine, from Python packages alone.
+
+Starts embedded PostgreSQL, Redis and a Kafka-protocol broker (unless SAMPLEDB_* URLs
+point at real ones), applies the migrations, then runs the API (gunicorn), a Celery
+worker, beat and Flower as child processes until Ctrl-C or SIGTERM. State lives under
+`./.sampledb/`; the URLs in use are written to `./.sampledb/dev.env` so that other
+`sampledb-jobs` commands run in this directory talk to this stack.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import click
+
+from app.config import DEV_ENV_FILE, Settings
+
+STATE_DIR = DEV_ENV_FILE.parent
+LOG_DIR = STATE_DIR / "logs"
+KEY_FILE = STATE_DIR / "dev.key"
+FLOWER_AUTH_FILE = STATE_DIR / "flower.auth"
+LOCK_FILE = STATE_DIR / "dev.lock"
+LOG_TAIL_LINES = 25
+READY_TIMEOUT = 120
+
+
+class DevStackError(click.ClickException):
+    pass
+
+
+@dataclass
+class Child:
+    """A service process of the stack, in its own process group so that its own children stop with it."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    log_offset: int = 0
+
+    def start(self, env: dict[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.log_offset = log.tell()
+        self.process = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        log.close()
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def signal(self, sig: int) -> None:
+        if self.process and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_offset)
+                text = log.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@dataclass
+class DevStack:
+    settings_env: dict[str, str]
+    api_port: int
+    flower_port: int
+    servers: list = field(default_factory=list)
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+
+    # -- start ---------------------------------------------------------------------------------
+
+    def start_servers(self) -> dict[str, str]:
+        """Embedded servers for every URL not given; returns the SAMPLEDB_* URLs in use."""
+        from app import localstack
+
+        urls = {}
+        given = self.settings_env
+        if "SAMPLEDB_DATABASE_URL" in given:
+            urls["SAMPLEDB_DATABASE_URL"] = given["SAMPLEDB_DATABASE_URL"]
+        else:
+            click.echo("starting embedded PostgreSQL ...")
+            server = localstack.start_postgres(STATE_DIR.resolve() / "postgres")
+            self.servers.append(server)
+            urls["SAMPLEDB_DATABASE_URL"] = server.url
+        if "SAMPLEDB_REDIS_URL" in given:
+            urls["SAMPLEDB_REDIS_URL"] = given["SAMPLEDB_REDIS_URL"]
+        else:
+            click.echo("starting embedded Redis ...")
+            server = localstack.start_redis(STATE_DIR.resolve() / "redis")
+            self.servers.append(server)
+            urls["SAMPLEDB_REDIS_URL"] = server.url
+        if "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS" in given:
+            urls["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"] = given["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"]
+        else:
+            click.echo("starting embedded Kafka-protocol broker (Tansu, in memory) ...")
+            server = localstack.start_kafka(log_dir=LOG_DIR.resolve())
+            self.servers.append(server)
+            urls["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"] = server.url
+        return urls
+
+    def start_children(self, env: dict[str, str], flower_auth: str) -> None:
+        python = sys.executable
+        celery = [python, "-m", "celery", "-A", "workers.celery_app"]
+        self.children = [
+            Child("api", [python, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+                          "--bind", f"127.0.0.1:{self.api_port}", "--access-logfile", "-", "app:create_app()"],
+                  LOG_DIR / "api.log"),
+            Child("worker", [*celery, "worker", "--queues", "ingest,outbox,periodic", "--task-events",
+                             "--concurrency", "2", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h"],
+                  LOG_DIR / "worker.log"),
+            Child("beat", [*celery, "beat", "--loglevel", "INFO",
+                           "--schedule", str((STATE_DIR / "celerybeat-schedule").resolve())],
+                  LOG_DIR / "beat.log"),
+            Child("flower", [*celery, "flower", f"--port={self.flower_port}", "--address=127.0.0.1",
+                             f"--basic-auth={flower_auth}"],
+                  LOG_DIR / "flower.log"),
+        ]
+        for child in self.children:
+            child.start(env)
+
+    # -- run -----------------------------------------------------------------------------------
+
+    def watch(self) -> int:
+        """Until a signal or a dead child: a child that dies is reported with its last log lines."""
+        while not self.stopping:
+            for child in self.children:
+                code = child.exited()
+                if code is not None:
+                    click.secho(f"\n{child.name} exited with code {code}; its last log lines "
+                                f"({child.log_path}):", fg="red", err=True)
+                    click.echo(child.tail(), err=True)
+                    return 1
+            for server in self.servers:
+                if not server.alive():
+                    click.secho(f"\nembedded {server.name} stopped; its log is {server.log_path}", fg="red", err=True)
+                    return 1
+            time.sleep(0.5)
+        return 0
+
+    def stop(self) -> None:
+        self.stopping = True
+        for child in self.children:
+            child.signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in self.children:
+            while child.exited() is None and time.monotonic() < deadline:
+                time.sleep(0.1)
+            child.signal(signal.SIGKILL)  # the group: no pool process or gunicorn worker stays behind
+            if child.process is not None:
+                child.process.wait()
+        for server in reversed(self.servers):
+            server.stop()
+
+
+def _wait_ready(url: str, child: Child, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.exited() is not None:
+            raise DevStackError(f"{child.name} exited while starting; its last log lines:\n{child.tail()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.3)
+    raise DevStackError(f"{child.name} did not answer {url} within {timeout:.0f} s; its last log lines:\n{child.tail()}")
+
+
+def _remembered_secret(path: Path, make) -> str:
+    if path.is_file() and path.read_text().strip():
+        return path.read_text().strip()
+    secret = make()
+    path.write_text(secret + "\n")
+    path.chmod(0o600)
+    return secret
+
+
+def _analyzer_key(settings: Settings) -> str:
+    """The stack's all-customers analyzer key: made once, kept in .sampledb/dev.key, re-made if revoked."""
+    import sqlalchemy as sa
+
+    from app import create_app
+    from app.auth import create_key, hash_key
+    from app.extensions import db
+    from app.models import ApiKey
+
+    app = create_app(settings)
+    with app.app_context():
+        if KEY_FILE.is_file():
+            key = KEY_FILE.read_text().strip()
+            if db.session.scalar(sa.select(ApiKey.id).where(ApiKey.key_hash == hash_key(key),
+                                                            ApiKey.disabled.is_(False))):
+                return key
+        key = create_key(db.session, user="dev-analyzer", customer="sampledb-dev", role="SAMPLEDB-ANALYZER",
+                         all_customers=True)
+        db.session.commit()
+    db.dispose()
+    KEY_FILE.write_text(key + "\n")
+    KEY_FILE.chmod(0o600)
+    return key
+
+
+def _take_lock():
+    STATE_DIR.mkdir(exist_ok=True)
+    lock = open(LOCK_FILE, "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        pid = lock.read().strip() or "?"
+        raise DevStackError(f"sampledb-jobs dev is already running in this directory (pid {pid}); "
+                            f"its URLs are in {DEV_ENV_FILE}. Stop it with Ctrl-C first.") from None
+    lock.seek(0)
+    lock.truncate()
+    lock.write(str(os.getpid()))
+    lock.flush()
+    return lock
+
+
+def run() -> int:
+    lock = _take_lock()
+    # Only the real environment counts here: an old dev.env must not point this start at dead servers.
+    given = {k: v for k, v in os.environ.items() if k.startswith("SAMPLEDB_")}
+    try:
+        base = Settings.from_env(given)
+    except ValueError as err:
+        raise DevStackError(str(err)) from None
+    stack = DevStack(given, api_port=base.api_port, flower_port=base.flower_port)
+
+    def on_signal(signum, frame):
+        stack.stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        urls = stack.start_servers()
+        env = {**os.environ, **given, **urls, "PYTHONUNBUFFERED": "1"}
+        settings = Settings.from_env(env)
+        click.echo("applying migrations ...")
+        from app.migrate import upgrade
+
+        upgrade(settings.database_url)
+        key = _analyzer_key(settings)
+        flower_auth = _remembered_secret(FLOWER_AUTH_FILE, lambda: f"admin:{secrets.token_urlsafe(12)}")
+        api_url = f"http://127.0.0.1:{stack.api_port}"
+        flower_url = f"http://127.0.0.1:{stack.flower_port}"
+        DEV_ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in {
+            **urls, "SAMPLEDB_API_URL": api_url, "SAMPLEDB_FLOWER_URL": flower_url,
+            "SAMPLEDB_FLOWER_BASIC_AUTH": flower_auth,
+        }.items()))
+        stack.start_children(env, flower_auth)
+        _wait_ready(f"{api_url}/sampledb/v2/readyz", stack.children[0])
+        click.echo(
+            f"\nsampledb-jobs is running\n"
+            f"  API      {api_url}/sampledb/v2   (docs: {api_url}/sampledb/v2/docs)\n"
+            f"  Flower   {flower_url}   (login {flower_auth})\n"
+            f"  site     {settings.site}   topics {settings.job_topic}, {settings.abort_topic}, {settings.event_topic}\n"
+            f"  logs     {LOG_DIR}/\n"
+            f"  settings {DEV_ENV_FILE}\n"
+            f"All-customers SAMPLEDB-ANALYZER key:\n{key}\n"
+            f"Press Ctrl-C to stop.", )
+        return stack.watch()
+    finally:
+        click.echo("stopping ...", err=True)
+        stack.stop()
+        DEV_ENV_FILE.unlink(missing_ok=True)
+        lock.close()
+        click.echo("stopped", err=True)
