@@ -8,6 +8,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.exc import IntegrityError
 
+from app.config import WORKER_SHORT_NAME_PATTERN
 from app.errors import ApiError
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker, User, now_ms
@@ -47,6 +48,9 @@ def get_worker(session: so.Session, id_or_short_name: str, *, for_update: bool =
     try:
         condition = AnalysisWorker.id == uuid.UUID(id_or_short_name)
     except ValueError:
+        if not (len(id_or_short_name) <= 255 and WORKER_SHORT_NAME_PATTERN.fullmatch(id_or_short_name)):
+            # No worker can have this name (and PostgreSQL could not even compare it, e.g. a NUL).
+            raise WorkerNotFound(f"Analysis worker {id_or_short_name!r} not found") from None
         condition = AnalysisWorker.short_name == id_or_short_name
     stmt = sa.select(AnalysisWorker).where(condition)
     if for_update:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from flask import Flask, request, send_from_directory
+from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
@@ -15,12 +16,15 @@ from app.jobs.states import StateConflict
 
 MAX_BODY_BYTES = 1024 * 1024
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+MAX_BODY_DEPTH = 64
 
 
 def _check_body():
     """415 for a body that is not application/json, 400 for one that is not JSON (before any parsing)."""
     if request.method not in BODY_METHODS or not request.path.startswith(BASE_PATH):
         return
+    if request.routing_exception is not None:
+        return  # an unknown path or method is answered 404/405 whatever the body
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise ApiError.action(413, "Request body is larger than 1 MiB")
     body = request.get_data(cache=True)
@@ -28,8 +32,27 @@ def _check_body():
         return
     if request.mimetype != "application/json":
         raise ApiError.action(415, f"Request body must be application/json, not {request.mimetype or 'untyped'}")
-    if request.get_json(silent=True) is None:
-        raise ApiError.action(400, "Request body is not valid JSON")
+    try:
+        # The parser webargs uses: `null` or `[]` is JSON (a 412 from the schema), `{` is not (400).
+        document = parse_json(body)
+    except (ValueError, RecursionError):
+        raise ApiError.action(400, "Request body is not valid JSON") from None
+    if _depth(document) > MAX_BODY_DEPTH:
+        # Deeper documents would exhaust the parsers' and PostgreSQL's stacks further on.
+        raise ApiError.action(412, f"Request body is nested deeper than {MAX_BODY_DEPTH} levels")
+
+
+def _depth(document) -> int:
+    """How deeply arrays and objects nest in a parsed JSON document (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(document, 1)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            deepest = max(deepest, level)
+            stack.extend((item, level + 1) for item in value)
+    return deepest
 
 
 def register_api(app: Flask) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import marshmallow as ma
 from marshmallow import fields, validate
 
@@ -12,12 +14,37 @@ from app.models import now_ms
 
 MESSAGE_MAX = 4096
 NAME_MAX = 1024
-SHA256 = validate.Regexp(r"^[0-9a-fA-F]{64}$", error="Not a sha256 hash (64 hexadecimal characters)")
+# Offsets go into SQL as bigint; anything larger is out of range (412), not a database error.
+OFFSET_MAX = 2**63 - 1
+# Customer ids are PostgreSQL integers.
+CUSTOMER_ID_MAX = 2**31 - 1
+SHA256 = validate.Regexp(r"^[0-9a-fA-F]{64}\Z", error="Not a sha256 hash (64 hexadecimal characters)")
 
 
 def camelcase(name: str) -> str:
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
+
+
+def _unstorable_text(value) -> bool:
+    """True when some string in `value` (keys included, at any depth) cannot be stored in PostgreSQL:
+    a NUL character or a lone UTF-16 surrogate (both are valid JSON escapes)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
 
 
 class ApiSchema(ma.Schema):
@@ -28,6 +55,16 @@ class ApiSchema(ma.Schema):
 
     def on_bind_field(self, field_name, field_obj):
         field_obj.data_key = camelcase(field_obj.data_key or field_name)
+
+    @ma.pre_load
+    def refuse_unstorable_text(self, data, **kwargs):
+        """One FIELD_ERROR per field whose text PostgreSQL cannot hold (instead of a database error)."""
+        if isinstance(data, Mapping):
+            errors = {str(key): ["Text must not contain NUL characters or unpaired surrogates"]
+                      for key in data if _unstorable_text(key) or _unstorable_text(data[key])}
+            if errors:
+                raise ma.ValidationError(errors)
+        return data
 
 
 class OneOrMany(fields.List):
@@ -59,6 +96,8 @@ class CustomerRef(fields.Field):
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise ma.ValidationError("Not a customer id or shortName")
+        if isinstance(value, int) and not (0 <= value <= CUSTOMER_ID_MAX):
+            raise ma.ValidationError(f"A customer id lies between 0 and {CUSTOMER_ID_MAX}")
         if isinstance(value, str) and not (0 < len(value) <= NAME_MAX):
             raise ma.ValidationError(f"A customer shortName has 1 to {NAME_MAX} characters")
         return value
@@ -73,7 +112,7 @@ SORT_CHOICES = [name for base in SORT_FIELDS for name in (base, f"-{base}")]
 
 class SearchCriteriaSchema(ApiSchema):
     limit = fields.Integer(load_default=25, validate=validate.Range(0, MAX_RESULTS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf(SORT_CHOICES)), load_default=lambda: ["enqueuedTimestamp"])
     state = _list_of(fields.String(validate=validate.OneOf(JOB_STATES)),
                      load_default=lambda: ["enqueued", "executing"],
@@ -124,7 +163,7 @@ TASK_SORT_FIELDS = ["worker", "state", "enqueuedTimestamp", "startTimestamp", "e
 
 class TaskListArgsSchema(ApiSchema):
     limit = fields.Integer(load_default=25, validate=validate.Range(0, MAX_RESULTS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf([n for b in TASK_SORT_FIELDS for n in (b, f"-{b}")])),
                        load_default=lambda: ["worker"])
 
@@ -149,7 +188,7 @@ class ClassificationFilterSchema(ApiSchema):
 
 class WorkerCreateSchema(ApiSchema):
     short_name = fields.String(required=True, validate=[validate.Length(min=1, max=255),
-                                                        validate.Regexp(r"^[a-zA-Z0-9_:.-]+$")])
+                                                        validate.Regexp(r"^[a-zA-Z0-9_:.-]+\Z")])
     localized_names = fields.Nested(LocalizedTextSchema, required=True)
     localized_descriptions = fields.Nested(LocalizedTextSchema, required=True)
     schema = fields.Dict(allow_none=True, metadata={"description": "JSON schema of the worker's results"})
@@ -165,7 +204,7 @@ class WorkerUpdateSchema(ApiSchema):
 
 class WorkerListArgsSchema(ApiSchema):
     limit = fields.Integer(load_default=25, validate=validate.Range(0, MAX_RESULTS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    offset = fields.Integer(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf(
         [n for b in ("shortName", "createdTimestamp", "lastUpdatedTimestamp") for n in (b, f"-{b}")])),
         load_default=lambda: ["shortName"])

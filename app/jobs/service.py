@@ -151,11 +151,12 @@ def update_job(
     if move is Move.REPEAT:
         return job
     if move is Move.HEARTBEAT:
+        # A heartbeat only says "still alive": no history entry, no event, the message stays.
         _touch(job, actor, now)
-        if message is not None:
-            job.message = message
+        _follow_user_ids(session, job)
         return job
     _move_job(session, settings, job, state, actor, message, now)
+    _follow_user_ids(session, job)
     return job
 
 
@@ -224,6 +225,7 @@ def request_abort(
         "requestedByUser": user_info(actor),
         "reason": reason,
     })
+    _follow_user_ids(session, job)
     return job
 
 
@@ -275,6 +277,12 @@ def sweep_unconfirmed_aborts(session: so.Session, settings: Settings, now: int, 
 
 # -- the one place a job's state changes ------------------------------------------------------
 
+def _follow_user_ids(session: so.Session, job: Job) -> None:
+    """Make the job's *_by_user relationships show the user ids just set (they were loaded before)."""
+    session.flush()
+    session.expire(job, ["last_updated_by_user", "abort_requested_by_user"])
+
+
 def _touch(job: Job, actor: User | None, now: int) -> None:
     job.last_updated_timestamp = now
     if actor is not None:
@@ -308,14 +316,16 @@ def _roll_up(session: so.Session, settings: Settings, job: Job, actor: User | No
     if job.state not in JOB_ACTIVE:
         return
     states = [t.state for t in job.tasks]
+    if job.state == "enqueued" and any(s != "enqueued" for s in states):
+        # The first task to start (or to report at all, e.g. straight to success) starts the job, so
+        # a job that ran has a startTimestamp and its history shows executing before the end.
+        _move_job(session, settings, job, "executing", actor, None, now)
     if all(s in TASK_FINAL for s in states):
         if job.abort_requested:
             target = "aborted"
         else:
             target = "done" if "success" in states else "failed"
         _move_job(session, settings, job, target, actor, f"All tasks final: {', '.join(sorted(set(states)))}", now)
-    elif job.state == "enqueued" and "executing" in states:
-        _move_job(session, settings, job, "executing", actor, None, now)
 
 
 def _record(session: so.Session, settings: Settings, job_id: uuid.UUID, from_state: str | None, to_state: str,
