@@ -99,14 +99,18 @@ def create_job(
     workers: Iterable[str],
     sample_size: int | None = None,
     actor: User | None = None,
+    job_id: uuid.UUID | None = None,
 ) -> tuple[uuid.UUID, bool]:
     """Create the job of a submission with its tasks, history and announcements.
 
     Idempotent on the submission id through a unique constraint (INSERT ... ON CONFLICT DO
     NOTHING): a repeated submission returns the existing job's id and `False`.
+    `job_id` lets the caller choose the id: submission intake derives it from the
+    submission id (app.submissions.job_id_for) so the REST answer can name the job
+    before a worker has made it.
     """
     now = now_ms()
-    job_id = uuid.uuid4()
+    job_id = job_id or uuid.uuid4()
     inserted = session.execute(
         pg_insert(Job).values(
             id=job_id, state="enqueued", abort_requested=False, site=settings.site,
