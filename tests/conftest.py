@@ -10,6 +10,8 @@ their own, created and migrated with Alembic at the start and dropped at the end
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -30,8 +32,12 @@ RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers
 
 
 @pytest.fixture(scope="session")
-def servers_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("servers")
+def servers_dir() -> Path:
+    # Not under pytest's tmp dir: pytest resets it to 0700 at each session start, and the embedded
+    # PostgreSQL runs as an unprivileged user that must keep reaching its files by their full path.
+    path = Path(tempfile.mkdtemp(prefix="sampledb-test-servers-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
