@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import marshmallow as ma
@@ -76,6 +77,19 @@ class OneOrMany(fields.List):
         return super()._deserialize(value, attr, data, **kwargs)
 
 
+class WholeNumber(fields.Integer):
+    """An integer: a JSON number without a fraction or a string of ASCII digits ("25" in a query string).
+
+    marshmallow alone would truncate 2.5 to 2 and read "1_000" or Arabic-Indic digits as numbers."""
+
+    def _validated(self, value):
+        if isinstance(value, float) and not value.is_integer():
+            raise self.make_error("invalid")
+        if isinstance(value, str) and not re.fullmatch(r"[+-]?[0-9]+", value.strip(), re.ASCII):
+            raise self.make_error("invalid")
+        return super()._validated(value)
+
+
 class TimeExpression(fields.Field):
     """Milliseconds, ISO-8601 UTC ending in Z, or a relative expression such as `now - 1 week`.
 
@@ -111,8 +125,8 @@ SORT_CHOICES = [name for base in SORT_FIELDS for name in (base, f"-{base}")]
 
 
 class SearchCriteriaSchema(ApiSchema):
-    limit = fields.Integer(load_default=25, validate=validate.Range(0, MAX_RESULTS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0, OFFSET_MAX))
+    limit = WholeNumber(load_default=25, validate=validate.Range(0, MAX_RESULTS))
+    offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf(SORT_CHOICES)), load_default=lambda: ["enqueuedTimestamp"])
     state = _list_of(fields.String(validate=validate.OneOf(JOB_STATES)),
                      load_default=lambda: ["enqueued", "executing"],
@@ -162,8 +176,8 @@ TASK_SORT_FIELDS = ["worker", "state", "enqueuedTimestamp", "startTimestamp", "e
 
 
 class TaskListArgsSchema(ApiSchema):
-    limit = fields.Integer(load_default=25, validate=validate.Range(0, MAX_RESULTS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0, OFFSET_MAX))
+    limit = WholeNumber(load_default=25, validate=validate.Range(0, MAX_RESULTS))
+    offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf([n for b in TASK_SORT_FIELDS for n in (b, f"-{b}")])),
                        load_default=lambda: ["worker"])
 
@@ -203,8 +217,8 @@ class WorkerUpdateSchema(ApiSchema):
 
 
 class WorkerListArgsSchema(ApiSchema):
-    limit = fields.Integer(load_default=25, validate=validate.Range(0, MAX_RESULTS))
-    offset = fields.Integer(load_default=0, validate=validate.Range(0, OFFSET_MAX))
+    limit = WholeNumber(load_default=25, validate=validate.Range(0, MAX_RESULTS))
+    offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf(
         [n for b in ("shortName", "createdTimestamp", "lastUpdatedTimestamp") for n in (b, f"-{b}")])),
         load_default=lambda: ["shortName"])
