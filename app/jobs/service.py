@@ -273,7 +273,9 @@ def sweep_unconfirmed_aborts(session: so.Session, settings: Settings, now: int, 
     cutoff = now - settings.abort_grace_seconds * 1000
     return _sweep(
         session, settings,
-        sa.and_(Job.abort_requested.is_(True), Job.state.in_(JOB_ACTIVE), Job.abort_requested_timestamp < cutoff),
+        # The bare column (not "IS true"): PostgreSQL proves the partial index ix_jobs_abort_pending only from
+        # the predicate's own form "abort_requested AND state IN (...)".
+        sa.and_(Job.abort_requested, Job.state.in_(JOB_ACTIVE), Job.abort_requested_timestamp < cutoff),
         Job.abort_requested_timestamp, "aborted",
         f"Abort not confirmed by the analyzer within {settings.abort_grace_seconds} seconds", limit,
     )
