@@ -29,6 +29,7 @@ def worker_to_dict(worker: AnalysisWorker) -> dict:
         "localizedNames": worker.localized_names,
         "localizedDescriptions": worker.localized_descriptions,
         "accepts": worker.accepts or {},
+        "schema": worker.result_schema,
         "flags": ["deleted"] if worker.deleted else [],
         "createdTimestamp": worker.created_timestamp,
         "createdByUser": user_info(worker.created_by_user),
@@ -105,6 +106,7 @@ def update_worker(session: so.Session, id_or_short_name: str, data: dict, actor:
         worker.accepts = _filter(data["accepts"])
     worker.last_updated_timestamp = now_ms()
     worker.last_updated_by_user_id = actor.id if actor else None
+    _follow_user_ids(session, worker)
     return worker
 
 
@@ -115,4 +117,11 @@ def delete_worker(session: so.Session, id_or_short_name: str, actor: User | None
         worker.deleted = True
         worker.deleted_timestamp = now_ms()
         worker.deleted_by_user_id = actor.id if actor else None
+        _follow_user_ids(session, worker)
     return worker
+
+
+def _follow_user_ids(session: so.Session, worker: AnalysisWorker) -> None:
+    """Make the *_by_user relationships show the user ids just set (they were loaded before)."""
+    session.flush()
+    session.expire(worker, ["last_updated_by_user", "deleted_by_user"])

@@ -308,6 +308,7 @@ class WorkerSchema(ma.Schema):
     localizedNames = fields.Dict()
     localizedDescriptions = fields.Dict()
     accepts = fields.Dict()
+    schema = fields.Dict(allow_none=True, metadata={"description": "JSON schema of the worker's results"})
     flags = fields.List(fields.String())
     createdTimestamp = fields.Integer()
     createdByUser = fields.Nested(UserInfoSchema, allow_none=True)
