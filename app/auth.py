@@ -7,6 +7,7 @@ VIEWER < UPLOADER < USER < ANALYZER and "X or higher" follows that order.
 
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 import hmac
@@ -75,6 +76,11 @@ def requires(role: str):
             return view(*args, **kwargs)
 
         wrapper._sampledb_role = role  # read by the OpenAPI security documentation
+        # Document the answers every protected operation may give (flask-smorest reads _apidoc).
+        wrapper._apidoc = copy.deepcopy(getattr(view, "_apidoc", {}))
+        responses = wrapper._apidoc.setdefault("response", {}).setdefault("responses", {})
+        responses.setdefault(401, []).append("UNAUTHORIZED")
+        responses.setdefault(403, []).append("FORBIDDEN")
         return wrapper
 
     return decorate

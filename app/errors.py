@@ -100,7 +100,7 @@ def handle_http_exception(error: HTTPException) -> Response:
     """Every HTTP error, also those raised by Flask, werkzeug and flask-smorest/webargs, in the envelope."""
     status = error.code or 500
     data = getattr(error, "data", None) or {}
-    if status == 422 or (status == 400 and "messages" in data):
+    if status == 422 or (status in (400, ARGUMENT_ERROR) and "messages" in data):
         # webargs validation errors: {location: {field: [messages]}}
         errors = data.get("messages") or data.get("errors") or {}
         messages = []

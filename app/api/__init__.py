@@ -9,6 +9,7 @@ from werkzeug.exceptions import HTTPException
 
 from app.analysis_workers import WorkerNotFound
 from app.api.base import BASE_PATH
+from app.api.schemas import envelope_schema
 from app.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from app.extensions import api
 from app.jobs.service import JobNotFound, TaskNotFound
@@ -72,6 +73,8 @@ def register_api(app: Flask) -> None:
             "security": [{"ArgusApiKey": []}],
         },
     )
+    # Errors are documented as what they are: the envelope with data null and the messages.
+    api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app)
     from app.api import health, jobs, workers
 

@@ -20,6 +20,8 @@ class StrictParser(FlaskParser):
     # webargs ignores unknown query parameters by default; the API refuses them (412) like unknown body fields.
     DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE,
                                    "querystring": ma.RAISE}
+    # Argus answers bad arguments with 412 (webargs would say 422); flask-smorest documents this code too.
+    DEFAULT_VALIDATION_STATUS = 412
 
 
 class Blueprint(flask_smorest.Blueprint):

@@ -36,8 +36,9 @@ def _check_kafka() -> None:
     # A Kafka ApiVersions round trip through kafka-python's own client proves the broker speaks the protocol.
     from kafka import KafkaAdminClient
 
+    # kafka-python 3 names the bootstrap wait bootstrap_timeout_ms (2.x: api_version_auto_timeout_ms).
     admin = KafkaAdminClient(bootstrap_servers=settings().kafka_bootstrap_servers.split(","),
-                             request_timeout_ms=3000, api_version_auto_timeout_ms=3000,
+                             request_timeout_ms=3000, bootstrap_timeout_ms=3000,
                              client_id="sampledb-jobs-readyz")
     admin.close()
 
@@ -56,5 +57,7 @@ def readyz():
             current_app.logger.warning("readiness check %s failed: %s", name, err)
             results[name] = "unavailable"
             problems.append(message("ACTION_ERROR", f"{name} is not reachable: {type(err).__name__}"))
-    status = 503 if problems else 200
-    return envelope(results, status, messages=problems)
+    if problems:
+        # An error like any other (§5.2): data null, one message per unavailable part.
+        return envelope(None, 503, messages=problems)
+    return envelope(results, 200)

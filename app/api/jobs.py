@@ -62,6 +62,7 @@ class JobItem(MethodView):
     @requires(VIEWER)
     @blp.arguments(NoArgsSchema, location="query")
     @blp.response(200, JobEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, job_id: uuid.UUID):
         """Fetch one job with its tasks"""
         return envelope(job_to_dict(service.get_job(db.session, job_id, current_principal().scope)))
@@ -69,6 +70,8 @@ class JobItem(MethodView):
     @requires(ANALYZER)
     @blp.arguments(JobUpdateSchema)
     @blp.response(200, JobEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def put(self, update: dict, job_id: uuid.UUID):
         """Update the state of a job (analyzer)"""
         return _update_job(update, job_id)
@@ -76,6 +79,8 @@ class JobItem(MethodView):
     @requires(ANALYZER)
     @blp.arguments(JobUpdateSchema)
     @blp.response(200, JobEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, update: dict, job_id: uuid.UUID):
         """Update the state of a job (the same as PUT, as in the Argus documentation's example)"""
         return _update_job(update, job_id)
@@ -84,6 +89,8 @@ class JobItem(MethodView):
     @blp.arguments(AbortSchema, location="query")
     @blp.arguments(AbortSchema)
     @blp.response(200, JobEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def delete(self, query: dict, body: dict, job_id: uuid.UUID):
         """Request that a job be aborted; optional `reason` in the body or the query"""
         principal = current_principal()
@@ -99,6 +106,7 @@ class JobHistoryView(MethodView):
     @requires(VIEWER)
     @blp.arguments(NoArgsSchema, location="query")
     @blp.response(200, envelope_schema(HistorySchema, many=True))
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, job_id: uuid.UUID):
         """The job's recorded changes, oldest first"""
         job = service.get_job(db.session, job_id, current_principal().scope)
@@ -121,6 +129,7 @@ class JobTasks(MethodView):
     @requires(VIEWER)
     @blp.arguments(TaskListArgsSchema, location="query")
     @blp.response(200, envelope_schema(TaskSchema, many=True))
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, args: dict, job_id: uuid.UUID):
         """The job's tasks"""
         job = service.get_job(db.session, job_id, current_principal().scope)
@@ -137,6 +146,7 @@ class JobTaskItem(MethodView):
     @requires(VIEWER)
     @blp.arguments(NoArgsSchema, location="query")
     @blp.response(200, envelope_schema(TaskSchema))
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, job_id: uuid.UUID, task_id: uuid.UUID):
         """One task of a job"""
         job = service.get_job(db.session, job_id, current_principal().scope)
@@ -145,6 +155,8 @@ class JobTaskItem(MethodView):
     @requires(ANALYZER)
     @blp.arguments(TaskUpdateSchema)
     @blp.response(200, envelope_schema(TaskSchema))
+    @blp.alt_response(404, response="NOT_FOUND")
+    @blp.alt_response(409, response="CONFLICT")
     def put(self, update: dict, job_id: uuid.UUID, task_id: uuid.UUID):
         """Report a task's progress (analysis worker); it rolls up into the job"""
         principal = current_principal()

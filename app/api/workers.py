@@ -35,6 +35,7 @@ class WorkerCollection(MethodView):
     @requires(ANALYZER)
     @blp.arguments(WorkerCreateSchema)
     @blp.response(201, WorkerEnvelope)
+    @blp.alt_response(409, response="CONFLICT")
     def post(self, data: dict):
         """Register an analysis worker"""
         with unit_of_work() as session:
@@ -47,6 +48,7 @@ class WorkerItem(MethodView):
     @requires(VIEWER)
     @blp.arguments(NoArgsSchema, location="query")
     @blp.response(200, WorkerEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, id_or_short_name: str):
         """One analysis worker, by id or shortName"""
         return envelope(registry.worker_to_dict(registry.get_worker(db.session, id_or_short_name)))
@@ -54,6 +56,7 @@ class WorkerItem(MethodView):
     @requires(ANALYZER)
     @blp.arguments(WorkerUpdateSchema)
     @blp.response(200, WorkerEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
     def put(self, data: dict, id_or_short_name: str):
         """Change a worker's names, descriptions, classification filter or result schema"""
         with unit_of_work() as session:
@@ -63,6 +66,7 @@ class WorkerItem(MethodView):
     @requires(ANALYZER)
     @blp.arguments(NoArgsSchema, location="query")
     @blp.response(200, WorkerEnvelope)
+    @blp.alt_response(404, response="NOT_FOUND")
     def delete(self, _args, id_or_short_name: str):
         """Mark a worker deleted: new jobs get no task for it"""
         with unit_of_work() as session:
@@ -75,6 +79,7 @@ class WorkerResultSchema(MethodView):
     @requires(VIEWER)
     @blp.arguments(NoArgsSchema, location="query")
     @blp.response(200, description="The worker's result schema as raw JSON schema (not enveloped)")
+    @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, id_or_short_name: str):
         """The JSON schema of the worker's results"""
         worker = registry.get_worker(db.session, id_or_short_name)

@@ -1,0 +1,147 @@
+"""OpenAPI 3 document, offline Swagger UI, /healthz and /readyz."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from conftest import BASE, check_envelope
+
+# Every path of §5.3 with its methods (OpenAPI path templates; parameter names are free).
+SPEC_OPERATIONS = {
+    "/job": {"get"},
+    "/job/search": {"post"},
+    "/job/{}": {"get", "put", "post", "delete"},
+    "/job/{}/history": {"get"},
+    "/job/{}/tasks": {"get"},
+    "/job/{}/task/{}": {"get", "put"},
+    "/worker": {"get", "post"},
+    "/worker/{}": {"get", "put", "delete"},
+    "/worker/{}/schema": {"get"},
+    "/sample/{}/submission": {"post"},
+}
+HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
+
+
+def _resolve(document: dict, ref: str):
+    assert ref.startswith("#/"), ref
+    node = document
+    for part in ref[2:].split("/"):
+        assert part in node, f"unresolvable $ref {ref}"
+        node = node[part]
+    return node
+
+
+def _refs(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "$ref":
+                yield value
+            else:
+                yield from _refs(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _refs(item)
+
+
+def test_openapi_document_is_valid_openapi_3_with_every_path(client):
+    response = client.get(f"{BASE}/openapi.json")
+    assert response.status_code == 200 and response.mimetype == "application/json"
+    document = response.get_json()
+    assert re.fullmatch(r"3\.\d+\.\d+", document["openapi"])
+    assert document["info"]["title"] and document["info"]["version"]
+    assert document["components"]["securitySchemes"]["ArgusApiKey"] == {"type": "apiKey", "in": "header",
+                                                                        "name": "Argus-API-Key"}
+    # Paths, normalised to templates, with their methods.
+    found = {}
+    for path, item in document["paths"].items():
+        assert path.startswith(f"{BASE}/"), path
+        template = re.sub(r"\{[^}]+\}", "{}", path[len(BASE):])
+        found[template] = {m for m in item if m in HTTP_METHODS}
+    for path, methods in SPEC_OPERATIONS.items():
+        assert path in found, f"{path} missing from the OpenAPI document"
+        assert methods <= found[path], (path, found[path])
+    # Structure: every operation has responses, its path parameters are declared, every $ref resolves.
+    operation_ids = []
+    for path, item in document["paths"].items():
+        names = set(re.findall(r"\{([^}]+)\}", path))
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            assert operation["responses"], (path, method)
+            for code in operation["responses"]:
+                assert code == "default" or re.fullmatch(r"[1-5]\d\d", code), code
+            declared = {p["name"] for p in item.get("parameters", []) + operation.get("parameters", [])
+                        if p["in"] == "path"}
+            assert names == declared, (path, method, declared)
+            operation_ids.append(operation.get("operationId", f"{method} {path}"))
+    assert len(operation_ids) == len(set(operation_ids))
+    for ref in _refs(document):
+        _resolve(document, ref)
+    # Bad arguments are documented as the API answers them: 412, not webargs' 422.
+    search = document["paths"][f"{BASE}/job/search"]["post"]
+    assert "412" in search["responses"] and "422" not in search["responses"]
+    assert {"401", "403"} <= set(search["responses"])
+    assert "requestBody" in search
+    update = document["paths"][f"{BASE}/job/{{job_id}}"]["put"]
+    assert {"200", "404", "409", "412"} <= set(update["responses"])
+
+
+def test_openapi_documents_the_search_criteria_and_the_envelope(client):
+    document = client.get(f"{BASE}/openapi.json").get_json()
+    parameters = {p["name"] for p in document["paths"][f"{BASE}/job"]["get"]["parameters"] if p["in"] == "query"}
+    assert parameters == {"limit", "offset", "sortBy", "state", "sampleSha256", "customer", "startTimestamp",
+                          "endTimestamp", "timeFieldStrategy", "timeMatchStrategy"}
+    schemas = document["components"]["schemas"]
+    envelope = schemas["JobListEnvelope"]["properties"]
+    assert set(envelope) == {"responseCode", "limit", "offset", "count", "size", "metaData", "messages", "data"}
+    job = _resolve(document, envelope["data"]["items"]["$ref"])
+    assert {"id", "state", "flags", "tasks", "enqueuedTimestamp", "lastUpdatedTimestamp"} <= set(job["properties"])
+    assert job["properties"]["enqueuedTimestamp"]["type"] == "integer"
+
+
+def test_docs_use_only_local_assets_and_they_are_served(client):
+    response = client.get(f"{BASE}/docs")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+    # No CDN: no absolute http(s) or protocol-relative URL in any src or href.
+    assert not re.search(r"""(?:src|href)\s*=\s*["']\s*(?:https?:)?//""", html, re.IGNORECASE), html
+    assets = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", html)
+    assert any(a.endswith(".js") for a in assets) and any(a.endswith(".css") for a in assets), assets
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert len(served.get_data()) > 1000, asset
+    assert f"{BASE}/openapi.json" in html
+
+
+def test_docs_static_asset_that_does_not_exist_is_404(client):
+    check_envelope(client.get(f"{BASE}/docs/static/nope.js"), 404)
+    check_envelope(client.get(f"{BASE}/docs/static/../../../etc/passwd"), 404)
+
+
+def test_healthz(client):
+    body = check_envelope(client.get(f"{BASE}/healthz"), 200)
+    assert body["data"] == {"status": "ok"}
+
+
+def test_readyz_names_the_unavailable_parts_quickly(client):
+    # The test settings point Redis and Kafka at 127.0.0.1:1, where nothing listens.
+    started = time.monotonic()
+    response = client.get(f"{BASE}/readyz")
+    elapsed = time.monotonic() - started
+    body = check_envelope(response, 503)
+    assert elapsed < 10, elapsed
+    texts = " ".join(m["message"] for m in body["messages"])
+    assert "redis" in texts and "kafka" in texts and "postgresql" not in texts
+    assert all(m["type"] == "ACTION_ERROR" for m in body["messages"])
+
+
+def test_readyz_is_200_when_every_part_is_reachable(settings, redis_url, kafka_bootstrap):
+    import dataclasses
+
+    from app import create_app
+
+    ready = create_app(dataclasses.replace(settings, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap))
+    body = check_envelope(ready.test_client().get(f"{BASE}/readyz"), 200)
+    assert body["data"] == {"postgresql": "ok", "redis": "ok", "kafka": "ok"}
