@@ -29,13 +29,19 @@ def _text(name: str, raw: str) -> str:
     return raw.strip()
 
 
+# Whole-number settings end up in SQL (timeouts become bigint millisecond cutoffs, batch sizes a LIMIT).
+WHOLE_MAX = 2**31 - 1
+
+
 def _whole(name: str, raw: str, *, unit: str = "", allow_zero: bool = False) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a whole number{unit}, got {raw!r}") from None
+    # ASCII digits only: int() would also take "1_000" or Arabic-Indic digits.
+    if not re.fullmatch(r"[+-]?[0-9]+", raw.strip(), re.ASCII):
+        raise ConfigError(f"{name} must be a whole number{unit}, got {raw!r}")
+    value = int(raw) if len(raw.strip()) <= 20 else WHOLE_MAX + 1  # int() refuses thousands of digits
     if value < 0 or (value == 0 and not allow_zero):
         raise ConfigError(f"{name} must be {'0 or more' if allow_zero else 'more than 0'}{unit}, got {value}")
+    if value > WHOLE_MAX:
+        raise ConfigError(f"{name} must be at most {WHOLE_MAX}{unit}, got {raw.strip()[:40]}")
     return value
 
 
@@ -74,21 +80,24 @@ def _redis_url(name: str, raw: str) -> str:
 
 def _bootstrap(name: str, raw: str) -> str:
     servers = [s.strip() for s in raw.split(",") if s.strip()]
-    if not servers or any(not re.match(r"^[^\s:]+:\d{1,5}$", s) for s in servers):
+    def valid(server: str) -> bool:
+        return bool(re.fullmatch(r"[^\s:]+:[0-9]{1,5}", server, re.ASCII)) and 0 < int(server.rsplit(":", 1)[1]) < 65536
+
+    if not servers or not all(valid(s) for s in servers):
         raise ConfigError(f"{name} must be a comma-separated list of host:port, got {raw!r}")
     return ",".join(servers)
 
 
 def _site(name: str, raw: str) -> str:
     site = _text(name, raw)
-    if not SITE_PATTERN.match(site):
+    if not SITE_PATTERN.fullmatch(site):
         raise ConfigError(f"{name} must be letters, digits, '_' or '-' (it goes into Kafka topic names), got {raw!r}")
     return site
 
 
 def _worker_name(name: str, raw: str) -> str:
     value = _text(name, raw)
-    if not WORKER_SHORT_NAME_PATTERN.match(value):
+    if not WORKER_SHORT_NAME_PATTERN.fullmatch(value):
         raise ConfigError(f"{name} must match [a-zA-Z0-9_:.-]+, got {raw!r}")
     return value
 

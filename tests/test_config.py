@@ -1,0 +1,91 @@
+"""§7: every setting from the environment; a bad value stops start-up naming the variable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from app import create_app
+from app.config import ConfigError, Settings
+
+SECONDS = ["abc", "1.5", "0", "-5", "1_000", "٣", "", "99999999999"]
+BAD_VALUES = {
+    "SAMPLEDB_DATABASE_URL": ["mysql://root@localhost/db", "", "   ", "127.0.0.1:5432", "sqlite:///x.db"],
+    "SAMPLEDB_REDIS_URL": ["http://127.0.0.1:6379", "", "127.0.0.1:6379"],
+    "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": ["", "localhost", "host:port", "a:1,b", "a:99999", "a :1", ",", "a:0"],
+    "SAMPLEDB_SITE": ["", "O/S", "OSL SVG", "x" * 33, "Ø", "OSL\nSVG"],
+    "SAMPLEDB_EXECUTION_TIMEOUT_SECONDS": SECONDS,
+    "SAMPLEDB_ENQUEUED_TIMEOUT_SECONDS": ["abc", "1.5", "-1", "", "99999999999"],
+    "SAMPLEDB_ABORT_GRACE_SECONDS": SECONDS,
+    "SAMPLEDB_SWEEP_INTERVAL_SECONDS": SECONDS,
+    "SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS": SECONDS,
+    "SAMPLEDB_SWEEP_BATCH_SIZE": ["abc", "0", "-1", "2.5", "9" * 5000],
+    "SAMPLEDB_FALLBACK_WORKER": ["", "has space", "a/b", "ünï"],
+    "SAMPLEDB_API_PORT": ["http", "0", "65536", "-80", "80.5"],
+    "SAMPLEDB_FLOWER_PORT": ["http", "0", "65536"],
+}
+CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
+
+
+def test_every_setting_has_bad_value_cases():
+    variables = {f.metadata["env"] for f in dataclasses.fields(Settings)}
+    assert variables == set(BAD_VALUES), variables ^ set(BAD_VALUES)
+
+
+@pytest.mark.parametrize("name, value", CASES, ids=[f"{n}={v[:20]!r}" for n, v in CASES])
+def test_bad_value_raises_config_error_naming_the_variable(name, value):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({name: value})
+    assert name in str(raised.value)
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings.site == "OSL"
+    assert (settings.execution_timeout_seconds, settings.enqueued_timeout_seconds, settings.abort_grace_seconds,
+            settings.sweep_interval_seconds) == (3600, 86400, 300, 60)
+    assert settings.database_url.startswith("postgresql+psycopg://")
+    assert settings.redis_url.startswith("redis://")
+    assert settings.fallback_worker == "static-analyzer"
+    assert (settings.job_topic, settings.abort_topic, settings.event_topic) == (
+        "Sample.Analysis.Job.OSL", "Sample.Analysis.Job.Abort.OSL", "Sample.Analysis.Job.Event.OSL")
+
+
+def test_good_values_are_parsed():
+    settings = Settings.from_env({
+        "SAMPLEDB_DATABASE_URL": "postgres://u:p@db:5433/jobs", "SAMPLEDB_REDIS_URL": "rediss://cache:6380/1",
+        "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": " k1:9092, k2:9093 ", "SAMPLEDB_SITE": "SVG",
+        "SAMPLEDB_EXECUTION_TIMEOUT_SECONDS": " 120 ", "SAMPLEDB_ENQUEUED_TIMEOUT_SECONDS": "0",
+        "SAMPLEDB_ABORT_GRACE_SECONDS": "30", "SAMPLEDB_FALLBACK_WORKER": "cuckoo:2.0",
+        "SAMPLEDB_API_PORT": "65535",
+    })
+    assert settings.database_url == "postgresql+psycopg://u:p@db:5433/jobs"
+    assert settings.kafka_bootstrap_servers == "k1:9092,k2:9093"
+    assert settings.site == "SVG" and settings.event_topic == "Sample.Analysis.Job.Event.SVG"
+    assert settings.execution_timeout_seconds == 120
+    assert settings.enqueued_timeout_seconds == 0  # 0 = never
+    assert (settings.abort_grace_seconds, settings.fallback_worker, settings.api_port) == (30, "cuckoo:2.0", 65535)
+
+
+def test_start_up_stops_on_a_bad_value(monkeypatch):
+    monkeypatch.setenv("SAMPLEDB_EXECUTION_TIMEOUT_SECONDS", "an hour")
+    with pytest.raises(ConfigError, match="SAMPLEDB_EXECUTION_TIMEOUT_SECONDS"):
+        create_app()
+
+
+def test_unset_urls_come_from_a_dev_stacks_env_file(monkeypatch, tmp_path):
+    (tmp_path / ".sampledb").mkdir()
+    (tmp_path / ".sampledb" / "dev.env").write_text(
+        "SAMPLEDB_DATABASE_URL=postgresql://dev@127.0.0.1:15432/sampledb\n"
+        "SAMPLEDB_REDIS_URL='redis://127.0.0.1:16379/0'\n"
+        "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092\n"
+        "OTHER=ignored\n")
+    monkeypatch.chdir(tmp_path)
+    for name in BAD_VALUES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "broker:9092")  # the environment wins
+    settings = Settings.from_env()
+    assert settings.database_url == "postgresql+psycopg://dev@127.0.0.1:15432/sampledb"
+    assert settings.redis_url == "redis://127.0.0.1:16379/0"
+    assert settings.kafka_bootstrap_servers == "broker:9092"
