@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -89,6 +89,21 @@ def workers_for(session: so.Session, classification: dict, fallback_worker: str)
     return names or [fallback_worker]
 
 
+CREATE_CHUNK = 1000
+
+
+@dataclass(frozen=True)
+class NewJob:
+    """What create_jobs needs to make one job; `job_id=None` draws a random id."""
+
+    submission: dict
+    classification: dict
+    customer_id: int
+    workers: tuple[str, ...]
+    job_id: uuid.UUID | None = None
+    sample_size: int | None = None
+
+
 def create_job(
     session: so.Session,
     settings: Settings,
@@ -109,37 +124,70 @@ def create_job(
     submission id (app.submissions.job_id_for) so the REST answer can name the job
     before a worker has made it.
     """
-    now = now_ms()
-    job_id = job_id or uuid.uuid4()
-    inserted = session.execute(
-        pg_insert(Job).values(
-            id=job_id, state="enqueued", abort_requested=False, site=settings.site,
-            sample_sha256=submission["sample"]["id"].lower(), sample_size=sample_size,
-            customer_id=customer.id, submission_id=uuid.UUID(str(submission["id"])),
-            submission=submission, classification=classification,
-            enqueued_timestamp=now, last_updated_timestamp=now,
-            last_updated_by_user_id=actor.id if actor else None,
-        ).on_conflict_do_nothing(index_elements=[Job.submission_id]).returning(Job.id)
-    ).scalar_one_or_none()
-    if inserted is None:
-        existing = session.scalar(sa.select(Job.id).where(Job.submission_id == uuid.UUID(str(submission["id"]))))
-        return existing, False
+    new = NewJob(submission, classification, customer.id, tuple(workers), job_id, sample_size)
+    return create_jobs(session, settings, [new], actor=actor)[0]
 
-    tasks = [{"id": uuid.uuid4(), "worker": name} for name in workers]
-    session.execute(sa.insert(JobTask), [
-        {"id": t["id"], "job_id": job_id, "worker": t["worker"], "state": "enqueued", "enqueued_timestamp": now,
-         "last_updated_timestamp": now, "analyses": []}
-        for t in tasks
-    ])
-    key = str(job_id)
-    outbox.add_message(session, settings.job_topic, key, {
-        "jobID": key,
-        "submission": submission,
-        "classification": classification,
-        "tasks": [{"id": str(t["id"]), "worker": t["worker"]} for t in tasks],
-    })
-    _record(session, settings, job_id, None, "enqueued", actor, f"Job created from submission {submission['id']}", now)
-    return job_id, True
+
+def create_jobs(
+    session: so.Session, settings: Settings, new_jobs: Sequence[NewJob], *, actor: User | None = None,
+) -> list[tuple[uuid.UUID, bool]]:
+    """create_job for many submissions in a handful of statements (bulk intake); results in input order.
+
+    Rows are inserted in submission-id order, so two transactions with overlapping submissions
+    wait for each other instead of deadlocking.
+    """
+    now = now_ms()
+    by_submission: dict[uuid.UUID, NewJob] = {}
+    for new in new_jobs:
+        by_submission.setdefault(uuid.UUID(str(new.submission["id"])), new)
+    ordered = sorted(by_submission.items(), key=lambda item: item[0])
+    job_ids = {submission_id: new.job_id or uuid.uuid4() for submission_id, new in ordered}
+    inserted: set[uuid.UUID] = set()
+    for start in range(0, len(ordered), CREATE_CHUNK):  # bound the statement's parameter count
+        inserted.update(session.scalars(
+            pg_insert(Job).values([
+                dict(id=job_ids[submission_id], state="enqueued", abort_requested=False, site=settings.site,
+                     sample_sha256=new.submission["sample"]["id"].lower(), sample_size=new.sample_size,
+                     customer_id=new.customer_id, submission_id=submission_id,
+                     submission=new.submission, classification=new.classification,
+                     enqueued_timestamp=now, last_updated_timestamp=now,
+                     last_updated_by_user_id=actor.id if actor else None)
+                for submission_id, new in ordered[start:start + CREATE_CHUNK]
+            ]).on_conflict_do_nothing(index_elements=[Job.submission_id]).returning(Job.submission_id)
+        ))
+    existing = [submission_id for submission_id, _ in ordered if submission_id not in inserted]
+    if existing:
+        job_ids.update(session.execute(
+            sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing))).tuples())
+
+    task_rows = []
+    for submission_id, new in ordered:
+        if submission_id not in inserted:
+            continue
+        job_id = job_ids[submission_id]
+        tasks = [{"id": uuid.uuid4(), "worker": name} for name in new.workers]
+        task_rows.extend(
+            {"id": t["id"], "job_id": job_id, "worker": t["worker"], "state": "enqueued", "enqueued_timestamp": now,
+             "last_updated_timestamp": now, "analyses": []}
+            for t in tasks
+        )
+        key = str(job_id)
+        outbox.add_message(session, settings.job_topic, key, {
+            "jobID": key,
+            "submission": new.submission,
+            "classification": new.classification,
+            "tasks": [{"id": str(t["id"]), "worker": t["worker"]} for t in tasks],
+        })
+        _record(session, settings, job_id, None, "enqueued", actor,
+                f"Job created from submission {new.submission['id']}", now)
+    if task_rows:
+        session.execute(sa.insert(JobTask), task_rows)
+    results = []
+    for new in new_jobs:
+        submission_id = uuid.UUID(str(new.submission["id"]))
+        # A repeat of a submission within one call is not the one that made the job.
+        results.append((job_ids[submission_id], submission_id in inserted and by_submission[submission_id] is new))
+    return results
 
 
 # -- changing ----------------------------------------------------------------------------------
