@@ -1,0 +1,111 @@
+"""Celery settings, read by `workers.celery_app` (and by the web app's task dispatcher).
+
+Redis is the broker; there is no result backend (nothing reads task results: the
+database and Kafka are the outcome). Every task is idempotent, so messages are
+acknowledged late and re-queued when a worker process dies. Queue and task names
+live here, in one place, for the worker, beat, the dispatcher and the tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kombu import Exchange, Queue
+
+from app.config import Settings, _seconds
+
+
+class QueueNames:
+    INGEST = "ingest"  # submissions from the sample service and the REST intake
+    OUTBOX = "outbox"  # relaying outbox rows to Kafka: after each commit, and beat's safety net
+    PERIODIC = "periodic"  # beat: the timeout sweeps
+
+    @classmethod
+    def all(cls) -> list[str]:
+        return [cls.INGEST, cls.OUTBOX, cls.PERIODIC]
+
+
+class TaskNames:
+    """Stable names: the sample service sends `sampledb.ingest_submission` by name."""
+
+    INGEST_SUBMISSION = "sampledb.ingest_submission"
+    INGEST_SUBMISSIONS = "sampledb.ingest_submissions"
+    RELAY_OUTBOX = "sampledb.relay_outbox"
+    SWEEP_EXECUTION_TIMEOUTS = "sampledb.sweep_execution_timeouts"
+    SWEEP_ENQUEUED_TIMEOUTS = "sampledb.sweep_enqueued_timeouts"
+    SWEEP_UNCONFIRMED_ABORTS = "sampledb.sweep_unconfirmed_aborts"
+
+
+_settings = Settings.from_env()
+
+# A message a worker took but never acknowledged (the worker was SIGKILLed, the machine
+# died) goes back to its queue after this long. It must exceed the longest task and the
+# longest retry countdown (60 s), or Redis hands the message to a second worker meanwhile.
+VISIBILITY_TIMEOUT_SECONDS = _seconds(
+    "SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", os.environ.get("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300")
+)
+
+broker_url = _settings.redis_url
+broker_connection_retry_on_startup = True
+broker_transport_options = {
+    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+    # Look for abandoned messages often enough that a short visibility timeout is honoured.
+    "unacked_restore_interval": max(1, min(10, VISIBILITY_TIMEOUT_SECONDS // 4)),
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 5,
+    "socket_timeout": 30,
+}
+
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+accept_content = ["json"]
+
+task_ignore_result = True
+result_backend = None
+
+# Idempotent tasks: acknowledge after the work, re-queue when the worker process is lost.
+task_acks_late = True
+task_reject_on_worker_lost = True
+# A task running when the broker connection drops is re-delivered anyway; stop it instead
+# of letting it finish twice.
+worker_cancel_long_running_tasks_on_connection_loss = True
+worker_prefetch_multiplier = 1
+task_soft_time_limit = 60
+task_time_limit = 90
+
+task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QueueNames.all()]
+task_default_queue = QueueNames.INGEST
+task_create_missing_queues = False
+task_routes = {
+    TaskNames.INGEST_SUBMISSION: {"queue": QueueNames.INGEST},
+    TaskNames.INGEST_SUBMISSIONS: {"queue": QueueNames.INGEST},
+    TaskNames.RELAY_OUTBOX: {"queue": QueueNames.OUTBOX},
+    TaskNames.SWEEP_EXECUTION_TIMEOUTS: {"queue": QueueNames.PERIODIC},
+    TaskNames.SWEEP_ENQUEUED_TIMEOUTS: {"queue": QueueNames.PERIODIC},
+    TaskNames.SWEEP_UNCONFIRMED_ABORTS: {"queue": QueueNames.PERIODIC},
+}
+
+# Flower shows every task: sent, received, started, succeeded, failed.
+worker_send_task_events = True
+task_send_sent_event = True
+
+timezone = "UTC"
+enable_utc = True
+
+
+def _every(seconds: int, task: str, queue: str, **kwargs) -> dict:
+    # A beat entry that waited longer than its interval is stale: the next one does the same work.
+    return {"task": task, "schedule": float(seconds), "kwargs": kwargs,
+            "options": {"queue": queue, "expires": float(seconds)}}
+
+
+beat_schedule = {
+    "relay-outbox": _every(_settings.outbox_relay_interval_seconds, TaskNames.RELAY_OUTBOX, QueueNames.OUTBOX),
+    "sweep-execution-timeouts": _every(
+        _settings.sweep_interval_seconds, TaskNames.SWEEP_EXECUTION_TIMEOUTS, QueueNames.PERIODIC),
+    "sweep-enqueued-timeouts": _every(
+        _settings.sweep_interval_seconds, TaskNames.SWEEP_ENQUEUED_TIMEOUTS, QueueNames.PERIODIC),
+    "sweep-unconfirmed-aborts": _every(
+        _settings.sweep_interval_seconds, TaskNames.SWEEP_UNCONFIRMED_ABORTS, QueueNames.PERIODIC),
+}

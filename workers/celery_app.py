@@ -1,0 +1,56 @@
+"""The Celery application: `celery -A workers.celery_app worker | beat | flower`.
+
+Settings come from celeryconfig. Every task runs inside an app context of the Flask
+app (`create_app()`), so it uses the same database session, settings and outbox
+trigger as the API. The Flask app is made on first use in each process; after the
+prefork fork a child drops inherited database connections and makes its own Kafka
+producer when it first relays (never before the fork).
+"""
+
+from __future__ import annotations
+
+import threading
+
+from celery import Celery, Task, signals
+from flask import Flask
+
+_flask_app: Flask | None = None
+_flask_lock = threading.Lock()
+
+
+def flask_app() -> Flask:
+    global _flask_app
+    with _flask_lock:
+        if _flask_app is None:
+            from app import create_app
+
+            _flask_app = create_app()
+        return _flask_app
+
+
+class FlaskTask(Task):
+    """A task that runs inside the Flask app context (the session is removed when it ends)."""
+
+    def __call__(self, *args, **kwargs):
+        with flask_app().app_context():
+            return self.run(*args, **kwargs)
+
+
+celery = Celery("sampledb", task_cls=FlaskTask, include=["workers.tasks"])
+celery.config_from_object("celeryconfig")
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_kwargs) -> None:
+    from app.extensions import db
+    from workers import kafka
+
+    db.dispose()  # connections opened before the fork belong to the parent
+    kafka.forget_inherited()
+
+
+@signals.worker_process_shutdown.connect
+def _before_exit(**_kwargs) -> None:
+    from workers import kafka
+
+    kafka.close_producer(timeout=10)

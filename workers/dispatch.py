@@ -1,0 +1,118 @@
+"""Sending tasks from outside a task: the REST intake and the outbox's after-commit trigger.
+
+Used by the web app as well as the workers, so it imports no task code: tasks are sent
+by their stable names to the broker of the Flask app's settings (one Celery client per
+Redis URL and process, routes and serialisation from celeryconfig).
+
+The after-commit trigger is debounced with a Redis flag: the first commit that wrote
+outbox rows sets `RELAY_PENDING_KEY` (SET NX) and sends one `sampledb.relay_outbox`,
+due `RELAY_COALESCE_SECONDS` later; later commits see the flag and send nothing,
+because that relay has not started yet and will read their rows. The relay clears the
+flag once it holds the relay lock and before it reads the outbox, so every commit after
+that point sends a relay again. A burst of commits thus costs a few relays a second,
+each sending many rows, instead of one relay per commit.
+The flag expires on its own in case its relay is lost; beat's safety net relays
+whatever a lost trigger left behind. A broker outage never fails the commit: the
+trigger gives up quickly and stays quiet for a moment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import redis
+from flask import current_app, has_app_context
+
+log = logging.getLogger(__name__)
+
+RELAY_PENDING_KEY = "sampledb:outbox-relay-pending"
+RELAY_PENDING_TTL_MS = 10_000
+RELAY_COALESCE_SECONDS = 0.2
+# After the broker failed, triggers skip it for this long instead of each waiting on it.
+QUIET_AFTER_FAILURE_SECONDS = 2.0
+REDIS_TIMEOUT_SECONDS = 0.5
+
+_lock = threading.Lock()
+_celery_clients: dict[tuple[int, str], object] = {}
+_redis_clients: dict[tuple[int, str], redis.Redis] = {}
+_quiet_until = 0.0
+
+
+class BrokerUnavailable(RuntimeError):
+    """The task could not be handed to the broker."""
+
+
+def celery_client(redis_url: str):
+    """A Celery app that only sends tasks, configured from celeryconfig, for this broker URL."""
+    key = (os.getpid(), redis_url)
+    with _lock:
+        client = _celery_clients.get(key)
+        if client is None:
+            from celery import Celery
+
+            client = Celery("sampledb-dispatch", set_as_current=False)
+            client.config_from_object("celeryconfig")
+            client.conf.broker_url = redis_url
+            _celery_clients[key] = client
+        return client
+
+
+def redis_client(redis_url: str) -> redis.Redis:
+    key = (os.getpid(), redis_url)
+    with _lock:
+        client = _redis_clients.get(key)
+        if client is None:
+            client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
+                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+            _redis_clients[key] = client
+        return client
+
+
+def send_ingest(redis_url: str, payload: dict) -> None:
+    """Hand one submission payload to `sampledb.ingest_submission`; BrokerUnavailable if Redis refuses."""
+    from celeryconfig import TaskNames
+
+    try:
+        celery_client(redis_url).send_task(
+            TaskNames.INGEST_SUBMISSION, args=[payload], retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        )
+    except Exception as err:
+        raise BrokerUnavailable(f"the submission queue is unavailable: {type(err).__name__}") from err
+
+
+def send_relay(redis_url: str, *, triggered: bool = True, countdown: float | None = None) -> None:
+    from celeryconfig import TaskNames
+
+    celery_client(redis_url).send_task(TaskNames.RELAY_OUTBOX, kwargs={"triggered": triggered}, retry=False,
+                                       countdown=countdown)
+
+
+def trigger_relay() -> None:
+    """After-commit trigger (app.outbox.on_commit_trigger): schedule a relay unless one is pending."""
+    global _quiet_until
+    if not has_app_context() or time.monotonic() < _quiet_until:
+        return
+    redis_url = current_app.config["SAMPLEDB"].redis_url
+    client = redis_client(redis_url)
+    try:
+        if client.set(RELAY_PENDING_KEY, "1", nx=True, px=RELAY_PENDING_TTL_MS):
+            try:
+                send_relay(redis_url, countdown=RELAY_COALESCE_SECONDS)
+            except Exception:
+                client.delete(RELAY_PENDING_KEY)
+                raise
+    except Exception:
+        _quiet_until = time.monotonic() + QUIET_AFTER_FAILURE_SECONDS
+        raise
+
+
+def relay_started(redis_url: str) -> None:
+    """The relay holds the lock and is about to read the outbox: later commits must trigger anew."""
+    try:
+        redis_client(redis_url).delete(RELAY_PENDING_KEY)
+    except Exception:  # the flag expires on its own; until then beat relays
+        log.warning("could not clear the relay-pending flag", exc_info=True)

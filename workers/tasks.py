@@ -1,0 +1,126 @@
+"""Celery tasks: submission ingest, the outbox relay and the timeout sweeps.
+
+Every task is idempotent (acks_late re-delivers it when a worker dies): ingest through
+the job's unique submission id, the relay through row claims and the sweeps through
+SKIP LOCKED and their state conditions. A payload that is not a submission is logged
+and dropped (retrying cannot fix it); a database that is away is retried with back-off.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import sqlalchemy.exc as sa_exc
+from celery.exceptions import MaxRetriesExceededError
+from flask import current_app
+
+from app import submissions
+from app.config import Settings
+from app.extensions import db
+from app.jobs import service
+from app.models import now_ms
+from celeryconfig import TaskNames
+from workers import dispatch, relay
+from workers.celery_app import celery
+
+log = logging.getLogger(__name__)
+
+# The database went away, a connection broke, a deadlock or serialisation failure: try again later.
+TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
+RELAY_BUDGET_SECONDS = 10.0
+RELAY_BUSY_RETRY_SECONDS = 0.5
+
+
+def _settings() -> Settings:
+    return current_app.config["SAMPLEDB"]
+
+
+def _in_transaction(work):
+    session = db.session
+    try:
+        result = work(session)
+        session.commit()
+        return result
+    except BaseException:
+        session.rollback()
+        raise
+
+
+# -- ingest -----------------------------------------------------------------------------------
+
+@celery.task(name=TaskNames.INGEST_SUBMISSION, max_retries=None, **RETRY)
+def ingest_submission(payload) -> dict:
+    """Make the job of one submission (the sample service's contract: one payload argument)."""
+    try:
+        job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
+    except submissions.InvalidSubmission as err:
+        log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
+        return {"dropped": True, "errors": err.messages}
+    return {"jobID": str(job_id), "created": created}
+
+
+@celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
+def ingest_submissions(payloads) -> dict:
+    """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
+    if not isinstance(payloads, list):
+        log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
+        return {"dropped": 1, "created": 0, "existing": 0}
+    results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+    dropped = [r for r in results if r.errors is not None]
+    for result in dropped:
+        log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
+    created = sum(1 for r in results if r.created)
+    return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+
+
+# -- outbox relay -----------------------------------------------------------------------------
+
+@celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
+def relay_outbox(self, triggered: bool = False) -> dict:
+    """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
+    settings = _settings()
+    outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
+                                 on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
+    if outcome.busy and triggered:
+        # Another relay is mid-batch; it may finish before reading the rows that triggered us.
+        try:
+            raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=120)
+        except MaxRetriesExceededError:
+            log.warning("relay lock busy for a minute; beat's safety net takes over")
+    elif outcome.more:
+        dispatch.send_relay(settings.redis_url)
+    if outcome.sent or outcome.failed:
+        log.info("outbox relay: %s", outcome)
+    return {"sent": outcome.sent, "failed": outcome.failed, "busy": outcome.busy, "lagMs": outcome.lag_ms}
+
+
+# -- sweeps -----------------------------------------------------------------------------------
+
+def _sweep(sweep) -> int:
+    """Run a service sweep batch by batch, one transaction each, until a batch comes back short."""
+    settings = _settings()
+    total = 0
+    while True:
+        moved = _in_transaction(lambda s: sweep(s, settings, now_ms(), settings.sweep_batch_size))
+        total += moved
+        if moved < settings.sweep_batch_size:
+            return total
+
+
+@celery.task(name=TaskNames.SWEEP_EXECUTION_TIMEOUTS, max_retries=3, **RETRY)
+def sweep_execution_timeouts() -> int:
+    """Time out executing jobs whose analyzer went silent."""
+    return _sweep(service.sweep_execution_timeouts)
+
+
+@celery.task(name=TaskNames.SWEEP_ENQUEUED_TIMEOUTS, max_retries=3, **RETRY)
+def sweep_enqueued_timeouts() -> int:
+    """Time out jobs nobody started."""
+    return _sweep(service.sweep_enqueued_timeouts)
+
+
+@celery.task(name=TaskNames.SWEEP_UNCONFIRMED_ABORTS, max_retries=3, **RETRY)
+def sweep_unconfirmed_aborts() -> int:
+    """Abort jobs whose analyzer did not confirm an abort request in time."""
+    return _sweep(service.sweep_unconfirmed_aborts)
