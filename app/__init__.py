@@ -15,4 +15,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.config["SAMPLEDB"] = settings or Settings.from_env()
     db.init_app(app)
     register_api(app)
+    # A commit that wrote outbox rows schedules the relay task (workers.dispatch imports Celery
+    # only when it first sends a task).
+    from app import outbox
+    from workers.dispatch import trigger_relay
+
+    outbox.on_commit_trigger(trigger_relay)
     return app

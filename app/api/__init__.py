@@ -76,9 +76,9 @@ def register_api(app: Flask) -> None:
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app)
-    from app.api import health, jobs, workers
+    from app.api import health, jobs, submissions, workers
 
-    for blueprint in (jobs.blp, workers.blp):
+    for blueprint in (jobs.blp, workers.blp, submissions.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)
 
