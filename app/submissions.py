@@ -244,7 +244,9 @@ class _Lookups:
 
     def customer(self, short_name: str) -> Customer:
         if short_name not in self._customers:
-            self._customers[short_name] = ensure_customer(self.session, short_name)
+            # Usually known: one SELECT; ensure_customer (INSERT ... ON CONFLICT) creates a new one race-free.
+            known = self.session.scalars(sa.select(Customer).where(Customer.short_name == short_name)).one_or_none()
+            self._customers[short_name] = known or ensure_customer(self.session, short_name)
         return self._customers[short_name]
 
     def workers(self, classification: dict) -> list[str]:

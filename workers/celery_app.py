@@ -9,10 +9,14 @@ producer when it first relays (never before the fork).
 
 from __future__ import annotations
 
+import logging
 import threading
 
 from celery import Celery, Task, signals
 from flask import Flask
+
+# kafka-python narrates every connection at INFO; the relay logs what matters.
+logging.getLogger("kafka").setLevel(logging.WARNING)
 
 _flask_app: Flask | None = None
 _flask_lock = threading.Lock()
