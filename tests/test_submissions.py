@@ -1,0 +1,266 @@
+"""Submission intake without a worker: payload validation, idempotent ingest, the REST upload's checks."""
+
+from __future__ import annotations
+
+import copy
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from app import submissions
+from app.extensions import db
+from app.models import Job, JobHistory, OutboxMessage
+from conftest import SAMPLE_SHA256, submission_payload
+
+OTHER_SHA256 = "a" * 64
+SEED_SUBMISSION_KEYS = {"id", "customer", "sample", "createdByUser", "createdTimestamp", "name", "timestamp",
+                        "mimeType", "metaData", "tlp", "acl", "userAgent"}
+SEED_CLASSIFICATION_KEYS = {"sample", "classificationID", "createdTimestamp", "version", "type", "superType", "arch",
+                            "platform", "meta"}
+
+
+def _errors(payload) -> dict:
+    with pytest.raises(submissions.InvalidSubmission) as caught:
+        submissions.validate_payload(payload)
+    return caught.value.messages
+
+
+# -- validation --------------------------------------------------------------------------------
+
+def test_a_seed_shaped_payload_is_kept_as_received():
+    payload = submission_payload()
+    assert submissions.validate_payload(copy.deepcopy(payload)) == payload
+
+
+def test_optional_fields_are_filled_in():
+    payload = {
+        "submission": {"id": str(uuid.uuid4()), "customer": "acme", "sample": {"id": SAMPLE_SHA256.upper()}},
+        "classification": {"type": "PE", "superType": "executable"},
+    }
+    data = submissions.validate_payload(payload)
+    assert set(data["submission"]) == SEED_SUBMISSION_KEYS
+    assert set(data["classification"]) == SEED_CLASSIFICATION_KEYS
+    assert data["submission"]["sample"]["id"] == SAMPLE_SHA256  # lower case
+    assert data["classification"]["sample"] == SAMPLE_SHA256
+    uuid.UUID(data["classification"]["classificationID"])
+    assert data["classification"]["createdTimestamp"] > 1_600_000_000_000
+    assert data["submission"]["createdTimestamp"] > 1_600_000_000_000
+
+
+@pytest.mark.parametrize("path, value", [
+    (("submission", "id"), "not-a-uuid"),
+    (("submission", "customer"), ""),
+    (("submission", "customer"), 42),
+    (("submission", "sample", "id"), "abc"),
+    (("submission", "tlp"), "purple"),
+    (("submission", "name"), "x" * 1025),
+    (("submission", "mimeType"), "x" * 1025),
+    (("submission", "timestamp"), "yesterday"),
+    (("submission", "timestamp"), True),
+    (("submission", "createdTimestamp"), -1),
+    (("submission", "createdTimestamp"), 1.5),
+    (("submission", "metaData"), {"blob": "x" * (64 * 1024)}),
+    (("submission", "metaData"), ["not", "an", "object"]),
+    (("submission", "acl"), "everyone"),
+    (("submission", "userAgent"), {"name": "x", "version": "1", "extra": 1}),
+    (("submission", "surprise"), 1),
+    (("classification", "type"), None),
+    (("classification", "superType"), "x" * 1025),
+    (("classification", "classificationID"), "nope"),
+    (("classification", "sample"), OTHER_SHA256),
+    (("classification", "meta"), {"blob": "x" * (64 * 1024)}),
+])
+def test_a_bad_field_is_named(path, value):
+    payload = submission_payload()
+    target = payload
+    for key in path[:-1]:
+        target = target[key]
+    target[path[-1]] = value
+    errors = _errors(payload)
+    node = errors
+    for key in path[:-1]:
+        assert key in node, errors
+        node = node[key]
+    assert path[-1] in node, errors
+
+
+@pytest.mark.parametrize("missing", [("submission",), ("classification",), ("submission", "id"),
+                                     ("submission", "customer"), ("submission", "sample"),
+                                     ("classification", "type"), ("classification", "superType")])
+def test_required_fields(missing):
+    payload = submission_payload()
+    target = payload
+    for key in missing[:-1]:
+        target = target[key]
+    del target[missing[-1]]
+    _errors(payload)
+
+
+@pytest.mark.parametrize("payload", [None, [], "text", 42, {"submission": "x", "classification": []}])
+def test_not_a_payload(payload):
+    _errors(payload)
+
+
+def test_tlp_is_case_insensitive():
+    payload = submission_payload()
+    payload["submission"]["tlp"] = "AMBER"
+    assert submissions.validate_payload(payload)["submission"]["tlp"] == "amber"
+
+
+def test_metadata_may_be_64_kib():
+    payload = submission_payload()
+    payload["submission"]["metaData"] = {"blob": "x" * (64 * 1024 - 20)}
+    submissions.validate_payload(payload)
+
+
+def test_job_id_is_derived_from_the_submission_id():
+    submission_id = uuid.uuid4()
+    assert submissions.job_id_for(submission_id) == submissions.job_id_for(str(submission_id).upper())
+    assert submissions.job_id_for(submission_id) != submissions.job_id_for(uuid.uuid4())
+    assert submissions.job_id_for(submission_id).version == 5
+
+
+# -- ingest (in process) -----------------------------------------------------------------------
+
+def test_ingest_is_idempotent_on_the_submission_id(app, settings):
+    payload = submission_payload(customer="brand-new-customer")
+    with app.app_context():
+        results = []
+        for _ in range(3):
+            results.append(submissions.ingest(db.session, settings, copy.deepcopy(payload)))
+            db.session.commit()
+        job_id = submissions.job_id_for(payload["submission"]["id"])
+        assert results == [(job_id, True), (job_id, False), (job_id, False)]
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 1
+        creation = db.session.scalars(sa.select(OutboxMessage).where(OutboxMessage.topic == settings.job_topic)).all()
+        assert len(creation) == 1
+        assert creation[0].key == str(job_id)
+        assert creation[0].value["submission"] == payload["submission"]
+        job = db.session.get(Job, job_id)
+        assert job.customer.short_name == "brand-new-customer"
+        assert [t["worker"] for t in creation[0].value["tasks"]] == sorted(t.worker for t in job.tasks)
+
+
+def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
+    payloads = [submission_payload(customer=f"c{i % 3}") for i in range(20)]
+    payloads.append(copy.deepcopy(payloads[0]))  # a repeat within the batch
+    payloads.append({"submission": {"id": "broken"}})
+    with app.app_context():
+        results = submissions.ingest_many(db.session, settings, payloads)
+        db.session.commit()
+        again = submissions.ingest_many(db.session, settings, payloads[:5])
+        db.session.commit()
+        assert sum(r.created for r in results) == 20
+        assert [r.errors is not None for r in results].count(True) == 1
+        assert not any(r.created for r in again)
+        assert {r.job_id for r in again} == {submissions.job_id_for(p["submission"]["id"]) for p in payloads[:5]}
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 20
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)
+                                 .where(OutboxMessage.topic == settings.job_topic)) == 20
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(JobHistory)) == 20
+
+
+def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql):
+    sql("UPDATE analysis_workers SET deleted = true")
+    with app.app_context():
+        job_id, _ = submissions.ingest(db.session, settings, submission_payload())
+        db.session.commit()
+        assert [t.worker for t in db.session.get(Job, job_id).tasks] == [settings.fallback_worker]
+
+
+# -- REST upload, with the hand-off to the queue captured ------------------------------------
+
+@pytest.fixture
+def queued(monkeypatch):
+    """The payloads the REST intake handed to `sampledb.ingest_submission`."""
+    import workers.dispatch
+
+    sent = []
+    monkeypatch.setattr(workers.dispatch, "send_ingest", lambda redis_url, payload: sent.append(payload))
+    return sent
+
+
+def _path(sha256: str = SAMPLE_SHA256) -> str:
+    return f"/sample/{sha256}/submission"
+
+
+def _body(**classification) -> dict:
+    return {"classification": {"type": "PE", "superType": "executable", "platform": "win", **classification}}
+
+
+def test_upload_fills_the_submission_and_answers_the_job_id(api, make_key, queued):
+    headers = make_key("UPLOADER", customer="acme", user="uploader-1")
+    body = api.post(_path(SAMPLE_SHA256.upper()), 202, headers=headers, json=_body())
+    data = body["data"]
+    submission = data["submission"]
+    assert data["jobID"] == str(submissions.job_id_for(submission["id"]))
+    assert submission["customer"] == "acme"
+    assert submission["sample"] == {"id": SAMPLE_SHA256}
+    assert submission["createdByUser"]["shortName"] == "uploader-1"
+    assert submission["createdByUser"]["customer"]["shortName"] == "acme"
+    assert submission["createdTimestamp"] > 1_600_000_000_000
+    assert set(submission) == SEED_SUBMISSION_KEYS
+    assert len(queued) == 1
+    assert queued[0]["submission"] == submission
+    assert queued[0]["classification"]["sample"] == SAMPLE_SHA256
+    assert set(queued[0]["classification"]) == SEED_CLASSIFICATION_KEYS
+    submissions.validate_payload(queued[0])  # what the task will accept
+
+
+def test_upload_retry_with_the_same_submission_id_gets_the_same_job_id(api, make_key, queued):
+    headers = make_key("UPLOADER")
+    submission_id = str(uuid.uuid4())
+    body = {**_body(), "submission": {"id": submission_id, "name": "a.exe", "tlp": "green",
+                                      "metaData": {"k": "v"}, "userAgent": {"name": "curl", "version": "8"}}}
+    first = api.post(_path(), 202, headers=headers, json=body)["data"]
+    second = api.post(_path(), 202, headers=headers, json=body)["data"]
+    assert first["jobID"] == second["jobID"] == str(submissions.job_id_for(submission_id))
+    assert first["submission"]["id"] == submission_id
+    assert first["submission"]["name"] == "a.exe" and first["submission"]["tlp"] == "green"
+    assert len(queued) == 2
+
+
+def test_upload_for_another_customer(api, make_key, queued):
+    granted = make_key("UPLOADER", customer="acme", grant_customers=("globex",))
+    assert api.post(_path(), 202, headers=granted,
+                    json={**_body(), "submission": {"customer": "globex"}})["data"]["submission"]["customer"] == "globex"
+    body = api.post(_path(), 412, headers=granted, json={**_body(), "submission": {"customer": "initech"}})
+    assert [m["field"] for m in body["messages"]] == ["submission.customer"]
+    everyone = make_key("ANALYZER", customer="mnemonic", all_customers=True)
+    assert api.post(_path(), 202, headers=everyone,
+                    json={**_body(), "submission": {"customer": "first-seen"}})["data"]["submission"]["customer"] \
+        == "first-seen"
+    assert len(queued) == 2
+
+
+@pytest.mark.parametrize("path, body, field", [
+    (_path("not-a-hash"), _body(), "sha256"),
+    (_path("g" * 64), _body(), "sha256"),
+    (_path(), {**_body(), "submission": {"sample": {"id": OTHER_SHA256}}}, "submission.sample.id"),
+    (_path(), _body(sample=OTHER_SHA256), "classification.sample"),
+    (_path(), {"classification": {"type": "PE"}}, "classification.superType"),
+    (_path(), {**_body(), "submission": {"tlp": "purple"}}, "submission.tlp"),
+    (_path(), {**_body(), "submission": {"id": "nope"}}, "submission.id"),
+    (_path(), {**_body(), "submission": {"name": "x" * 1025}}, "submission.name"),
+    (_path(), {**_body(), "unknown": 1}, "unknown"),
+])
+def test_upload_argument_errors(api, make_key, queued, path, body, field):
+    body = api.post(path, 412, headers=make_key("UPLOADER"), json=body)
+    assert field in [m["field"] for m in body["messages"]], body["messages"]
+    assert all(m["type"] == "FIELD_ERROR" for m in body["messages"])
+    assert queued == []
+
+
+def test_upload_needs_the_uploader_role(api, make_key, queued):
+    api.post(_path(), 401, json=_body())
+    api.post(_path(), 403, headers=make_key("VIEWER"), json=_body())
+    for role in ("UPLOADER", "USER", "ANALYZER"):
+        api.post(_path(), 202, headers=make_key(role), json=_body())
+    assert len(queued) == 3
+
+
+def test_upload_when_the_queue_is_down_is_503(api, make_key):
+    # The session's API settings point Redis at a closed port.
+    body = api.post(_path(), 503, headers=make_key("UPLOADER"), json=_body())
+    assert body["messages"][0]["type"] == "ACTION_ERROR"

@@ -1,0 +1,100 @@
+"""Celery configuration: queues, routes, beat and task names agree with each other and with the Procfile."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import celeryconfig
+from celeryconfig import QueueNames, TaskNames
+from workers.celery_app import celery
+from workers.relay import BACKOFF_CAP_MS, backoff_ms
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STABLE_TASK_NAMES = {
+    "sampledb.ingest_submission",
+    "sampledb.ingest_submissions",
+    "sampledb.relay_outbox",
+    "sampledb.sweep_execution_timeouts",
+    "sampledb.sweep_enqueued_timeouts",
+    "sampledb.sweep_unconfirmed_aborts",
+}
+
+
+def _declared_queues() -> set[str]:
+    return {queue.name for queue in celeryconfig.task_queues}
+
+
+def _procfile_worker_queues() -> set[str]:
+    procfile = (ROOT / "Procfile").read_text()
+    command = re.search(r"^worker:(.*)$", procfile, re.MULTILINE).group(1)
+    return set(re.search(r"-Q\s+(\S+)", command).group(1).split(","))
+
+
+def test_task_names_are_stable_strings():
+    celery.loader.import_default_modules()
+    registered = {name for name in celery.tasks if name.startswith("sampledb.")}
+    assert registered == STABLE_TASK_NAMES
+    assert {v for k, v in vars(TaskNames).items() if k.isupper()} == STABLE_TASK_NAMES
+    assert TaskNames.INGEST_SUBMISSION == "sampledb.ingest_submission"  # the sample service's contract
+
+
+def test_every_task_routes_to_a_declared_queue():
+    assert set(celeryconfig.task_routes) == STABLE_TASK_NAMES
+    for task, route in celeryconfig.task_routes.items():
+        assert route["queue"] in _declared_queues(), task
+    assert celeryconfig.task_routes[TaskNames.INGEST_SUBMISSION]["queue"] == QueueNames.INGEST
+    assert celeryconfig.task_routes[TaskNames.RELAY_OUTBOX]["queue"] == QueueNames.OUTBOX
+    for sweep in (TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
+                  TaskNames.SWEEP_UNCONFIRMED_ABORTS):
+        assert celeryconfig.task_routes[sweep]["queue"] == QueueNames.PERIODIC
+
+
+def test_every_declared_queue_is_consumed_by_the_worker():
+    assert _declared_queues() == set(QueueNames.all()) == {"ingest", "outbox", "periodic"}
+    assert _procfile_worker_queues() == _declared_queues()
+    assert celeryconfig.task_default_queue in _declared_queues()
+    assert celeryconfig.task_create_missing_queues is False
+
+
+def test_beat_entries_name_their_queue_and_a_known_task():
+    schedule = celeryconfig.beat_schedule
+    assert {entry["task"] for entry in schedule.values()} == {
+        TaskNames.RELAY_OUTBOX, TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS,
+    }
+    for name, entry in schedule.items():
+        queue = entry["options"]["queue"]
+        assert queue in _declared_queues(), name
+        assert queue == celeryconfig.task_routes[entry["task"]]["queue"], name
+        assert entry["options"]["expires"] <= entry["schedule"], name
+
+
+def test_beat_intervals_come_from_settings():
+    settings = celeryconfig._settings
+    schedule = celeryconfig.beat_schedule
+    assert schedule["relay-outbox"]["schedule"] == settings.outbox_relay_interval_seconds
+    for name in ("sweep-execution-timeouts", "sweep-enqueued-timeouts", "sweep-unconfirmed-aborts"):
+        assert schedule[name]["schedule"] == settings.sweep_interval_seconds
+
+
+def test_reliability_settings():
+    conf = celery.conf
+    assert conf.broker_url == celeryconfig._settings.redis_url
+    assert conf.task_serializer == "json" and conf.accept_content == ["json"] and conf.result_serializer == "json"
+    assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
+    assert conf.broker_connection_retry_on_startup is True
+    assert conf.task_ignore_result is True
+    # Redis re-delivers unacknowledged messages after the visibility timeout: it must outlast
+    # the longest retry countdown (60 s) and task (hard limit).
+    visibility = conf.broker_transport_options["visibility_timeout"]
+    assert visibility > 60 and visibility > conf.task_time_limit
+
+
+def test_relay_backoff_doubles_up_to_a_cap():
+    delays = [backoff_ms(n) for n in range(1, 12)]
+    assert delays[:4] == [500, 1000, 2000, 4000]
+    assert delays == sorted(delays) and max(delays) == BACKOFF_CAP_MS == 30_000
