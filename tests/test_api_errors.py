@@ -236,3 +236,11 @@ def test_application_json_with_charset_is_json(api, analyzer, make_job):
     body = api.put(f"/job/{job_id}", headers=analyzer, data='{"state": "executing"}',
                    content_type="application/json; charset=utf-8")
     assert body["data"]["state"] == "executing"
+
+
+def test_double_slashes_are_404_not_a_redirect(api, analyzer, make_job):
+    job_id = make_job()
+    api.get(f"//job/{job_id}", 404, headers=analyzer)
+    api.get(f"/job//{job_id}", 404, headers=analyzer)
+    api.delete("/worker//static-analyzer", 404, headers=analyzer)
+    assert api.get(f"/job/{job_id}", headers=analyzer)["data"]["state"] == "enqueued"

@@ -57,6 +57,8 @@ def _depth(document) -> int:
 
 
 def register_api(app: Flask) -> None:
+    # "/job//x" is an unknown path (404 in the envelope), not an HTML redirect to "/job/x".
+    app.url_map.merge_slashes = False
     app.config.update(
         MAX_CONTENT_LENGTH=MAX_BODY_BYTES,
         API_TITLE="SampleDB Jobs",
