@@ -118,3 +118,39 @@ def test_seed_search_body_runs(client, make_key, make_job, sql):
     body = check_envelope(response, 200)
     assert {j["id"] for j in body["data"]} == {aborted_recently, timed_out_recently}
     assert body["count"] == 2
+
+
+def _timestamps(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("submission", "classification"):
+                continue  # as received from the sample service (the seed's example has 123 there)
+            if key.lower().endswith("timestamp"):
+                yield f"{path}{key}", value
+            yield from _timestamps(value, f"{path}{key}.")
+    elif isinstance(node, list):
+        for item in node:
+            yield from _timestamps(item, path)
+
+
+def test_every_timestamp_is_integer_milliseconds(api, make_key, make_job):
+    job_id = make_job()
+    headers = make_key("ANALYZER", all_customers=True)
+    task_id = api.get(f"/job/{job_id}", headers=headers)["data"]["tasks"][0]["id"]
+    api.put(f"/job/{job_id}/task/{task_id}", headers=headers, json={"state": "executing"})
+    api.delete(f"/job/{job_id}", headers=headers)
+    api.put(f"/job/{job_id}", headers=headers, json={"state": "aborted"})
+    api.delete("/worker/sandbox-linux", headers=headers)
+    bodies = [api.get(f"/job/{job_id}", headers=headers), api.get(f"/job/{job_id}/history", headers=headers),
+              api.get(f"/job/{job_id}/tasks", headers=headers), api.post("/job/search", headers=headers, json={"state": []}),
+              api.get("/worker", headers=headers, query_string={"includeDeleted": "true"}),
+              api.put(f"/job/{job_id}", 409, headers=headers, json={"state": "done"})]
+    now = time.time() * 1000
+    seen = set()
+    for body in bodies:
+        for name, value in _timestamps(body):
+            seen.add(name.rsplit(".", 1)[-1])
+            if value is not None:
+                assert type(value) is int and now - 86_400_000 < value <= now + 1000, (name, value)
+    assert {"enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp", "abortRequestedTimestamp",
+            "timestamp", "createdTimestamp", "deletedTimestamp"} <= seen
