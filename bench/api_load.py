@@ -1,0 +1,182 @@
+"""B1 (GET /job/{id} under concurrent load) and B5's API figure (peak RSS of a gunicorn worker).
+
+Two gunicorns run as the Procfile runs the API (`-w 2 -k gthread --threads 4`): the service
+(`app:create_app()`) and bench.baseline_app, whose extra route answers the same job JSON
+without the database. The load comes from a separate process, `wrk`, whose Lua script
+cycles over 10,000 job ids and sends the key; without wrk on PATH (Debian: `apt-get install
+wrk`) a Python multi-process generator stands in. Runs alternate target / baseline.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import shutil
+import subprocess
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from app.config import Settings
+from bench.processes import GUNICORN_OPTIONS, PeakRss, start_gunicorn
+from bench.stack import settings_env
+from bench.stats import percentile, summarize_runs
+
+JOB_PATH = "/sampledb/v2/job/"
+FIXED_JOB_PATH = "/bench/fixed-job"  # bench.baseline_app's route
+HEALTH_PATH = "/sampledb/v2/healthz"
+CONNECTIONS = 16
+WRK_THREADS = 1
+ID_COUNT = 10_000
+
+WRK_SCRIPT = """
+local ids = {%(ids)s}
+local key = "%(key)s"
+local prefix = "%(prefix)s"
+local counter = %(start)d
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", prefix .. ids[(counter %% #ids) + 1], {["Argus-API-Key"] = key})
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH_RESULT {"requests": %%d, "duration_us": %%d, "bytes": %%d, "errors": %%d, "non_2xx": %%d, ' ..
+    '"p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+"""
+
+
+def _sample_ids(database_url: str, count: int = ID_COUNT) -> list[str]:
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        ids = [str(i) for i in conn.scalars(sa.text("SELECT id FROM jobs ORDER BY random() LIMIT :n"), {"n": count})]
+    engine.dispose()
+    return ids
+
+
+def _wrk(base: str, prefix: str, ids: list[str], key: str, duration: float, workdir: Path, start: int) -> dict:
+    script = workdir / "bench-b1.lua"
+    script.write_text(WRK_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "prefix": prefix,
+                                    "start": start})
+    out = subprocess.run(
+        ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
+         "-s", str(script), base], capture_output=True, text=True, timeout=duration + 60, check=True,
+    ).stdout
+    line = next(l for l in out.splitlines() if l.startswith("BENCH_RESULT "))
+    raw = json.loads(line[len("BENCH_RESULT "):])
+    seconds = raw["duration_us"] / 1e6
+    return {"requests": raw["requests"], "seconds": round(seconds, 3), "rps": round(raw["requests"] / seconds, 1),
+            "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
+            "max_ms": raw["max_us"] / 1000, "errors": raw["errors"], "non_2xx": raw["non_2xx"],
+            "bytes_per_request": round(raw["bytes"] / max(1, raw["requests"]))}
+
+
+def _python_worker(args) -> tuple[int, int, list[float]]:
+    """One load process: `threads` keep-alive connections in threads, until `deadline`."""
+    host, port, paths, headers, threads, deadline = args
+    latencies: list[float] = []
+    errors = [0]
+    lock = threading.Lock()
+
+    def loop(offset: int) -> None:
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        i = offset
+        mine = []
+        while time.time() < deadline:
+            i += 1
+            started = time.perf_counter()
+            try:
+                conn.request("GET", paths[i % len(paths)], headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = 200 <= response.status < 300
+            except (OSError, http.client.HTTPException):
+                conn.close()
+                conn = http.client.HTTPConnection(host, port, timeout=10)
+                ok = False
+            mine.append((time.perf_counter() - started) * 1000)
+            if not ok:
+                with lock:
+                    errors[0] += 1
+        with lock:
+            latencies.extend(mine)
+
+    workers = [threading.Thread(target=loop, args=(n * 997,)) for n in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return len(latencies), errors[0], latencies
+
+
+def _python_load(base: str, prefix: str, ids: list[str], key: str, duration: float, processes: int = 4) -> dict:
+    host, port = base.removeprefix("http://").split(":")
+    paths = [prefix + i for i in ids]
+    deadline = time.time() + duration
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        parts = pool.map(_python_worker, [(host, int(port), paths, {"Argus-API-Key": key},
+                                           CONNECTIONS // processes, deadline)] * processes)
+    latencies = [ms for _, _, part in parts for ms in part]
+    errors = sum(e for _, e, _ in parts)
+    return {"requests": len(latencies), "seconds": duration, "rps": round(len(latencies) / duration, 1),
+            "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
+            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "errors": 0, "non_2xx": errors}
+
+
+def _get_json(url: str, key: str) -> dict:
+    request = urllib.request.Request(url, headers={"Argus-API-Key": key})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)
+
+
+def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 10, runs: int = 3,
+        warmup: float = 2) -> dict:
+    """B1: requests/s and p50/p99 of GET /job/{id} vs the baseline route; B5: the API workers' peak RSS."""
+    ids = _sample_ids(settings.database_url)
+    env = settings_env(settings)
+    use_wrk = shutil.which("wrk") is not None
+    load = _wrk if use_wrk else (lambda base, prefix, ids, key, duration, workdir, start:
+                                 _python_load(base, prefix, ids, key, duration))
+    target, target_url = start_gunicorn("wsgi:app", env, workdir / "gunicorn-api.log", HEALTH_PATH)
+    baseline = None
+    try:
+        job = _get_json(target_url + JOB_PATH + ids[0], api_key)["data"]
+        fixed = workdir / "fixed-job.json"
+        fixed.write_text(json.dumps(job))
+        baseline, baseline_url = start_gunicorn("bench.baseline_app:app", {**env, "BENCH_FIXED_JOB_FILE": str(fixed)},
+                                                workdir / "gunicorn-baseline.log", FIXED_JOB_PATH)
+        target_prefix, baseline_prefix = JOB_PATH, FIXED_JOB_PATH + "?job="
+        load(target_url, target_prefix, ids, api_key, warmup, workdir, 0)
+        load(baseline_url, baseline_prefix, ids, api_key, warmup, workdir, 0)
+        memory = PeakRss(target.pid)
+        memory.start()
+        target_runs, baseline_runs = [], []
+        for n in range(runs):
+            target_runs.append(load(target_url, target_prefix, ids, api_key, duration, workdir, (n + 1) * 2749))
+            baseline_runs.append(load(baseline_url, baseline_prefix, ids, api_key, duration, workdir, 0))
+        rss = memory.stop()
+    finally:
+        target.stop()
+        if baseline is not None:
+            baseline.stop()
+    for run_ in target_runs + baseline_runs:
+        if run_["errors"] or run_["non_2xx"]:
+            raise RuntimeError(f"B1 load saw errors: {run_}")
+    keys = ("rps", "p50_ms", "p99_ms")
+    target_summary = summarize_runs(target_runs, keys)
+    baseline_summary = summarize_runs(baseline_runs, keys)
+    return {
+        "load_generator": f"wrk -t{WRK_THREADS} -c{CONNECTIONS}" if use_wrk else f"python ({CONNECTIONS} connections)",
+        "gunicorn": " ".join(GUNICORN_OPTIONS),
+        "duration_s": duration, "job_ids": len(ids), "response_bytes": len(json.dumps(job)),
+        "target": target_summary, "baseline": baseline_summary,
+        "ratio_rps": round(target_summary["rps"] / baseline_summary["rps"], 3),
+        "api_worker_rss": rss,
+    }

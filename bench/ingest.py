@@ -1,0 +1,419 @@
+"""B3 (ingest: submission -> job -> creation message acknowledged by Kafka) and B5's Celery figure.
+
+Submissions are offered by sending the Celery task `sampledb.ingest_submission` by name
+(workers.dispatch.send_ingest, the upstream sample service's path) to a real worker
+(`celery -A workers.celery_app worker -Q ingest,outbox,periodic -c 2`) on the bench's
+Redis, database (the 1M-job one) and Kafka. A follower process reads the job topic with
+manual partition assignment (no consumer group; Tansu's end_offsets() is not used) and
+notes when each creation message arrives.
+
+* sustained: offer as fast as the pipeline takes them, at most WINDOW submissions in flight
+  (offered but not yet on Kafka), for `duration` s; the figure is creation messages per second.
+* latency: offer 400 submissions/s open-loop; latency = creation message seen - task sent,
+  split into intake -> job committed (jobs.enqueued_timestamp) -> relayed (the record's
+  CreateTime, set by the relay's producer) -> seen by the follower.
+* baselines: a no-op Celery task on the same broker and worker options (bench.noop_worker),
+  single-row INSERT + COMMIT on one connection, and the relay's own producer
+  (workers.kafka.producer: acks=all, idempotent) sending 1.5 KB messages.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import queue
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import sqlalchemy as sa
+
+from app.config import Settings
+from bench.processes import REPO, Child, PeakRss
+from bench.stack import settings_env
+from bench.stats import median, percentile, summarize_runs
+
+WINDOW = 1000
+LATENCY_RATE = 400
+BULK_BATCH = 50  # submissions per sampledb.ingest_submissions task
+OPEN_LOOP_MAX_IN_FLIGHT = 2000
+PAYLOAD_KINDS = [
+    ("PE", "executable", "x86", "win"), ("ELF", "executable", "x86_64", "linux"),
+    ("DOCX", "document", None, None), ("APK", "executable", "arm", "android"),
+]
+
+
+def payload(n: int, customer: str) -> dict:
+    """A submission shaped as the seed's creation message shows it."""
+    sha256 = uuid.uuid4().hex + uuid.uuid4().hex
+    kind = PAYLOAD_KINDS[n % len(PAYLOAD_KINDS)]
+    return {
+        "submission": {
+            "id": str(uuid.uuid4()), "customer": customer, "sample": {"id": sha256},
+            "createdByUser": {"id": 0, "shortName": "upload-bot", "name": "Upload bot", "customer": None,
+                              "domain": None},
+            "createdTimestamp": int(time.time() * 1000), "name": f"sample-{n}.bin", "timestamp": int(time.time() * 1000),
+            "mimeType": "application/octet-stream", "metaData": {"source": "mail-gateway", "key": "value"},
+            "tlp": "amber", "acl": [], "userAgent": {"name": "python-requests", "version": "3"},
+        },
+        "classification": {
+            "sample": sha256, "classificationID": str(uuid.uuid4()), "createdTimestamp": int(time.time() * 1000),
+            "version": "1", "type": kind[0], "superType": kind[1], "arch": kind[2], "platform": kind[3], "meta": {},
+        },
+    }
+
+
+# -- the follower: a process reading the job topic ----------------------------------------------
+
+def _follow(bootstrap: str, topic: str, ready, stop, seen_count, out) -> None:
+    import logging
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    logging.getLogger("kafka").setLevel(logging.ERROR)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                             auto_offset_reset="earliest", fetch_max_wait_ms=20,
+                             client_id="sampledb-bench-follower")
+    seen: dict[str, tuple[float, int]] = {}
+    try:
+        deadline = time.monotonic() + 120
+        partitions = None
+        while not partitions and time.monotonic() < deadline and not stop.is_set():
+            try:
+                partitions = consumer.partitions_for_topic(topic)
+            except Exception:  # no metadata yet: the topic appears with the first relay
+                partitions = None
+            if not partitions:
+                time.sleep(0.1)
+        if partitions:
+            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ready.set()
+            while not stop.is_set():
+                for batch in consumer.poll(timeout_ms=50).values():
+                    now = time.time()
+                    for record in batch:
+                        submission_id = json.loads(record.value)["submission"]["id"]
+                        seen.setdefault(submission_id, (now, record.timestamp))
+                seen_count.value = len(seen)
+    finally:
+        consumer.close()
+        out.put(seen)
+
+
+class Follower:
+    def __init__(self, bootstrap: str, topic: str):
+        context = multiprocessing.get_context("spawn")
+        self.ready, self.stop_event = context.Event(), context.Event()
+        self.count = context.Value("l", 0)
+        self.out = context.Queue()
+        self.process = context.Process(target=_follow, args=(bootstrap, topic, self.ready, self.stop_event,
+                                                             self.count, self.out), daemon=True)
+        self.process.start()
+
+    def seen(self) -> int:
+        return self.count.value
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.count.value < count:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.02)
+        return True
+
+    def stop(self) -> dict[str, tuple[float, int]]:
+        self.stop_event.set()
+        try:
+            seen = self.out.get(timeout=60)
+        except queue.Empty:
+            raise RuntimeError(f"the topic follower ended without its results (exit code {self.process.exitcode})")
+        self.process.join(10)
+        return seen
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+class CpuMeter:
+    """CPU seconds used by each named process tree between start() and stop()."""
+
+    def __init__(self, roots: dict[str, int]):
+        self.roots = roots
+        self.before: dict[str, float] = {}
+
+    @staticmethod
+    def _cpu(pid: int) -> float:
+        try:
+            root = psutil.Process(pid)
+            total = 0.0
+            for proc in [root, *root.children(recursive=True)]:
+                try:
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+                except psutil.Error:
+                    pass
+            return total
+        except psutil.Error:
+            return 0.0
+
+    def start(self) -> None:
+        self.before = {name: self._cpu(pid) for name, pid in self.roots.items()}
+        self.started = time.perf_counter()
+
+    def stop(self) -> dict:
+        seconds = time.perf_counter() - self.started
+        return {name: round((self._cpu(pid) - self.before[name]) / seconds, 2)  # cores busy on average
+                for name, pid in self.roots.items()}
+
+
+def _start_worker(app_module: str, queues: str, env: dict, log_path: Path) -> Child:
+    argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "-Q", queues, "-c", "2",
+            "--loglevel", "WARNING", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"]
+    return Child(f"celery {app_module}", argv, env, log_path)
+
+
+def _queue_drained(client, queue: str) -> bool:
+    return client.llen(queue) == 0 and client.hlen("unacked") == 0
+
+
+# -- baselines ----------------------------------------------------------------------------------
+
+def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int) -> dict:
+    """No-op tasks per second through Redis and a `-c 2` worker: sent as fast as possible, until drained."""
+    import redis
+
+    from bench import noop_worker
+
+    sender = noop_worker.celery
+    sender.conf.broker_url = settings.redis_url  # celeryconfig read this process's environment, not the bench's
+    worker = _start_worker("bench.noop_worker", noop_worker.NOOP_QUEUE, env, workdir / "celery-noop.log")
+    client = redis.Redis.from_url(settings.redis_url)
+    runs = []
+    try:
+        _wait_worker_ready(settings.redis_url, worker)
+        for _ in range(3):
+            started = time.perf_counter()
+            for n in range(tasks):
+                sender.send_task(noop_worker.NOOP_TASK, args=[n], queue=noop_worker.NOOP_QUEUE)
+            while not _queue_drained(client, noop_worker.NOOP_QUEUE):
+                time.sleep(0.005)
+            seconds = time.perf_counter() - started
+            runs.append({"tasks": tasks, "seconds": round(seconds, 3), "per_s": round(tasks / seconds, 1)})
+    finally:
+        worker.stop()
+        client.close()
+    return summarize_runs(runs, ("per_s",))
+
+
+def _wait_worker_ready(redis_url: str, worker: Child, timeout: float = 60) -> None:
+    from workers.dispatch import celery_client
+
+    deadline = time.monotonic() + timeout
+    inspect = celery_client(redis_url).control
+    while time.monotonic() < deadline:
+        if worker.process.poll() is not None:
+            raise RuntimeError(f"{worker.name} exited:\n{worker.log_tail()}")
+        replies = inspect.ping(timeout=0.5) or []
+        if replies:
+            return
+    raise RuntimeError(f"{worker.name} did not answer a ping within {timeout} s:\n{worker.log_tail()}")
+
+
+def insert_commit_rate(settings: Settings, duration: float) -> dict:
+    """Single-row INSERT + COMMIT per second on one connection (a 1.5 KB JSONB row)."""
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    value = json.dumps(payload(0, "bench-customer-01"))
+    runs = []
+    with engine.connect() as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS bench_insert (id bigserial PRIMARY KEY, value jsonb)"))
+        conn.commit()
+        raw = conn.connection.dbapi_connection
+        for _ in range(3):
+            count, started = 0, time.perf_counter()
+            while time.perf_counter() - started < duration:
+                raw.execute("INSERT INTO bench_insert (value) VALUES (%s::jsonb)", (value,))
+                raw.commit()
+                count += 1
+            seconds = time.perf_counter() - started
+            runs.append({"rows": count, "seconds": round(seconds, 3), "per_s": round(count / seconds, 1)})
+        conn.execute(sa.text("DROP TABLE bench_insert"))
+        conn.commit()
+    engine.dispose()
+    return {**summarize_runs(runs, ("per_s",)), "row_bytes": len(value)}
+
+
+def produce_rate(settings: Settings, duration: float) -> dict:
+    """Messages per second acknowledged by Kafka through the relay's producer (workers.kafka: acks=all,
+    idempotent, linger 5 ms), 1.5 KB each, sent as fast as possible, then flushed."""
+    from workers import kafka
+
+    topic = f"bench-produce-{uuid.uuid4().hex[:8]}"
+    value = json.dumps({"jobID": str(uuid.uuid4()), **payload(0, "bench-customer-01"),
+                        "tasks": [{"id": str(uuid.uuid4()), "worker": "static-analyzer"}]}).encode()
+    value = value + b" " * max(0, 1536 - len(value))
+    producer = kafka.producer(settings.kafka_bootstrap_servers)
+    producer.send(topic, key=b"warmup", value=value).get(timeout=30)  # the topic exists before we time
+    runs = []
+    try:
+        for _ in range(3):
+            futures, started = [], time.perf_counter()
+            while time.perf_counter() - started < duration:
+                futures.append(producer.send(topic, key=str(uuid.uuid4()).encode(), value=value))
+            producer.flush(timeout=60)
+            acked = sum(1 for f in futures if f.succeeded())
+            seconds = time.perf_counter() - started
+            runs.append({"messages": acked, "seconds": round(seconds, 3), "per_s": round(acked / seconds, 1)})
+    finally:
+        kafka.close_producer()
+    return {**summarize_runs(runs, ("per_s",)), "message_bytes": len(value)}
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+def _sustained(send, follower: Follower, customers: list[str], duration: float, batch: int = 1) -> tuple[dict, dict]:
+    """Offer submissions as fast as the pipeline takes them: at most WINDOW offered and not yet on Kafka.
+    `send` gets one payload, or a list of `batch` payloads when batch > 1."""
+    base = follower.seen()
+    sent: dict[str, float] = {}
+    n = 0
+    started = time.time()
+    while time.time() - started < duration:
+        if n - (follower.seen() - base) + batch > WINDOW:
+            time.sleep(0.005)
+            continue
+        bodies = [payload(n + k, customers[(n + k) % len(customers)]) for k in range(batch)]
+        now = time.time()
+        for body in bodies:
+            sent[body["submission"]["id"]] = now
+        send(bodies if batch > 1 else bodies[0])
+        n += batch
+    return {"offered": n, "started": started, "duration": duration, "batch": batch}, sent
+
+
+def _open_loop(send, follower: Follower, customers: list[str], rate: float, duration: float) -> tuple[dict, dict]:
+    """Offer `rate` submissions/s for `duration` s, or until more than OPEN_LOOP_MAX_IN_FLIGHT are offered and
+    not yet on Kafka: the pipeline does not keep up, the latency only grows from there."""
+    base = follower.seen()
+    sent: dict[str, float] = {}
+    started = time.time()
+    behind, stopped_at = 0.0, None
+    for n in range(int(rate * duration)):
+        pause = started + n / rate - time.time()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            behind = max(behind, -pause)
+        if n - (follower.seen() - base) > OPEN_LOOP_MAX_IN_FLIGHT:
+            stopped_at = round(time.time() - started, 2)
+            break
+        body = payload(n, customers[n % len(customers)])
+        sent[body["submission"]["id"]] = time.time()
+        send(body)
+    return {"offered": len(sent), "started": started, "duration": stopped_at or duration, "rate": rate,
+            "stopped_early_at_s": stopped_at, "sender_max_behind_s": round(behind, 3)}, sent
+
+
+def _enqueued_at(database_url: str, submission_ids: list[str]) -> dict[str, int]:
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT submission_id::text, enqueued_timestamp FROM jobs "
+                                    "WHERE submission_id = ANY(CAST(:ids AS uuid[]))"), {"ids": submission_ids}).all()
+    engine.dispose()
+    return dict(rows)
+
+
+def _latency_figures(sent: dict[str, float], seen: dict[str, tuple[float, int]], enqueued: dict[str, int]) -> dict:
+    total, to_commit, to_relay, to_seen = [], [], [], []
+    for submission_id, sent_at in sent.items():
+        if submission_id not in seen:
+            continue
+        seen_at, produced_ms = seen[submission_id]
+        total.append((seen_at - sent_at) * 1000)
+        if submission_id in enqueued:
+            to_commit.append(enqueued[submission_id] - sent_at * 1000)
+            to_relay.append(produced_ms - enqueued[submission_id])
+        to_seen.append(seen_at * 1000 - produced_ms)
+    figures = {"seen": len(total), "missing": len(sent) - len(total)}
+    for name, values in (("", total), ("intake_to_commit_", to_commit), ("commit_to_relay_", to_relay),
+                         ("relay_to_seen_", to_seen)):
+        if values:
+            figures[f"{name}p50_ms"] = round(percentile(values, 50), 1)
+            figures[f"{name}p99_ms"] = round(percentile(values, 99), 1)
+    return figures, total
+
+
+def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, duration: float = 60,
+        bulk_duration: float = 30, latency_duration: float = 20, baseline_duration: float = 5, noop_tasks: int = 3000, runs: int = 3) -> dict:
+    """B3 and B5 (Celery worker): baselines, then the sustained and the 400/s latency runs, `runs` each."""
+    from celeryconfig import TaskNames
+    from workers.dispatch import celery_client, send_ingest
+
+    env = settings_env(settings)
+    env["PYTHONPATH"] = str(REPO)
+    results: dict = {"offered_through": "Celery task sampledb.ingest_submission (workers.dispatch.send_ingest)",
+                     "worker": "celery -A workers.celery_app worker -Q ingest,outbox,periodic -c 2",
+                     "window": WINDOW, "bulk_batch": BULK_BATCH}
+    results["baseline_produce"] = produce_rate(settings, baseline_duration)
+    results["baseline_insert_commit"] = insert_commit_rate(settings, baseline_duration)
+    results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks)
+
+    customers = [f"bench-customer-{k:02d}" for k in range(1, 21)]
+    worker = _start_worker("workers.celery_app", "ingest,outbox,periodic", env, workdir / "celery-ingest.log")
+    follower = None
+    try:
+        _wait_worker_ready(settings.redis_url, worker)
+        follower = Follower(settings.kafka_bootstrap_servers, settings.job_topic)
+        send = lambda body: send_ingest(settings.redis_url, body)  # noqa: E731
+        send_bulk = lambda bodies: celery_client(settings.redis_url).send_task(  # noqa: E731
+            TaskNames.INGEST_SUBMISSIONS, args=[bodies])
+        for n in range(20):  # warm-up: makes the topic, the worker's producer and its connections
+            send(payload(n, customers[n % len(customers)]))
+        if not follower.ready.wait(90) or not follower.wait_for(20, 90):
+            raise RuntimeError(f"no creation message reached Kafka:\n{worker.log_tail()}")
+        memory = PeakRss(worker.pid, include_root=True)
+        memory.start()
+        cpu = CpuMeter({"celery worker": worker.pid, **servers_pids, "bench (sender + follower)": os.getpid()})
+        phases = []
+        expected = 20
+        for kind, sender, batch, seconds in [("sustained", send, 1, duration),
+                                             ("sustained_bulk", send_bulk, BULK_BATCH, bulk_duration)]:
+            for _ in range(runs):
+                cpu.start()
+                info, sent = _sustained(sender, follower, customers, seconds, batch)
+                info["cpu_cores"] = cpu.stop()
+                phases.append((kind, info, sent))
+                expected += len(sent)
+                follower.wait_for(expected, 120)
+        for _ in range(runs):
+            info, sent = _open_loop(send, follower, customers, LATENCY_RATE, latency_duration)
+            phases.append(("latency", info, sent))
+            expected += len(sent)
+            follower.wait_for(expected, 120)
+        rss = memory.stop()
+    finally:
+        seen = follower.stop() if follower is not None else {}
+        worker.stop()
+    by_kind: dict[str, list] = {"sustained": [], "sustained_bulk": [], "latency": []}
+    latency_samples = []
+    for kind, info, sent in phases:
+        enqueued = _enqueued_at(settings.database_url, list(sent))
+        figures, total = _latency_figures(sent, seen, enqueued)
+        end = info["started"] + info["duration"]
+        in_window = sum(1 for s in sent if s in seen and seen[s][0] <= end)
+        by_kind[kind].append({**{k: v for k, v in info.items() if k != "started"}, **figures,
+                              "announced_in_window": in_window, "per_s": round(in_window / info["duration"], 1),
+                              "created": len(enqueued)})
+        if kind == "latency":
+            latency_samples.append([round(ms, 1) for ms in sorted(total)])
+    results["sustained"] = summarize_runs(by_kind["sustained"], ("per_s", "p50_ms", "p99_ms"))
+    results["sustained_bulk"] = summarize_runs(by_kind["sustained_bulk"], ("per_s", "p50_ms", "p99_ms"))
+    results["latency_at_400"] = summarize_runs(by_kind["latency"], ("per_s", "p50_ms", "p99_ms"))
+    results["latency_samples_ms"] = latency_samples  # every submission of each 400/s run, for the chart
+    results["ratio_to_produce"] = round(results["sustained"]["per_s"] / results["baseline_produce"]["per_s"], 3)
+    results["celery_worker_rss"] = rss
+    return results
+

@@ -1,0 +1,173 @@
+"""The whole benchmark run: servers, data set, B2, B1, B3, B4, then the results, table and charts.
+
+Order matters: B3 adds jobs to the big database and B4 changes 10,000 of its jobs and
+leaves their events in the outbox, so B3 runs after the read benchmarks and before B4.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.auth import create_key
+from app.models import now_ms
+from bench import api_load, dataset, ingest, machine, report, searches, sweep
+from bench.stack import Databases, Servers, bench_settings, start_servers
+
+log = logging.getLogger("bench")
+REPO = Path(__file__).resolve().parent.parent
+ALL = ("B1", "B2", "B3", "B4")
+
+
+@dataclass
+class Config:
+    jobs: int = 1_000_000
+    quick: bool = False
+    only: tuple[str, ...] = ALL
+    durations: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, environ=os.environ) -> "Config":
+        jobs = int(environ.get("BENCH_JOBS", "1000000"))
+        if jobs < 1000:
+            raise SystemExit(f"BENCH_JOBS must be at least 1000 (the sweep needs N/100 stale jobs), got {jobs}")
+        quick = environ.get("BENCH_QUICK", "") not in ("", "0")
+        only = tuple(p.strip().upper() for p in environ.get("BENCH_ONLY", ",".join(ALL)).split(",") if p.strip())
+        unknown = set(only) - set(ALL)
+        if unknown:
+            raise SystemExit(f"BENCH_ONLY names unknown benchmarks: {', '.join(sorted(unknown))} (known: {ALL})")
+        return cls(jobs=jobs, quick=quick, only=only, durations=durations(quick))
+
+
+def durations(quick: bool) -> dict:
+    if quick:
+        return {"b1_duration": 1, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
+                "b3_bulk_duration": 3, "b3_latency_duration": 2, "b3_baseline_duration": 0.5, "b3_noop_tasks": 100,
+                "runs": 3}
+    return {"b1_duration": 10, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
+            "b3_bulk_duration": 30, "b3_latency_duration": 20, "b3_baseline_duration": 5, "b3_noop_tasks": 3000,
+            "runs": 3}
+
+
+def _viewer_key(database_url: str) -> str:
+    """An all-customers SAMPLEDB-VIEWER key, as the analysis system's dashboards would use."""
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with so.Session(engine) as session:
+        key = create_key(session, user="bench-viewer", customer="bench-customer-01", role="SAMPLEDB-VIEWER",
+                         all_customers=True)
+        session.commit()
+    engine.dispose()
+    return key
+
+
+def _count_jobs(database_url: str) -> int:
+    engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        count = conn.scalar(sa.text("SELECT count(*) FROM jobs"))
+    engine.dispose()
+    return count
+
+
+def _step(name: str) -> float:
+    log.info("%s ...", name)
+    return time.perf_counter()
+
+
+def _done(name: str, started: float, timings: dict) -> None:
+    timings[name] = round(time.perf_counter() - started, 1)
+    log.info("%s done in %.1f s", name, timings[name])
+
+
+def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Path) -> dict:
+    """Every benchmark in `config.only` on these servers; the results as one JSON-ready dict."""
+    d = config.durations
+    runs = d["runs"]
+    timings: dict = {}
+    results: dict = {
+        "date": dt.date.today().isoformat(),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": {"jobs": config.jobs, "quick": config.quick, "only": list(config.only), "durations": d},
+        "load_average_start": machine.load_average(),
+        "timings_s": timings,
+    }
+    t = _step(f"loading {config.jobs} jobs")
+    main_db = dbs.create("main")
+    settings = bench_settings(main_db.url, servers)
+    results["machine"] = machine.describe(main_db.url, servers.redis_url, servers.kafka_bootstrap,
+                                          set(servers.pids()))
+    results["dataset"] = dataset.load_jobs(main_db.url, config.jobs, now_ms(), site=settings.site)
+    _done("load", t, timings)
+    key = _viewer_key(main_db.url)
+
+    if "B2" in config.only:
+        t = _step("B2 searches")
+        results["B2"] = searches.run(settings, key, requests=d["b2_requests"], rounds=runs, warmup=d["b2_warmup"])
+        _done("B2", t, timings)
+    if "B1" in config.only:
+        t = _step("B1 GET /job/{id} under load")
+        results["B1"] = api_load.run(settings, key, workdir, duration=d["b1_duration"], runs=runs,
+                                     warmup=d["b1_warmup"])
+        _done("B1", t, timings)
+    if "B3" in config.only:
+        if not (servers.redis_url and servers.kafka_bootstrap):
+            raise RuntimeError("B3 needs Redis and a Kafka-protocol broker")
+        t = _step("B3 ingest")
+        results["B3"] = ingest.run(settings, workdir, servers.pids(), duration=d["b3_duration"],
+                                   bulk_duration=d["b3_bulk_duration"], latency_duration=d["b3_latency_duration"],
+                                   baseline_duration=d["b3_baseline_duration"], noop_tasks=d["b3_noop_tasks"],
+                                   runs=runs)
+        _done("B3", t, timings)
+    if "B4" in config.only:
+        t = _step("B4 sweep")
+        stale = config.jobs // 100
+        sizes = []
+        for table_jobs in (config.jobs // 100, config.jobs // 10):
+            db = dbs.create(f"sweep_{table_jobs}")
+            db_settings = bench_settings(db.url, servers)
+            dataset.load_jobs(db.url, table_jobs, now_ms(), site=db_settings.site)
+            sizes.append(sweep.run_one_size(db_settings, table_jobs, stale, runs))
+            dbs.drop(db.name)
+        sizes.append(sweep.run_one_size(settings, _count_jobs(main_db.url), stale, runs))
+        results["B4"] = sweep.summarize(sizes)
+        _done("B4", t, timings)
+
+    results["B5"] = {
+        "api_worker_peak_rss_mb": results.get("B1", {}).get("api_worker_rss", {}).get("peak_rss_mb"),
+        "celery_worker_peak_rss_mb": results.get("B3", {}).get("celery_worker_rss", {}).get("peak_rss_mb"),
+    }
+    results["load_average_end"] = machine.load_average()
+    results["goals"] = report.goals(results)
+    return results
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    config = Config.from_env()
+    started = time.perf_counter()
+    workdir = Path(tempfile.mkdtemp(prefix="sampledb-bench-run-"))
+    log.info("BENCH_JOBS=%d%s; logs of the servers it starts in %s", config.jobs,
+             " BENCH_QUICK" if config.quick else "", workdir)
+    servers = start_servers(need_workers="B3" in config.only)
+    dbs = Databases(servers.postgres_url, servers.run_id)
+    try:
+        results = run_benchmarks(servers, dbs, config, workdir)
+    finally:
+        dbs.drop_all()
+        servers.stop()
+    results["runtime_s"] = round(time.perf_counter() - started, 1)
+    paths = report.write(results, results_dir=REPO / "bench" / "results", docs_dir=REPO / "docs")
+    for path in paths:
+        log.info("wrote %s", path)
+    log.info("total runtime %.1f s", results["runtime_s"])
+    print(report.table(results))
+    return 0

@@ -1,0 +1,32 @@
+"""Percentiles and the median-of-runs rule every figure follows."""
+
+from __future__ import annotations
+
+import statistics
+from typing import Iterable
+
+
+def percentile(values: Iterable[float], pct: float) -> float:
+    """Linear-interpolated percentile (numpy's default method) of a non-empty sample."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("percentile of no values")
+    rank = (len(ordered) - 1) * pct / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+def summarize_runs(runs: list[dict], keys: Iterable[str]) -> dict:
+    """{key: median over runs} for each key, plus the runs themselves."""
+    return {**{key: round(median(run[key] for run in runs), 3) for key in keys}, "runs": runs}
+
+
+def ratio(value: float | None, baseline: float | None) -> float | None:
+    if value is None or not baseline:
+        return None
+    return round(value / baseline, 3)
