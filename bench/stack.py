@@ -175,11 +175,10 @@ class Databases:
 
 
 def bench_settings(database_url: str, servers: Servers | None = None, **overrides: str) -> Settings:
-    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": servers.site if servers else "BENCH"}
-    if servers is not None and servers.redis_url:
-        environ["SAMPLEDB_REDIS_URL"] = servers.redis_url
-    if servers is not None and servers.kafka_bootstrap:
-        environ["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"] = servers.kafka_bootstrap
+    # Without Redis or Kafka (a run without B3) they point nowhere rather than at some local default server.
+    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": servers.site if servers else "BENCH",
+               "SAMPLEDB_REDIS_URL": (servers and servers.redis_url) or "redis://127.0.0.1:1/0",
+               "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": (servers and servers.kafka_bootstrap) or "127.0.0.1:1"}
     environ.update(overrides)
     return Settings.from_env(environ)
 

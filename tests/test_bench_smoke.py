@@ -1,0 +1,78 @@
+"""The benchmark harness (`make bench`) at a tiny scale: loader, B1, B2, B4 and the report.
+
+Runs the harness's own functions on the test session's PostgreSQL server (in databases
+the harness creates and drops), so a change to the schema or the search code that breaks
+the benchmarks shows up here. B3 needs a Celery worker and Kafka; it is left to `make bench`.
+"""
+
+from __future__ import annotations
+
+import json
+
+import sqlalchemy as sa
+
+from app.extensions import db
+from bench import report
+from bench.run import Config, durations, run_benchmarks
+from bench.stack import Databases, Servers
+
+JOBS = 2000
+SEARCHES = {"default_list", "customer_state", "sha256", "seed_example_any", "seed_example_all", "sorted_offset"}
+
+
+def _is_positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and value > 0
+
+
+def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path):
+    servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None, embedded=False)
+    dbs = Databases(postgres_server_url, servers.run_id)
+    config = Config(jobs=JOBS, quick=True, only=("B1", "B2", "B4"), durations=durations(quick=True))
+    try:
+        results = run_benchmarks(servers, dbs, config, tmp_path)
+    finally:
+        dbs.drop_all()
+    paths = report.write(results, results_dir=tmp_path / "results", docs_dir=tmp_path / "docs")
+    data = json.loads(paths[0].read_text())
+
+    assert data["dataset"]["jobs"] == JOBS
+    assert 1.5 < data["dataset"]["tasks_per_job"] < 2.5
+    assert set(data["dataset"]["states"]) == {"enqueued", "executing", "done", "failed", "timeout", "aborted"}
+
+    b1 = data["B1"]
+    for side in ("target", "baseline"):
+        assert all(_is_positive_number(b1[side][k]) for k in ("rps", "p50_ms", "p99_ms")), b1[side]
+        assert len(b1[side]["runs"]) == 3
+    assert _is_positive_number(b1["ratio_rps"])
+    assert _is_positive_number(b1["api_worker_rss"]["peak_rss_mb"])
+
+    assert set(data["B2"]["searches"]) == SEARCHES
+    for name, search in data["B2"]["searches"].items():
+        for key in ("api_p50_ms", "api_p95_ms", "raw_sql_p50_ms", "raw_sql_p95_ms", "ratio_p95",
+                    "explain_execution_ms"):
+            assert _is_positive_number(search[key]), (name, key, search[key])
+        assert search["plans"] and all(p["nodes"] for p in search["plans"]), name
+        assert search["count"] >= 1, name  # every search finds something in the data set
+
+    sizes = data["B4"]["sizes"]
+    assert [s["table_jobs"] for s in sizes][:2] == [JOBS // 100, JOBS // 10]
+    assert sizes[2]["table_jobs"] >= JOBS
+    assert all(s["stale_jobs"] == JOBS // 100 and _is_positive_number(s["seconds"]) for s in sizes)
+    assert _is_positive_number(data["B4"]["ratio_largest_to_smallest"])
+
+    assert _is_positive_number(data["B5"]["api_worker_peak_rss_mb"])
+    assert {row["id"] for row in data["goals"]} == {"B1", "B2", "B4", "B5"}
+    assert all(isinstance(row["met"], bool) for row in data["goals"] if row["id"] != "B5")
+
+    doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert report.BEGIN in doc and report.END in doc and "| B4 |" in doc
+    assert (tmp_path / "docs" / "bench-sweep.png").stat().st_size > 0
+
+    # The harness ran its own app in-process; the test session's database handle is back on its database.
+    assert db.engine.url.database == sa.make_url(database_url).database
+    engine = sa.create_engine(postgres_server_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        left = conn.scalars(sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                            {"p": f"sampledb_bench_{servers.run_id}%"}).all()
+    engine.dispose()
+    assert left == []
