@@ -51,6 +51,7 @@ def _after_fork(**_kwargs) -> None:
 
     db.dispose()  # connections opened before the fork belong to the parent
     kafka.forget_inherited()
+    flask_app()  # made now, so the first task does not pay for it
 
 
 @signals.worker_process_shutdown.connect

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RELAY_PENDING_KEY = "sampledb:outbox-relay-pending"
 RELAY_PENDING_TTL_MS = 10_000
+RELAY_RETRY_KEY = "sampledb:outbox-relay-retry"
 RELAY_COALESCE_SECONDS = 0.2
 # After the broker failed, triggers skip it for this long instead of each waiting on it.
 QUIET_AFTER_FAILURE_SECONDS = 2.0
@@ -38,7 +39,7 @@ REDIS_TIMEOUT_SECONDS = 0.5
 _lock = threading.Lock()
 _celery_clients: dict[tuple[int, str], object] = {}
 _redis_clients: dict[tuple[int, str], redis.Redis] = {}
-_quiet_until = 0.0
+_quiet_until: dict[str, float] = {}  # by Redis URL
 
 
 class BrokerUnavailable(RuntimeError):
@@ -93,10 +94,11 @@ def send_relay(redis_url: str, *, triggered: bool = True, countdown: float | Non
 
 def trigger_relay() -> None:
     """After-commit trigger (app.outbox.on_commit_trigger): schedule a relay unless one is pending."""
-    global _quiet_until
-    if not has_app_context() or time.monotonic() < _quiet_until:
+    if not has_app_context():
         return
     redis_url = current_app.config["SAMPLEDB"].redis_url
+    if time.monotonic() < _quiet_until.get(redis_url, 0.0):
+        return
     client = redis_client(redis_url)
     try:
         if client.set(RELAY_PENDING_KEY, "1", nx=True, px=RELAY_PENDING_TTL_MS):
@@ -106,8 +108,14 @@ def trigger_relay() -> None:
                 client.delete(RELAY_PENDING_KEY)
                 raise
     except Exception:
-        _quiet_until = time.monotonic() + QUIET_AFTER_FAILURE_SECONDS
+        _quiet_until[redis_url] = time.monotonic() + QUIET_AFTER_FAILURE_SECONDS
         raise
+
+
+def schedule_relay_retry(redis_url: str, countdown: float) -> None:
+    """A relay when failed rows are due again, so recovery does not wait for beat; one at a time."""
+    if redis_client(redis_url).set(RELAY_RETRY_KEY, "1", nx=True, px=max(1, int(countdown * 1000))):
+        send_relay(redis_url, triggered=False, countdown=countdown)
 
 
 def relay_started(redis_url: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Iterable
 
 from kafka import KafkaProducer
 
@@ -30,8 +31,11 @@ _bootstrap: str | None = None
 _owner_pid: int | None = None
 
 
-def producer(bootstrap_servers: str) -> KafkaProducer:
-    """This process's producer, made on first use (raises if the broker cannot be reached)."""
+def producer(bootstrap_servers: str, topics: Iterable[str] = ()) -> KafkaProducer:
+    """This process's producer, made on first use (raises if the broker cannot be reached).
+
+    `topics` are the topics it will send to: they are tracked from the start (see _track).
+    """
     global _producer, _bootstrap, _owner_pid
     with _lock:
         if _producer is not None and (_owner_pid != os.getpid() or _bootstrap != bootstrap_servers):
@@ -51,7 +55,28 @@ def producer(bootstrap_servers: str) -> KafkaProducer:
                 delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
             )
             _bootstrap, _owner_pid = bootstrap_servers, os.getpid()
+            try:
+                _track(_producer, topics)
+            except Exception:
+                _producer.close(timeout=0)
+                _forget()
+                raise
         return _producer
+
+
+def _track(new_producer: KafkaProducer, topics: Iterable[str]) -> None:
+    """Make the producer keep metadata for every topic it will use, and fetch it now.
+
+    kafka-python 3.0.12 asks for metadata of the topics it tracks only and replaces all it
+    knew with the answer; topics it learned at bootstrap are not tracked. So the first send
+    to a topic created later (the first abort request) made it forget the other topics, and
+    records already queued for them waited for a leader until they expired.
+    """
+    topics = tuple(topics)
+    for topic in topics:
+        new_producer._sender.add_topic(topic)
+    for topic in topics:
+        new_producer.partitions_for(topic)  # waits (max_block_ms) for the metadata; creates the topic
 
 
 def discard_producer() -> None:

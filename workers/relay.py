@@ -130,7 +130,8 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
     deadline = time.monotonic() + send_timeout
     errors: dict[int, str] = {}
     try:
-        producer = kafka.producer(settings.kafka_bootstrap_servers)
+        producer = kafka.producer(settings.kafka_bootstrap_servers,
+                                  (settings.job_topic, settings.abort_topic, settings.event_topic))
     except Exception as err:
         log.warning("Kafka unreachable, %d outbox rows wait: %r", len(rows), err)
         return [], {row.id: f"producer: {err!r}" for row in rows}
@@ -177,6 +178,14 @@ def _mark(session: so.Session, rows, acked: list[int], errors: dict[int, str]) -
              "last_error": errors[row.id][:ERROR_MAX_CHARS]}
             for row in rows if row.id in errors
         ])
+
+
+def next_attempt_in_ms(session: so.Session) -> int | None:
+    """Milliseconds until the earliest unsent row is due again (0 if one is due now), None if none waits."""
+    due = session.scalar(sa.select(sa.func.min(OutboxMessage.next_attempt_timestamp))
+                         .where(OutboxMessage.sent_timestamp.is_(None)))
+    session.rollback()
+    return None if due is None else max(0, due - now_ms())
 
 
 def unsent_backlog(session: so.Session) -> tuple[int, int | None]:
