@@ -276,3 +276,242 @@ def sql(app):
             return result.all() if result.returns_rows else None
 
     return run
+
+
+# -- Celery worker, Redis and Kafka for the tests marked `workers` (tests/test_workers_*.py) -------
+#
+# One real worker subprocess per session (prefork, 2 processes, task events on) against the
+# session's database, Redis and a Kafka-protocol broker. Tests that go through it commit for
+# real; the `worker` fixture waits until the worker is idle before the database is cleaned.
+
+WORKER_QUEUES = ("ingest", "outbox", "periodic")
+# Seconds after which Redis hands the messages of a SIGKILLed worker to the next one.
+WORKER_VISIBILITY_TIMEOUT = 12
+
+
+def wait_for(condition, timeout: float, message: str, interval: float = 0.05):
+    """Poll `condition()` until it returns something truthy (which is returned); fail after `timeout` s."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+class KafkaBroker:
+    """An embedded Tansu the tests can stop and start again on the same port (its records are in
+    memory: a restart loses them), or the broker SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed)."""
+
+    def __init__(self, given: str | None):
+        self.server = None
+        self.port = None
+        self.given = given
+        if not given:
+            self.start()
+
+    @property
+    def url(self) -> str:
+        return self.given or f"127.0.0.1:{self.port}"
+
+    @property
+    def restartable(self) -> bool:
+        return not self.given
+
+    def start(self) -> None:
+        from app.localstack import start_kafka
+
+        self.server = start_kafka(port=self.port)
+        self.port = self.server.port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+
+class CeleryWorker:
+    """`celery -A workers.celery_app worker` as a subprocess in its own process group."""
+
+    def __init__(self, env: dict, log_path: Path, name: str):
+        self.env, self.log_path, self.name = env, log_path, name
+        self.process = None
+
+    def start(self, timeout: float = 60) -> None:
+        import subprocess
+        import sys
+
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", ",".join(WORKER_QUEUES),
+                 "-c", "2", "--pool", "prefork", "-E", "-l", "info", "-n", self.name],
+                env=self.env, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        wait_for(lambda: self.process.poll() is not None or " ready." in self.log(offset), timeout, "the worker")
+        assert self.process.poll() is None, f"the worker exited:\n{self.log(offset)[-3000:]}"
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once: no clean shutdown, no acknowledgements."""
+        import os
+        import signal
+
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self, timeout: float = 30) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if not self.alive():
+            return
+        self.process.terminate()  # warm shutdown: finish running tasks, give back reserved ones
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+
+    def log(self, offset: int = 0) -> str:
+        with open(self.log_path, "rb") as log:
+            log.seek(offset)
+            return log.read().decode("utf-8", "replace")
+
+
+@pytest.fixture(scope="session")
+def kafka_broker():
+    broker = KafkaBroker(os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"))
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture(scope="session")
+def worker_settings(database_url, redis_url, kafka_broker) -> Settings:
+    return make_settings(database_url, SAMPLEDB_REDIS_URL=redis_url, SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url)
+
+
+@pytest.fixture(scope="session")
+def redis_client(redis_url):
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_factory):
+    redis_client.flushdb()  # the tests' own Redis database: no tasks left from an earlier run
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_"))}
+    env.update(
+        SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL",
+        SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
+        SAMPLEDB_SWEEP_BATCH_SIZE="20", PYTHONUNBUFFERED="1",
+    )
+    worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
+                          f"sampledb-test-{uuid.uuid4().hex[:6]}@%h")
+    worker.start()
+    yield worker
+    worker.stop()
+
+
+class TaskSender:
+    """Sends tasks by name to the worker's broker, as the sample service and beat do."""
+
+    def __init__(self, redis_url: str):
+        from workers.dispatch import celery_client
+
+        self.client = celery_client(redis_url)
+
+    def send(self, name: str, *args, **kwargs):
+        return self.client.send_task(name, args=list(args), kwargs=kwargs)
+
+    def send_many(self, name: str, arg_lists) -> None:
+        with self.client.producer_or_acquire() as producer:
+            for args in arg_lists:
+                self.client.send_task(name, args=list(args), producer=producer)
+
+
+@pytest.fixture(scope="session")
+def task_sender(redis_url) -> TaskSender:
+    return TaskSender(redis_url)
+
+
+def broker_idle(redis_client) -> bool:
+    """No message waiting in a queue (any priority) and none taken but unacknowledged (running or due later)."""
+    keys = [name + suffix for name in WORKER_QUEUES for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
+    return all(redis_client.llen(key) == 0 for key in keys) and redis_client.hlen("unacked") == 0
+
+
+@pytest.fixture
+def wait_idle(celery_worker, redis_client, task_sender, app):
+    """wait_idle(timeout): until the broker is idle and every outbox row is relayed (the test plays beat)."""
+    import time
+
+    from celeryconfig import TaskNames
+
+    def unsent() -> int:
+        with db.engine.connect() as conn:
+            return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL"))
+
+    def wait(timeout: float = 60) -> None:
+        last_relay = [time.monotonic()]
+        idle_checks = [0]
+
+        def idle() -> bool:
+            # A message the worker is taking is briefly in neither its queue nor "unacked": only an
+            # idleness seen on consecutive checks counts.
+            if not broker_idle(redis_client):
+                idle_checks[0] = 0
+                return False
+            if unsent() == 0:
+                idle_checks[0] += 1
+                return idle_checks[0] >= 3
+            idle_checks[0] = 0
+            if time.monotonic() - last_relay[0] > 1:  # beat's safety net, every second
+                task_sender.send(TaskNames.RELAY_OUTBOX)
+                last_relay[0] = time.monotonic()
+            return False
+
+        wait_for(idle, timeout, f"an idle worker and an empty outbox; worker log:\n{celery_worker.log()[-3000:]}",
+                 interval=0.1)
+
+    return wait
+
+
+@pytest.fixture
+def worker(celery_worker, kafka_broker, wait_idle):
+    """The running session worker; after the test, waits until it is idle so cleaning the database is safe."""
+    if not celery_worker.alive():
+        celery_worker.start()
+    if kafka_broker.server is None and kafka_broker.restartable:
+        kafka_broker.start()
+    yield celery_worker
+    if not celery_worker.alive():
+        celery_worker.start()
+    if kafka_broker.server is None and kafka_broker.restartable:
+        kafka_broker.start()
+    wait_idle()
+
+
+@pytest.fixture(scope="session")
+def live_app(worker_settings):
+    """The API wired to the worker's Redis and Kafka (commits schedule the relay for real)."""
+    application = create_app(worker_settings)
+    application.config["TESTING"] = True
+    return application
+
+
+@pytest.fixture
+def live_api(live_app) -> Api:
+    return Api(live_app.test_client())

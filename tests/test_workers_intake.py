@@ -1,0 +1,128 @@
+"""Submission intake through a real Celery worker, Redis and a Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from app.localstack import read_topic
+from app.submissions import job_id_for
+from celeryconfig import TaskNames
+from conftest import SAMPLE_SHA256, submission_payload, wait_for
+
+pytestmark = pytest.mark.workers
+
+JOB_TOPIC = "Sample.Analysis.Job.OSL"
+EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
+
+
+def records_of(bootstrap: str, topic: str, keys: set[str], expect: int, timeout: float = 20) -> list:
+    """The records of `topic` keyed by one of `keys`, once at least `expect` of them arrived."""
+    found: list = []
+
+    def enough():
+        found[:] = [r for r in read_topic(bootstrap, topic, timeout=2) if r.key.decode() in keys]
+        return len(found) >= expect
+
+    wait_for(enough, timeout, f"{expect} records on {topic}", interval=0.2)
+    return found
+
+
+def count(sql, statement: str, **params) -> int:
+    return sql(statement, **params)[0][0]
+
+
+def test_rest_submission_makes_a_job_and_announces_it(worker, live_api, make_key, kafka_broker, sql):
+    headers = make_key("UPLOADER", customer="acme", user="uploader-kim")
+    viewer = make_key("VIEWER", customer="acme")
+    seed = submission_payload()
+    body = {"submission": {k: seed["submission"][k] for k in ("name", "timestamp", "mimeType", "metaData", "tlp",
+                                                              "acl", "userAgent")},
+            "classification": seed["classification"]}
+    sent_at = time.monotonic()
+    accepted = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=headers, json=body)["data"]
+    job_id = accepted["jobID"]
+
+    listed = wait_for(lambda: job_id in {j["id"] for j in live_api.get("/job", headers=viewer)["data"]}, 5,
+                      "the job in GET /job")
+    visible_after = time.monotonic() - sent_at
+    assert listed and visible_after < 1.0, f"the job took {visible_after:.2f} s to appear"
+    job = live_api.get(f"/job/{job_id}", headers=viewer)["data"]
+    assert job["state"] == "enqueued" and job["customer"]["shortName"] == "acme"
+    assert job["submission"] == accepted["submission"]
+
+    (record,) = records_of(kafka_broker.url, JOB_TOPIC, {job_id}, expect=1)
+    message = json.loads(record.value.decode("utf-8"))
+    submission = {**seed["submission"], "id": accepted["submission"]["id"], "customer": "acme",
+                  "createdByUser": accepted["submission"]["createdByUser"],
+                  "createdTimestamp": accepted["submission"]["createdTimestamp"]}
+    assert message == {
+        "jobID": job_id,
+        "submission": submission,
+        "classification": seed["classification"],
+        "tasks": [{"id": t["id"], "worker": t["worker"]} for t in job["tasks"]],
+    }
+    assert set(message["submission"]) == set(seed["submission"])  # every field of the seed's example
+    assert message["submission"]["createdByUser"]["shortName"] == "uploader-kim"
+    assert {t["worker"] for t in message["tasks"]} == {"static-analyzer", "sandbox-windows"}
+    assert record.key == job_id.encode("utf-8")
+    headers_ = dict(record.headers)
+    (event_id,) = sql("SELECT event_id FROM outbox WHERE topic = :t AND key = :k", t=JOB_TOPIC, k=job_id)[0]
+    assert headers_["event-id"] == str(event_id).encode("ascii")
+    # Marked sent once Kafka acknowledged it (the mark commits just after the acknowledgement).
+    wait_for(lambda: count(sql, "SELECT count(*) FROM outbox WHERE key = :k AND sent_timestamp IS NULL",
+                           k=job_id) == 0, 5, "the outbox rows marked sent")
+
+    (event,) = records_of(kafka_broker.url, EVENT_TOPIC, {job_id}, expect=1)
+    assert json.loads(event.value)["toState"] == "enqueued" and json.loads(event.value)["fromState"] is None
+
+
+def test_the_same_submission_three_times_makes_one_job(worker, task_sender, wait_idle, kafka_broker, sql):
+    payload = submission_payload(customer="triple")
+    for _ in range(3):  # the sample service's redelivery
+        task_sender.send(TaskNames.INGEST_SUBMISSION, copy.deepcopy(payload))
+    wait_idle()
+    job_id = str(job_id_for(payload["submission"]["id"]))
+    assert count(sql, "SELECT count(*) FROM jobs WHERE submission_id = :s", s=payload["submission"]["id"]) == 1
+    assert count(sql, "SELECT count(*) FROM outbox WHERE topic = :t AND key = :k", t=JOB_TOPIC, k=job_id) == 1
+    assert count(sql, "SELECT count(*) FROM job_history WHERE job_id = :j", j=job_id) == 1
+    records = records_of(kafka_broker.url, JOB_TOPIC, {job_id}, expect=1)
+    time.sleep(0.5)  # a second creation message would have been sent with the first
+    assert len(records_of(kafka_broker.url, JOB_TOPIC, {job_id}, expect=1)) == len(records) == 1
+
+
+def test_a_bad_payload_is_dropped_not_retried(worker, task_sender, wait_idle, sql):
+    good = submission_payload()
+    bad = submission_payload()
+    bad["submission"]["tlp"] = "purple"
+    task_sender.send(TaskNames.INGEST_SUBMISSION, {"not": "a submission"})
+    task_sender.send(TaskNames.INGEST_SUBMISSION, bad)
+    task_sender.send(TaskNames.INGEST_SUBMISSION, good)
+    wait_idle()
+    assert count(sql, "SELECT count(*) FROM jobs") == 1
+    log = worker.log()
+    assert f"dropping invalid submission {bad['submission']['id']}" in log
+    assert not re.search(r"sampledb\.ingest_submission\[[^]]+\] retry", log)
+
+
+def test_bulk_ingest(worker, task_sender, wait_idle, kafka_broker, sql):
+    payloads = [submission_payload(customer=f"bulk-{i % 4}") for i in range(300)]
+    batches = [payloads[i:i + 100] for i in range(0, 300, 100)]
+    batches[1] = batches[1] + [copy.deepcopy(payloads[0]), {"broken": True}]
+    started = time.monotonic()
+    task_sender.send_many(TaskNames.INGEST_SUBMISSIONS, [[batch] for batch in batches])
+    task_sender.send(TaskNames.INGEST_SUBMISSIONS, batches[0])  # a redelivered batch
+    wait_idle()
+    elapsed = time.monotonic() - started
+    assert count(sql, "SELECT count(*) FROM jobs") == 300
+    assert count(sql, "SELECT count(*) FROM outbox WHERE topic = :t", t=JOB_TOPIC) == 300
+    keys = {str(job_id_for(p["submission"]["id"])) for p in payloads}
+    records = records_of(kafka_broker.url, JOB_TOPIC, keys, expect=300)
+    assert {r.key.decode() for r in records} == keys
+    print(f"bulk ingest: 300 jobs made and announced in {elapsed:.2f} s")
