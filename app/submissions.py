@@ -249,6 +249,13 @@ class _Lookups:
             self._customers[short_name] = known or ensure_customer(self.session, short_name)
         return self._customers[short_name]
 
+    def load_customers(self, short_names: set[str]) -> None:
+        """Look up many customers in one SELECT; the new ones are created in shortName order."""
+        found = self.session.scalars(sa.select(Customer).where(Customer.short_name.in_(short_names - set(self._customers))))
+        self._customers.update((c.short_name, c) for c in found)
+        for short_name in sorted(short_names - set(self._customers)):
+            self._customers[short_name] = ensure_customer(self.session, short_name)
+
     def workers(self, classification: dict) -> list[str]:
         key = tuple(classification.get(c) for c in ("type", "superType", "arch", "platform"))
         if key not in self._workers:
@@ -284,8 +291,7 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
         except InvalidSubmission as err:
             results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
     lookups = _Lookups(session, settings)
-    for short_name in sorted({data["submission"]["customer"] for data in valid}):
-        lookups.customer(short_name)
+    lookups.load_customers({data["submission"]["customer"] for data in valid})
     new_jobs = [
         service.NewJob(submission=data["submission"], classification=data["classification"],
                        customer_id=lookups.customer(data["submission"]["customer"]).id,

@@ -89,9 +89,6 @@ def workers_for(session: so.Session, classification: dict, fallback_worker: str)
     return names or [fallback_worker]
 
 
-CREATE_CHUNK = 1000
-
-
 @dataclass(frozen=True)
 class NewJob:
     """What create_jobs needs to make one job; `job_id=None` draws a random id."""
@@ -142,19 +139,21 @@ def create_jobs(
         by_submission.setdefault(uuid.UUID(str(new.submission["id"])), new)
     ordered = sorted(by_submission.items(), key=lambda item: item[0])
     job_ids = {submission_id: new.job_id or uuid.uuid4() for submission_id, new in ordered}
+    # One executemany (SQLAlchemy batches it into multi-row INSERTs with RETURNING); the rows
+    # ON CONFLICT skips (submissions already made into jobs) return nothing.
     inserted: set[uuid.UUID] = set()
-    for start in range(0, len(ordered), CREATE_CHUNK):  # bound the statement's parameter count
-        inserted.update(session.scalars(
-            pg_insert(Job).values([
-                dict(id=job_ids[submission_id], state="enqueued", abort_requested=False, site=settings.site,
-                     sample_sha256=new.submission["sample"]["id"].lower(), sample_size=new.sample_size,
-                     customer_id=new.customer_id, submission_id=submission_id,
-                     submission=new.submission, classification=new.classification,
-                     enqueued_timestamp=now, last_updated_timestamp=now,
-                     last_updated_by_user_id=actor.id if actor else None)
-                for submission_id, new in ordered[start:start + CREATE_CHUNK]
-            ]).on_conflict_do_nothing(index_elements=[Job.submission_id]).returning(Job.submission_id)
-        ))
+    if ordered:
+        inserted.update(session.connection().execute(
+            pg_insert(Job.__table__).on_conflict_do_nothing(index_elements=["submission_id"])
+            .returning(Job.__table__.c.submission_id),
+            [dict(id=job_ids[submission_id], state="enqueued", abort_requested=False, site=settings.site,
+                  sample_sha256=new.submission["sample"]["id"].lower(), sample_size=new.sample_size,
+                  customer_id=new.customer_id, submission_id=submission_id,
+                  submission=new.submission, classification=new.classification,
+                  enqueued_timestamp=now, last_updated_timestamp=now,
+                  last_updated_by_user_id=actor.id if actor else None)
+             for submission_id, new in ordered],
+        ).scalars())
     existing = [submission_id for submission_id, _ in ordered if submission_id not in inserted]
     if existing:
         job_ids.update(session.execute(
