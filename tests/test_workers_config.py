@@ -98,3 +98,19 @@ def test_relay_backoff_doubles_up_to_a_cap():
     delays = [backoff_ms(n) for n in range(1, 12)]
     assert delays[:4] == [500, 1000, 2000, 4000]
     assert delays == sorted(delays) and max(delays) == BACKOFF_CAP_MS == 30_000
+
+
+def test_ingest_retries_transient_errors_with_backoff_and_drops_bad_payloads():
+    import sqlalchemy.exc as sa_exc
+
+    from app.submissions import InvalidSubmission
+    from workers import tasks
+
+    for task in (tasks.ingest_submission, tasks.ingest_submissions):
+        assert task.name in STABLE_TASK_NAMES
+        assert sa_exc.OperationalError in task.autoretry_for and sa_exc.InterfaceError in task.autoretry_for
+        assert task.max_retries is None  # a database outage never drops a submission
+        assert task.retry_backoff and task.retry_backoff_max == 60 and task.retry_jitter
+        # An invalid payload is logged and dropped inside the task, never retried.
+        assert not any(issubclass(InvalidSubmission, error) for error in task.autoretry_for)
+    assert celeryconfig.task_time_limit < celeryconfig.VISIBILITY_TIMEOUT_SECONDS
