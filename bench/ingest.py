@@ -36,7 +36,7 @@ from bench.processes import REPO, Child, PeakRss
 from bench.stack import settings_env
 from bench.stats import median, percentile, summarize_runs
 
-WINDOW = 1000
+WINDOW = 800
 LATENCY_RATE = 400
 BULK_BATCH = 50  # submissions per sampledb.ingest_submissions task
 OPEN_LOOP_MAX_IN_FLIGHT = 2000
@@ -139,35 +139,41 @@ class Follower:
 # -- helpers -------------------------------------------------------------------------------------
 
 class CpuMeter:
-    """CPU seconds used by each named process tree between start() and stop()."""
+    """Cores busy on average, per named group of processes, between start() and stop().
 
-    def __init__(self, roots: dict[str, int]):
-        self.roots = roots
+    A group is (pid, what): "self" the process alone, "children" its descendants, "tree" both.
+    """
+
+    def __init__(self, groups: dict[str, tuple[int, str]]):
+        self.groups = groups
         self.before: dict[str, float] = {}
+        self.started = 0.0
 
     @staticmethod
-    def _cpu(pid: int) -> float:
+    def _cpu(pid: int, what: str) -> float:
         try:
             root = psutil.Process(pid)
-            total = 0.0
-            for proc in [root, *root.children(recursive=True)]:
-                try:
-                    times = proc.cpu_times()
-                    total += times.user + times.system
-                except psutil.Error:
-                    pass
-            return total
+            processes = ([root] if what in ("self", "tree") else []) + (
+                root.children(recursive=True) if what in ("children", "tree") else [])
         except psutil.Error:
             return 0.0
+        total = 0.0
+        for proc in processes:
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+        return total
 
     def start(self) -> None:
-        self.before = {name: self._cpu(pid) for name, pid in self.roots.items()}
+        self.before = {name: self._cpu(*group) for name, group in self.groups.items()}
         self.started = time.perf_counter()
 
     def stop(self) -> dict:
         seconds = time.perf_counter() - self.started
-        return {name: round((self._cpu(pid) - self.before[name]) / seconds, 2)  # cores busy on average
-                for name, pid in self.roots.items()}
+        return {name: round((self._cpu(*group) - self.before[name]) / seconds, 2)
+                for name, group in self.groups.items()}
 
 
 def _start_worker(app_module: str, queues: str, env: dict, log_path: Path) -> Child:
@@ -182,7 +188,7 @@ def _queue_drained(client, queue: str) -> bool:
 
 # -- baselines ----------------------------------------------------------------------------------
 
-def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int) -> dict:
+def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_pids: dict[str, int]) -> dict:
     """No-op tasks per second through Redis and a `-c 2` worker: sent as fast as possible, until drained."""
     import redis
 
@@ -195,14 +201,19 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int) -> dict:
     runs = []
     try:
         _wait_worker_ready(settings.redis_url, worker)
+        cpu = CpuMeter({"worker main": (worker.pid, "self"), "worker pool": (worker.pid, "children"),
+                        **{name: (pid, "tree") for name, pid in servers_pids.items() if name == "redis"},
+                        "bench sender": (os.getpid(), "self")})
         for _ in range(3):
+            cpu.start()
             started = time.perf_counter()
             for n in range(tasks):
                 sender.send_task(noop_worker.NOOP_TASK, args=[n], queue=noop_worker.NOOP_QUEUE)
             while not _queue_drained(client, noop_worker.NOOP_QUEUE):
                 time.sleep(0.005)
             seconds = time.perf_counter() - started
-            runs.append({"tasks": tasks, "seconds": round(seconds, 3), "per_s": round(tasks / seconds, 1)})
+            runs.append({"tasks": tasks, "seconds": round(seconds, 3), "per_s": round(tasks / seconds, 1),
+                         "cpu_cores": cpu.stop()})
     finally:
         worker.stop()
         client.close()
@@ -359,7 +370,7 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
                      "window": WINDOW, "bulk_batch": BULK_BATCH}
     results["baseline_produce"] = produce_rate(settings, baseline_duration)
     results["baseline_insert_commit"] = insert_commit_rate(settings, baseline_duration)
-    results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks)
+    results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks, servers_pids)
 
     customers = [f"bench-customer-{k:02d}" for k in range(1, 21)]
     worker = _start_worker("workers.celery_app", "ingest,outbox,periodic", env, workdir / "celery-ingest.log")
@@ -376,7 +387,10 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
             raise RuntimeError(f"no creation message reached Kafka:\n{worker.log_tail()}")
         memory = PeakRss(worker.pid, include_root=True)
         memory.start()
-        cpu = CpuMeter({"celery worker": worker.pid, **servers_pids, "bench (sender + follower)": os.getpid()})
+        # What each part of the pipeline costs: the worker's main process does the broker I/O for its pool.
+        cpu = CpuMeter({"worker main": (worker.pid, "self"), "worker pool": (worker.pid, "children"),
+                        **{name: (pid, "tree") for name, pid in servers_pids.items()},
+                        "bench sender": (os.getpid(), "self"), "bench follower": (follower.process.pid, "self")})
         phases = []
         expected = 20
         for kind, sender, batch, seconds in [("sustained", send, 1, duration),
@@ -389,7 +403,9 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
                 expected += len(sent)
                 follower.wait_for(expected, 120)
         for _ in range(runs):
+            cpu.start()
             info, sent = _open_loop(send, follower, customers, LATENCY_RATE, latency_duration)
+            info["cpu_cores"] = cpu.stop()
             phases.append(("latency", info, sent))
             expected += len(sent)
             follower.wait_for(expected, 120)
