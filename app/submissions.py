@@ -65,7 +65,13 @@ def job_id_for(submission_id: uuid.UUID | str) -> uuid.UUID:
 # -- schemas -----------------------------------------------------------------------------------
 
 def _json_size(value) -> bool:
-    if len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")) > JSON_MAX_BYTES:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN and Infinity parse in Python but are not JSON, and PostgreSQL refuses them
+        raise ma.ValidationError("NaN and Infinity are not JSON numbers") from None
+    except RecursionError:
+        raise ma.ValidationError("Nested too deeply") from None
+    if len(text.encode("utf-8")) > JSON_MAX_BYTES:
         raise ma.ValidationError(f"At most {JSON_MAX_BYTES // 1024} KiB as JSON")
     return True
 

@@ -62,6 +62,9 @@ def test_optional_fields_are_filled_in():
     (("submission", "createdTimestamp"), 1.5),
     (("submission", "metaData"), {"blob": "x" * (64 * 1024)}),
     (("submission", "metaData"), ["not", "an", "object"]),
+    (("submission", "metaData"), {"score": float("nan")}),
+    (("submission", "acl"), [float("inf")]),
+    (("classification", "meta"), {"x": float("-inf")}),
     (("submission", "acl"), "everyone"),
     (("submission", "userAgent"), {"name": "x", "version": "1", "extra": 1}),
     (("submission", "surprise"), 1),
@@ -249,6 +252,23 @@ def test_upload_argument_errors(api, make_key, queued, path, body, field):
     body = api.post(path, 412, headers=make_key("UPLOADER"), json=body)
     assert field in [m["field"] for m in body["messages"]], body["messages"]
     assert all(m["type"] == "FIELD_ERROR" for m in body["messages"])
+    assert queued == []
+
+
+@pytest.mark.parametrize("raw", [
+    '{"classification": {"type": "PE", "superType": "x", "meta": {"a": NaN}}}',
+    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"metaData": {"a": Infinity}}}',
+    '{"classification": {"type": "PE", "superType": "x", "meta": ' + '{"a":' * 5000 + '1' + '}' * 5000 + '}}',
+    '{"classification": {"type": "PE", "superType": "x"}, "submission": null}',
+    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"timestamp": 1e400}}',
+    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"timestamp": 123456789012345678901234567890}}',
+    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"name": "a\\u0000b"}}',
+    '[]', '"x"', '{"classification": []}', '{"classification": {"type": "PE", "superType": "x"}, "submission": []}',
+])
+def test_upload_of_odd_json_is_refused_not_a_500(client, make_key, queued, raw):
+    response = client.post(f"/sampledb/v2{_path()}", data=raw,
+                           headers={**make_key("UPLOADER"), "Content-Type": "application/json"})
+    assert response.status_code in (400, 412), response.get_json()
     assert queued == []
 
 
