@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -155,12 +156,17 @@ def main() -> int:
     config = Config.from_env()
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="sampledb-bench-run-"))
-    log.info("BENCH_JOBS=%d%s; logs of the servers it starts in %s", config.jobs,
+    log.info("BENCH_JOBS=%d%s; logs of gunicorn and Celery in %s", config.jobs,
              " BENCH_QUICK" if config.quick else "", workdir)
     servers = start_servers(need_workers="B3" in config.only)
     dbs = Databases(servers.postgres_url, servers.run_id)
     try:
         results = run_benchmarks(servers, dbs, config, workdir)
+    except BaseException:
+        log.error("benchmark failed; the logs of gunicorn and the Celery workers are in %s", workdir)
+        raise
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     finally:
         dbs.drop_all()
         servers.stop()
