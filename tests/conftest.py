@@ -333,6 +333,13 @@ class KafkaBroker:
             self.server.stop()
             self.server = None
 
+    def crash(self) -> None:
+        """SIGKILL the broker: an outage from one moment to the next (on SIGTERM Tansu keeps serving
+        its open connections for a few seconds)."""
+        self.server.process.kill()
+        self.server.process.wait(10)
+        self.stop()
+
 
 class CeleryWorker:
     """`celery -A workers.celery_app worker` as a subprocess in its own process group."""

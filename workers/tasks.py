@@ -88,12 +88,15 @@ def relay_outbox(self, triggered: bool = False) -> dict:
             raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=120)
         except MaxRetriesExceededError:
             log.warning("relay lock busy for a minute; beat's safety net takes over")
-    elif outcome.more:
-        dispatch.send_relay(settings.redis_url)
-    if outcome.failed:
-        due_in = relay.next_attempt_in_ms(db.session)
-        if due_in is not None:
-            dispatch.schedule_relay_retry(settings.redis_url, countdown=max(0.1, due_in / 1000))
+    try:
+        if outcome.more:
+            dispatch.send_relay(settings.redis_url)
+        elif outcome.failed:
+            due_in = relay.next_attempt_in_ms(db.session)
+            if due_in is not None:
+                dispatch.schedule_relay_retry(settings.redis_url, countdown=max(0.1, due_in / 1000))
+    except Exception:  # the rows wait in the outbox; beat's safety net relays them
+        log.warning("could not schedule the next relay", exc_info=True)
     if outcome.sent or outcome.failed:
         log.info("outbox relay: %s", outcome)
     return {"sent": outcome.sent, "failed": outcome.failed, "busy": outcome.busy, "lagMs": outcome.lag_ms}
