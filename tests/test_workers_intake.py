@@ -126,3 +126,18 @@ def test_bulk_ingest(worker, task_sender, wait_idle, kafka_broker, sql):
     records = records_of(kafka_broker.url, JOB_TOPIC, keys, expect=300)
     assert {r.key.decode() for r in records} == keys
     print(f"bulk ingest: 300 jobs made and announced in {elapsed:.2f} s")
+
+
+def test_a_submission_the_database_refuses_does_not_take_its_batch_down(worker, task_sender, wait_idle, sql):
+    payloads = [submission_payload(customer="batch-mates") for _ in range(10)]
+    payloads[3]["submission"]["name"] = "poison.exe"
+    # Something validation lets through but PostgreSQL refuses, stood in for by a test-only constraint.
+    sql("ALTER TABLE jobs ADD CONSTRAINT test_no_poison CHECK (submission->>'name' IS DISTINCT FROM 'poison.exe')")
+    try:
+        task_sender.send(TaskNames.INGEST_SUBMISSIONS, payloads)
+        wait_for(lambda: count(sql, "SELECT count(*) FROM jobs") == 9, 30, "the nine good jobs")
+        wait_idle()
+    finally:
+        sql("ALTER TABLE jobs DROP CONSTRAINT test_no_poison")
+    assert count(sql, "SELECT count(*) FROM jobs WHERE submission->>'name' = 'poison.exe'") == 0
+    assert f"dropping invalid submission {payloads[3]['submission']['id']}" in worker.log()

@@ -66,12 +66,30 @@ def ingest_submissions(payloads) -> dict:
     if not isinstance(payloads, list):
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
         return {"dropped": 1, "created": 0, "existing": 0}
-    results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+    try:
+        results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+    except TRANSIENT_ERRORS:
+        raise
+    except sa_exc.DBAPIError:
+        # PostgreSQL refused something validation let through: one transaction per submission,
+        # so only the culprit is dropped, not its batch.
+        log.warning("bulk ingest of %d submissions failed; ingesting them one by one", len(payloads), exc_info=True)
+        results = [result for payload in payloads for result in _ingest_alone(payload)]
     dropped = [r for r in results if r.errors is not None]
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
     created = sum(1 for r in results if r.created)
     return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+
+
+def _ingest_alone(payload) -> list[submissions.IngestResult]:
+    try:
+        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
+    except TRANSIENT_ERRORS:
+        raise
+    except sa_exc.DBAPIError as err:
+        return [submissions.IngestResult(submission_id=submissions.submission_id_of(payload),
+                                         errors={"_database": [str(err.orig or err)[:500]]})]
 
 
 # -- outbox relay -----------------------------------------------------------------------------
