@@ -5,7 +5,8 @@ all, flush once, wait on every future, then mark the acknowledged rows sent and 
 failed ones a later attempt (exponential back-off, capped) and their error. A transaction
 advisory lock lets only one batch be in flight at a time, so one job's messages reach
 Kafka in the order they were written (rows of one job are written in order: its row lock
-serialises the transactions that write them).
+serialises the transactions that write them). After a failed send that order can break: a
+row waiting out its back-off may go out after a later row of the same job.
 """
 
 from __future__ import annotations
@@ -187,11 +188,3 @@ def next_attempt_in_ms(session: so.Session) -> int | None:
     session.rollback()
     return None if due is None else max(0, due - now_ms())
 
-
-def unsent_backlog(session: so.Session) -> tuple[int, int | None]:
-    """How many rows wait and the creation time of the oldest: the relay's lag."""
-    count, oldest = session.execute(
-        sa.select(sa.func.count(), sa.func.min(OutboxMessage.created_timestamp))
-        .where(OutboxMessage.sent_timestamp.is_(None))
-    ).one()
-    return count, oldest
