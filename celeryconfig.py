@@ -8,11 +8,10 @@ live here, in one place, for the worker, beat, the dispatcher and the tests.
 
 from __future__ import annotations
 
-import os
 
 from kombu import Exchange, Queue
 
-from app.config import Settings, _seconds
+from app.config import Settings
 
 
 class QueueNames:
@@ -41,9 +40,7 @@ _settings = Settings.from_env()
 # A message a worker took but never acknowledged (the worker was SIGKILLed, the machine
 # died) goes back to its queue after this long. It must exceed the longest task and the
 # longest retry countdown (60 s), or Redis hands the message to a second worker meanwhile.
-VISIBILITY_TIMEOUT_SECONDS = _seconds(
-    "SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", os.environ.get("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300")
-)
+VISIBILITY_TIMEOUT_SECONDS = _settings.celery_visibility_timeout_seconds
 
 broker_url = _settings.redis_url
 broker_connection_retry_on_startup = True

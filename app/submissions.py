@@ -37,7 +37,7 @@ JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")
 TLP_LEVELS = ("white", "green", "amber", "red")
 JSON_MAX_BYTES = 64 * 1024
 LIST_MAX = 10_000
-CUSTOMER_NAME_MAX = 255  # customers.short_name
+CUSTOMER_NAME_MAX = NAME_MAX  # customers.short_name
 SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 
 

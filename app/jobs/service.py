@@ -157,7 +157,7 @@ def create_jobs(
     existing = [submission_id for submission_id, _ in ordered if submission_id not in inserted]
     if existing:
         job_ids.update(session.execute(
-            sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing))).tuples().all())
+            sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing))).all())
 
     task_rows = []
     for submission_id, new in ordered:

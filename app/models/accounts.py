@@ -10,7 +10,7 @@ class Customer(Base):
     __tablename__ = "customers"
 
     id: so.Mapped[int] = so.mapped_column(sa.Integer, sa.Identity(), primary_key=True)
-    short_name: so.Mapped[str] = so.mapped_column(sa.String(255), unique=True)
+    short_name: so.Mapped[str] = so.mapped_column(sa.String(1024), unique=True)
     name: so.Mapped[str] = so.mapped_column(sa.String(1024))
     domain_id: so.Mapped[int | None] = so.mapped_column(sa.Integer)
     domain_name: so.Mapped[str | None] = so.mapped_column(sa.String(255))

@@ -18,7 +18,7 @@ depends_on = None
 def upgrade() -> None:
     op.create_table('customers',
     sa.Column('id', sa.Integer(), sa.Identity(always=False), nullable=False),
-    sa.Column('short_name', sa.String(length=255), nullable=False),
+    sa.Column('short_name', sa.String(length=1024), nullable=False),
     sa.Column('name', sa.String(length=1024), nullable=False),
     sa.Column('domain_id', sa.Integer(), nullable=True),
     sa.Column('domain_name', sa.String(length=255), nullable=True),
