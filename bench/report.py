@@ -35,8 +35,8 @@ def _row(id_: str, what: str, figure: str, baseline: str, ratio, goal: str, met)
 
 def goals(results: dict) -> list[dict]:
     """One row per goal of the brief: the figure, its baseline, the ratio, and whether it is met."""
-    rows = []
-    if "B1" in results:
+    rows = [_row(name, "failed", error, "—", None, "—", False) for name, error in results.get("errors", {}).items()]
+    if "B1" in results and "error" not in results["B1"]:
         b1 = results["B1"]
         t, b = b1["target"], b1["baseline"]
         rows.append(_row(
@@ -45,7 +45,7 @@ def goals(results: dict) -> list[dict]:
             f"fixed job JSON without the database: {_rate(b['rps'])} req/s, p50 {_ms(b['p50_ms'])} ms, "
             f"p99 {_ms(b['p99_ms'])} ms",
             b1["ratio_rps"], "≥ 50 % of the baseline's req/s", b1["ratio_rps"] >= B1_RATIO_GOAL))
-    if "B2" in results:
+    if "B2" in results and "error" not in results["B2"]:
         for name, s in results["B2"]["searches"].items():
             rows.append(_row(
                 "B2", f"{name}: {s['what']} ({s['count']:,} matches)",
@@ -53,7 +53,7 @@ def goals(results: dict) -> list[dict]:
                 f"raw SQL p50 {_ms(s['raw_sql_p50_ms'])} ms, p95 {_ms(s['raw_sql_p95_ms'])} ms",
                 s["ratio_p95"], f"p95 ≤ {B2_P95_GOAL_MS} ms and ≤ {B2_RAW_RATIO_GOAL}× raw SQL",
                 s["api_p95_ms"] <= B2_P95_GOAL_MS and (s["ratio_p95"] or 0) <= B2_RAW_RATIO_GOAL))
-    if "B3" in results:
+    if "B3" in results and "error" not in results["B3"]:
         b3 = results["B3"]
         produce = b3["baseline_produce"]["per_s"]
         baselines = (f"raw produce {_rate(produce)} msg/s; no-op Celery task {_rate(b3['baseline_noop_task']['per_s'])}"
@@ -72,7 +72,7 @@ def goals(results: dict) -> list[dict]:
             "B3", "latency submission → creation message at 400 submissions/s offered",
             f"p50 {_ms(lat['p50_ms'])} ms, p99 {_ms(lat['p99_ms'])} ms (pipeline took {_rate(lat['per_s'])}/s)",
             "—", None, f"p99 ≤ {B3_P99_GOAL_MS} ms", lat["p99_ms"] <= B3_P99_GOAL_MS))
-    if "B4" in results:
+    if "B4" in results and "error" not in results["B4"]:
         b4 = results["B4"]
         sizes = b4["sizes"]
         rows.append(_row(
@@ -100,7 +100,7 @@ def table(results: dict) -> str:
 
 def _details(results: dict) -> list[str]:
     out = []
-    if "B2" in results:
+    if "B2" in results and "error" not in results["B2"]:
         b2 = results["B2"]
         out += ["", f"### B2: searches ({b2['requests_per_round']} requests × {b2['rounds']} rounds each, "
                     "in-process through the Flask test client; raw SQL = the statements search_jobs issues, "
@@ -111,7 +111,7 @@ def _details(results: dict) -> list[str]:
             out.append(f"| {name} | {s['count']:,} | {_ms(s['api_p50_ms'])} / {_ms(s['api_p95_ms'])} | "
                        f"{_ms(s['raw_sql_p50_ms'])} / {_ms(s['raw_sql_p95_ms'])} | {s['explain_execution_ms']:.2f} | "
                        f"{', '.join(s['indexes']) or 'none'} |")
-    if "B3" in results:
+    if "B3" in results and "error" not in results["B3"]:
         b3 = results["B3"]
         out += ["", f"### B3: ingest ({b3['offered_through']}; worker: `{b3['worker']}`)", "",
                 "| run | offered | jobs/s announced | p50 / p99 ms | intake→commit p50 / p99 ms | "
@@ -124,7 +124,7 @@ def _details(results: dict) -> list[str]:
                     f"{_ms(r.get('p99_ms'))} | {_ms(r.get('intake_to_commit_p50_ms'))} / "
                     f"{_ms(r.get('intake_to_commit_p99_ms'))} | {_ms(r.get('commit_to_relay_p50_ms'))} / "
                     f"{_ms(r.get('commit_to_relay_p99_ms'))} | {_ms(r.get('relay_to_seen_p50_ms'))} | {cores} |")
-    if "B4" in results:
+    if "B4" in results and "error" not in results["B4"]:
         out += ["", "### B4: timeout sweep", "", "| jobs in table | stale jobs | seconds (median) | jobs/s | "
                 "SQL statements per run | runs (s) |", "|---|---|---|---|---|---|"]
         for s in results["B4"]["sizes"]:
@@ -169,9 +169,9 @@ def markdown(results: dict) -> str:
         *_machine(results),
         "",
     ]
-    if "B4" in results:
+    if "B4" in results and "error" not in results["B4"]:
         lines += ["![B4: sweep time vs table size](bench-sweep.png)", ""]
-    if "B3" in results:
+    if "B3" in results and "error" not in results["B3"]:
         lines += ["![B3: latency distribution at 400 submissions/s](bench-ingest-latency.png)", ""]
     lines.append(END)
     return "\n".join(lines)
@@ -245,10 +245,10 @@ def write(results: dict, *, results_dir: Path, docs_dir: Path) -> list[Path]:
     doc = docs_dir / "BENCHMARKS.md"
     doc.write_text(_merge(doc.read_text() if doc.exists() else "", markdown(results)))
     paths.append(doc)
-    if "B4" in results:
+    if "B4" in results and "error" not in results["B4"]:
         sweep_chart(results, docs_dir / "bench-sweep.png")
         paths.append(docs_dir / "bench-sweep.png")
-    if "B3" in results:
+    if "B3" in results and "error" not in results["B3"]:
         latency_chart(results, docs_dir / "bench-ingest-latency.png")
         paths.append(docs_dir / "bench-ingest-latency.png")
     return paths

@@ -78,18 +78,24 @@ def _count_jobs(database_url: str) -> int:
     return count
 
 
-def _step(name: str) -> float:
-    log.info("%s ...", name)
-    return time.perf_counter()
-
-
-def _done(name: str, started: float, timings: dict) -> None:
-    timings[name] = round(time.perf_counter() - started, 1)
-    log.info("%s done in %.1f s", name, timings[name])
+def _sweep_sizes(servers: Servers, dbs: Databases, config: Config, settings, main_url: str) -> dict:
+    stale, runs = config.jobs // 100, config.durations["runs"]
+    sizes = []
+    for table_jobs in (config.jobs // 100, config.jobs // 10):
+        db = dbs.create(f"sweep_{table_jobs}")
+        db_settings = bench_settings(db.url, servers)
+        dataset.load_jobs(db.url, table_jobs, now_ms(), site=db_settings.site)
+        sizes.append(sweep.run_one_size(db_settings, table_jobs, stale, runs))
+        dbs.drop(db.name)
+    sizes.append(sweep.run_one_size(settings, _count_jobs(main_url), stale, runs))
+    return sweep.summarize(sizes)
 
 
 def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Path) -> dict:
-    """Every benchmark in `config.only` on these servers; the results as one JSON-ready dict."""
+    """Every benchmark in `config.only` on these servers; the results as one JSON-ready dict.
+
+    A benchmark that fails is recorded as {"error": ...} and the others still run, so a late
+    failure does not cost the figures already measured."""
     d = config.durations
     runs = d["runs"]
     timings: dict = {}
@@ -100,51 +106,46 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
         "load_average_start": machine.load_average(),
         "timings_s": timings,
     }
-    t = _step(f"loading {config.jobs} jobs")
+    log.info("loading %d jobs ...", config.jobs)
+    started = time.perf_counter()
     main_db = dbs.create("main")
     settings = bench_settings(main_db.url, servers)
     results["machine"] = machine.describe(main_db.url, servers.redis_url, servers.kafka_bootstrap,
                                           set(servers.pids()))
     results["dataset"] = dataset.load_jobs(main_db.url, config.jobs, now_ms(), site=settings.site)
-    _done("load", t, timings)
+    timings["load"] = round(time.perf_counter() - started, 1)
     key = _viewer_key(main_db.url)
 
-    if "B2" in config.only:
-        t = _step("B2 searches")
-        results["B2"] = searches.run(settings, key, requests=d["b2_requests"], rounds=runs, warmup=d["b2_warmup"])
-        _done("B2", t, timings)
-    if "B1" in config.only:
-        t = _step("B1 GET /job/{id} under load")
-        results["B1"] = api_load.run(settings, key, workdir, duration=d["b1_duration"], runs=runs,
-                                     warmup=d["b1_warmup"])
-        _done("B1", t, timings)
-    if "B3" in config.only:
-        if not (servers.redis_url and servers.kafka_bootstrap):
-            raise RuntimeError("B3 needs Redis and a Kafka-protocol broker")
-        t = _step("B3 ingest")
-        results["B3"] = ingest.run(settings, workdir, servers.pids(), duration=d["b3_duration"],
-                                   bulk_duration=d["b3_bulk_duration"], latency_duration=d["b3_latency_duration"],
-                                   baseline_duration=d["b3_baseline_duration"], noop_tasks=d["b3_noop_tasks"],
-                                   runs=runs)
-        _done("B3", t, timings)
-    if "B4" in config.only:
-        t = _step("B4 sweep")
-        stale = config.jobs // 100
-        sizes = []
-        for table_jobs in (config.jobs // 100, config.jobs // 10):
-            db = dbs.create(f"sweep_{table_jobs}")
-            db_settings = bench_settings(db.url, servers)
-            dataset.load_jobs(db.url, table_jobs, now_ms(), site=db_settings.site)
-            sizes.append(sweep.run_one_size(db_settings, table_jobs, stale, runs))
-            dbs.drop(db.name)
-        sizes.append(sweep.run_one_size(settings, _count_jobs(main_db.url), stale, runs))
-        results["B4"] = sweep.summarize(sizes)
-        _done("B4", t, timings)
+    # B3 adds jobs to the big database and B4 changes 10,000 of them: both after the read benchmarks.
+    benchmarks = {
+        "B2": ("searches", lambda: searches.run(settings, key, requests=d["b2_requests"], rounds=runs,
+                                                warmup=d["b2_warmup"])),
+        "B1": ("GET /job/{id} under load", lambda: api_load.run(settings, key, workdir, duration=d["b1_duration"],
+                                                                 runs=runs, warmup=d["b1_warmup"])),
+        "B3": ("ingest", lambda: ingest.run(
+            settings, workdir, servers.pids(), duration=d["b3_duration"], bulk_duration=d["b3_bulk_duration"],
+            latency_duration=d["b3_latency_duration"], baseline_duration=d["b3_baseline_duration"],
+            noop_tasks=d["b3_noop_tasks"], runs=runs)),
+        "B4": ("sweep", lambda: _sweep_sizes(servers, dbs, config, settings, main_db.url)),
+    }
+    for name, (what, measure) in benchmarks.items():
+        if name not in config.only:
+            continue
+        log.info("%s %s ...", name, what)
+        started = time.perf_counter()
+        try:
+            results[name] = measure()
+        except Exception as err:  # recorded; main() exits non-zero
+            log.exception("%s failed", name)
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+        timings[name] = round(time.perf_counter() - started, 1)
+        log.info("%s done in %.1f s", name, timings[name])
 
     results["B5"] = {
         "api_worker_peak_rss_mb": results.get("B1", {}).get("api_worker_rss", {}).get("peak_rss_mb"),
         "celery_worker_peak_rss_mb": results.get("B3", {}).get("celery_worker_rss", {}).get("peak_rss_mb"),
     }
+    results["errors"] = {name: results[name]["error"] for name in ALL if "error" in results.get(name, {})}
     results["load_average_end"] = machine.load_average()
     results["goals"] = report.goals(results)
     return results
@@ -163,17 +164,22 @@ def main() -> int:
     try:
         results = run_benchmarks(servers, dbs, config, workdir)
     except BaseException:
-        log.error("benchmark failed; the logs of gunicorn and the Celery workers are in %s", workdir)
+        log.error("benchmark run failed; the logs of gunicorn and the Celery workers are in %s", workdir)
         raise
-    else:
-        shutil.rmtree(workdir, ignore_errors=True)
     finally:
         dbs.drop_all()
         servers.stop()
+    if results["errors"]:
+        log.error("the logs of gunicorn and the Celery workers are in %s", workdir)
+    else:
+        shutil.rmtree(workdir, ignore_errors=True)
     results["runtime_s"] = round(time.perf_counter() - started, 1)
     paths = report.write(results, results_dir=REPO / "bench" / "results", docs_dir=REPO / "docs")
     for path in paths:
         log.info("wrote %s", path)
     log.info("total runtime %.1f s", results["runtime_s"])
     print(report.table(results))
+    if results["errors"]:
+        log.error("failed: %s", results["errors"])
+        return 1
     return 0

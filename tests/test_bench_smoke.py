@@ -35,6 +35,7 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path
     paths = report.write(results, results_dir=tmp_path / "results", docs_dir=tmp_path / "docs")
     data = json.loads(paths[0].read_text())
 
+    assert data["errors"] == {}
     assert data["dataset"]["jobs"] == JOBS
     assert 1.5 < data["dataset"]["tasks_per_job"] < 2.5
     assert set(data["dataset"]["states"]) == {"enqueued", "executing", "done", "failed", "timeout", "aborted"}
