@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -11,7 +12,10 @@ from sqlalchemy.exc import IntegrityError
 from app.config import WORKER_SHORT_NAME_PATTERN
 from app.errors import ApiError
 from app.jobs.serialize import user_info
-from app.models import AnalysisWorker, User, now_ms
+from app.models import AnalysisWorker, now_ms
+
+if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
+    from app.auth import Actor
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}
 
@@ -77,7 +81,7 @@ def list_workers(session: so.Session, *, limit: int, offset: int, sort_by: list[
     return list(session.scalars(stmt).unique()), count
 
 
-def register_worker(session: so.Session, data: dict, actor: User | None) -> AnalysisWorker:
+def register_worker(session: so.Session, data: dict, actor: Actor | None) -> AnalysisWorker:
     now = now_ms()
     worker = AnalysisWorker(
         short_name=data["short_name"], localized_names=data["localized_names"],
@@ -94,7 +98,7 @@ def register_worker(session: so.Session, data: dict, actor: User | None) -> Anal
     return worker
 
 
-def update_worker(session: so.Session, id_or_short_name: str, data: dict, actor: User | None) -> AnalysisWorker:
+def update_worker(session: so.Session, id_or_short_name: str, data: dict, actor: Actor | None) -> AnalysisWorker:
     worker = get_worker(session, id_or_short_name, for_update=True)
     if "localized_names" in data:
         worker.localized_names = data["localized_names"]
@@ -110,7 +114,7 @@ def update_worker(session: so.Session, id_or_short_name: str, data: dict, actor:
     return worker
 
 
-def delete_worker(session: so.Session, id_or_short_name: str, actor: User | None) -> AnalysisWorker:
+def delete_worker(session: so.Session, id_or_short_name: str, actor: Actor | None) -> AnalysisWorker:
     """Mark the worker deleted: new jobs get no task for it; existing tasks stay."""
     worker = get_worker(session, id_or_short_name, for_update=True)
     if not worker.deleted:

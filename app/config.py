@@ -121,6 +121,9 @@ class Settings:
     outbox_relay_interval_seconds: int = _setting("SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS", "5", _seconds)
     sweep_batch_size: int = _setting("SAMPLEDB_SWEEP_BATCH_SIZE", "500", _count)
     # A task a dead worker took goes back to its queue after this long; above the longest task and retry countdown.
+    api_key_cache_seconds: int = _setting(
+        "SAMPLEDB_API_KEY_CACHE_SECONDS", "10", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
+    )
     celery_visibility_timeout_seconds: int = _setting("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300", _seconds)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)

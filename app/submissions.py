@@ -14,6 +14,8 @@ job's id before a worker has made the job, and a client's retry gets the same id
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import json
 import re
 import uuid
@@ -30,7 +32,10 @@ from app.auth import ensure_customer
 from app.config import Settings
 from app.jobs import service
 from app.jobs.service import Scope
-from app.models import Customer, User, now_ms
+from app.models import Customer, now_ms
+
+if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
+    from app.auth import Actor
 
 # Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
 JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")
@@ -197,7 +202,7 @@ def validate_payload(payload) -> dict:
 
 # -- REST upload ------------------------------------------------------------------------------
 
-def prepare_upload(session: so.Session, *, sha256: str, body: dict, user: User, scope: Scope) -> dict:
+def prepare_upload(session: so.Session, *, sha256: str, body: dict, user: Actor, scope: Scope) -> dict:
     """The full payload of a REST upload (body loaded by UploadPayloadSchema) for the ingest task."""
     if not SHA256_PATTERN.fullmatch(sha256):
         raise SubmissionRejected("sha256", "Not a sha256 hash (64 hexadecimal characters)")
@@ -209,7 +214,7 @@ def prepare_upload(session: so.Session, *, sha256: str, body: dict, user: User, 
         raise SubmissionRejected("classification.sample", "Must equal the sha256 in the path")
     customer = submission.get("customer")
     if customer is None:
-        customer = user.customer.short_name
+        customer = user.customer_short_name
     elif not _may_submit_for(session, customer, scope):
         raise SubmissionRejected("submission.customer", f"Not a customer this key may submit for: {customer}")
     submission.update(

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from app.jobs.states import JOB_ACTIVE
-from app.models import Job, JobHistory, JobTask, User
+from app.models import Job, JobHistory, JobTask
 
 
-def user_info(user: User | None) -> dict | None:
+def user_info(user) -> dict | None:
+    """A User row or an app.auth.Actor snapshot, as the API shows users."""
     return user.to_info() if user is not None else None
 
 
