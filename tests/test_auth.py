@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 
@@ -221,3 +222,16 @@ def test_abort_and_update_recorded_with_the_keys_user(api, make_key, make_job):
     job = api.put(f"/job/{job_id}", headers=analyzer, json={"state": "aborted"})["data"]
     assert job["lastUpdatedByUser"]["shortName"] == "analysis-system"
     assert job["lastUpdatedByUser"]["customer"]["shortName"] == "analysis"
+
+
+def test_a_disabled_key_stops_working_once_the_key_cache_expires(app, client, make_key, sql, monkeypatch):
+    # Keys are cached per process for SAMPLEDB_API_KEY_CACHE_SECONDS; disabling one takes effect within that time.
+    monkeypatch.setitem(app.config, "SAMPLEDB", dataclasses.replace(app.config["SAMPLEDB"], api_key_cache_seconds=1))
+    headers = make_key("VIEWER")
+    assert client.get("/sampledb/v2/job", headers=headers).status_code == 200
+    sql("UPDATE api_keys SET disabled = true WHERE key_hash = :h", h=hash_key(headers["Argus-API-Key"]))
+    assert client.get("/sampledb/v2/job", headers=headers).status_code == 200  # still cached
+    time.sleep(1.1)
+    response = client.get("/sampledb/v2/job", headers=headers)
+    assert response.status_code == 401
+    assert response.json["messages"][0]["message"] == "API key is disabled"
