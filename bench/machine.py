@@ -69,6 +69,19 @@ def describe(database_url: str, redis_url: str | None, kafka_bootstrap: str | No
     return info
 
 
+def code_version(repo: Path) -> dict:
+    """The commit the service code was measured at, and its paths that differed from it at the start."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "app", "workers", "migrations", "celeryconfig.py", "wsgi.py")
+    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None,
+            "uncommitted_service_changes": [line[3:] for line in changed.splitlines()]}
+
+
 def _broker(embedded: bool) -> str:
     if not embedded:
         return "Kafka-protocol broker given by SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"

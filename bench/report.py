@@ -163,7 +163,9 @@ def markdown(results: dict) -> str:
         f"## Results of {results['date']}" + (" (BENCH_QUICK)" if results["config"]["quick"] else ""), "",
         f"{results['config']['jobs']:,} jobs; every figure is the median of {results['config']['durations']['runs']} "
         f"runs; total runtime {results.get('runtime_s', 0):.0f} s ({timings}). "
-        f"Raw figures: `bench/results/{results['date']}.json`.", "",
+        f"Raw figures: `bench/results/{results['date']}.json`. Service code at commit "
+        f"{results['code']['commit']}" + (f" with uncommitted changes in {', '.join(results['code']['uncommitted_service_changes'])}"
+                                           if results['code']['uncommitted_service_changes'] else "") + ".", "",
         table(results),
         *_details(results),
         *_machine(results),

@@ -103,6 +103,7 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
         "date": dt.date.today().isoformat(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": {"jobs": config.jobs, "quick": config.quick, "only": list(config.only), "durations": d},
+        "code": machine.code_version(REPO),
         "load_average_start": machine.load_average(),
         "timings_s": timings,
     }
