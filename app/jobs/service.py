@@ -292,7 +292,7 @@ def _sweep(session: so.Session, settings: Settings, condition, order_by, to_stat
     """Move one bounded batch of matching jobs; rows another sweep holds are skipped, not waited for."""
     stmt = (
         sa.select(Job).where(condition).order_by(order_by).limit(limit)
-        .with_for_update(of=Job, skip_locked=True).options(so.lazyload("*"))
+        .with_for_update(of=Job, skip_locked=True).options(so.lazyload("*"), so.selectinload(Job.tasks))
         .execution_options(populate_existing=True)
     )
     jobs = session.scalars(stmt).all()

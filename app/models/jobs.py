@@ -47,6 +47,9 @@ class Job(Base):
     __table_args__ = (
         # The default list: active jobs by enqueuedTimestamp (id breaks ties for stable paging).
         sa.Index("ix_jobs_active_enqueued", "enqueued_timestamp", "id", postgresql_where=sa.text(ACTIVE)),
+        # The same newest first: `sortBy: -enqueuedTimestamp` keeps ids ascending among ties.
+        sa.Index("ix_jobs_active_enqueued_newest", sa.text("enqueued_timestamp DESC"), "id",
+                 postgresql_where=sa.text(ACTIVE)),
         # Sweeps: only the active jobs are indexed, so the cost follows them, not the table.
         sa.Index("ix_jobs_executing_last_updated", "last_updated_timestamp", postgresql_where=sa.text("state = 'executing'")),
         sa.Index("ix_jobs_enqueued_enqueued", "enqueued_timestamp", postgresql_where=sa.text("state = 'enqueued'")),
