@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from app.config import Settings
 from bench.processes import REPO, Child, PeakRss
 from bench.stack import settings_env
-from bench.stats import median, percentile, summarize_runs
+from bench.stats import percentile, summarize_runs
 
 WINDOW = 800
 LATENCY_RATE = 400

@@ -31,7 +31,6 @@ class Servers:
     postgres_url: str  # any database of the server: only used to create and drop ours
     redis_url: str | None
     kafka_bootstrap: str | None
-    embedded: bool
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     _embedded_servers: list = field(default_factory=list, repr=False)
     _temp_dir: Path | None = field(default=None, repr=False)
@@ -47,7 +46,7 @@ class Servers:
         return {server.name: server.pid for server in self._embedded_servers if server.pid}
 
     def stop(self) -> None:
-        if self.redis_url and not self.embedded and self._redis_was_empty:
+        if self.redis_url and self._redis_was_empty:
             import redis
 
             client = redis.Redis.from_url(self.redis_url)
@@ -96,7 +95,7 @@ def start_servers(need_workers: bool = True) -> Servers:
             server.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
-    return Servers(pg_url, redis_url, kafka, embedded=not given_pg, _embedded_servers=started, _temp_dir=temp_dir,
+    return Servers(pg_url, redis_url, kafka, _embedded_servers=started, _temp_dir=temp_dir,
                    _redis_was_empty=redis_was_empty)
 
 

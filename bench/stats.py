@@ -25,8 +25,3 @@ def summarize_runs(runs: list[dict], keys: Iterable[str]) -> dict:
     """{key: median over runs} for each key, plus the runs themselves."""
     return {**{key: round(median(run[key] for run in runs), 3) for key in keys}, "runs": runs}
 
-
-def ratio(value: float | None, baseline: float | None) -> float | None:
-    if value is None or not baseline:
-        return None
-    return round(value / baseline, 3)

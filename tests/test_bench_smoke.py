@@ -25,7 +25,7 @@ def _is_positive_number(value) -> bool:
 
 
 def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path):
-    servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None, embedded=False)
+    servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None)
     dbs = Databases(postgres_server_url, servers.run_id)
     config = Config(jobs=JOBS, quick=True, only=("B1", "B2", "B4"), durations=durations(quick=True))
     try:
