@@ -90,14 +90,19 @@ def search_jobs(session: so.Session, criteria: Criteria, scope: Scope) -> tuple[
     if count == 0 or criteria.offset >= count:
         return [], count
 
-    order = []
-    for name in criteria.sort_by:
-        column = SORT_FIELDS[name.lstrip("-")]
-        order.append(column.desc() if name.startswith("-") else column.asc())
-    order.append(Job.id.asc())  # ties broken by id so that paging is stable
-    stmt = scope.restrict(sa.select(Job).where(*conditions)).order_by(*order).offset(criteria.offset)
+    # A deferred join: page through the matching ids (narrow rows, index order) first, then load
+    # only that page's jobs with their customers and users, instead of joining every match.
+    sort_columns = [SORT_FIELDS[name.lstrip("-")].label(f"sort_{i}") for i, name in enumerate(criteria.sort_by)]
+    page = scope.restrict(sa.select(Job.id, *sort_columns).where(*conditions))
     if any(name.lstrip("-") == "customer" for name in criteria.sort_by):
-        stmt = stmt.join(Customer, Customer.id == Job.customer_id)
+        page = page.join(Customer, Customer.id == Job.customer_id)
+    inner_order = [column.desc() if name.startswith("-") else column.asc()
+                   for name, column in zip(criteria.sort_by, (SORT_FIELDS[n.lstrip("-")] for n in criteria.sort_by))]
+    page = page.order_by(*inner_order, Job.id.asc()).offset(criteria.offset)  # ties broken by id: stable paging
     if criteria.limit:
-        stmt = stmt.limit(criteria.limit)
+        page = page.limit(criteria.limit)
+    page = page.subquery("page")
+    outer_order = [page.c[f"sort_{i}"].desc() if name.startswith("-") else page.c[f"sort_{i}"].asc()
+                   for i, name in enumerate(criteria.sort_by)]
+    stmt = sa.select(Job).join(page, page.c.id == Job.id).order_by(*outer_order, page.c.id.asc())
     return list(session.scalars(stmt).unique()), count
