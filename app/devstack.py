@@ -90,29 +90,21 @@ class DevStack:
         """Embedded servers for every URL not given; returns the SAMPLEDB_* URLs in use."""
         from app import localstack
 
+        embedded = [
+            ("SAMPLEDB_DATABASE_URL", "PostgreSQL", lambda: localstack.start_postgres(STATE_DIR.resolve() / "postgres")),
+            ("SAMPLEDB_REDIS_URL", "Redis", lambda: localstack.start_redis(STATE_DIR.resolve() / "redis")),
+            ("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "Kafka-protocol broker (Tansu, in memory)",
+             lambda: localstack.start_kafka(log_dir=LOG_DIR.resolve())),
+        ]
         urls = {}
-        given = self.settings_env
-        if "SAMPLEDB_DATABASE_URL" in given:
-            urls["SAMPLEDB_DATABASE_URL"] = given["SAMPLEDB_DATABASE_URL"]
-        else:
-            click.echo("starting embedded PostgreSQL ...")
-            server = localstack.start_postgres(STATE_DIR.resolve() / "postgres")
+        for variable, name, start in embedded:
+            if variable in self.settings_env:
+                urls[variable] = self.settings_env[variable]
+                continue
+            click.echo(f"starting embedded {name} ...")
+            server = start()
             self.servers.append(server)
-            urls["SAMPLEDB_DATABASE_URL"] = server.url
-        if "SAMPLEDB_REDIS_URL" in given:
-            urls["SAMPLEDB_REDIS_URL"] = given["SAMPLEDB_REDIS_URL"]
-        else:
-            click.echo("starting embedded Redis ...")
-            server = localstack.start_redis(STATE_DIR.resolve() / "redis")
-            self.servers.append(server)
-            urls["SAMPLEDB_REDIS_URL"] = server.url
-        if "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS" in given:
-            urls["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"] = given["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"]
-        else:
-            click.echo("starting embedded Kafka-protocol broker (Tansu, in memory) ...")
-            server = localstack.start_kafka(log_dir=LOG_DIR.resolve())
-            self.servers.append(server)
-            urls["SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"] = server.url
+            urls[variable] = server.url
         return urls
 
     def start_children(self, env: dict[str, str], flower_auth: str) -> None:
