@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from flask import Response, current_app
+from flask import Response
 from werkzeug.exceptions import HTTPException
 
 from app.models import now_ms
@@ -133,5 +133,4 @@ def handle_unexpected(error: Exception) -> Response:
     if isinstance(error, HTTPException):
         return handle_http_exception(error)
     log.exception("unhandled error")
-    current_app.logger.debug("unhandled error: %r", error)
     return error_response(500, [message("ACTION_ERROR", "Internal error")])
