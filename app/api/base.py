@@ -7,7 +7,7 @@ from contextlib import contextmanager
 import flask_smorest
 import marshmallow as ma
 import sqlalchemy.orm as so
-from flask import current_app
+from flask import current_app, g
 from webargs.flaskparser import FlaskParser
 
 from app.config import Settings
@@ -22,6 +22,12 @@ class StrictParser(FlaskParser):
                                    "querystring": ma.RAISE}
     # Argus answers bad arguments with 412 (webargs would say 422); flask-smorest documents this code too.
     DEFAULT_VALIDATION_STATUS = 412
+
+    def _raw_load_json(self, req):
+        # The body was parsed once already, when it was checked before the view (app.api._check_body).
+        if "json_body" in g:
+            return g.json_body
+        return super()._raw_load_json(req)
 
 
 class Blueprint(flask_smorest.Blueprint):
