@@ -180,9 +180,14 @@ def _remembered_secret(path: Path, make) -> str:
     if path.is_file() and path.read_text().strip():
         return path.read_text().strip()
     secret = make()
+    _keep_secret(path, secret)
+    return secret
+
+
+def _keep_secret(path: Path, secret: str) -> None:
+    """Write a secret of the stack readable by its owner only."""
     path.write_text(secret + "\n")
     path.chmod(0o600)
-    return secret
 
 
 def _analyzer_key(settings: Settings) -> str:
@@ -205,8 +210,7 @@ def _analyzer_key(settings: Settings) -> str:
                          all_customers=True)
         db.session.commit()
     db.dispose()
-    KEY_FILE.write_text(key + "\n")
-    KEY_FILE.chmod(0o600)
+    _keep_secret(KEY_FILE, key)
     return key
 
 
