@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import threading
@@ -53,6 +54,16 @@ end
 """
 
 
+def load_generator() -> str:
+    """`wrk` when it is on PATH, else the Python generator; BENCH_LOAD_GENERATOR=python|wrk forces one."""
+    chosen = os.environ.get("BENCH_LOAD_GENERATOR") or ("wrk" if shutil.which("wrk") else "python")
+    if chosen not in ("wrk", "python"):
+        raise ValueError(f"BENCH_LOAD_GENERATOR must be wrk or python, not {chosen!r}")
+    if chosen == "wrk" and shutil.which("wrk") is None:
+        raise RuntimeError("BENCH_LOAD_GENERATOR=wrk but wrk is not on PATH (Debian: apt-get install wrk)")
+    return chosen
+
+
 def _sample_ids(database_url: str, count: int = ID_COUNT) -> list[str]:
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
@@ -79,8 +90,13 @@ def _wrk(base: str, prefix: str, ids: list[str], key: str, duration: float, work
 
 
 def _python_worker(args) -> tuple[int, int, list[float]]:
-    """One load process: `threads` keep-alive connections in threads, until `deadline`."""
-    host, port, paths, headers, threads, deadline = args
+    """One load process: `threads` keep-alive connections in threads, for `duration` seconds.
+
+    The clock starts here, once the process is up: spawning the pool can take longer than a
+    short run, and a deadline set by the parent would leave nothing to measure.
+    """
+    host, port, paths, headers, threads, duration = args
+    deadline = time.time() + duration
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
@@ -119,10 +135,9 @@ def _python_worker(args) -> tuple[int, int, list[float]]:
 def _python_load(base: str, prefix: str, ids: list[str], key: str, duration: float, processes: int = 4) -> dict:
     host, port = base.removeprefix("http://").split(":")
     paths = [prefix + i for i in ids]
-    deadline = time.time() + duration
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
         parts = pool.map(_python_worker, [(host, int(port), paths, {"Argus-API-Key": key},
-                                           CONNECTIONS // processes, deadline)] * processes)
+                                           CONNECTIONS // processes, duration)] * processes)
     latencies = [ms for _, _, part in parts for ms in part]
     errors = sum(e for _, e, _ in parts)
     return {"requests": len(latencies), "seconds": duration, "rps": round(len(latencies) / duration, 1),
@@ -141,7 +156,7 @@ def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 10
     """B1: requests/s and p50/p99 of GET /job/{id} vs the baseline route; B5: the API workers' peak RSS."""
     ids = _sample_ids(settings.database_url)
     env = settings_env(settings)
-    use_wrk = shutil.which("wrk") is not None
+    use_wrk = load_generator() == "wrk"
     load = _wrk if use_wrk else (lambda base, prefix, ids, key, duration, workdir, start:
                                  _python_load(base, prefix, ids, key, duration))
     target, target_url = start_gunicorn("wsgi:app", env, workdir / "gunicorn-api.log", HEALTH_PATH)

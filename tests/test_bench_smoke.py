@@ -8,7 +8,9 @@ the benchmarks shows up here. B3 needs a Celery worker and Kafka; it is left to 
 from __future__ import annotations
 
 import json
+import shutil
 
+import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
@@ -24,7 +26,15 @@ def _is_positive_number(value) -> bool:
     return isinstance(value, (int, float)) and value > 0
 
 
-def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path):
+# B1's load comes from wrk when it is installed and from a Python generator otherwise: both must
+# work, so a machine without wrk runs `make bench` too. CI installs wrk (.ci/run) to run both.
+@pytest.mark.parametrize("generator", [
+    "python",
+    pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None,
+                                                 reason="wrk is not installed (Debian: apt-get install wrk)")),
+])
+def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path, monkeypatch, generator):
+    monkeypatch.setenv("BENCH_LOAD_GENERATOR", generator)
     servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None)
     dbs = Databases(postgres_server_url, servers.run_id)
     config = Config(jobs=JOBS, quick=True, only=("B1", "B2", "B4"), durations=durations(quick=True))
@@ -41,6 +51,7 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path
     assert set(data["dataset"]["states"]) == {"enqueued", "executing", "done", "failed", "timeout", "aborted"}
 
     b1 = data["B1"]
+    assert b1["load_generator"].startswith(generator)
     for side in ("target", "baseline"):
         assert all(_is_positive_number(b1[side][k]) for k in ("rps", "p50_ms", "p99_ms")), b1[side]
         assert len(b1[side]["runs"]) == 3
