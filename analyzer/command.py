@@ -167,6 +167,7 @@ def analyzer_group(connect: Callable[[str | None, str | None, str | None], Conne
 
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines narrate every connection
         target = connect(api_url, api_key, bootstrap_servers)
         runner = Runner(CommandAnalyzer(worker, list(command), timeout), api_url=target.api_url,
                         api_key=target.api_key, bootstrap_servers=target.bootstrap_servers, site=target.site,

@@ -249,6 +249,7 @@ class Runner:
             raise _Skip(f"claimed by another analyzer ({move and move.get('message')})")
         claim.claimed = True
         self._count("claimed")
+        log.info("job %s task %s: claimed", job_id, task_id)
 
     def _outcome(self, claim: _Claim) -> tuple[str | None, str | None, tuple]:
         job = claim.job
@@ -271,9 +272,12 @@ class Runner:
                 return
             claim.reported = True
         job = claim.job
+        if message is None:
+            message = f"{state} (analyzer {self.instance})"  # else the task would keep showing the claim
         try:
             self.client.update_task(job.id, job.task_id, state, message=message, analyses=list(analyses))
             self._count(state)
+            log.info("job %s task %s: %s: %s", job.id, job.task_id, state, message)
         except ApiError as err:
             # Typically 409: the job went final meanwhile (timed out, aborted by the sweep).
             log.warning("job %s task %s: report %s refused: %s", job.id, job.task_id, state, err)
