@@ -114,7 +114,7 @@ def test_two_hundred_jobs_two_analyzers_per_worker_each_task_once(
     payloads = [submission_payload(customer=f"acme-{i % 4}") for i in range(200)]
     job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
     slow = job_ids[0]
-    analyzers = {name: [Recording(name, hold=lambda job_id: job_id == slow and name == "static-analyzer")
+    analyzers = {name: [Recording(name, hold=lambda job_id, held=(name == "static-analyzer"): held and job_id == slow)
                         for _ in range(2)] for name in WORKERS}
     runners = [make_runner(a, concurrency=4) for pair in analyzers.values() for a in pair]
     with running(*runners):
