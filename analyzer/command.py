@@ -172,6 +172,11 @@ def analyzer_group(connect: Callable[[str | None, str | None, str | None], Conne
         runner = Runner(CommandAnalyzer(worker, list(command), timeout), api_url=target.api_url,
                         api_key=target.api_key, bootstrap_servers=target.bootstrap_servers, site=target.site,
                         concurrency=concurrency, heartbeat_seconds=heartbeat)
-        sys.exit(serve(runner))
+        from kafka.errors import KafkaError
+
+        try:
+            sys.exit(serve(runner))
+        except KafkaError as err:
+            raise click.ClickException(f"Kafka at {target.bootstrap_servers}: {err}") from None
 
     return analyzer

@@ -350,3 +350,34 @@ def test_the_analyzer_package_imports_without_the_service():
                             cwd=Path(__file__).resolve().parents[1])
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+class _HistoryClaimedElsewhere:
+    """The API as a runner sees it when another instance's claim landed first: the task is
+    enqueued at the GET, the PUT succeeds (a heartbeat of the other's claim), the history
+    names the other instance."""
+
+    def __init__(self, job: dict):
+        self.job, self.puts = job, []
+
+    def get_job(self, job_id):
+        return self.job
+
+    def update_task(self, job_id, task_id, state, **fields):
+        self.puts.append(state)
+        return {}
+
+    def job_history(self, job_id):
+        return [{"taskID": self.job["tasks"][0]["id"], "fromState": "enqueued", "toState": "executing",
+                 "message": "Claimed by analyzer static-analyzer on another host"}]
+
+
+def test_a_claim_another_instance_made_first_is_left_to_it():
+    job = {"id": "5f0c6c36-5b9c-4b8e-9a43-0d2a4a1c7f11", "flags": [], "analysedSample": {"id": "aa" * 32},
+           "tasks": [{"id": "3c0d8a5e-1d2f-4f55-8a8e-6b8d5b0f2a10", "worker": "static-analyzer", "state": "enqueued"}]}
+    analyzer = Recording("static-analyzer")
+    runner = Runner(analyzer, api_url="http://127.0.0.1:1", api_key="unused", bootstrap_servers="127.0.0.1:1")
+    runner.client = _HistoryClaimedElsewhere(job)
+    runner._analyse_task(("partition", 0, None), job["id"], job["tasks"][0]["id"], {"jobID": job["id"]})
+    assert runner.client.puts == ["executing"]  # the claim, and no report after it
+    assert analyzer.calls == {} and runner.counts["skipped"] == 1
