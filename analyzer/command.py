@@ -7,6 +7,7 @@ import ctypes
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,9 +162,13 @@ def analyzer_group(connect: Callable[[str | None, str | None, str | None], Conne
         """Run COMMAND for every job with a task for WORKER: the job's JSON on its standard input,
         {jobID} and {sha256} replaced in its arguments; exit 0 reports success, anything else failed.
 
-        Example: sampledb-jobs analyzer run --worker static-analyzer -- sh -c 'jq -r .analysedSample.id'
+        Example: sampledb-jobs analyzer run --worker static-analyzer --timeout 600 -- file -
         """
         from analyzer.runner import Runner, serve
+
+        if shutil.which(command[0]) is None:
+            # Checked once here: a missing program would otherwise fail every job it is given.
+            raise click.ClickException(f"{command[0]}: no such program")
 
         logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")

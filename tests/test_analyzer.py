@@ -381,3 +381,13 @@ def test_a_claim_another_instance_made_first_is_left_to_it():
     runner._analyse_task(("partition", 0, None), job["id"], job["tasks"][0]["id"], {"jobID": job["id"]})
     assert runner.client.puts == ["executing"]  # the claim, and no report after it
     assert analyzer.calls == {} and runner.counts["skipped"] == 1
+
+
+def test_the_cli_refuses_a_program_that_does_not_exist():
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    result = CliRunner().invoke(main, ["analyzer", "run", "--worker", "static-analyzer", "--api-url",
+                                       "http://127.0.0.1:1", "--api-key", "unused", "--", "no-such-analysis-tool"])
+    assert result.exit_code == 1 and "no-such-analysis-tool: no such program" in result.output
