@@ -355,7 +355,22 @@ class Runner:
         try:
             self._commit()
         finally:
-            self._consumer.close()  # leaves the group: the partitions move to the other instances at once
+            _close_without_leaving(self._consumer)
+
+
+def _close_without_leaving(consumer) -> None:
+    """Close the consumer but let the group notice the departure by the session timeout (6 s).
+
+    A LeaveGroup would hand the partitions over at once, but Tansu, the dev stack's broker,
+    wedges a group for good when two members leave at the same moment (every later member
+    joins and is never given partitions), which is what stopping a worker's analyzers
+    together does. Members that simply go silent expire cleanly on Tansu and on Kafka alike.
+    kafka-python (3.0) has no setting for it: its coordinator's leave step is skipped here.
+    """
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is not None and hasattr(coordinator, "maybe_leave_group"):
+        coordinator.maybe_leave_group = lambda *args, **kwargs: None
+    consumer.close()
 
 
 class _Rebalance(ConsumerRebalanceListener):
