@@ -27,8 +27,8 @@ from app.migrate import upgrade
 
 SAMPLE_SHA256 = "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9"
 
-RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
-                "users", "customers"]
+RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_rules",
+                "analysis_policy", "analysis_workers", "users", "customers"]
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,9 @@ def kafka_bootstrap() -> str:
 
 
 def make_settings(database_url: str, **overrides: str) -> Settings:
-    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": "OSL", **overrides}
+    # Tests change the analysis policy between jobs: every job reads it afresh.
+    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": "OSL", "SAMPLEDB_POLICY_CACHE_SECONDS": "0",
+               **overrides}
     return Settings.from_env(environ)
 
 
@@ -118,9 +120,10 @@ def app(settings):
 
 @pytest.fixture(scope="session")
 def _default_workers(app):
-    """The analysis workers the migrations registered, kept to restore between tests."""
+    """The analysis workers and policy the migrations made, kept to restore between tests."""
     with db.engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_workers AS TABLE analysis_workers"))
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_policy AS TABLE analysis_policy"))
 
 
 @pytest.fixture(autouse=True)
@@ -131,6 +134,7 @@ def clean_database(request, _default_workers):
     with db.engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(RESET_TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(sa.text("INSERT INTO analysis_workers SELECT * FROM _default_workers"))
+        conn.execute(sa.text("INSERT INTO analysis_policy SELECT * FROM _default_policy"))
 
 
 @pytest.fixture
@@ -201,8 +205,7 @@ def make_job(app, settings):
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
                 session, settings, submission=payload["submission"], classification=payload["classification"],
-                customer=owner, workers=service.workers_for(session, payload["classification"],
-                                                            settings.fallback_worker),
+                customer=owner,
             )
             session.commit()
         return str(job_id)
@@ -344,8 +347,8 @@ class KafkaBroker:
 class CeleryWorker:
     """`celery -A workers.celery_app worker` as a subprocess in its own process group."""
 
-    def __init__(self, env: dict, log_path: Path, name: str):
-        self.env, self.log_path, self.name = env, log_path, name
+    def __init__(self, env: dict, log_path: Path, name: str, queues: tuple[str, ...] = WORKER_QUEUES):
+        self.env, self.log_path, self.name, self.queues = env, log_path, name, queues
         self.process = None
 
     def start(self, timeout: float = 60) -> None:
@@ -355,7 +358,7 @@ class CeleryWorker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", ",".join(WORKER_QUEUES),
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", ",".join(self.queues),
                  "-c", "2", "--pool", "prefork", "-E", "-l", "info", "-n", self.name],
                 env=self.env, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -423,7 +426,7 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
         SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
-        SAMPLEDB_SWEEP_BATCH_SIZE="20", PYTHONUNBUFFERED="1",
+        SAMPLEDB_SWEEP_BATCH_SIZE="20", SAMPLEDB_POLICY_CACHE_SECONDS="0", PYTHONUNBUFFERED="1",
     )
     worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
                           f"sampledb-test-{uuid.uuid4().hex[:6]}@%h")

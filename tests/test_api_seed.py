@@ -7,6 +7,7 @@ import time
 from conftest import SAMPLE_SHA256, check_envelope, submission_payload
 
 JOB_KEYS = {"id", "state", "flags", "site", "analysedSample", "customer", "submission", "classification", "tasks",
+            "options",
             "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp", "lastUpdatedByUser",
             "abortRequestedTimestamp", "abortRequestedByUser", "abortReason", "message"}
 TASK_KEYS = {"id", "worker", "state", "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp",

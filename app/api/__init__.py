@@ -12,8 +12,10 @@ from app.api.base import BASE_PATH
 from app.api.schemas import envelope_schema
 from app.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from app.extensions import api
+from app.jobs.reanalysis import SampleNotFound
 from app.jobs.service import JobNotFound, TaskNotFound
 from app.jobs.states import StateConflict
+from app.policy.store import PolicyRejected, RuleDeleted, RuleNotFound
 
 MAX_BODY_BYTES = 1024 * 1024
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -79,9 +81,9 @@ def register_api(app: Flask) -> None:
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app)
-    from app.api import health, jobs, submissions, workers
+    from app.api import health, jobs, policy, submissions, workers
 
-    for blueprint in (jobs.blp, workers.blp, submissions.blp):
+    for blueprint in (jobs.blp, workers.blp, submissions.blp, policy.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)
 
@@ -93,7 +95,9 @@ def register_api(app: Flask) -> None:
     # The envelope on every error: ours, Flask's and flask-smorest's (registered after api.init_app to win).
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
-    app.register_error_handler(StateConflict, lambda e: handle_api_error(ApiError.action(409, str(e))))
-    for not_found in (JobNotFound, TaskNotFound, WorkerNotFound):
+    for conflict in (StateConflict, RuleDeleted):
+        app.register_error_handler(conflict, lambda e: handle_api_error(ApiError.action(409, str(e))))
+    app.register_error_handler(PolicyRejected, lambda e: handle_api_error(ApiError.field(e.field, str(e))))
+    for not_found in (JobNotFound, TaskNotFound, WorkerNotFound, RuleNotFound, SampleNotFound):
         app.register_error_handler(not_found, lambda e: handle_api_error(ApiError.action(404, str(e))))
     app.register_error_handler(Exception, handle_unexpected)
