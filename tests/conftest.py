@@ -347,8 +347,8 @@ class KafkaBroker:
 class CeleryWorker:
     """`celery -A workers.celery_app worker` as a subprocess in its own process group."""
 
-    def __init__(self, env: dict, log_path: Path, name: str, queues: tuple[str, ...] = WORKER_QUEUES):
-        self.env, self.log_path, self.name, self.queues = env, log_path, name, queues
+    def __init__(self, env: dict, log_path: Path, name: str):
+        self.env, self.log_path, self.name = env, log_path, name
         self.process = None
 
     def start(self, timeout: float = 60) -> None:
@@ -358,7 +358,7 @@ class CeleryWorker:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", ",".join(self.queues),
+                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", ",".join(WORKER_QUEUES),
                  "-c", "2", "--pool", "prefork", "-E", "-l", "info", "-n", self.name],
                 env=self.env, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
