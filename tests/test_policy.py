@@ -228,3 +228,22 @@ def test_openapi_documents_the_policy_and_reanalysis(client):
     assert "put" in paths["/sampledb/v2/sample/{sha256}/reanalyse"]
     assert "220" in paths["/sampledb/v2/sample/{sha256}/submission"]["post"]["responses"]
     assert "options" in document["components"]["schemas"]["Job"]["properties"]
+
+
+def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, database_url, sql):
+    from app.extensions import db
+    from app.policy import store
+    from conftest import make_settings
+
+    cached = make_settings(database_url, SAMPLEDB_POLICY_CACHE_SECONDS="3600")
+    with app.app_context():
+        assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
+        # Another process's change shows once the cache lifetime is over, not before.
+        sql("""UPDATE analysis_policy SET workers = '["sandbox-linux"]'""")
+        assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
+        assert store.snapshot(db.session, make_settings(database_url)).workers == ("sandbox-linux",)
+        # A change made in this process drops the snapshot when it commits.
+        store.update_policy(db.session, {"workers": ["static-analyzer"]}, None)
+        assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
+        db.session.commit()
+        assert store.snapshot(db.session, cached).workers == ("static-analyzer",)
