@@ -247,3 +247,39 @@ def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, da
         assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
         db.session.commit()
         assert store.snapshot(db.session, cached).workers == ("static-analyzer",)
+
+
+def test_the_rule_index_finds_every_rule_that_fits():
+    """Deciding looks only at the rules indexed under what a submission has: it must agree with trying all."""
+    import random
+
+    from app.policy.evaluate import apply_policy, rule_matches
+
+    rng = random.Random(7)
+    values = ["a", "b", "c"]
+
+    def random_rule(n: int) -> Rule:
+        match = rng.choice([
+            {"customer": rng.sample([ACME, GLOBEX, INITECH], rng.randint(1, 2))},
+            {"classification": {"type": rng.sample(values, rng.randint(0, 2)),
+                                "superType": rng.sample(values, rng.randint(0, 2))}},
+            {"submission": {"metaDataKey": rng.sample(values, rng.randint(1, 2)),
+                            **({"metaDataValue": rng.sample(values, 1)} if rng.random() < 0.5 else {})}},
+        ])
+        return Rule(match, {"workers": {rng.choice(["set", "add", "remove"]): rng.sample(list(REGISTRY), 2)},
+                            "options": {"add": [{"key": rng.choice(values), "value": str(n)}]}})
+
+    for _ in range(200):
+        rules = tuple(random_rule(n) for n in range(rng.randint(0, 12)))
+        snapshot = PolicySnapshot(POLICY_WORKERS, (), rules, REGISTRY)
+        customer = rng.choice([ACME, GLOBEX, INITECH])
+        cls = {"type": rng.choice(values), "superType": rng.choice(values)}
+        submission = {"metaData": {k: rng.choice(values) for k in rng.sample(values, rng.randint(0, 3))}}
+        workers, options = list(POLICY_WORKERS), {}
+        for rule in rules:  # the definition: every rule, oldest first
+            if rule_matches(rule.match, customer, submission, cls):
+                snapshot_of_one = PolicySnapshot(tuple(workers), tuple(options.items()), (rule,), REGISTRY)
+                one = apply_policy(snapshot_of_one, customer, submission, cls)
+                workers, options = list(one.workers), dict(one.options)
+        plan = apply_policy(snapshot, customer, submission, cls)
+        assert (list(plan.workers), dict(plan.options)) == (workers, options)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CLASSIFICATION_FILTER_KEYS = ("type", "superType", "arch", "platform")
 
@@ -24,6 +24,23 @@ class Rule:
     action: Mapping
 
 
+def _index_rules(rules: Sequence[Rule]) -> dict[tuple[str, object], tuple[int, ...]]:
+    """Rule positions by what a submission must have for the rule to fit: ("customer", id), ("type", t),
+    ("superType", s) or ("metaDataKey", k). Deciding a job then looks at the rules that may fit, not all."""
+    index: dict[tuple[str, object], list[int]] = {}
+    for position, rule in enumerate(rules):
+        if not rule.match:
+            continue
+        name, clause = next(iter(rule.match.items()))  # every clause must fit: the first one decides candidacy
+        keys = {"customer": lambda: [("customer", c) for c in clause],
+                "classification": lambda: [("type", t) for t in clause.get("type", ())]
+                + [("superType", t) for t in clause.get("superType", ())],
+                "submission": lambda: [("metaDataKey", k) for k in clause.get("metaDataKey", ())]}[name]()
+        for key in set(keys):
+            index.setdefault(key, []).append(position)
+    return {key: tuple(positions) for key, positions in index.items()}
+
+
 @dataclass(frozen=True)
 class PolicySnapshot:
     """Everything job creation reads: the default policy, its live rules oldest first, and the
@@ -33,6 +50,18 @@ class PolicySnapshot:
     options: tuple[tuple[str, str], ...]
     rules: tuple[Rule, ...]
     registry: Mapping[str, Mapping]
+    index: Mapping[tuple[str, object], tuple[int, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "index", _index_rules(self.rules))
+
+    def rules_that_may_fit(self, customer_id: int, submission: Mapping, classification: Mapping) -> list[Rule]:
+        """The rules indexed under something this submission has, oldest first."""
+        keys = [("customer", customer_id), ("type", classification.get("type")),
+                ("superType", classification.get("superType"))]
+        keys += [("metaDataKey", k) for k in (submission.get("metaData") or {})]
+        positions = {p for key in keys for p in self.index.get(key, ())}
+        return [self.rules[p] for p in sorted(positions)]
 
 
 @dataclass(frozen=True)
@@ -86,14 +115,15 @@ def _apply_options(options: dict[str, str], clause: Mapping) -> dict[str, str]:
     if "set" in clause:
         options = {o["key"]: o["value"] for o in clause["set"]}
     options = {**options, **{o["key"]: o["value"] for o in clause.get("add", ())}}
-    return {k: v for k, v in options.items() if k not in set(clause.get("remove", ()))}
+    removed = set(clause.get("remove", ()))
+    return {k: v for k, v in options.items() if k not in removed}
 
 
 def apply_policy(snapshot: PolicySnapshot, customer_id: int, submission: Mapping,
                  classification: Mapping) -> JobPlan:
     """The policy's workers and options after every matching rule, before the workers' own filters."""
     workers, options = list(snapshot.workers), dict(snapshot.options)
-    for rule in snapshot.rules:
+    for rule in snapshot.rules_that_may_fit(customer_id, submission, classification):
         if rule_matches(rule.match, customer_id, submission, classification):
             workers = _apply_workers(workers, rule.action.get("workers") or {})
             options = _apply_options(options, rule.action.get("options") or {})

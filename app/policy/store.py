@@ -91,11 +91,15 @@ def changed(session: so.Session) -> None:
     session.info[_CHANGED_FLAG] = True
 
 
+def forget_snapshots() -> None:
+    with _snapshots_lock:
+        _snapshots.clear()
+
+
 @event.listens_for(so.Session, "after_commit")
 def _forget_snapshot(session: so.Session) -> None:
     if session.info.pop(_CHANGED_FLAG, False):
-        with _snapshots_lock:
-            _snapshots.clear()
+        forget_snapshots()
 
 
 @event.listens_for(so.Session, "after_rollback")
