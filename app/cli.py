@@ -70,9 +70,9 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
 @main.command()
 def dev() -> None:
     """Run the whole service here: embedded servers (unless SAMPLEDB_* URLs are set), API, worker, beat, Flower."""
-    from app import devstack
+    from app.dev import stack
 
-    sys.exit(devstack.run())
+    sys.exit(stack.run())
 
 
 @main.command()
@@ -88,9 +88,9 @@ def dev() -> None:
 def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int, wait_seconds: float,
          seed: int | None) -> None:
     """Feed synthetic submissions through the running service and follow them to Kafka."""
-    from app import demo as demo_run
+    from app.dev import demo as demo_run
     from app.config import read_dev_env
-    from app.devstack import KEY_FILE
+    from app.dev.stack import KEY_FILE
 
     settings = load_settings()
     api_url = (api_url or read_dev_env().get("SAMPLEDB_API_URL") or f"http://127.0.0.1:{settings.api_port}").rstrip("/")

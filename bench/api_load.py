@@ -23,7 +23,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from app.config import Settings
-from bench.processes import GUNICORN_OPTIONS, PeakRss, start_gunicorn
+from app.dev.commands import GUNICORN_OPTIONS
+from bench.processes import PeakRss, start_gunicorn
 from bench.stack import settings_env
 from bench.stats import percentile, summarize_runs
 

@@ -1,6 +1,6 @@
 """The servers a benchmark run uses and the databases it makes on them.
 
-Embedded servers (app.localstack) in a temp dir unless the SAMPLEDB_* URLs are set. On
+Embedded servers (app.dev) in a temp dir unless the SAMPLEDB_* URLs are set. On
 given servers the run works only in what it creates: databases named
 `sampledb_bench_<run>_*` (dropped at the end), an empty Redis database (flushed at the
 end only because it was empty at the start) and topics of a site of its own.
@@ -60,7 +60,9 @@ class Servers:
 
 def start_servers(need_workers: bool = True) -> Servers:
     """Embedded servers for every SAMPLEDB_* URL that is not set (Redis and Kafka only if `need_workers`)."""
-    from app import localstack
+    from app.dev.kafka import start_kafka
+    from app.dev.postgres import start_postgres
+    from app.dev.redis import start_redis
 
     given_pg = os.environ.get("SAMPLEDB_DATABASE_URL")
     given_redis = os.environ.get("SAMPLEDB_REDIS_URL")
@@ -71,7 +73,7 @@ def start_servers(need_workers: bool = True) -> Servers:
         if given_pg:
             pg_url = Settings.from_env({"SAMPLEDB_DATABASE_URL": given_pg}).database_url
         else:
-            server = localstack.start_postgres(temp_dir / "postgres")
+            server = start_postgres(temp_dir / "postgres")
             started.append(server)
             pg_url = server.url
         redis_url = kafka = None
@@ -81,13 +83,13 @@ def start_servers(need_workers: bool = True) -> Servers:
                 redis_url = _empty_redis_database(given_redis)
                 redis_was_empty = True
             else:
-                server = localstack.start_redis(temp_dir / "redis")
+                server = start_redis(temp_dir / "redis")
                 started.append(server)
                 redis_url = server.url
             if given_kafka:
                 kafka = given_kafka
             else:
-                server = localstack.start_kafka(log_dir=temp_dir / "kafka")
+                server = start_kafka(log_dir=temp_dir / "kafka")
                 started.append(server)
                 kafka = server.url
     except BaseException:

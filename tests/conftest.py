@@ -46,7 +46,7 @@ def postgres_server_url(servers_dir) -> str:
     if given:
         yield Settings.from_env({"SAMPLEDB_DATABASE_URL": given}).database_url
         return
-    from app.localstack import start_postgres
+    from app.dev.postgres import start_postgres
 
     server = start_postgres(servers_dir / "postgres")
     yield server.url
@@ -77,7 +77,7 @@ def redis_url(servers_dir) -> str:
     if given:
         yield given
         return
-    from app.localstack import start_redis
+    from app.dev.redis import start_redis
 
     server = start_redis(servers_dir / "redis")
     yield server.url
@@ -90,7 +90,7 @@ def kafka_bootstrap() -> str:
     if given:
         yield given
         return
-    from app.localstack import start_kafka
+    from app.dev.kafka import start_kafka
 
     server = start_kafka()
     yield server.url
@@ -323,7 +323,7 @@ class KafkaBroker:
         return not self.given
 
     def start(self) -> None:
-        from app.localstack import start_kafka
+        from app.dev.kafka import start_kafka
 
         self.server = start_kafka(port=self.port)
         self.port = self.server.port

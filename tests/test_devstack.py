@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.localstack import free_port
+from app.dev.processes import free_port
 
 pytestmark = pytest.mark.workers
 

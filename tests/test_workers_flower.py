@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.localstack import free_port
+from app.dev.processes import free_port
 from celeryconfig import TaskNames
 from conftest import submission_payload, wait_for
 

@@ -11,7 +11,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
 from conftest import SAMPLE_SHA256, submission_payload, wait_for

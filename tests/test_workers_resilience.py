@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.models import now_ms
 from app.submissions import job_id_for
 from celeryconfig import TaskNames

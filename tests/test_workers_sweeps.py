@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.models import now_ms
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
