@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import BASE, check_envelope
+from tests.support.api import BASE, check_envelope
 
 # Every path of §5.3 with its methods (OpenAPI path templates; parameter names are free).
 SPEC_OPERATIONS = {

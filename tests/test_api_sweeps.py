@@ -13,6 +13,8 @@ import sqlalchemy.orm as so
 from app.extensions import db
 from app.jobs import service
 
+pytestmark = pytest.mark.committing  # sweeps and analyzers race over sessions of their own
+
 HOUR = 3_600_000
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
 

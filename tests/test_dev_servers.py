@@ -21,6 +21,8 @@ from app.dev.postgres import start_postgres
 from app.dev.redis import start_redis
 from app.dev.servers import Server
 
+pytestmark = pytest.mark.servers  # starts servers of its own
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

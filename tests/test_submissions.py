@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from app import submissions
 from app.extensions import db
 from app.models import Job, JobHistory, OutboxMessage
-from conftest import SAMPLE_SHA256, submission_payload
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 OTHER_SHA256 = "a" * 64
 SEED_SUBMISSION_KEYS = {"id", "customer", "sample", "createdByUser", "createdTimestamp", "name", "timestamp",

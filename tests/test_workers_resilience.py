@@ -14,7 +14,9 @@ from app.dev.kafka import read_topic
 from app.models import now_ms
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
-from conftest import WORKER_VISIBILITY_TIMEOUT, submission_payload, wait_for
+from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.workers
 
