@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import queue
-import sys
 import time
 import uuid
 from pathlib import Path

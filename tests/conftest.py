@@ -59,17 +59,22 @@ def servers_dir() -> Path:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server_url(request) -> str:
-    given = os.environ.get("SAMPLEDB_DATABASE_URL")
+def _server_url(request, variable: str, setting: str, start):
+    """The server the environment names in `variable` (read as `setting`), else an embedded one."""
+    given = os.environ.get(variable)
     if given:
-        yield Settings.from_env({"SAMPLEDB_DATABASE_URL": given}).database_url
+        yield getattr(Settings.from_env({variable: given}), setting)
         return
-    from app.dev.postgres import start_postgres
-
-    server = start_postgres(request.getfixturevalue("servers_dir") / "postgres")
+    server = start(request.getfixturevalue("servers_dir"))
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(request) -> str:
+    from app.dev.postgres import start_postgres
+
+    yield from _server_url(request, "SAMPLEDB_DATABASE_URL", "database_url", lambda d: start_postgres(d / "postgres"))
 
 
 @pytest.fixture(scope="session")
@@ -92,15 +97,9 @@ def database_url(postgres_server_url) -> str:
 
 @pytest.fixture(scope="session")
 def redis_url(request) -> str:
-    given = os.environ.get("SAMPLEDB_REDIS_URL")
-    if given:
-        yield given
-        return
     from app.dev.redis import start_redis
 
-    server = start_redis(request.getfixturevalue("servers_dir") / "redis")
-    yield server.url
-    server.stop()
+    yield from _server_url(request, "SAMPLEDB_REDIS_URL", "redis_url", lambda d: start_redis(d / "redis"))
 
 
 @pytest.fixture(scope="session")
