@@ -35,7 +35,7 @@ def _pytest(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_the_fast_lane_starts_no_server():
-    fast = _pytest("-m", "not servers", "-k", "not fast_lane", "tests/test_timeexpr.py", "tests/test_config.py",
+    fast = _pytest("-m", "not servers", "-k", "not fast_lane", "tests/test_dev_commands.py",
                    "tests/test_harness.py")
     assert fast.returncode == 0, fast.stdout[-3000:]
     assert " passed" in fast.stdout and "deselected" in fast.stdout  # the database tests of this file
