@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.exc import IntegrityError
 
+from app.access import Actor
 from app.config import WORKER_SHORT_NAME_PATTERN
 from app.errors import ApiError
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker, now_ms
-
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}
 

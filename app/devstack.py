@@ -112,7 +112,7 @@ class DevStack:
         celery = [python, "-m", "celery", "-A", "workers.celery_app"]
         self.children = [
             Child("api", [python, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
-                          "--bind", f"127.0.0.1:{self.api_port}", "--access-logfile", "-", "app:create_app()"],
+                          "--bind", f"127.0.0.1:{self.api_port}", "--access-logfile", "-", "app.factory:create_app()"],
                   LOG_DIR / "api.log"),
             Child("worker", [*celery, "worker", "--queues", "ingest,outbox,periodic", "--task-events",
                              "--concurrency", "2", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h"],
@@ -194,7 +194,7 @@ def _analyzer_key(settings: Settings) -> str:
     """The stack's all-customers analyzer key: made once, kept in .sampledb/dev.key, re-made if revoked."""
     import sqlalchemy as sa
 
-    from app import create_app
+    from app.factory import create_app
     from app.auth import create_key, hash_key
     from app.extensions import db
     from app.models import ApiKey

@@ -14,8 +14,6 @@ job's id before a worker has made the job, and a client's retry gets the same id
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
 import re
 import uuid
@@ -28,14 +26,11 @@ import sqlalchemy.orm as so
 from marshmallow import fields, validate
 
 from app.api.schemas import NAME_MAX, ApiSchema
-from app.auth import ensure_customer
+from app.access import Actor, Scope
+from app.accounts import ensure_customer
 from app.config import Settings
 from app.jobs import service
-from app.jobs.service import Scope
 from app.models import Customer, now_ms
-
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
 
 # Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
 JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")

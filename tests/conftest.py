@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import create_app
-from app.auth import create_key, ensure_customer
+from app.factory import create_app
+from app.accounts import ensure_customer
+from app.auth import create_key
 from app.config import Settings
 from app.extensions import db
 from app.jobs import service
@@ -64,8 +65,6 @@ def database_url(postgres_server_url) -> str:
     url = server.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
-    if db.engine is not None:
-        db.engine.dispose()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -113,22 +112,23 @@ def settings(database_url) -> Settings:
 def app(settings):
     application = create_app(settings)
     application.config["TESTING"] = True
-    return application
+    yield application
+    db.engine_of(application).dispose()
 
 
 @pytest.fixture(scope="session")
 def _default_workers(app):
     """The analysis workers the migrations registered, kept to restore between tests."""
-    with db.engine.begin() as conn:
+    with db.engine_of(app).begin() as conn:
         conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_workers AS TABLE analysis_workers"))
 
 
 @pytest.fixture(autouse=True)
-def clean_database(request, _default_workers):
+def clean_database(request, app, _default_workers):
     """Every test starts from a fresh installation: no jobs, keys or customers; the default workers."""
     yield
     db.session.remove()
-    with db.engine.begin() as conn:
+    with db.engine_of(app).begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(RESET_TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(sa.text("INSERT INTO analysis_workers SELECT * FROM _default_workers"))
 
@@ -271,7 +271,7 @@ def sql(app):
     """sql(statement, **params) -> rows: run SQL in a transaction of its own (to set up exact timestamps)."""
 
     def run(statement: str, **params):
-        with db.engine.begin() as conn:
+        with db.engine_of(app).begin() as conn:
             result = conn.execute(sa.text(statement), params)
             return result.all() if result.returns_rows else None
 
@@ -436,7 +436,7 @@ class TaskSender:
     """Sends tasks by name to the worker's broker, as the sample service and beat do."""
 
     def __init__(self, redis_url: str):
-        from workers.dispatch import celery_client
+        from app.dispatch import celery_client
 
         self.client = celery_client(redis_url)
 
@@ -468,7 +468,7 @@ def wait_idle(celery_worker, redis_client, task_sender, app):
     from celeryconfig import TaskNames
 
     def unsent() -> int:
-        with db.engine.connect() as conn:
+        with db.engine_of(app).connect() as conn:
             return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL"))
 
     def wait(timeout: float = 60) -> None:

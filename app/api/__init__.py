@@ -8,10 +8,9 @@ from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
 from app.analysis_workers import WorkerNotFound
-from app.api.base import BASE_PATH
+from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
 from app.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
-from app.extensions import api
 from app.jobs.service import JobNotFound, TaskNotFound
 from app.jobs.states import StateConflict
 

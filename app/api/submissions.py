@@ -6,12 +6,12 @@ import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields
 
-from app import submissions
-from app.api.base import BASE_PATH, Blueprint, settings
+from app import dispatch, submissions
+from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import envelope_schema
 from app.auth import UPLOADER, current_principal, requires
 from app.errors import ApiError, envelope
-from app.extensions import db
+from app.extensions import current_settings, db
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
 
@@ -28,8 +28,6 @@ class SampleSubmission(MethodView):
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample; the job appears once a worker has made it"""
-        from workers.dispatch import BrokerUnavailable, send_ingest
-
         principal = current_principal()
         try:
             payload = submissions.prepare_upload(db.session, sha256=sha256, body=body, user=principal.user,
@@ -39,8 +37,8 @@ class SampleSubmission(MethodView):
         except submissions.InvalidSubmission as err:  # a filled-in field broke a bound (e.g. a long user name)
             raise ApiError.action(412, f"Submission cannot be completed: {err}") from None
         try:
-            send_ingest(settings().redis_url, payload)
-        except BrokerUnavailable as err:
+            dispatch.send_ingest(current_settings().redis_url, payload)
+        except dispatch.BrokerUnavailable as err:
             raise ApiError.action(503, f"Submission not accepted, retry later: {err}") from None
         submission = payload["submission"]
         return envelope({"submission": submission, "jobID": str(submissions.job_id_for(submission["id"]))}, 202)

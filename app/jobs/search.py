@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app.access import Scope
 from app.errors import ApiError
-from app.jobs.service import Scope
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job
 

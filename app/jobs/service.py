@@ -10,7 +10,6 @@ owns the transaction: it commits (or rolls back) the session.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -19,6 +18,7 @@ import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import outbox
+from app.access import EVERYONE, Actor, Scope
 from app.config import Settings
 from app.jobs.serialize import user_info
 from app.jobs.states import (
@@ -27,9 +27,6 @@ from app.jobs.states import (
 )
 from app.models import AnalysisWorker, Customer, Job, JobHistory, JobTask, now_ms
 
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
-
 
 class JobNotFound(LookupError):
     """No such job, or one of a customer the caller may not see (both answer 404)."""
@@ -37,22 +34,6 @@ class JobNotFound(LookupError):
 
 class TaskNotFound(LookupError):
     """The job has no such task."""
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The customers a caller may see; `customer_ids=None` means every customer."""
-
-    customer_ids: frozenset[int] | None = None
-
-    def allows(self, customer_id: int) -> bool:
-        return self.customer_ids is None or customer_id in self.customer_ids
-
-    def restrict(self, stmt: sa.Select) -> sa.Select:
-        return stmt if self.customer_ids is None else stmt.where(Job.customer_id.in_(self.customer_ids))
-
-
-EVERYONE = Scope()
 
 
 # -- reading -----------------------------------------------------------------------------------
