@@ -20,6 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import outbox
 from app.access import EVERYONE, Actor, Scope
 from app.config import Settings
+from app.domain_errors import NotFound
 from app.jobs.serialize import user_info
 from app.jobs.states import (
     JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Move, StateConflict,
@@ -28,11 +29,11 @@ from app.jobs.states import (
 from app.models import AnalysisWorker, Customer, Job, JobHistory, JobTask, now_ms
 
 
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
     """No such job, or one of a customer the caller may not see (both answer 404)."""
 
 
-class TaskNotFound(LookupError):
+class TaskNotFound(NotFound):
     """The job has no such task."""
 
 
