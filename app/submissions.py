@@ -126,7 +126,7 @@ class _Lookups:
     def __init__(self, session: so.Session, settings: Settings):
         self.session, self.settings = session, settings
         self._customers: dict[str, Customer] = {}
-        self._workers: dict[tuple, list[str]] = {}
+        self._analysis_workers: dict[tuple, list[str]] = {}
 
     def customer(self, short_name: str) -> Customer:
         if short_name not in self._customers:
@@ -142,18 +142,19 @@ class _Lookups:
         for short_name in sorted(short_names - set(self._customers)):
             self._customers[short_name] = ensure_customer(self.session, short_name)
 
-    def workers(self, classification: dict) -> list[str]:
+    def analysis_workers(self, classification: dict) -> list[str]:
         key = tuple(classification.get(c) for c in ("type", "superType", "arch", "platform"))
-        if key not in self._workers:
-            self._workers[key] = service.workers_for(self.session, classification, self.settings.fallback_worker)
-        return self._workers[key]
+        if key not in self._analysis_workers:
+            self._analysis_workers[key] = service.analysis_workers_for(self.session, classification,
+                                                                       self.settings.fallback_worker)
+        return self._analysis_workers[key]
 
 
 def _make_job(session: so.Session, settings: Settings, data: dict, lookups: _Lookups) -> tuple[uuid.UUID, bool]:
     submission, classification = data["submission"], data["classification"]
     return service.create_job(
         session, settings, submission=submission, classification=classification,
-        customer=lookups.customer(submission["customer"]), workers=lookups.workers(classification),
+        customer=lookups.customer(submission["customer"]), workers=lookups.analysis_workers(classification),
         job_id=job_id_for(submission["id"]),
     )
 
@@ -181,7 +182,7 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
     new_jobs = [
         service.NewJob(submission=data["submission"], classification=data["classification"],
                        customer_id=lookups.customer(data["submission"]["customer"]).id,
-                       workers=tuple(lookups.workers(data["classification"])),
+                       workers=tuple(lookups.analysis_workers(data["classification"])),
                        job_id=job_id_for(data["submission"]["id"]))
         for data in valid
     ]

@@ -201,7 +201,7 @@ def make_job(app, settings):
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
                 session, settings, submission=payload["submission"], classification=payload["classification"],
-                customer=owner, workers=service.workers_for(session, payload["classification"],
+                customer=owner, workers=service.analysis_workers_for(session, payload["classification"],
                                                             settings.fallback_worker),
             )
             session.commit()
@@ -278,7 +278,7 @@ def sql(app):
     return run
 
 
-# -- Celery worker, Redis and Kafka for the tests marked `workers` (tests/test_workers_*.py) -------
+# -- Celery worker, Redis and Kafka for the tests marked `celery` (tests/test_celery_*.py) ---------
 #
 # One real worker subprocess per session (prefork, 2 processes, task events on) against the
 # session's database, Redis and a Kafka-protocol broker. Tests that go through it commit for

@@ -16,7 +16,7 @@ import pytest
 
 from app.localstack import free_port
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 COMMAND = [sys.executable, "-m", "app.cli"]
 

@@ -44,8 +44,9 @@ def import_graph(root: Path, top_level: tuple[str, ...]) -> tuple[dict[str, set[
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
-                if node.level:
-                    base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                if node.level:  # relative: `from . import x` in package a.b names a.b.x
+                    parents = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    base = ".".join(parents + ([base] if base else []))
                 # `from app import outbox` imports the module app.outbox; `from app.x import y` imports app.x.
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             else:

@@ -33,8 +33,8 @@ def _job_list(criteria: Criteria):
 def _update_job(update: dict, job_id: uuid.UUID):
     principal = current_principal()
     with unit_of_work(db.session) as session:
-        job = service.update_job(session, current_settings(), job_id, state=update["state"], message=update.get("message"),
-                                 actor=principal.user, scope=principal.scope)
+        job = service.update_job(session, current_settings(), job_id, state=update["state"],
+                                 message=update.get("message"), actor=principal.user, scope=principal.scope)
     return envelope(job_to_dict(job))
 
 

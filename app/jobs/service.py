@@ -70,8 +70,8 @@ def _lock_job(session: so.Session, job_id: uuid.UUID, scope: Scope) -> Job:
 
 # -- creating ----------------------------------------------------------------------------------
 
-def workers_for(session: so.Session, classification: dict, fallback_worker: str) -> list[str]:
-    """Short names of the registered, non-deleted workers that accept this classification (never empty)."""
+def analysis_workers_for(session: so.Session, classification: dict, fallback_worker: str) -> list[str]:
+    """Short names of the registered, non-deleted analysis workers that accept this classification (never empty)."""
     workers = session.scalars(sa.select(AnalysisWorker).where(AnalysisWorker.deleted.is_(False))).all()
     names = sorted(w.short_name for w in workers if w.accepts_classification(classification))
     return names or [fallback_worker]

@@ -16,7 +16,7 @@ from app.submissions import job_id_for
 from celeryconfig import TaskNames
 from conftest import WORKER_VISIBILITY_TIMEOUT, submission_payload, wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 

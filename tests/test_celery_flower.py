@@ -16,7 +16,7 @@ from app.localstack import free_port
 from celeryconfig import TaskNames
 from conftest import submission_payload, wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ROOT = Path(__file__).resolve().parents[1]
 BASIC_AUTH = "flower-admin:s3cret-for-tests"

@@ -13,7 +13,7 @@ from app.submissions import job_id_for
 from celeryconfig import TaskNames
 from conftest import submission_payload, wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ABORT_TOPIC = "Sample.Analysis.Job.Abort.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
