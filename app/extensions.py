@@ -19,9 +19,13 @@ SETTINGS_KEY = "SAMPLEDB"
 _ENGINE_KEY = "sampledb.engine"
 
 
+def settings_of(app: Flask) -> Settings:
+    return app.config[SETTINGS_KEY]
+
+
 def current_settings() -> Settings:
-    """The settings of the app whose context is active: the one way to read them in a running service."""
-    return current_app.config[SETTINGS_KEY]
+    """The settings of the app whose context is active: the way to read them in a running service."""
+    return settings_of(current_app)
 
 
 class _AppSession(so.Session):
@@ -39,8 +43,7 @@ class Database:
     def init_app(self, app: Flask) -> None:
         if _ENGINE_KEY in app.extensions:
             raise RuntimeError("the database of this app is already set up")
-        engine = sa.create_engine(app.config[SETTINGS_KEY].database_url, pool_pre_ping=True, pool_size=10,
-                                  max_overflow=20)
+        engine = sa.create_engine(settings_of(app).database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
         app.extensions[_ENGINE_KEY] = engine
         self._engines.add(engine)
         app.teardown_appcontext(lambda exc: self.session.remove())
