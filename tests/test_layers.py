@@ -133,6 +133,12 @@ def test_app_never_imports_workers():
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
+def test_only_the_factory_imports_the_http_api():
+    importers = {name for name, targets in GRAPH.items() if not _within(name, ("app.api",))
+                 and any(_within(t, ("app.api",)) for t in targets)}
+    assert importers == {"app.factory"}
+
+
 def test_the_domain_loads_nothing_of_http():
     domain = [name for name in GRAPH if _within(name, DOMAIN)]
     assert {"app.jobs.service", "app.jobs.search", "app.submissions", "app.analysis_workers"} <= set(domain)
