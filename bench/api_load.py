@@ -1,7 +1,7 @@
 """B1 (GET /job/{id} under concurrent load) and B5's API figure (peak RSS of a gunicorn worker).
 
 Two gunicorns run as the Procfile runs the API (app.dev.commands.GUNICORN_OPTIONS): the service
-(`app:create_app()`) and bench.baseline_app, whose extra route answers the same job JSON
+(`app.factory:create_app()`) and bench.baseline_app, whose extra route answers the same job JSON
 without the database. The load comes from a separate process, `wrk`, whose Lua script
 cycles over 10,000 job ids and sends the key; without wrk on PATH (Debian: `apt-get install
 wrk`) a Python multi-process generator stands in. Runs alternate target / baseline.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from app import create_app
+from app.factory import create_app
 from app.errors import envelope
 from bench.api_load import FIXED_JOB_PATH
 

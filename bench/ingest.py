@@ -1,7 +1,7 @@
 """B3 (ingest: submission -> job -> creation message acknowledged by Kafka) and B5's Celery figure.
 
 Submissions are offered by sending the Celery task `sampledb.ingest_submission` by name
-(workers.dispatch.send_ingest, the upstream sample service's path) to a real worker
+(app.dispatch.send_ingest, the upstream sample service's path) to a real worker
 (`celery -A workers.celery_app worker` on every queue, `-c 2`: app.dev.commands) on the bench's
 Redis, database (the 1M-job one) and Kafka. A follower process reads the job topic with
 manual partition assignment (no consumer group; Tansu's end_offsets() is not used) and
@@ -197,7 +197,7 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
 
 
 def _wait_worker_ready(redis_url: str, worker: Child, timeout: float = 60) -> None:
-    from workers.dispatch import celery_client
+    from app.dispatch import celery_client
 
     control = celery_client(redis_url).control
     worker.wait_until(lambda left: control.ping(timeout=0.5), timeout, "answering a ping")
@@ -337,11 +337,11 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         bulk_duration: float = 30, latency_duration: float = 20, baseline_duration: float = 5, noop_tasks: int = 3000, runs: int = 3) -> dict:
     """B3 and B5 (Celery worker): baselines, then the sustained and the 400/s latency runs, `runs` each."""
     from celeryconfig import TaskNames
-    from workers.dispatch import celery_client, send_ingest
+    from app.dispatch import celery_client, send_ingest
 
     env = settings_env(settings)
     env["PYTHONPATH"] = str(REPO)
-    results: dict = {"offered_through": "Celery task sampledb.ingest_submission (workers.dispatch.send_ingest)",
+    results: dict = {"offered_through": "Celery task sampledb.ingest_submission (app.dispatch.send_ingest)",
                      "worker": " ".join(["celery", *commands.celery_worker()[3:]]),
                      "window": WINDOW, "bulk_batch": BULK_BATCH}
     results["baseline_produce"] = produce_rate(settings, baseline_duration)

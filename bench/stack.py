@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import sqlalchemy as sa
 
 from app.config import Settings
+from app.extensions import db
+from app.factory import create_app
 from app.migrate import upgrade
 
 log = logging.getLogger(__name__)
@@ -196,23 +198,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def app_bound_to(settings: Settings):
-    """A Flask app on `settings` in this process; the shared `db` handle is restored afterwards.
-
-    app.extensions.db keeps one engine per process: without the restore, a test session
-    that runs the harness in-process would go on with the benchmark's (dropped) database.
-    """
-    from app import create_app
-    from app.extensions import db
-
-    previous = db.engine
-    db.session.remove()
+    """A Flask app on `settings` in this process, with an engine of its own, closed afterwards."""
     app = create_app(settings)
     try:
         yield app
     finally:
-        db.session.remove()
-        if db.engine is not previous:
-            if db.engine is not None:
-                db.engine.dispose()
-            db.engine = previous
-            db.session.configure(bind=previous)
+        db.engine_of(app).dispose()

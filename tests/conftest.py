@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import create_app
-from app.auth import create_key, ensure_customer
+from app.factory import create_app
+from app.accounts import ensure_customer
+from app.auth import create_key
 from app.config import Settings
 from app.extensions import db
 from app.jobs import service
@@ -88,8 +89,6 @@ def database_url(postgres_server_url) -> str:
     url = server.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
-    if db.engine is not None:
-        db.engine.dispose()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -123,13 +122,14 @@ def settings(database_url) -> Settings:
 def app(settings):
     application = create_app(settings)
     application.config["TESTING"] = True
-    return application
+    yield application
+    db.engine_of(application).dispose()
 
 
 @pytest.fixture(scope="session")
 def _default_workers(app):
     """The analysis workers the migrations registered, kept to restore after a truncation."""
-    keep_default_workers(db.engine)
+    keep_default_workers(db.engine_of(app))
 
 
 @pytest.fixture(autouse=True)
@@ -141,12 +141,13 @@ def database(request):
         yield None
         return
     request.getfixturevalue("_default_workers")
-    if request.node.get_closest_marker("committing") or request.node.get_closest_marker("workers"):
+    engine = db.engine_of(request.getfixturevalue("app"))
+    if request.node.get_closest_marker("committing") or request.node.get_closest_marker("celery"):
         yield None
         db.session.remove()
-        truncate(db.engine)
+        truncate(engine)
         return
-    with RolledBack(db) as rolled_back:
+    with RolledBack(db, engine) as rolled_back:
         yield rolled_back
 
 
@@ -186,7 +187,7 @@ def make_job(app, settings):
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
                 session, settings, submission=payload["submission"], classification=payload["classification"],
-                customer=owner, workers=service.workers_for(session, payload["classification"],
+                customer=owner, workers=service.analysis_workers_for(session, payload["classification"],
                                                             settings.fallback_worker),
             )
             session.commit()
@@ -206,14 +207,14 @@ def sql(app, database):
     in a rolled-back test, a savepoint of the test's transaction."""
 
     def run(statement: str, **params):
-        with (database.begin() if database is not None else db.engine.begin()) as conn:
+        with (database.begin() if database is not None else db.engine_of(app).begin()) as conn:
             result = conn.execute(sa.text(statement), params)
             return result.all() if result.returns_rows else None
 
     return run
 
 
-# -- Celery worker, Redis and Kafka for the tests marked `workers` (tests/support/celery_worker.py) ------
+# -- Celery worker, Redis and Kafka for the tests marked `celery` (tests/support/celery_worker.py) ------
 
 
 @pytest.fixture(scope="session")
@@ -268,7 +269,7 @@ def wait_idle(celery_worker, redis_client, task_sender, app):
     from celeryconfig import TaskNames
 
     def unsent() -> int:
-        with db.engine.connect() as conn:
+        with db.engine_of(app).connect() as conn:
             return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL"))
 
     def wait(timeout: float = 60) -> None:

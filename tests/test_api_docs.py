@@ -140,7 +140,7 @@ def test_readyz_names_the_unavailable_parts_quickly(client):
 def test_readyz_is_200_when_every_part_is_reachable(settings, redis_url, kafka_bootstrap):
     import dataclasses
 
-    from app import create_app
+    from app.factory import create_app
 
     ready = create_app(dataclasses.replace(settings, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap))
     body = check_envelope(ready.test_client().get(f"{BASE}/readyz"), 200)

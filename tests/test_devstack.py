@@ -16,7 +16,7 @@ import pytest
 
 from app.dev.processes import free_port
 
-pytestmark = [pytest.mark.workers, pytest.mark.servers]  # starts a dev stack of its own
+pytestmark = [pytest.mark.celery, pytest.mark.servers]  # starts a dev stack of its own
 
 COMMAND = [sys.executable, "-m", "app.cli"]
 

@@ -72,7 +72,7 @@ class DevStack:
     def start_children(self, env: dict[str, str], flower_auth: str) -> None:
         planned = [
             (Child("api", LOG_DIR / "api.log"),
-             commands.gunicorn("app:create_app()", f"127.0.0.1:{self.api_port}", "--access-logfile", "-")),
+             commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{self.api_port}", "--access-logfile", "-")),
             (Child("worker", LOG_DIR / "worker.log"),
              commands.celery_worker("--task-events", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h")),
             (Child("beat", LOG_DIR / "beat.log"),
@@ -139,7 +139,7 @@ def _analyzer_key(settings: Settings) -> str:
     """The stack's all-customers analyzer key: made once, kept in .sampledb/dev.key, re-made if revoked."""
     import sqlalchemy as sa
 
-    from app import create_app
+    from app.factory import create_app
     from app.auth import create_key, hash_key
     from app.extensions import db
     from app.models import ApiKey

@@ -1,4 +1,4 @@
-"""A real Celery worker, a restartable Kafka-protocol broker and a task sender, for the tests marked `workers`.
+"""A real Celery worker, a restartable Kafka-protocol broker and a task sender, for the tests marked `celery`.
 
 One worker subprocess per session (prefork, 2 processes, task events on) against the
 session's database, Redis and broker. Tests that go through it commit for real.
@@ -72,7 +72,7 @@ class TaskSender:
     """Sends tasks by name to the worker's broker, as the sample service and beat do."""
 
     def __init__(self, redis_url: str):
-        from workers.dispatch import celery_client
+        from app.dispatch import celery_client
 
         self.client = celery_client(redis_url)
 

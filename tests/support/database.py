@@ -34,14 +34,15 @@ def truncate(engine: sa.Engine) -> None:
 class RolledBack:
     """The test's connection, inside an outer transaction that is never committed."""
 
-    def __init__(self, database):
+    def __init__(self, database, engine: sa.Engine):
         self.database = database
+        self.engine = engine
         self.connection: sa.Connection | None = None
 
     def __enter__(self) -> RolledBack:
         session = self.database.session
         session.remove()
-        self.connection = self.database.engine.connect()
+        self.connection = self.engine.connect()
         self.outer = self.connection.begin()
         self.saved = dict(session.session_factory.kw)
         session.configure(bind=self.connection, join_transaction_mode="create_savepoint")

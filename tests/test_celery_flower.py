@@ -16,7 +16,7 @@ from celeryconfig import TaskNames
 from tests.support.payloads import submission_payload
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ROOT = Path(__file__).resolve().parents[1]
 BASIC_AUTH = "flower-admin:s3cret-for-tests"

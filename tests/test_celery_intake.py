@@ -17,7 +17,7 @@ from celeryconfig import TaskNames
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"

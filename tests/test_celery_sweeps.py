@@ -14,7 +14,7 @@ from celeryconfig import TaskNames
 from tests.support.payloads import submission_payload
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ABORT_TOPIC = "Sample.Analysis.Job.Abort.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
