@@ -22,7 +22,7 @@ from sqlalchemy import event
 
 from app import submissions
 from app.config import Settings
-from app.auth import ensure_customer
+from app.accounts import ensure_customer
 from app.policy import store
 from bench.ingest import payload
 

@@ -125,7 +125,7 @@ def analyzer(make_key):
 
 
 def test_a_rule_changes_new_jobs_tasks_and_options(api, analyzer, make_job):
-    from test_api_workers import worker_body
+    from tests.test_api_analysis_workers import worker_body
 
     api.post("/worker", 201, headers=analyzer, json=worker_body("document-sandbox",
                                                                 accepts={"superType": ["document"]}))
@@ -180,7 +180,7 @@ def test_a_deleted_worker_leaves_the_policy_shown_and_runs_no_more(api, analyzer
     ({**OFFLINE_RULE, "priority": 1}, "priority"),
 ])
 def test_a_bad_rule_is_refused_naming_the_field(api, analyzer, body, field):
-    from test_api_workers import worker_body
+    from tests.test_api_analysis_workers import worker_body
 
     api.post("/worker", 201, headers=analyzer, json=worker_body("document-sandbox"))
     refused = api.post("/policy/default/rule", 412, headers=analyzer, json=body)
@@ -230,18 +230,19 @@ def test_openapi_documents_the_policy_and_reanalysis(client):
     assert "options" in document["components"]["schemas"]["Job"]["properties"]
 
 
-def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, database_url, sql):
+def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, settings, sql):
+    import dataclasses
+
     from app.extensions import db
     from app.policy import store
-    from conftest import make_settings
 
-    cached = make_settings(database_url, SAMPLEDB_POLICY_CACHE_SECONDS="3600")
+    cached = dataclasses.replace(settings, policy_cache_seconds=3600)
     with app.app_context():
         assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
         # Another process's change shows once the cache lifetime is over, not before.
         sql("""UPDATE analysis_policy SET workers = '["sandbox-linux"]'""")
         assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
-        assert store.snapshot(db.session, make_settings(database_url)).workers == ("sandbox-linux",)
+        assert store.snapshot(db.session, settings).workers == ("sandbox-linux",)
         # A change made in this process drops the snapshot when it commits.
         store.update_policy(db.session, {"workers": ["static-analyzer"]}, None)
         assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"

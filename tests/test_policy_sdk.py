@@ -10,9 +10,12 @@ from argus_api.exceptions.http import AccessDeniedException, ObjectNotFoundExcep
 from argus_api.lib.sampledb.v2 import sample
 from argus_api.lib.sampledb.v2.policy import policy_default as sdk
 
-from conftest import SAMPLE_SHA256
-from test_api_workers import worker_body
-from support.live_server import argus_model, schema_problems, sdk_session, serve
+from tests.support.payloads import SAMPLE_SHA256
+from tests.test_api_analysis_workers import worker_body
+from tests.support.live_server import argus_model, schema_problems, sdk_session, serve
+
+# The app serves from threads of its own, each with its own connection: the tests commit for real.
+pytestmark = pytest.mark.committing
 
 DEFAULT_WORKERS = ["document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",
                    "static-analyzer"]

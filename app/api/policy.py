@@ -8,10 +8,10 @@ import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from app.api.base import BASE_PATH, Blueprint, unit_of_work
+from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import (
-    MESSAGE_MAX, NAME_MAX, OFFSET_MAX, ApiSchema, CustomerInfoSchema, NoArgsSchema, OptionSchema, UserInfoSchema,
-    WholeNumber, envelope_schema,
+    MESSAGE_MAX, OFFSET_MAX, CustomerInfoSchema, NoArgsSchema, OptionSchema, UserInfoSchema, WholeNumber,
+    envelope_schema,
 )
 from app.auth import ANALYZER, VIEWER, current_principal, requires
 from app.config import WORKER_SHORT_NAME_PATTERN
@@ -19,6 +19,8 @@ from app.errors import envelope
 from app.extensions import db
 from app.jobs.search import MAX_RESULTS
 from app.policy import store
+from app.unit_of_work import unit_of_work
+from app.wire import NAME_MAX, ApiSchema
 
 blp = Blueprint("policy", __name__, url_prefix=f"{BASE_PATH}/policy/default",
                 description="The default analysis policy and its rules: which workers a new job gets, with which options")
@@ -200,7 +202,7 @@ class DefaultPolicy(MethodView):
     @blp.response(200, PolicyEnvelope)
     def put(self, data: dict):
         """Update the default analysis policy: each list given replaces the stored one"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             policy = store.update_policy(session, data, current_principal().user)
         return _policy_answer(policy)
 
@@ -222,7 +224,7 @@ class RuleCollection(MethodView):
     @blp.response(201, RuleEnvelope)
     def post(self, data: dict):
         """Add a rule: when its match clause fits a submission, its action changes the job's workers and options"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             rule = store.add_rule(session, data, current_principal().user)
         return _rule_answer(rule, 201)
 
@@ -244,7 +246,7 @@ class RuleItem(MethodView):
     @blp.alt_response(409, response="CONFLICT")
     def put(self, data: dict, rule_id: uuid.UUID):
         """Change a rule: each clause given replaces the stored one"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             rule = store.update_rule(session, rule_id, data, current_principal().user)
         return _rule_answer(rule)
 
@@ -254,6 +256,6 @@ class RuleItem(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def delete(self, _args, rule_id: uuid.UUID):
         """Delete a rule: new jobs no longer follow it; it stays listed with includeDeleted"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             rule = store.delete_rule(session, rule_id, current_principal().user)
         return _rule_answer(rule)

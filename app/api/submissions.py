@@ -4,21 +4,44 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from marshmallow import fields
+from marshmallow import fields, validate
 
-from app import submissions
-from app.api.base import BASE_PATH, Blueprint, settings, unit_of_work
-from app.api.schemas import ApiSchema, CustomerRef, JobSchema, NoArgsSchema, envelope_schema
+from app import dispatch, submissions
+from app.api.base import BASE_PATH, Blueprint
+from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
 from app.auth import UPLOADER, USER, current_principal, requires
 from app.errors import ApiError, envelope
-from app.extensions import db
+from app.extensions import current_settings, db
 from app.jobs.reanalysis import reanalyse
 from app.jobs.serialize import job_to_dict
+from app.unit_of_work import unit_of_work
+from app.wire import (
+    CUSTOMER_NAME_MAX, SHA256_PATTERN, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
+)
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
 
 # Argus' answer to a submission of a sample the customer sent recently: accepted, not stored, no job.
 RECENTLY_SEEN = 220
+
+
+class UploadSubmissionSchema(SubmissionSchema):
+    """A REST upload's submission: the service fills id (unless given), customer (unless given),
+    sample, createdByUser and createdTimestamp."""
+
+    id = fields.UUID(load_default=None, metadata={"description": "Keep it when retrying: the retry gets the same jobID"})
+    customer = fields.String(load_default=None, validate=validate.Length(1, CUSTOMER_NAME_MAX),
+                             metadata={"description": "Default: the key's own customer"})
+    sample = fields.Nested(SampleRefSchema, load_default=None)
+    created_by_user = fields.Dict(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
+    created_timestamp = Timestamp(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
+
+
+class UploadPayloadSchema(ApiSchema):
+    """Body of POST /sample/{sha256}/submission."""
+
+    submission = fields.Nested(UploadSubmissionSchema, load_default=lambda: UploadSubmissionSchema().load({}))
+    classification = fields.Nested(ClassificationSchema, required=True)
 
 
 class SubmissionAcceptedSchema(ma.Schema):
@@ -35,37 +58,24 @@ class ReanalyseArgsSchema(ApiSchema):
                                                     "several customers (default: the latest submission's)"})
 
 
-def _checked_sha256(sha256: str) -> str:
-    if not submissions.SHA256_PATTERN.fullmatch(sha256):
-        raise ApiError.field("sha256", "sha256: Not a sha256 hash (64 hexadecimal characters)")
-    return sha256.lower()
-
-
 @blp.route("/<sha256>/submission")
 class SampleSubmission(MethodView):
     @requires(UPLOADER)
-    @blp.arguments(submissions.UploadPayloadSchema)
+    @blp.arguments(UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
     @blp.alt_response(RECENTLY_SEEN, schema=envelope_schema(SubmissionRateLimitedSchema),
                       description="The customer sent this sample within SAMPLEDB_DUPLICATE_WINDOW_SECONDS: "
                                   "the submission is not stored and makes no job")
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample; the job appears once a worker has made it"""
-        from workers.dispatch import BrokerUnavailable, send_ingest
-
         principal = current_principal()
-        try:
-            payload = submissions.prepare_upload(db.session, sha256=sha256, body=body, user=principal.user,
-                                                 scope=principal.scope)
-        except submissions.SubmissionRejected as err:
-            raise ApiError.field(err.field, f"{err.field}: {err}") from None
-        except submissions.InvalidSubmission as err:  # a filled-in field broke a bound (e.g. a long user name)
-            raise ApiError.action(412, f"Submission cannot be completed: {err}") from None
-        if submissions.recently_seen(db.session, settings(), payload):
+        payload = submissions.prepare_upload(db.session, sha256=sha256, body=body, user=principal.user,
+                                             scope=principal.scope)
+        if submissions.recently_seen(db.session, current_settings(), payload):
             return envelope({"sampleSha256": payload["submission"]["sample"]["id"]}, RECENTLY_SEEN)
         try:
-            send_ingest(settings().redis_url, payload)
-        except BrokerUnavailable as err:
+            dispatch.send_ingest(current_settings().redis_url, payload)
+        except dispatch.BrokerUnavailable as err:
             raise ApiError.action(503, f"Submission not accepted, retry later: {err}") from None
         submission = payload["submission"]
         return envelope({"submission": submission, "jobID": str(submissions.job_id_for(submission["id"]))}, 202)
@@ -83,8 +93,9 @@ class SampleReanalysis(MethodView):
 
         Answers the sample's active job of that customer instead, if it has one."""
         principal = current_principal()
-        sha256 = _checked_sha256(sha256)
-        with unit_of_work() as session:
-            job, _created = reanalyse(session, settings(), sha256, customer=query.get("customer"),
+        if not SHA256_PATTERN.fullmatch(sha256):
+            raise ApiError.field("sha256", "sha256: Not a sha256 hash (64 hexadecimal characters)")
+        with unit_of_work(db.session) as session:
+            job, _created = reanalyse(session, current_settings(), sha256.lower(), customer=query.get("customer"),
                                       actor=principal.user, scope=principal.scope)
         return envelope(job_to_dict(job))

@@ -3,28 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.config import Settings
+from app.domain_errors import NotFound
 from app.jobs import service
-from app.jobs.service import Scope
+from app.access import EVERYONE, Actor, Scope
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job
 from app.policy import store as policy_store
 
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth
-    from app.auth import Actor
 
-
-class SampleNotFound(LookupError):
+class SampleNotFound(NotFound):
     """No submission of the sample the caller may see."""
 
 
 def reanalyse(session: so.Session, settings: Settings, sha256: str, *, customer: int | str | None,
-              actor: Actor | None, scope: Scope = service.EVERYONE) -> tuple[Job, bool]:
+              actor: Actor | None, scope: Scope = EVERYONE) -> tuple[Job, bool]:
     """A new job for the sample from its latest submission the caller may see, under the policy as it is
     now; or the sample's active job of that customer, if it has one. Returns the job and whether it is new.
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -20,7 +19,9 @@ import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import outbox
+from app.access import EVERYONE, Actor, Scope
 from app.config import Settings
+from app.domain_errors import NotFound
 from app.jobs.serialize import user_info
 from app.jobs.states import (
     JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Move, StateConflict,
@@ -31,36 +32,17 @@ from app.models.jobs import INGESTED
 from app.policy import store as policy_store
 from app.policy.evaluate import JobPlan
 
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
 
-
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
     """No such job, or one of a customer the caller may not see (both answer 404)."""
 
 
-class TaskNotFound(LookupError):
+class TaskNotFound(NotFound):
     """The job has no such task."""
 
 
 # Advisory lock class of the per-sample-and-customer locks ("SDBS" as a 32-bit integer).
 SAMPLE_LOCK_CLASS = 0x53444253
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The customers a caller may see; `customer_ids=None` means every customer."""
-
-    customer_ids: frozenset[int] | None = None
-
-    def allows(self, customer_id: int) -> bool:
-        return self.customer_ids is None or customer_id in self.customer_ids
-
-    def restrict(self, stmt: sa.Select) -> sa.Select:
-        return stmt if self.customer_ids is None else stmt.where(Job.customer_id.in_(self.customer_ids))
-
-
-EVERYONE = Scope()
 
 
 # -- reading -----------------------------------------------------------------------------------

@@ -12,36 +12,31 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy import event
 
+from app.access import Actor
 from app.config import Settings
+from app.domain_errors import Conflict, InvalidArgument, NotFound
 from app.jobs.serialize import user_info
 from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer, now_ms
 from app.policy.evaluate import JobPlan, PolicySnapshot, Rule, plan_job
 
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth
-    from app.auth import Actor
 
 _CHANGED_FLAG = "sampledb_policy_changed"
 
 
-class RuleNotFound(LookupError):
+class RuleNotFound(NotFound):
     pass
 
 
-class PolicyRejected(ValueError):
+class PolicyRejected(InvalidArgument):
     """A policy or rule the caller may not store as given; `field` names the culprit."""
 
-    def __init__(self, field: str, text: str):
-        super().__init__(text)
-        self.field = field
 
-
-class RuleDeleted(ValueError):
+class RuleDeleted(Conflict):
     """A deleted rule cannot be changed."""
 
 
@@ -118,7 +113,7 @@ def resolve_workers(session: so.Session, refs: list[str], field: str) -> list[st
     by_ref = {**{str(i): n for i, n in rows}, **{n: n for _, n in rows}}
     unknown = [r for r in refs if by_ref.get(r.lower() if _is_uuid(r) else r) is None]
     if unknown:
-        raise PolicyRejected(field, f"{field}: not a registered analysis worker: {', '.join(unknown)}")
+        raise PolicyRejected(field, f"not a registered analysis worker: {', '.join(unknown)}")
     return list(dict.fromkeys(by_ref[r.lower() if _is_uuid(r) else r] for r in refs))
 
 
@@ -129,7 +124,7 @@ def resolve_customers(session: so.Session, refs: list[str], field: str) -> list[
     by_ref = {**{str(i): i for i, _ in rows}, **{n: i for i, n in rows}}
     unknown = [r for r in refs if r not in by_ref]
     if unknown:
-        raise PolicyRejected(field, f"{field}: unknown customer: {', '.join(unknown)}")
+        raise PolicyRejected(field, f"unknown customer: {', '.join(unknown)}")
     return list(dict.fromkeys(by_ref[r] for r in refs))
 
 
@@ -144,7 +139,7 @@ def _is_uuid(text: str) -> bool:
 def _unique_option_keys(options: list[dict], field: str) -> list[dict]:
     keys = [o["key"] for o in options]
     if len(set(keys)) != len(keys):
-        raise PolicyRejected(field, f"{field}: one option per key")
+        raise PolicyRejected(field, "one option per key")
     return [{"key": o["key"], "value": o["value"]} for o in options]
 
 
@@ -162,7 +157,7 @@ def update_policy(session: so.Session, data: dict, actor: Actor | None) -> Analy
     policy = get_policy(session, for_update=True)
     if "workers" in data:
         if not data["workers"]:
-            raise PolicyRejected("workers", "workers: at least one worker is required")
+            raise PolicyRejected("workers", "at least one worker is required")
         policy.workers = resolve_workers(session, data["workers"], "workers")
     if "options" in data:
         policy.options = _unique_option_keys(data["options"], "options")
@@ -208,13 +203,13 @@ def list_rules(session: so.Session, *, limit: int, offset: int,
 def _stored_match(session: so.Session, match: dict) -> dict:
     """The request's match clause as stored: customers by id, values as given."""
     if len(match) != 1:
-        raise PolicyRejected("match", "match: give exactly one clause: customer, classification or submission")
+        raise PolicyRejected("match", "give exactly one clause: customer, classification or submission")
     (name, clause), = match.items()
     if name == "customer":
         return {"customer": resolve_customers(session, clause["customer_or_group"], "match.customer.customerOrGroup")}
     if name == "classification":
         if not clause.get("type") and not clause.get("super_type"):
-            raise PolicyRejected("match.classification", "match.classification: give type or superType")
+            raise PolicyRejected("match.classification", "give type or superType")
         return {"classification": {"type": clause.get("type") or [], "superType": clause.get("super_type") or []}}
     stored = {"metaDataKey": clause["meta_data_key"]}
     if clause.get("meta_data_value") is not None:
@@ -231,7 +226,7 @@ def _stored_action(session: so.Session, action: dict) -> dict:
         stored.setdefault("options", {})[verb] = list(dict.fromkeys(items)) if verb == "remove" \
             else _unique_option_keys(items, field)
     if not stored:
-        raise PolicyRejected("action", "action: set at least one action on workers or options")
+        raise PolicyRejected("action", "set at least one action on workers or options")
     return stored
 
 

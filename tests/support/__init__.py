@@ -1,1 +1,1 @@
-"""Helpers shared by the test modules."""
+"""Helpers of the test suite (the fixtures stay in tests/conftest.py)."""

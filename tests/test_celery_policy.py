@@ -8,11 +8,11 @@ import pytest
 
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
-from conftest import submission_payload
-from test_api_workers import worker_body
-from test_workers_intake import JOB_TOPIC, records_of
+from tests.support.payloads import submission_payload
+from tests.test_api_analysis_workers import worker_body
+from tests.test_celery_intake import JOB_TOPIC, records_of
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 OFFLINE = {"key": "meta.sampledb.allowInternetAccess", "value": "false"}
 ALL_DEFAULT = ["document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",

@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import SAMPLE_SHA256, submission_payload
-from support.live_server import serve
-from test_workers_intake import JOB_TOPIC, records_of
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.live_server import serve
+from tests.test_celery_intake import JOB_TOPIC, records_of
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 CALLERS = 20
 

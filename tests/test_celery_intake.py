@@ -11,12 +11,13 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
-from conftest import SAMPLE_SHA256, submission_payload, wait_for
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
@@ -108,7 +109,7 @@ def test_a_bad_payload_is_dropped_not_retried(worker, task_sender, wait_idle, sq
     task_sender.send(TaskNames.INGEST_SUBMISSION, good)
     wait_idle()
     assert count(sql, "SELECT count(*) FROM jobs") == 1
-    log = worker.log()
+    log = worker.output()
     assert f"dropping invalid submission {bad['submission']['id']}" in log
     assert not re.search(r"sampledb\.ingest_submission\[[^]]+\] retry", log)
 
@@ -142,4 +143,4 @@ def test_a_submission_the_database_refuses_does_not_take_its_batch_down(worker, 
     finally:
         sql("ALTER TABLE jobs DROP CONSTRAINT test_no_poison")
     assert count(sql, "SELECT count(*) FROM jobs WHERE submission->>'name' = 'poison.exe'") == 0
-    assert f"dropping invalid submission {payloads[3]['submission']['id']}" in worker.log()
+    assert f"dropping invalid submission {payloads[3]['submission']['id']}" in worker.output()

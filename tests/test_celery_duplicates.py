@@ -4,25 +4,27 @@ within the window makes no job: 220 over REST, `duplicate` on the Celery path; o
 from __future__ import annotations
 
 import ast
+import dataclasses
 import re
 import uuid
 
 import pytest
 
-from app import create_app
+from app.factory import create_app
 from celeryconfig import TaskNames
-from conftest import SAMPLE_SHA256, Api, CeleryWorker, make_settings, submission_payload, wait_for
+from tests.support.api import Api
+from tests.support.celery_worker import CeleryWorker
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 OTHER_SHA256 = "ab" * 32
 
 
 @pytest.fixture(scope="module")
-def window_api(database_url, redis_url, kafka_broker) -> Api:
-    settings = make_settings(database_url, SAMPLEDB_REDIS_URL=redis_url, SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
-                             SAMPLEDB_DUPLICATE_WINDOW_SECONDS="3600")
-    application = create_app(settings)
+def window_api(worker_settings) -> Api:
+    application = create_app(dataclasses.replace(worker_settings, duplicate_window_seconds=3600))
     application.config["TESTING"] = True
     return Api(application.test_client())
 
@@ -70,7 +72,7 @@ def test_rest_answers_220_for_a_sample_seen_within_the_window(worker, window_api
 def outcome(worker: CeleryWorker, task_id: str) -> dict:
     """The return value of a task, as the worker logged it (there is no result backend)."""
     pattern = re.compile(rf"Task \S+\[{task_id}\] succeeded in \S+: (.*)")
-    found = wait_for(lambda: pattern.search(worker.log()), 30, f"task {task_id} in the worker log")
+    found = wait_for(lambda: pattern.search(worker.output()), 30, f"task {task_id} in the worker log")
     return ast.literal_eval(found.group(1))
 
 
