@@ -76,7 +76,9 @@ def test_reanalysis_sees_only_the_keys_customers(worker, url, make_key, make_job
     # A key that sees several customers may name one; one it does not see answers 404 too.
     admin = make_key("USER", customer="globex", all_customers=True)
     assert reanalyse(url, admin, customer="globex").status_code == 404
-    assert reanalyse(url, admin, customer="acme").json()["data"]["customer"]["shortName"] == "acme"
+    by_name = reanalyse(url, admin, customer="acme").json()["data"]
+    assert by_name["customer"]["shortName"] == "acme"
+    assert reanalyse(url, admin, customer=by_name["customer"]["id"]).json()["data"]["id"] == by_name["id"]
     assert reanalyse(url, stranger, "0" * 64).status_code == 404
     bad = reanalyse(url, stranger, "not-a-hash")
     assert bad.status_code == 412 and bad.json()["messages"][0]["field"] == "sha256"

@@ -31,8 +31,11 @@ def reanalyse(session: so.Session, settings: Settings, sha256: str, *, customer:
     """
     stmt = scope.restrict(sa.select(Job).where(Job.sample_sha256 == sha256.lower()))
     if customer is not None:
+        # A query string carries an id as digits: they name the customer of that id or of that shortName.
+        digits = isinstance(customer, int) or (customer.isascii() and customer.isdigit() and int(customer) < 2**31)
+        by_name = Customer.short_name == str(customer)
         stmt = stmt.join(Customer, Job.customer_id == Customer.id).where(
-            Customer.id == customer if isinstance(customer, int) else Customer.short_name == customer)
+            sa.or_(Customer.id == int(customer), by_name) if digits else by_name)
     latest = session.scalars(stmt.order_by(Job.enqueued_timestamp.desc(), Job.id.desc()).limit(1)).first()
     if latest is None:
         raise SampleNotFound(f"No submission of sample {sha256.lower()} found")
