@@ -38,11 +38,14 @@ def ingest_submission(payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
     try:
         with unit_of_work(db.session) as session:
-            job_id, created = submissions.ingest(session, current_settings(), payload)
+            result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
-    return {"jobID": str(job_id), "created": created}
+    if result.duplicate:
+        log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
@@ -50,7 +53,7 @@ def ingest_submissions(payloads) -> dict:
     """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
     if not isinstance(payloads, list):
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
-        return {"dropped": 1, "created": 0, "existing": 0}
+        return {"dropped": 1, "created": 0, "existing": 0, "duplicate": 0}
     try:
         with unit_of_work(db.session) as session:
             results = submissions.ingest_many(session, current_settings(), payloads)
@@ -65,7 +68,9 @@ def ingest_submissions(payloads) -> dict:
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
     created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+    duplicate = sum(1 for r in results if r.duplicate)
+    return {"created": created, "existing": len(results) - len(dropped) - created - duplicate,
+            "duplicate": duplicate, "dropped": len(dropped)}
 
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
