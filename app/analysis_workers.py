@@ -3,25 +3,23 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.exc import IntegrityError
 
+from app.access import Actor
 from app.config import WORKER_SHORT_NAME_PATTERN
-from app.errors import ApiError
+from app.domain_errors import NotFound, WorkerExists
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker, now_ms
-
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
+from app.policy import store as policy_store
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}
 
 
-class WorkerNotFound(LookupError):
-    pass
+class WorkerNotFound(NotFound):
+    """No analysis worker with this id or shortName."""
 
 
 def worker_to_dict(worker: AnalysisWorker) -> dict:
@@ -94,7 +92,8 @@ def register_worker(session: so.Session, data: dict, actor: Actor | None) -> Ana
         with session.begin_nested():
             session.flush()
     except IntegrityError:
-        raise ApiError.action(409, f"An analysis worker named {data['short_name']} already exists") from None
+        raise WorkerExists(f"An analysis worker named {data['short_name']} already exists") from None
+    policy_store.include_worker(session, worker.short_name)
     return worker
 
 
@@ -127,5 +126,6 @@ def delete_worker(session: so.Session, id_or_short_name: str, actor: Actor | Non
 
 def _follow_user_ids(session: so.Session, worker: AnalysisWorker) -> None:
     """Make the *_by_user relationships show the user ids just set (they were loaded before)."""
+    policy_store.changed(session)  # the worker's filter or its being deleted decides new jobs' tasks
     session.flush()
     session.expire(worker, ["last_updated_by_user", "deleted_by_user"])

@@ -1,5 +1,6 @@
 """The analyzer side (§12) end to end: the API over HTTP (gunicorn), the Kafka-protocol broker,
-a real Celery worker making and announcing the jobs, analyzers in threads and as the CLI."""
+a real Celery worker making and announcing the jobs, analyzers in threads and as the CLI.
+Unit tests of its parts: tests/test_analyzer_units.py."""
 
 from __future__ import annotations
 
@@ -9,22 +10,20 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from analyzer import Analyzer, Job, Runner
-from analyzer.topics import OffsetTracker
-from analyzer_support import (
-    ApiServer, claims_per_task, client_env, running, server_env, sweep_execution_timeouts,
-)
+from analyzer import Analyzer, Runner
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
-from conftest import submission_payload, wait_for
+from tests.support.analyzers import (
+    ApiServer, Recording, claims_per_task, client_env, running, sweep_execution_timeouts,
+)
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 CLI = [sys.executable, "-m", "app.cli"]
 # Two tasks per job: a Windows PE gets the static analyzer and the Windows sandbox of the default set.
@@ -34,8 +33,8 @@ EXECUTION_TIMEOUT = 2  # seconds, for the sweeps these tests run
 
 @pytest.fixture(scope="module")
 def api_server(celery_worker, database_url, redis_url, kafka_broker, tmp_path_factory):
-    server = ApiServer(server_env(database_url, redis_url, kafka_broker.url),
-                       tmp_path_factory.mktemp("api") / "gunicorn.log")
+    server = ApiServer(tmp_path_factory.mktemp("api") / "gunicorn.log", database_url=database_url,
+                       redis_url=redis_url, kafka_url=kafka_broker.url).start()
     yield server
     server.stop()
 
@@ -75,31 +74,6 @@ def task_states(sql, job_id: str) -> dict[str, str]:
 
 def job_state(sql, job_id: str) -> str:
     return sql("SELECT state FROM jobs WHERE id = CAST(:id AS uuid)", id=job_id)[0][0]
-
-
-class Recording(Analyzer):
-    """Counts its analyses per task; a held job's analysis runs until released or stopped."""
-
-    def __init__(self, worker: str, hold=lambda job_id: False):
-        self.worker = worker
-        self.hold = hold
-        self.release = threading.Event()
-        self.calls: collections.Counter = collections.Counter()
-        self.jobs: set[str] = set()
-        self.stops: dict[str, str | None] = {}
-        self.lock = threading.Lock()
-
-    def analyse(self, job: Job):
-        with self.lock:
-            self.calls[job.task_id] += 1
-            self.jobs.add(job.id)
-        if self.hold(job.id):
-            while not job.stop.wait(0.05) and not self.release.is_set():
-                pass
-        if job.stopped():
-            with self.lock:
-                self.stops[job.task_id] = job.stop_reason
-        return None
 
 
 def test_two_hundred_jobs_two_analyzers_per_worker_each_task_once(
@@ -316,78 +290,3 @@ def test_demo_analyze_follows_every_job_to_its_end(worker, api_server, kafka_bro
     for figure in ("jobs done", "jobs aborted mid-analysis", "time to done p50", "time to done p99"):
         assert figure in demo.stdout
     assert sql("SELECT count(*) FROM job_tasks WHERE state = 'cancelled'")[0][0] >= 1
-
-
-def test_the_offset_commit_stops_at_the_lowest_unfinished_record():
-    from kafka import TopicPartition
-
-    tracker = OffsetTracker()
-    tp = TopicPartition("Sample.Analysis.Job.OSL", 0)
-    tokens = {offset: tracker.started(tp, offset) for offset in (10, 11, 12)}
-    tracker.finished(tp, 11, tokens[11])
-    tracker.finished(tp, 12, tokens[12])
-    assert tracker.to_commit() == {tp: 10}
-    tracker.finished(tp, 10, tokens[10])
-    assert tracker.to_commit() == {tp: 13}
-    tracker.committed({tp: 13})
-    assert tracker.to_commit() == {}
-    # After the partition went away and came back, a late finish of the old start does not end the new one.
-    tracker.forget([tp])
-    again = tracker.started(tp, 13)
-    tracker.finished(tp, 13, object())
-    assert tracker.to_commit() == {tp: 13} and tracker.in_flight() == 1
-    tracker.finished(tp, 13, again)
-    assert tracker.to_commit() == {tp: 14}
-
-
-def test_the_analyzer_package_imports_without_the_service():
-    code = ("import sys, analyzer, analyzer.runner, analyzer.command, analyzer.simulate\n"
-            "from analyzer import Analyzer, Runner, Client\n"
-            "loaded = sorted(m for m in ('flask', 'sqlalchemy', 'celery', 'app') if m in sys.modules)\n"
-            "assert 'kafka' in sys.modules\n"
-            "print(','.join(loaded))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == ""
-
-
-class _HistoryClaimedElsewhere:
-    """The API as a runner sees it when another instance's claim landed first: the task is
-    enqueued at the GET, the PUT succeeds (a heartbeat of the other's claim), the history
-    names the other instance."""
-
-    def __init__(self, job: dict):
-        self.job, self.puts = job, []
-
-    def get_job(self, job_id):
-        return self.job
-
-    def update_task(self, job_id, task_id, state, **fields):
-        self.puts.append(state)
-        return {}
-
-    def job_history(self, job_id):
-        return [{"taskID": self.job["tasks"][0]["id"], "fromState": "enqueued", "toState": "executing",
-                 "message": "Claimed by analyzer static-analyzer on another host"}]
-
-
-def test_a_claim_another_instance_made_first_is_left_to_it():
-    job = {"id": "5f0c6c36-5b9c-4b8e-9a43-0d2a4a1c7f11", "flags": [], "analysedSample": {"id": "aa" * 32},
-           "tasks": [{"id": "3c0d8a5e-1d2f-4f55-8a8e-6b8d5b0f2a10", "worker": "static-analyzer", "state": "enqueued"}]}
-    analyzer = Recording("static-analyzer")
-    runner = Runner(analyzer, api_url="http://127.0.0.1:1", api_key="unused", bootstrap_servers="127.0.0.1:1")
-    runner.client = _HistoryClaimedElsewhere(job)
-    runner._analyse_task(("partition", 0, None), job["id"], job["tasks"][0]["id"], {"jobID": job["id"]})
-    assert runner.client.puts == ["executing"]  # the claim, and no report after it
-    assert analyzer.calls == {} and runner.counts["skipped"] == 1
-
-
-def test_the_cli_refuses_a_program_that_does_not_exist():
-    from click.testing import CliRunner
-
-    from app.cli import main
-
-    result = CliRunner().invoke(main, ["analyzer", "run", "--worker", "static-analyzer", "--api-url",
-                                       "http://127.0.0.1:1", "--api-key", "unused", "--", "no-such-analysis-tool"])
-    assert result.exit_code == 1 and "no-such-analysis-tool: no such program" in result.output

@@ -8,10 +8,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app import submissions
+from app import dispatch, submissions
 from app.extensions import db
 from app.models import Job, JobHistory, OutboxMessage
-from conftest import SAMPLE_SHA256, submission_payload
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 OTHER_SHA256 = "a" * 64
 SEED_SUBMISSION_KEYS = {"id", "customer", "sample", "createdByUser", "createdTimestamp", "name", "timestamp",
@@ -131,7 +131,8 @@ def test_ingest_is_idempotent_on_the_submission_id(app, settings):
     with app.app_context():
         results = []
         for _ in range(3):
-            results.append(submissions.ingest(db.session, settings, copy.deepcopy(payload)))
+            result = submissions.ingest(db.session, settings, copy.deepcopy(payload))
+            results.append((result.job_id, result.created))
             db.session.commit()
         job_id = submissions.job_id_for(payload["submission"]["id"])
         assert results == [(job_id, True), (job_id, False), (job_id, False)]
@@ -167,7 +168,7 @@ def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
 def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql):
     sql("UPDATE analysis_workers SET deleted = true")
     with app.app_context():
-        job_id, _ = submissions.ingest(db.session, settings, submission_payload())
+        job_id = submissions.ingest(db.session, settings, submission_payload()).job_id
         db.session.commit()
         assert [t.worker for t in db.session.get(Job, job_id).tasks] == [settings.fallback_worker]
 
@@ -177,10 +178,8 @@ def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql)
 @pytest.fixture
 def queued(monkeypatch):
     """The payloads the REST intake handed to `sampledb.ingest_submission`."""
-    import workers.dispatch
-
     sent = []
-    monkeypatch.setattr(workers.dispatch, "send_ingest", lambda redis_url, payload: sent.append(payload))
+    monkeypatch.setattr(dispatch, "send_ingest", lambda redis_url, payload: sent.append(payload))
     return sent
 
 

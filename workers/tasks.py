@@ -12,15 +12,14 @@ import logging
 
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
-from flask import current_app
 
-from app import submissions
-from app.config import Settings
-from app.extensions import db
+from app import dispatch, submissions
+from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
-from celeryconfig import TaskNames
-from workers import dispatch, relay
+from app.task_names import TaskNames
+from app.unit_of_work import unit_of_work
+from workers import relay
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
@@ -32,32 +31,21 @@ RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
 
 
-def _settings() -> Settings:
-    return current_app.config["SAMPLEDB"]
-
-
-def _in_transaction(work):
-    session = db.session
-    try:
-        result = work(session)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
-
-
 # -- ingest -----------------------------------------------------------------------------------
 
 @celery.task(name=TaskNames.INGEST_SUBMISSION, max_retries=None, **RETRY)
 def ingest_submission(payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
     try:
-        job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
+        with unit_of_work(db.session) as session:
+            result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
-    return {"jobID": str(job_id), "created": created}
+    if result.duplicate:
+        log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
@@ -65,9 +53,10 @@ def ingest_submissions(payloads) -> dict:
     """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
     if not isinstance(payloads, list):
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
-        return {"dropped": 1, "created": 0, "existing": 0}
+        return {"dropped": 1, "created": 0, "existing": 0, "duplicate": 0}
     try:
-        results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+        with unit_of_work(db.session) as session:
+            results = submissions.ingest_many(session, current_settings(), payloads)
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError:
@@ -79,12 +68,15 @@ def ingest_submissions(payloads) -> dict:
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
     created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+    duplicate = sum(1 for r in results if r.duplicate)
+    return {"created": created, "existing": len(results) - len(dropped) - created - duplicate,
+            "duplicate": duplicate, "dropped": len(dropped)}
 
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
-        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
+        with unit_of_work(db.session) as session:
+            return submissions.ingest_many(session, current_settings(), [payload])
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError as err:
@@ -97,7 +89,7 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
-    settings = _settings()
+    settings = current_settings()
     outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
                                  on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
     if outcome.busy and triggered:
@@ -124,10 +116,11 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 def _sweep(sweep) -> int:
     """Run a service sweep batch by batch, one transaction each, until a batch comes back short."""
-    settings = _settings()
+    settings = current_settings()
     total = 0
     while True:
-        moved = _in_transaction(lambda s: sweep(s, settings, now_ms(), settings.sweep_batch_size))
+        with unit_of_work(db.session) as session:
+            moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:
             return total

@@ -7,7 +7,7 @@ from app.models import Job, JobHistory, JobTask
 
 
 def user_info(user) -> dict | None:
-    """A User row or an app.auth.Actor snapshot, as the API shows users."""
+    """A User row or an app.access.Actor snapshot, as the API shows users."""
     return user.to_info() if user is not None else None
 
 
@@ -40,6 +40,7 @@ def job_to_dict(job: Job) -> dict:
         "submission": job.submission,
         "classification": job.classification,
         "tasks": [task_to_dict(t) for t in job.tasks],
+        "options": job.options or [],
         "enqueuedTimestamp": job.enqueued_timestamp,
         "startTimestamp": job.start_timestamp,
         "endTimestamp": job.end_timestamp,
