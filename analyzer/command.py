@@ -26,12 +26,22 @@ KILL_GRACE_SECONDS = 5.0
 PR_SET_PDEATHSIG = 1
 
 
-def _die_with_runner() -> None:
-    """In the child, before exec: a SIGKILLed runner takes its command down with it (Linux)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except (OSError, AttributeError):
-        pass
+def _die_with_runner(runner_pid: int) -> Callable[[], None]:
+    """A preexec_fn: a SIGKILLed runner takes its command down with it (Linux).
+
+    The signal follows the *thread* that started the command: the runner's analysis threads live
+    as long as the runner, and a command outlives its analysis only if that thread died, which
+    is what should kill it anyway."""
+
+    def preexec() -> None:
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            return
+        if os.getppid() != runner_pid:  # the runner died before the signal was armed
+            os._exit(1)
+
+    return preexec
 
 
 class _Tail(threading.Thread):
@@ -81,7 +91,7 @@ class CommandAnalyzer(Analyzer):
         argv = [a.replace("{jobID}", job.id).replace("{sha256}", job.sha256) for a in self.argv]
         try:
             process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       start_new_session=True, preexec_fn=_die_with_runner)
+                                       start_new_session=True, preexec_fn=_die_with_runner(os.getpid()))
         except OSError as err:
             raise AnalysisFailed(f"cannot run {argv[0]}: {err}") from None
         stdout, stderr = _Tail(process.stdout), _Tail(process.stderr)
