@@ -115,10 +115,6 @@ class Runner:
         """End the run: no new job is taken, running analyses are stopped and reported. Thread-safe."""
         self._stopping.set()
 
-    @property
-    def stopping(self) -> bool:
-        return self._stopping.is_set()
-
     def _count(self, what: str) -> None:
         with self._lock:
             self.counts[what] += 1
