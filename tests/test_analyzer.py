@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -290,3 +291,16 @@ def test_demo_analyze_follows_every_job_to_its_end(worker, api_server, kafka_bro
     for figure in ("jobs done", "jobs aborted mid-analysis", "time to done p50", "time to done p99"):
         assert figure in demo.stdout
     assert sql("SELECT count(*) FROM job_tasks WHERE state = 'cancelled'")[0][0] >= 1
+
+
+def test_analyzers_stopped_together_hand_their_group_to_the_next(worker, make_runner, ingest, sql):
+    # Two members leaving one group at the same moment (a worker's analyzers stopped together) once
+    # wedged the dev stack's broker for every later member; they now expire by the session timeout.
+    group = f"static-analyzer-{uuid.uuid4().hex[:6]}"
+    first = ingest([submission_payload() for _ in range(10)])
+    with running(*[make_runner(Recording("static-analyzer"), group_id=group) for _ in range(2)]):
+        wait_for(lambda: all(task_states(sql, j)["static-analyzer"] == "success" for j in first), 60,
+                 "the first jobs analysed")
+    with running(make_runner(Recording("static-analyzer"), group_id=group)):
+        (later,) = ingest([submission_payload()])
+        wait_for(lambda: task_states(sql, later)["static-analyzer"] == "success", 60, "the later job analysed")
