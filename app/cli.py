@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from analyzer.command import Connection, analyzer_group
 from app.auth import create_key
 from app.config import ConfigError, Settings
 from app.extensions import db as database
@@ -84,10 +85,21 @@ def dev() -> None:
 @click.option("--wait", "wait_seconds", type=float, default=120, show_default=True,
               help="seconds to wait for the last creation messages")
 @click.option("--seed", type=int, default=None, help="random seed, for a repeatable run")
+@click.option("--analyze", is_flag=True, help="also run simulated analyzers, follow every job to its end "
+              "and abort one mid-analysis")
 def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int, wait_seconds: float,
-         seed: int | None) -> None:
+         seed: int | None, analyze: bool) -> None:
     """Feed synthetic submissions through the running service and follow them to Kafka."""
     from app.dev import demo as demo_run
+
+    api_url, api_key, settings = service_api(api_url, api_key)
+    sys.exit(demo_run.run(submissions=count, api_url=api_url, key=api_key, bootstrap=settings.kafka_bootstrap_servers,
+                          topic=settings.job_topic, concurrency=concurrency, wait_seconds=wait_seconds, seed=seed,
+                          analyze=analyze, site=settings.site))
+
+
+def service_api(api_url: str | None, api_key: str | None) -> tuple[str, str, Settings]:
+    """The API URL and key a client command uses: as given, else the dev stack's in this directory."""
     from app.config import read_dev_env
     from app.dev.stack import KEY_FILE
 
@@ -98,8 +110,15 @@ def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int,
             raise click.ClickException("no API key: pass --api-key (or SAMPLEDB_API_KEY), or run this in the "
                                        "directory of a running `sampledb-jobs dev`")
         api_key = KEY_FILE.read_text().strip()
-    sys.exit(demo_run.run(submissions=count, api_url=api_url, key=api_key, bootstrap=settings.kafka_bootstrap_servers,
-                          topic=settings.job_topic, concurrency=concurrency, wait_seconds=wait_seconds, seed=seed))
+    return api_url, api_key, settings
+
+
+def _analyzer_connection(api_url: str | None, api_key: str | None, bootstrap: str | None) -> Connection:
+    api_url, api_key, settings = service_api(api_url, api_key)
+    return Connection(api_url, api_key, bootstrap or settings.kafka_bootstrap_servers, settings.site)
+
+
+main.add_command(analyzer_group(_analyzer_connection), "analyzer")
 
 
 if __name__ == "__main__":

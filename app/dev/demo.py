@@ -73,9 +73,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str, concurrency: int,
-        wait_seconds: float, seed: int | None) -> int:
+        wait_seconds: float, seed: int | None, analyze: bool = False, site: str = "OSL") -> int:
     console = Console()
     rng = random.Random(seed)
+    simulation = None
+    if analyze:
+        from analyzer.simulate import Simulation
+
+        simulation = Simulation(api_url, key, bootstrap, site, seed=seed)
     follower = TopicFollower(bootstrap, topic)
     follower.start()
     sent_at: dict[str, float] = {}
@@ -93,6 +98,8 @@ def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str,
                     failures += 1
                 else:
                     sent_at[job_id] = sent
+                    if simulation:
+                        simulation.submitted(job_id)
                 progress.advance(submitting)
                 progress.update(announced, completed=sum(1 for j in sent_at if j in follower.seen))
         submit_seconds = time.monotonic() - started
@@ -120,8 +127,16 @@ def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str,
     table.add_row("jobs/s announced (end to end)", f"{len(latencies) / total_seconds:.0f}")
     for q in (50, 95, 99):
         table.add_row(f"submission → Kafka p{q}", f"{_percentile(latencies, q):.0f} ms")
+    analysed = True
+    if simulation:
+        with Progress(*columns, console=console) as progress:
+            final = progress.add_task("jobs final", total=len(sent_at))
+            rows, analysed = simulation.finish(list(sent_at), wait_seconds,
+                                               lambda n: progress.update(final, completed=n))
+        for row in rows:
+            table.add_row(*row)
     console.print(table)
-    return 0 if created == submissions and len(latencies) == submissions else 1
+    return 0 if created == submissions and len(latencies) == submissions and analysed else 1
 
 
 def _count_jobs(api_url: str, key: str, job_ids: list[str]) -> int:
