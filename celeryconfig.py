@@ -17,7 +17,7 @@ from app.config import Settings
 class QueueNames:
     INGEST = "ingest"  # submissions from the sample service and the REST intake
     OUTBOX = "outbox"  # relaying outbox rows to Kafka: after each commit, and beat's safety net
-    PERIODIC = "periodic"  # beat: the timeout sweeps
+    PERIODIC = "periodic"  # beat: the timeout sweeps and retention
 
     @classmethod
     def all(cls) -> list[str]:
@@ -33,6 +33,7 @@ class TaskNames:
     SWEEP_EXECUTION_TIMEOUTS = "sampledb.sweep_execution_timeouts"
     SWEEP_ENQUEUED_TIMEOUTS = "sampledb.sweep_enqueued_timeouts"
     SWEEP_UNCONFIRMED_ABORTS = "sampledb.sweep_unconfirmed_aborts"
+    PURGE = "sampledb.purge"
 
 
 _settings = Settings.from_env()
@@ -81,6 +82,7 @@ task_routes = {
     TaskNames.SWEEP_EXECUTION_TIMEOUTS: {"queue": QueueNames.PERIODIC},
     TaskNames.SWEEP_ENQUEUED_TIMEOUTS: {"queue": QueueNames.PERIODIC},
     TaskNames.SWEEP_UNCONFIRMED_ABORTS: {"queue": QueueNames.PERIODIC},
+    TaskNames.PURGE: {"queue": QueueNames.PERIODIC},
 }
 
 # Flower shows every task: sent, received, started, succeeded, failed.
@@ -105,4 +107,13 @@ beat_schedule = {
         _settings.sweep_interval_seconds, TaskNames.SWEEP_ENQUEUED_TIMEOUTS, QueueNames.PERIODIC),
     "sweep-unconfirmed-aborts": _every(
         _settings.sweep_interval_seconds, TaskNames.SWEEP_UNCONFIRMED_ABORTS, QueueNames.PERIODIC),
+    "purge": _every(_settings.purge_interval_seconds, TaskNames.PURGE, QueueNames.PERIODIC),
+}
+
+# The periodic tasks `sampledb-jobs status` watches, and how often each is due.
+PERIODIC_INTERVALS = {
+    TaskNames.SWEEP_EXECUTION_TIMEOUTS: _settings.sweep_interval_seconds,
+    TaskNames.SWEEP_ENQUEUED_TIMEOUTS: _settings.sweep_interval_seconds,
+    TaskNames.SWEEP_UNCONFIRMED_ABORTS: _settings.sweep_interval_seconds,
+    TaskNames.PURGE: _settings.purge_interval_seconds,
 }

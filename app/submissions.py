@@ -27,6 +27,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from marshmallow import fields, validate
 
+from app import metrics
 from app.api.schemas import NAME_MAX, ApiSchema
 from app.auth import ensure_customer
 from app.config import Settings
@@ -285,7 +286,14 @@ def _make_job(session: so.Session, settings: Settings, data: dict, lookups: _Loo
 
 def ingest(session: so.Session, settings: Settings, payload) -> tuple[uuid.UUID, bool]:
     """Make the job of one submission (or find the one it already made). The caller commits."""
-    return _make_job(session, settings, validate_payload(payload), _Lookups(session, settings))
+    try:
+        data = validate_payload(payload)
+    except InvalidSubmission:
+        metrics.count_submissions(None, "invalid")
+        raise
+    job_id, created = _make_job(session, settings, data, _Lookups(session, settings))
+    metrics.count_submissions(session, "created" if created else "existing")
+    return job_id, created
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
@@ -312,6 +320,10 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
     ]
     for data, (job_id, created) in zip(valid, service.create_jobs(session, settings, new_jobs)):
         results.append(IngestResult(submission_id=data["submission"]["id"], job_id=job_id, created=created))
+    created = sum(1 for r in results if r.created)
+    invalid = sum(1 for r in results if r.errors is not None)
+    for outcome, amount in (("created", created), ("existing", len(results) - created - invalid), ("invalid", invalid)):
+        metrics.count_submissions(session, outcome, amount)
     return results
 
 

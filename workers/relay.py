@@ -20,6 +20,7 @@ from typing import Callable
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app import metrics
 from app.config import Settings
 from app.models import OutboxMessage, now_ms
 from workers import kafka
@@ -119,6 +120,7 @@ def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeo
     except BaseException:
         session.rollback()
         raise
+    metrics.count_relayed(batch.sent, batch.failed)
     return batch
 
 

@@ -80,6 +80,9 @@ def register_api(app: Flask) -> None:
     api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app)
     from app.api import health, jobs, submissions, workers
+    from app.api.metrics import register_metrics
+
+    register_metrics(app)  # its timer starts before the body checks, so their answers are timed too
 
     for blueprint in (jobs.blp, workers.blp, submissions.blp):
         api.register_blueprint(blueprint)

@@ -5,8 +5,9 @@ from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
 from app.models.workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
+from app.models.sweeps import SweepRun
 
 __all__ = [
     "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "Job", "JobHistory",
-    "JobTask", "OutboxMessage", "User", "now_ms",
+    "JobTask", "OutboxMessage", "SweepRun", "User", "now_ms",
 ]
