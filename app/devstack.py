@@ -29,6 +29,7 @@ LOG_DIR = STATE_DIR / "logs"
 KEY_FILE = STATE_DIR / "dev.key"
 FLOWER_AUTH_FILE = STATE_DIR / "flower.auth"
 LOCK_FILE = STATE_DIR / "dev.lock"
+WEB_METRICS_DIR = STATE_DIR / "web-metrics"
 LOG_TAIL_LINES = 25
 READY_TIMEOUT = 120
 
@@ -44,6 +45,7 @@ class Child:
     name: str
     argv: list[str]
     log_path: Path
+    env: dict[str, str] = field(default_factory=dict)  # this child's own additions to the stack's environment
     process: subprocess.Popen | None = None
     log_offset: int = 0
 
@@ -51,7 +53,7 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.log_offset = log.tell()
-        self.process = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+        self.process = subprocess.Popen(self.argv, env={**env, **self.env}, stdout=log, stderr=subprocess.STDOUT,
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
 
@@ -111,9 +113,10 @@ class DevStack:
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "workers.celery_app"]
         self.children = [
-            Child("api", [python, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+            Child("api", [python, "-m", "gunicorn", "--config", "python:app.gunicorn_config", "--workers", "2",
+                          "--worker-class", "gthread", "--threads", "4",
                           "--bind", f"127.0.0.1:{self.api_port}", "--access-logfile", "-", "app:create_app()"],
-                  LOG_DIR / "api.log"),
+                  LOG_DIR / "api.log", env={"PROMETHEUS_MULTIPROC_DIR": str(WEB_METRICS_DIR.resolve())}),
             Child("worker", [*celery, "worker", "--queues", "ingest,outbox,periodic", "--task-events",
                              "--concurrency", "2", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h"],
                   LOG_DIR / "worker.log"),
@@ -268,6 +271,7 @@ def run() -> int:
             f"\nsampledb-jobs is running\n"
             f"  API      {api_url}/sampledb/v2   (docs: {api_url}/sampledb/v2/docs)\n"
             f"  Flower   {flower_url}   (login {flower_auth})\n"
+            f"  metrics  {api_url}/metrics   (web)   http://127.0.0.1:{settings.worker_metrics_port}/metrics   (worker)\n"
             f"  site     {settings.site}   topics {settings.job_topic}, {settings.abort_topic}, {settings.event_topic}\n"
             f"  logs     {LOG_DIR}/\n"
             f"  settings {DEV_ENV_FILE}\n"

@@ -197,11 +197,12 @@ class ServiceGauges:
                                 value=vitals.outbox_oldest_unsent_age_seconds)
         yield GaugeMetricFamily("sampledb_outbox_parked", "Parked outbox rows", value=vitals.outbox_parked)
         yield GaugeMetricFamily("sampledb_dead_submissions", "Stored dead submissions", value=vitals.dead_submissions)
-        queues = GaugeMetricFamily("sampledb_celery_queue_length", "Messages waiting in a Celery queue",
-                                   labels=["queue"])
-        for queue, length in vitals.queue_lengths.items():
-            queues.add_metric([queue], length)
-        yield queues
+        if vitals.queue_lengths is not None:
+            queues = GaugeMetricFamily("sampledb_celery_queue_length", "Messages waiting in a Celery queue",
+                                       labels=["queue"])
+            for queue, length in vitals.queue_lengths.items():
+                queues.add_metric([queue], length)
+            yield queues
 
     def _current(self):
         with self._lock:  # one reader at a time: concurrent scrapes share one read

@@ -27,7 +27,7 @@ class Vitals:
     outbox_oldest_unsent_age_seconds: float
     outbox_parked: int
     dead_submissions: int
-    queue_lengths: dict[str, int]
+    queue_lengths: dict[str, int] | None  # None: Redis did not answer
 
 
 def read_vitals(engine: sa.Engine, redis_url: str) -> Vitals:
@@ -47,8 +47,15 @@ def read_vitals(engine: sa.Engine, redis_url: str) -> Vitals:
         outbox_oldest_unsent_age_seconds=0.0 if oldest is None else max(0, now - oldest) / 1000,
         outbox_parked=parked,
         dead_submissions=dead,
-        queue_lengths=queue_lengths(redis_url),
+        queue_lengths=_queue_lengths_or_none(redis_url),
     )
+
+
+def _queue_lengths_or_none(redis_url: str) -> dict[str, int] | None:
+    try:
+        return queue_lengths(redis_url)
+    except redis.RedisError:  # the database figures still count; the caller reports the missing queues
+        return None
 
 
 def outbox_parked(conn: sa.Connection) -> int:

@@ -27,7 +27,7 @@ from app.migrate import upgrade
 
 SAMPLE_SHA256 = "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9"
 
-RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
+RESET_TABLES = ["outbox", "sweep_runs", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
                 "users", "customers"]
 
 
@@ -418,15 +418,21 @@ def redis_client(redis_url):
 @pytest.fixture(scope="session")
 def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_factory):
     redis_client.flushdb()  # the tests' own Redis database: no tasks left from an earlier run
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_"))}
+    from app.localstack import free_port
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
+    metrics_port = free_port()
     env.update(
         SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
-        SAMPLEDB_SWEEP_BATCH_SIZE="20", PYTHONUNBUFFERED="1",
+        SAMPLEDB_SWEEP_BATCH_SIZE="20", SAMPLEDB_PURGE_BATCH_SIZE="20",
+        SAMPLEDB_WORKER_METRICS_PORT=str(metrics_port), PYTHONUNBUFFERED="1",
     )
     worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
                           f"sampledb-test-{uuid.uuid4().hex[:6]}@%h")
+    worker.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     worker.start()
     yield worker
     worker.stop()

@@ -44,6 +44,42 @@ celery = Celery("sampledb", task_cls=FlaskTask, include=["workers.tasks"])
 celery.config_from_object("celeryconfig")
 
 
+@signals.celeryd_init.connect
+def _worker_starting(**_kwargs) -> None:
+    from app.config import Settings
+    from workers import metrics_port
+
+    metrics_port.prepare(Settings.from_env())
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_kwargs) -> None:
+    from app.config import Settings
+    from workers import metrics_port
+
+    metrics_port.serve(Settings.from_env())
+
+
+@signals.worker_shutdown.connect
+def _worker_stopped(**_kwargs) -> None:
+    from workers import metrics_port
+
+    metrics_port.remove()
+
+
+@signals.beat_init.connect
+def _beat_starting(**_kwargs) -> None:
+    """Mark the periodic tasks as expected from now on, so status sees one that never runs."""
+    from app import sweep_runs
+    from app.extensions import db
+    from app.models import now_ms
+    from celeryconfig import PERIODIC_INTERVALS
+
+    with flask_app().app_context():
+        sweep_runs.expect(db.session, PERIODIC_INTERVALS, now_ms())
+        db.session.commit()
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_kwargs) -> None:
     from app.extensions import db
@@ -56,6 +92,9 @@ def _after_fork(**_kwargs) -> None:
 
 @signals.worker_process_shutdown.connect
 def _before_exit(**_kwargs) -> None:
-    from workers import kafka
+    import os
+
+    from workers import kafka, metrics_port
 
     kafka.close_producer(timeout=10)
+    metrics_port.process_ended(os.getpid())
