@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -30,8 +31,18 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUBMISSION_OUTCOMES = ("created", "existing", "duplicate", "invalid", "dead")
 TRANSITION_CAUSES = ("api", "task", "sweep", "abort")
 PURGED_TABLES = ("outbox", "jobs", "job_tasks", "job_history")
+# The transitions each cause can make, shown from zero: an analyzer may set any state, tasks roll up,
+# the sweeps time out or abort, an abort request ends an enqueued job at once.
+KNOWN_TRANSITIONS = (
+    [(f, t, "api") for f in ("enqueued", "executing") for t in ("executing", "done", "failed", "timeout", "aborted")
+     if f != t]
+    + [("enqueued", "executing", "task")] + [("executing", t, "task") for t in ("done", "failed", "aborted")]
+    + [("enqueued", "timeout", "sweep"), ("executing", "timeout", "sweep"), ("executing", "aborted", "sweep"),
+       ("enqueued", "aborted", "abort")]
+)
 # A request that matched no URL rule (404, 405) is counted under this route, never under its raw path.
 UNMATCHED_ROUTE = "unmatched"
+_CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -73,9 +84,11 @@ def series() -> _Series:
                                              "Outbox rows whose send failed (retried later)"),
                 purged_rows=Counter("sampledb_purged_rows_total", "Rows deleted by retention", ["table"]),
             )
-            # Every outcome and table from zero, so a rate() sees the first event.
+            # Every outcome, transition and table from zero, so a rate() sees the first event.
             for outcome in SUBMISSION_OUTCOMES:
                 _series.submissions.labels(outcome)
+            for transition in KNOWN_TRANSITIONS:
+                _series.job_transitions.labels(*transition)
             for table in PURGED_TABLES:
                 _series.purged_rows.labels(table)
         return _series
@@ -164,7 +177,8 @@ def count_purged(counts: dict[str, int]) -> None:
 
 def observe_request(method: str, route: str | None, status: int, seconds: float) -> None:
     method = method if method in HTTP_METHODS else "OTHER"  # a client may send any token as a method
-    route = route or UNMATCHED_ROUTE
+    # The rule without its converters: `/job/<uuid:job_id>` is counted as `/job/<job_id>`.
+    route = _CONVERTER.sub(r"<\1>", route) if route else UNMATCHED_ROUTE
     series().http_requests.labels(method, route, str(status)).inc()
     series().http_request_duration.labels(method, route).observe(seconds)
 
