@@ -1,0 +1,112 @@
+"""§9.3 `sampledb-jobs status`: the figures of a running stack, exit 0 when healthy, 1 naming the reason."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from app.cli import main
+from app.models import now_ms
+from celeryconfig import PERIODIC_INTERVALS
+from conftest import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def status_env(database_url, redis_url, kafka_broker) -> dict:
+    return {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url,
+            "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.url}
+
+
+def status(env: dict, *args: str):
+    return CliRunner().invoke(main, ["status", *args], env=env, catch_exceptions=False)
+
+
+def run_periodic_tasks(task_sender, wait_idle) -> None:
+    """Play beat: every periodic task once, through the worker."""
+    for name in PERIODIC_INTERVALS:
+        task_sender.send(name)
+    wait_idle()
+
+
+@pytest.mark.workers
+def test_status_of_a_healthy_stack_exits_0(worker, task_sender, wait_idle, status_env, make_job, sql):
+    make_job()
+    run_periodic_tasks(task_sender, wait_idle)
+    result = status(status_env)
+    assert result.exit_code == 0, result.output
+    assert "healthy" in result.output and "UNHEALTHY" not in result.output
+    for figure in ("jobs enqueued", "jobs executing", "jobs created, last minute", "jobs created, last hour",
+                   "outbox backlog", "outbox oldest unsent", "outbox parked", "dead submissions",
+                   "queue ingest", "queue outbox", "queue periodic", *PERIODIC_INTERVALS):
+        assert figure in result.output, figure
+    assert sql("SELECT count(*) FROM sweep_runs WHERE last_run_timestamp IS NOT NULL")[0][0] == len(PERIODIC_INTERVALS)
+
+
+@pytest.mark.workers
+def test_status_exits_1_naming_the_outbox_when_kafka_is_down(worker, task_sender, wait_idle, status_env, kafka_broker,
+                                                             make_job, sql):
+    if not kafka_broker.restartable:
+        pytest.skip("needs the embedded broker, which the test can stop")
+    run_periodic_tasks(task_sender, wait_idle)
+    kafka_broker.stop()
+    make_job()  # its messages cannot reach Kafka now
+    created = sql("SELECT min(created_timestamp) FROM outbox WHERE sent_timestamp IS NULL")[0][0]
+    wait_for(lambda: now_ms() - created > 1500, 10, "the outbox row to age past the threshold")
+    result = status({**status_env, "SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS": "1"})
+    assert result.exit_code == 1, result.output
+    assert "outbox: the oldest unsent row is" in result.output
+    reasons = [line for line in result.output.splitlines() if line.startswith("- ")]
+    assert len(reasons) == 1, reasons  # the sweeps ran, Redis answers: the outbox is the only reason
+    # With the default threshold (60 s) the same stack is healthy.
+    assert status(status_env).exit_code == 0
+
+
+def test_status_exits_1_when_beat_never_scheduled_the_sweeps(status_env):
+    result = status(status_env)
+    assert result.exit_code == 1, result.output
+    for name in PERIODIC_INTERVALS:
+        assert f"{name}: never scheduled (is beat running?)" in result.output
+
+
+def test_status_names_an_overdue_sweep(status_env, sql):
+    now = now_ms()
+    for name, interval in PERIODIC_INTERVALS.items():
+        sql("INSERT INTO sweep_runs (name, expected_since_timestamp, last_run_timestamp, last_moved) "
+            "VALUES (:name, :t, :t, 0)", name=name, t=now)
+    late = next(iter(PERIODIC_INTERVALS))
+    sql("UPDATE sweep_runs SET last_run_timestamp = :t WHERE name = :name",
+        t=now - 4 * PERIODIC_INTERVALS[late] * 1000, name=late)
+    result = status(status_env)
+    assert result.exit_code == 1, result.output
+    assert f"{late}: last ran" in result.output and "more than 3 intervals" in result.output
+    sql("UPDATE sweep_runs SET last_run_timestamp = :t WHERE name = :name",
+        t=now - 2 * PERIODIC_INTERVALS[late] * 1000, name=late)
+    assert status(status_env).exit_code == 0
+
+
+def test_status_watch_refreshes_until_interrupted(status_env, sql, tmp_path):
+    now = now_ms()
+    for name in PERIODIC_INTERVALS:
+        sql("INSERT INTO sweep_runs (name, expected_since_timestamp) VALUES (:name, :t)", name=name, t=now)
+    # As in a terminal: rich redraws the view in place (cursor movements) instead of printing it once at the end.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")} | status_env | {
+        "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    output = tmp_path / "status.out"
+    with open(output, "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "app.cli", "status", "--watch", "0.5"], cwd=tmp_path,
+                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: output.read_text().count("jobs created, last hour") >= 3, 60, "three refreshes")
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = process.wait(30)
+    assert code == 0, output.read_text()[-2000:]
+    assert "\x1b[" in output.read_text()  # redrawn in place
