@@ -15,7 +15,8 @@ import psutil
 
 from app.localstack import _die_with_parent, free_port
 
-GUNICORN_OPTIONS = ["-w", "2", "-k", "gthread", "--threads", "4"]  # as the Procfile runs the API
+# As the Procfile runs the API (the config sums /metrics over the workers).
+GUNICORN_OPTIONS = ["-c", "python:app.gunicorn_config", "-w", "2", "-k", "gthread", "--threads", "4"]
 REPO = Path(__file__).resolve().parent.parent  # wsgi.py, celeryconfig.py and bench/ are imported from here
 
 
