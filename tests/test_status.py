@@ -110,3 +110,22 @@ def test_status_watch_refreshes_until_interrupted(status_env, sql, tmp_path):
         code = process.wait(30)
     assert code == 0, output.read_text()[-2000:]
     assert "\x1b[" in output.read_text()  # redrawn in place
+
+
+def test_beat_marks_the_periodic_tasks_expected_when_it_starts(database_url, redis_url, sql, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_"))}
+    env.update(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
+    before = now_ms()
+    with open(tmp_path / "beat.log", "wb") as log:
+        beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
+                                 "--schedule", str(tmp_path / "schedule")], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: len(sql("SELECT name FROM sweep_runs")) == len(PERIODIC_INTERVALS), 60,
+                 f"beat to mark the periodic tasks; its log:\n{(tmp_path / 'beat.log').read_text()[-2000:]}")
+    finally:
+        beat.terminate()
+        beat.wait(30)
+    rows = sql("SELECT name, expected_since_timestamp, last_run_timestamp FROM sweep_runs")
+    assert {r[0] for r in rows} == set(PERIODIC_INTERVALS)
+    assert all(r[1] >= before and r[2] is None for r in rows)
