@@ -2,8 +2,9 @@
 
 Every figure comes from a partial index (index-only counts of the active jobs and of the
 unsent outbox rows, the oldest unsent row as the first entry of the unsent index) or from
-Redis (LLEN of the Celery queues), so reading them costs the same at a million jobs as
-at ten.
+Redis (LLEN of the Celery queues), so reading them costs in proportion to the active jobs
+and the backlog, never to the whole tables. Parked rows and dead submissions are counted
+once the schema has them (§10), and read 0 before.
 """
 
 from __future__ import annotations
@@ -30,25 +31,44 @@ class Vitals:
     queue_lengths: dict[str, int] | None  # None: Redis did not answer
 
 
+# One round trip for the database figures (index-only counts through the partial indexes of the active
+# jobs and the unsent outbox rows; the oldest unsent row is the first entry of the unsent index), and
+# whether the schema has parking and dead submissions yet.
+FIGURES = """
+SELECT (SELECT count(*) FROM jobs WHERE state = 'enqueued') AS enqueued,
+       (SELECT count(*) FROM jobs WHERE state = 'executing') AS executing,
+       (SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL) AS backlog,
+       (SELECT created_timestamp FROM outbox WHERE sent_timestamp IS NULL ORDER BY id LIMIT 1) AS oldest,
+       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('outbox') AND attname = 'parked_timestamp'
+               AND NOT attisdropped) AS has_parking,
+       to_regclass('dead_submissions') IS NOT NULL AS has_dead_submissions
+"""
+
+
 def read_vitals(engine: sa.Engine, redis_url: str) -> Vitals:
     now = now_ms()
     with engine.connect() as conn:
-        # One partial index per state: index-only counts of the active jobs.
-        jobs_active = {state: conn.scalar(sa.text("SELECT count(*) FROM jobs WHERE state = :state"), {"state": state})
-                       for state in ("enqueued", "executing")}
-        backlog = conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL"))
-        oldest = conn.scalar(sa.text(
-            "SELECT created_timestamp FROM outbox WHERE sent_timestamp IS NULL ORDER BY id LIMIT 1"))
-        parked = outbox_parked(conn)
-        dead = dead_submissions(conn)
+        row = conn.execute(sa.text(FIGURES)).one()
+        parked = outbox_parked(conn) if row.has_parking else 0
+        dead = dead_submissions(conn) if row.has_dead_submissions else 0
     return Vitals(
-        jobs_active=jobs_active,
-        outbox_backlog=backlog,
-        outbox_oldest_unsent_age_seconds=0.0 if oldest is None else max(0, now - oldest) / 1000,
+        jobs_active={"enqueued": row.enqueued, "executing": row.executing},
+        outbox_backlog=row.backlog,
+        outbox_oldest_unsent_age_seconds=0.0 if row.oldest is None else max(0, now - row.oldest) / 1000,
         outbox_parked=parked,
         dead_submissions=dead,
         queue_lengths=_queue_lengths_or_none(redis_url),
     )
+
+
+def outbox_parked(conn: sa.Connection) -> int:
+    """Parked outbox rows (§10.1), on a schema that has parking."""
+    return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE parked_timestamp IS NOT NULL"))
+
+
+def dead_submissions(conn: sa.Connection) -> int:
+    """Stored dead submissions (§10.2), on a schema that has them."""
+    return conn.scalar(sa.text("SELECT count(*) FROM dead_submissions"))
 
 
 def _queue_lengths_or_none(redis_url: str) -> dict[str, int] | None:

@@ -129,3 +129,21 @@ def test_beat_marks_the_periodic_tasks_expected_when_it_starts(database_url, red
     rows = sql("SELECT name, expected_since_timestamp, last_run_timestamp FROM sweep_runs")
     assert {r[0] for r in rows} == set(PERIODIC_INTERVALS)
     assert all(r[1] >= before and r[2] is None for r in rows)
+
+
+def test_parked_rows_dead_submissions_and_a_silent_redis_are_named():
+    from app import status as health
+    from app.config import Settings
+    from app.vitals import Vitals
+
+    now = now_ms()
+    fresh = [health.PeriodicRun(name, interval, now, now, 0) for name, interval in PERIODIC_INTERVALS.items()]
+    vitals = Vitals(jobs_active={"enqueued": 1, "executing": 0}, outbox_backlog=0,
+                    outbox_oldest_unsent_age_seconds=0.0, outbox_parked=1, dead_submissions=2, queue_lengths=None)
+    found = health.problems(health.Snapshot(now, vitals, 0, 0, fresh), Settings.from_env({}))
+    assert found == ["outbox: 1 parked rows wait for an operator", "submissions: 2 dead submissions are stored",
+                     "redis: the Celery broker does not answer"]
+    healthy = Vitals(jobs_active={"enqueued": 1, "executing": 0}, outbox_backlog=3,
+                     outbox_oldest_unsent_age_seconds=59.0, outbox_parked=0, dead_submissions=0,
+                     queue_lengths={"ingest": 0, "outbox": 0, "periodic": 0})
+    assert health.problems(health.Snapshot(now, healthy, 0, 0, fresh), Settings.from_env({})) == []
