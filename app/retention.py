@@ -21,6 +21,7 @@ from app import metrics
 from app.config import Settings
 from app.jobs.states import JOB_FINAL
 from app.models import Job, JobHistory, JobTask, OutboxMessage, now_ms
+from app.unit_of_work import unit_of_work
 
 HOUR_MS = 3600 * 1000
 DAY_MS = 24 * HOUR_MS
@@ -108,12 +109,8 @@ def purge(session: so.Session, settings: Settings, *, budget_seconds: float | No
         batches.append(lambda: purge_jobs_batch(session, horizons.jobs, settings.purge_batch_size))
     for batch in batches:
         while True:
-            try:
+            with unit_of_work(session):
                 purged = batch()
-                session.commit()
-            except BaseException:
-                session.rollback()
-                raise
             metrics.count_purged(purged.by_table())
             total.add(purged)
             if purged.total == 0 or max(purged.outbox, purged.jobs) < settings.purge_batch_size:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from app.config import Settings
 from app.models import now_ms
-from app.sweep_runs import all_runs
+from app.sweep_runs import all_runs, periodic_intervals
 from app.vitals import Vitals, read_vitals
 
 # A periodic task not run for this many of its intervals is overdue.
@@ -40,8 +40,6 @@ class Snapshot:
 
 
 def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
-    from celeryconfig import PERIODIC_INTERVALS
-
     now = now_ms()
     errors: list[str] = []
     vitals = None
@@ -62,7 +60,7 @@ def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
     periodic = [
         PeriodicRun(name, interval, getattr(runs.get(name), "expected_since_timestamp", None),
                     getattr(runs.get(name), "last_run_timestamp", None), getattr(runs.get(name), "last_moved", None))
-        for name, interval in PERIODIC_INTERVALS.items()
+        for name, interval in periodic_intervals(settings).items()
     ]
     return Snapshot(now, vitals, created_minute, created_hour, periodic, errors)
 

@@ -14,7 +14,19 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app.config import Settings
 from app.models import SweepRun
+from app.task_names import TaskNames
+
+
+def periodic_intervals(settings: Settings) -> dict[str, int]:
+    """The periodic tasks beat runs and status watches (not the relay's safety net), and their interval in s."""
+    return {
+        TaskNames.SWEEP_EXECUTION_TIMEOUTS: settings.sweep_interval_seconds,
+        TaskNames.SWEEP_ENQUEUED_TIMEOUTS: settings.sweep_interval_seconds,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS: settings.sweep_interval_seconds,
+        TaskNames.PURGE: settings.purge_interval_seconds,
+    }
 
 
 def expect(session: so.Session, names: Iterable[str], now: int) -> None:

@@ -16,6 +16,7 @@ import redis
 import sqlalchemy as sa
 
 from app.models import now_ms
+from app.task_names import QueueNames
 
 # kombu's Redis transport keeps messages of priority 3, 6 and 9 in lists of their own.
 _PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
@@ -78,30 +79,12 @@ def _queue_lengths_or_none(redis_url: str) -> dict[str, int] | None:
         return None
 
 
-def outbox_parked(conn: sa.Connection) -> int:
-    """Parked outbox rows (§10.1); 0 on a schema without parking."""
-    if not conn.scalar(sa.text("SELECT EXISTS (SELECT 1 FROM information_schema.columns "
-                               "WHERE table_schema = current_schema() AND table_name = 'outbox' "
-                               "AND column_name = 'parked_timestamp')")):
-        return 0
-    return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE parked_timestamp IS NOT NULL"))
-
-
-def dead_submissions(conn: sa.Connection) -> int:
-    """Stored dead submissions (§10.2); 0 on a schema without them."""
-    if conn.scalar(sa.text("SELECT to_regclass('dead_submissions')")) is None:
-        return 0
-    return conn.scalar(sa.text("SELECT count(*) FROM dead_submissions"))
-
-
 _redis_clients: dict[str, redis.Redis] = {}
 _redis_lock = threading.Lock()
 
 
 def queue_lengths(redis_url: str) -> dict[str, int]:
     """Messages waiting in each Celery queue, every priority."""
-    from celeryconfig import QueueNames
-
     with _redis_lock:
         client = _redis_clients.get(redis_url)
         if client is None:

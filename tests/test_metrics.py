@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import create_app
-from app.localstack import free_port
+from app.dev import commands
+from app.dev.processes import free_port
+from app.factory import create_app
 from app.models import now_ms
 from celeryconfig import TaskNames
-from conftest import SAMPLE_SHA256, check_envelope, make_settings, submission_payload, wait_for
+from tests.support.api import check_envelope
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.settings import make_settings
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.committing  # the apps under test read through engines of their own
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_ROUTE = "/sampledb/v2/job/<job_id>"
@@ -152,10 +156,10 @@ def test_metrics_can_be_turned_off(database_url):
     check_envelope(response, 404)
 
 
-@pytest.mark.workers
+@pytest.mark.celery
 def test_worker_port_sums_its_pool_processes(worker, task_sender, wait_idle, live_api, sql):
     before = scrape_url(worker.metrics_url)
-    log_offset = len(worker.log())
+    log_offset = len(worker.output())
     payloads = [submission_payload(customer=f"acme-{uuid.uuid4().hex[:6]}") for _ in range(24)]
     for payload in payloads:
         task_sender.send(TaskNames.INGEST_SUBMISSION, payload)
@@ -175,7 +179,7 @@ def test_worker_port_sums_its_pool_processes(worker, task_sender, wait_idle, liv
         return after.value(name, **labels) - before.value(name, **labels)
 
     # Both pool processes ingested: the port's figures are their sum.
-    ingest_log = worker.log()[log_offset:]
+    ingest_log = worker.output()[log_offset:]
     assert "ForkPoolWorker-1" in ingest_log and "ForkPoolWorker-2" in ingest_log, ingest_log[-2000:]
     assert moved("sampledb_submissions_total", outcome="created") == len(payloads)
     assert moved("sampledb_submissions_total", outcome="existing") == 1
@@ -194,7 +198,7 @@ def test_worker_port_sums_its_pool_processes(worker, task_sender, wait_idle, liv
     assert runs[TaskNames.PURGE] == 1 and runs[TaskNames.SWEEP_EXECUTION_TIMEOUTS] == 2
 
 
-@pytest.mark.workers
+@pytest.mark.celery
 def test_web_metrics_under_gunicorn_sum_both_workers(worker_settings, database_url, redis_url, make_key, make_job,
                                                       tmp_path):
     port = free_port()
@@ -207,9 +211,9 @@ def test_web_metrics_under_gunicorn_sum_both_workers(worker_settings, database_u
                PROMETHEUS_MULTIPROC_DIR=str(metrics_dir), PYTHONUNBUFFERED="1")
     log_path = tmp_path / "gunicorn.log"
     with open(log_path, "wb") as log:
+        # As the Procfile runs it: the gunicorn config, two workers.
         server = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_config", "-w", "2", "-k", "gthread",
-             "--threads", "2", "-b", f"127.0.0.1:{port}", "app:create_app()"],
+            commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"),
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

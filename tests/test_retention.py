@@ -12,7 +12,9 @@ from click.testing import CliRunner
 from app import retention
 from app.cli import main
 from app.models import Job, OutboxMessage, now_ms
-from conftest import make_settings
+from tests.support.settings import make_settings
+
+pytestmark = pytest.mark.committing  # the purge runs on connections of its own, two of them at once
 
 HOUR_MS = 3600 * 1000
 DAY_MS = 24 * HOUR_MS

@@ -13,10 +13,14 @@ from click.testing import CliRunner
 
 from app.cli import main
 from app.models import now_ms
-from celeryconfig import PERIODIC_INTERVALS
-from conftest import wait_for
+from app.config import Settings
+from app.sweep_runs import periodic_intervals
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.committing  # status reads through an engine of its own
 
 ROOT = Path(__file__).resolve().parents[1]
+PERIODIC_INTERVALS = periodic_intervals(Settings.from_env({}))
 
 
 @pytest.fixture
@@ -36,7 +40,7 @@ def run_periodic_tasks(task_sender, wait_idle) -> None:
     wait_idle()
 
 
-@pytest.mark.workers
+@pytest.mark.celery
 def test_status_of_a_healthy_stack_exits_0(worker, task_sender, wait_idle, status_env, make_job, sql):
     make_job()
     run_periodic_tasks(task_sender, wait_idle)
@@ -50,7 +54,7 @@ def test_status_of_a_healthy_stack_exits_0(worker, task_sender, wait_idle, statu
     assert sql("SELECT count(*) FROM sweep_runs WHERE last_run_timestamp IS NOT NULL")[0][0] == len(PERIODIC_INTERVALS)
 
 
-@pytest.mark.workers
+@pytest.mark.celery
 def test_status_exits_1_naming_the_outbox_when_kafka_is_down(worker, task_sender, wait_idle, status_env, kafka_broker,
                                                              make_job, sql):
     if not kafka_broker.restartable:
@@ -133,7 +137,6 @@ def test_beat_marks_the_periodic_tasks_expected_when_it_starts(database_url, red
 
 def test_parked_rows_dead_submissions_and_a_silent_redis_are_named():
     from app import status as health
-    from app.config import Settings
     from app.vitals import Vitals
 
     now = now_ms()

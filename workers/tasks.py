@@ -12,15 +12,14 @@ import logging
 
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
-from flask import current_app
 
-from app import retention, submissions, sweep_runs
-from app.config import Settings
-from app.extensions import db
+from app import dispatch, retention, submissions, sweep_runs
+from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
-from celeryconfig import TaskNames
-from workers import dispatch, relay
+from app.task_names import TaskNames
+from app.unit_of_work import unit_of_work
+from workers import relay
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
@@ -34,28 +33,14 @@ RELAY_BUSY_RETRY_SECONDS = 0.5
 PURGE_BUDGET_SECONDS = 40.0
 
 
-def _settings() -> Settings:
-    return current_app.config["SAMPLEDB"]
-
-
-def _in_transaction(work):
-    session = db.session
-    try:
-        result = work(session)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
-
-
 # -- ingest -----------------------------------------------------------------------------------
 
 @celery.task(name=TaskNames.INGEST_SUBMISSION, max_retries=None, **RETRY)
 def ingest_submission(payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
     try:
-        job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
+        with unit_of_work(db.session) as session:
+            job_id, created = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
@@ -69,7 +54,8 @@ def ingest_submissions(payloads) -> dict:
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
         return {"dropped": 1, "created": 0, "existing": 0}
     try:
-        results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+        with unit_of_work(db.session) as session:
+            results = submissions.ingest_many(session, current_settings(), payloads)
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError:
@@ -86,7 +72,8 @@ def ingest_submissions(payloads) -> dict:
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
-        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
+        with unit_of_work(db.session) as session:
+            return submissions.ingest_many(session, current_settings(), [payload])
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError as err:
@@ -99,7 +86,7 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
-    settings = _settings()
+    settings = current_settings()
     outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
                                  on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
     if outcome.busy and triggered:
@@ -126,14 +113,21 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 def _sweep(name: str, sweep) -> int:
     """Run a service sweep batch by batch, one transaction each, until a batch comes back short; record the run."""
-    settings = _settings()
+    settings = current_settings()
     total = 0
     while True:
-        moved = _in_transaction(lambda s: sweep(s, settings, now_ms(), settings.sweep_batch_size))
+        with unit_of_work(db.session) as session:
+            moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:
-            _in_transaction(lambda s: sweep_runs.record(s, name, total, now_ms()))
+            _record_run(name, total)
             return total
+
+
+def _record_run(name: str, moved: int) -> None:
+    """For `sampledb-jobs status`: when this periodic task last finished and what it moved."""
+    with unit_of_work(db.session) as session:
+        sweep_runs.record(session, name, moved, now_ms())
 
 
 @celery.task(name=TaskNames.SWEEP_EXECUTION_TIMEOUTS, max_retries=3, **RETRY)
@@ -159,6 +153,6 @@ def sweep_unconfirmed_aborts() -> int:
 @celery.task(name=TaskNames.PURGE, max_retries=3, **RETRY)
 def purge() -> dict:
     """Delete sent outbox rows and final jobs past their retention (SKIP LOCKED: safe to run twice at once)."""
-    purged = retention.purge(db.session, _settings(), budget_seconds=PURGE_BUDGET_SECONDS)
-    _in_transaction(lambda s: sweep_runs.record(s, TaskNames.PURGE, purged.total, now_ms()))
+    purged = retention.purge(db.session, current_settings(), budget_seconds=PURGE_BUDGET_SECONDS)
+    _record_run(TaskNames.PURGE, purged.total)
     return purged.by_table()

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import celeryconfig
+from app.sweep_runs import periodic_intervals
 from celeryconfig import QueueNames, TaskNames
 from workers.celery_app import celery
 from workers.relay import BACKOFF_CAP_MS, backoff_ms
@@ -81,7 +82,7 @@ def test_beat_intervals_come_from_settings():
     assert schedule["purge"]["schedule"] == settings.purge_interval_seconds
     # status watches every periodic task beat schedules, at the interval beat uses
     assert {e["task"]: e["schedule"] for e in schedule.values() if e["task"] != TaskNames.RELAY_OUTBOX} == \
-        celeryconfig.PERIODIC_INTERVALS
+        periodic_intervals(settings)
 
 
 def test_reliability_settings():
