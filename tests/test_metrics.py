@@ -4,12 +4,16 @@ and under real gunicorn with two workers, summed) and the Celery worker's port (
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.dev import commands
@@ -227,13 +231,36 @@ def test_web_metrics_under_gunicorn_sum_both_workers(worker_settings, database_u
                  interval=0.2)
         job_id = make_job()
         headers = make_key("VIEWER")
-        calls = 40  # a connection each: both workers take some
-        for _ in range(calls):
+        def counter_files() -> list[Path]:
+            return sorted(metrics_dir.glob("counter_*.db"))
+
+        wait_for(lambda: len(counter_files()) == 2, 60, "both gunicorn workers to load the app")
+        assert not (metrics_dir / "counter_1.db").exists()  # the leftover of an earlier run was cleared
+
+        def served_by_each() -> list[float]:
+            """Job requests each worker counted, read from its own file alone."""
+            counts = []
+            for path in counter_files():
+                alone = tmp_path / f"alone-{path.stem}"
+                alone.mkdir(exist_ok=True)
+                shutil.copy(path, alone / path.name)
+                registry = CollectorRegistry()
+                MultiProcessCollector(registry, path=str(alone))
+                counts.append(Scrape(generate_latest(registry).decode()).value(
+                    "sampledb_http_requests_total", route=JOB_ROUTE))
+            return counts
+
+        def get_job() -> None:
             request = urllib.request.Request(f"{base}/sampledb/v2/job/{job_id}", headers=headers)
             with urllib.request.urlopen(request, timeout=10) as response:
                 assert response.status == 200
-        pids = {path.stem.rsplit("_", 1)[1] for path in metrics_dir.glob("counter_*.db")}
-        assert len(pids) == 2 and "1" not in pids, pids  # both workers count; the leftover was cleared
+
+        calls = 0
+        with ThreadPoolExecutor(8) as pool:  # concurrent connections, until both workers have served some
+            while calls < 400 and not all(served_by_each()):
+                list(pool.map(lambda _: get_job(), range(16)))
+                calls += 16
+        assert all(served_by_each()) and sum(served_by_each()) == calls
         for _ in range(6):  # whichever worker answers the scrape, it reports the sum
             scrape = scrape_url(f"{base}/metrics")
             assert scrape.value("sampledb_http_requests_total", method="GET", route=JOB_ROUTE, status="200") == calls
