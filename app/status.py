@@ -41,28 +41,22 @@ class Snapshot:
 
 def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
     now = now_ms()
-    errors: list[str] = []
-    vitals = None
     try:
         vitals = read_vitals(engine, settings.redis_url)
-    except Exception as err:  # status reports an unreachable part, it does not crash on it
-        errors.append(f"cannot read the service's figures: {type(err).__name__}: {str(err).splitlines()[0][:200]}")
-    created_minute = created_hour = 0
-    runs = {}
-    try:
         with engine.connect() as conn:
             created = "SELECT count(*) FROM jobs WHERE enqueued_timestamp >= :since"
             created_minute = conn.scalar(sa.text(created), {"since": now - 60_000})
             created_hour = conn.scalar(sa.text(created), {"since": now - 3_600_000})
             runs = {run.name: run for run in all_runs(conn)}
-    except Exception as err:
-        errors.append(f"cannot read PostgreSQL: {type(err).__name__}")
+    except sa.exc.SQLAlchemyError as err:  # status reports an unreachable database, it does not crash on it
+        reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
+        return Snapshot(now, None, 0, 0, [], [f"postgresql: cannot read the figures: {reason}"])
     periodic = [
         PeriodicRun(name, interval, getattr(runs.get(name), "expected_since_timestamp", None),
                     getattr(runs.get(name), "last_run_timestamp", None), getattr(runs.get(name), "last_moved", None))
         for name, interval in periodic_intervals(settings).items()
     ]
-    return Snapshot(now, vitals, created_minute, created_hour, periodic, errors)
+    return Snapshot(now, vitals, created_minute, created_hour, periodic)
 
 
 def problems(snapshot: Snapshot, settings: Settings) -> list[str]:

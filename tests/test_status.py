@@ -150,3 +150,13 @@ def test_parked_rows_dead_submissions_and_a_silent_redis_are_named():
                      outbox_oldest_unsent_age_seconds=59.0, outbox_parked=0, dead_submissions=0,
                      queue_lengths={"ingest": 0, "outbox": 0, "periodic": 0})
     assert health.problems(health.Snapshot(now, healthy, 0, 0, fresh), Settings.from_env({})) == []
+
+
+def test_status_names_an_unreachable_database_instead_of_crashing():
+    from app.dev.processes import free_port
+
+    closed = free_port()
+    result = status({"SAMPLEDB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/sampledb",
+                     "SAMPLEDB_REDIS_URL": f"redis://127.0.0.1:{closed}/0"})
+    assert result.exit_code == 1, result.output
+    assert "postgresql: cannot read the figures" in result.output
