@@ -186,12 +186,18 @@ def observe_request(method: str, route: str | None, status: int, seconds: float)
 # -- service-wide gauges, read on scrape -------------------------------------------------------
 
 class ServiceGauges:
-    """A collector of the service-wide gauges: read by `read()` (PostgreSQL, Redis), kept `cache_seconds`."""
+    """A collector of the service-wide gauges, read by `read()` (PostgreSQL, Redis) and kept `cache_seconds`.
+
+    A scrape never waits for the database once a first reading exists: a stale reading is
+    answered at once and a fresh one is read in the background (one at a time), so the next
+    scrape has it. With `cache_seconds=0` every scrape reads, and waits.
+    """
 
     def __init__(self, read: Callable[[], object], cache_seconds: float):
         self._read, self._cache_seconds = read, cache_seconds
         self._lock = threading.Lock()
         self._vitals, self._read_at = None, 0.0
+        self._refreshing = False
 
     def describe(self) -> Iterable:
         return []  # registering must not query the database
@@ -219,11 +225,23 @@ class ServiceGauges:
             yield queues
 
     def _current(self):
-        with self._lock:  # one reader at a time: concurrent scrapes share one read
-            if self._vitals is None or time.monotonic() - self._read_at >= self._cache_seconds:
-                try:
-                    self._vitals, self._read_at = self._read(), time.monotonic()
-                except Exception:  # the process series still answer; the gauges are missing until it works
-                    log.warning("could not read the service gauges", exc_info=True)
-                    return None
+        with self._lock:
+            stale = time.monotonic() - self._read_at >= self._cache_seconds
+            if self._vitals is not None and (not stale or self._cache_seconds > 0):
+                if stale and not self._refreshing:
+                    self._refreshing = True
+                    threading.Thread(target=self._refresh, name="service-gauges", daemon=True).start()
+                return self._vitals
+        return self._refresh()
+
+    def _refresh(self):
+        try:
+            vitals = self._read()
+        except Exception:  # the process series still answer; the gauges keep their last reading (or are missing)
+            log.warning("could not read the service gauges", exc_info=True)
+            vitals = None
+        with self._lock:
+            self._refreshing = False
+            if vitals is not None:
+                self._vitals, self._read_at = vitals, time.monotonic()
             return self._vitals

@@ -97,10 +97,12 @@ def goals(results: dict) -> list[dict]:
                          b6["ratio_p99"], f"≤ {B6_RATIO_GOAL}×", b6["ratio_p99"] <= B6_RATIO_GOAL))
         uncached = b6["metrics_scrape"][0]
         cached = b6["metrics_scrape"][-1]
-        rows.append(_row("B6", f"GET /metrics at {results['config']['jobs']:,} jobs, gauges read on every scrape",
-                         f"p50 {_ms(uncached['p50_ms'])} ms, p99 {_ms(uncached['p99_ms'])} ms",
-                         f"with the {cached['cache_seconds']} s cache: p99 {_ms(cached['p99_ms'])} ms", None,
-                         f"p99 ≤ {B6_SCRAPE_P99_GOAL_MS} ms", uncached["p99_ms"] <= B6_SCRAPE_P99_GOAL_MS))
+        rows.append(_row("B6", f"GET /metrics at {results['config']['jobs']:,} jobs, as configured by default "
+                               f"({cached['cache_seconds']} s cache, stale readings refreshed in the background)",
+                         f"p50 {_ms(cached['p50_ms'])} ms, p99 {_ms(cached['p99_ms'])} ms",
+                         f"the gauges read on every scrape, waited for (cache 0): p50 {_ms(uncached['p50_ms'])} ms, "
+                         f"p99 {_ms(uncached['p99_ms'])} ms", None,
+                         f"p99 ≤ {B6_SCRAPE_P99_GOAL_MS} ms", cached["p99_ms"] <= B6_SCRAPE_P99_GOAL_MS))
     b5 = results.get("B5", {})
     if b5.get("api_worker_peak_rss_mb") is not None or b5.get("celery_worker_peak_rss_mb") is not None:
         rows.append(_row(

@@ -288,3 +288,31 @@ def test_parked_rows_and_dead_submissions_are_counted_once_the_schema_has_them(
     finally:
         sql("DROP TABLE IF EXISTS dead_submissions")
         sql("ALTER TABLE outbox DROP COLUMN IF EXISTS parked_timestamp")
+
+
+def test_a_stale_reading_is_answered_at_once_and_read_again_in_the_background():
+    """The service gauges' cache (a unit test of the collector, with a counting reader)."""
+    import threading
+
+    from app.metrics import ServiceGauges
+    from app.vitals import Vitals
+
+    reads, release = [], threading.Event()
+
+    def read() -> Vitals:
+        if reads:
+            release.wait(30)  # a later reading takes as long as the test wants
+        reads.append(1)
+        return Vitals({"enqueued": len(reads), "executing": 0}, 0, 0.0, 0, 0, None)
+
+    def enqueued(gauges) -> float:
+        family = next(f for f in gauges.collect() if f.name == "sampledb_jobs_active")
+        return next(s.value for s in family.samples if s.labels == {"state": "enqueued"})
+
+    gauges = ServiceGauges(read, cache_seconds=0.05)
+    assert enqueued(gauges) == 1  # the first scrape reads and waits
+    wait_for(lambda: len(reads) == 1 and enqueued(gauges) == 1 and gauges._refreshing, 10, "a stale reading")
+    assert enqueued(gauges) == 1 and len(reads) == 1  # answered from the old reading while the new one runs
+    release.set()
+    wait_for(lambda: enqueued(gauges) == 2, 10, "the background reading")
+    assert len(reads) >= 2
