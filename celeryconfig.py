@@ -60,6 +60,7 @@ task_routes = {
     TaskNames.SWEEP_EXECUTION_TIMEOUTS: {"queue": QueueNames.PERIODIC},
     TaskNames.SWEEP_ENQUEUED_TIMEOUTS: {"queue": QueueNames.PERIODIC},
     TaskNames.SWEEP_UNCONFIRMED_ABORTS: {"queue": QueueNames.PERIODIC},
+    TaskNames.PURGE: {"queue": QueueNames.PERIODIC},
 }
 
 # Flower shows every task: sent, received, started, succeeded, failed.
@@ -84,4 +85,6 @@ beat_schedule = {
         _settings.sweep_interval_seconds, TaskNames.SWEEP_ENQUEUED_TIMEOUTS, QueueNames.PERIODIC),
     "sweep-unconfirmed-aborts": _every(
         _settings.sweep_interval_seconds, TaskNames.SWEEP_UNCONFIRMED_ABORTS, QueueNames.PERIODIC),
+    "purge": _every(_settings.purge_interval_seconds, TaskNames.PURGE, QueueNames.PERIODIC),
 }
+

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import sys
+import time
 
 import click
+import sqlalchemy as sa
+import sqlalchemy.orm as so
 
 from analyzer.command import Connection, analyzer_group
+from app import retention
+from app import status as health
 from app.auth import create_key
 from app.config import ConfigError, Settings
 from app.extensions import db as database
@@ -65,6 +70,61 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
         session.commit()
     click.echo(f"API key for {user} ({role}" + (", all customers" if all_customers else "") + "):")
     click.echo(secret)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="count what would be deleted, delete nothing")
+def purge(dry_run: bool) -> None:
+    """Delete sent outbox rows and final jobs past their retention, once; print the rows per table."""
+    settings = Settings.from_env()
+    engine = sa.create_engine(settings.database_url)
+    try:
+        with so.Session(engine) as session:
+            counts = retention.would_purge(session, settings) if dry_run else retention.purge(session, settings)
+    finally:
+        engine.dispose()
+    verb = "would delete" if dry_run else "deleted"
+    if not settings.job_retention_days:
+        click.echo("jobs are kept forever (SAMPLEDB_JOB_RETENTION_DAYS=0)")
+    for table, count in counts.by_table().items():
+        click.echo(f"{table:<12} {verb} {count:>12,}")
+
+
+@main.command()
+@click.option("--watch", "watch_seconds", type=click.FloatRange(min=0.5), default=None,
+              help="refresh in place every SECONDS until Ctrl-C")
+def status(watch_seconds: float | None) -> None:
+    """Show the running service's health; exit 1 naming the reason when a threshold is crossed."""
+    from rich.console import Console
+    from rich.live import Live
+
+    settings = Settings.from_env()
+    engine = sa.create_engine(settings.database_url, pool_pre_ping=True,
+                              connect_args={"connect_timeout": 5})
+
+    def look():
+        snapshot = health.take_snapshot(engine, settings)
+        found = health.problems(snapshot, settings)
+        return health.render(snapshot, found), found
+
+    try:
+        view, found = look()
+        if watch_seconds is None:
+            Console().print(view)
+        else:
+            with Live(view, auto_refresh=False) as live:
+                try:
+                    while True:
+                        time.sleep(watch_seconds)
+                        view, found = look()
+                        live.update(view, refresh=True)
+                except KeyboardInterrupt:
+                    pass
+    finally:
+        engine.dispose()
+    if found:
+        click.echo(f"unhealthy: {'; '.join(found)}", err=True)
+        sys.exit(1)
 
 
 @main.command()

@@ -88,6 +88,15 @@ def _bootstrap(name: str, raw: str) -> str:
     return ",".join(servers)
 
 
+def _switch(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 def _site(name: str, raw: str) -> str:
     site = _text(name, raw)
     if not SITE_PATTERN.fullmatch(site):
@@ -133,6 +142,19 @@ class Settings:
         "SAMPLEDB_DUPLICATE_WINDOW_SECONDS", "0", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
     )
     celery_visibility_timeout_seconds: int = _setting("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300", _seconds)
+    # Retention (§9.1): sent outbox rows and final jobs older than these are purged by beat.
+    outbox_retention_hours: int = _setting(
+        "SAMPLEDB_OUTBOX_RETENTION_HOURS", "24", lambda n, r: _whole(n, r, unit=" of hours"))
+    job_retention_days: int = _setting(
+        "SAMPLEDB_JOB_RETENTION_DAYS", "0", lambda n, r: _whole(n, r, unit=" of days", allow_zero=True))
+    purge_interval_seconds: int = _setting("SAMPLEDB_PURGE_INTERVAL_SECONDS", "300", _seconds)
+    purge_batch_size: int = _setting("SAMPLEDB_PURGE_BATCH_SIZE", "1000", _count)
+    # Metrics (§9.2): the web app's /metrics and the Celery worker's own port.
+    metrics_enabled: bool = _setting("SAMPLEDB_METRICS_ENABLED", "true", _switch)
+    metrics_cache_seconds: int = _setting(
+        "SAMPLEDB_METRICS_CACHE_SECONDS", "5", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True))
+    worker_metrics_port: int = _setting("SAMPLEDB_WORKER_METRICS_PORT", "9808", _port)
+    status_outbox_max_age_seconds: int = _setting("SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS", "60", _seconds)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)
     flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)

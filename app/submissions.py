@@ -23,6 +23,7 @@ import marshmallow as ma
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app import metrics
 from app.access import Actor, Scope
 from app.accounts import ensure_customer
 from app.config import Settings
@@ -220,12 +221,22 @@ def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> li
         else:
             job_id, created = next(made)
             results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
+    created = sum(1 for r in results if r.created)
+    duplicate = sum(1 for r in results if r.duplicate)
+    for outcome, amount in (("created", created), ("duplicate", duplicate),
+                            ("existing", len(results) - created - duplicate)):
+        metrics.count_submissions(session, outcome, amount)
     return results
 
 
 def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
     """Make the job of one submission (or find the one it already made). The caller commits."""
-    return _make_jobs(session, settings, [validate_payload(payload)])[0]
+    try:
+        data = validate_payload(payload)
+    except InvalidSubmission:
+        metrics.count_submissions(None, "invalid")
+        raise
+    return _make_jobs(session, settings, [data])[0]
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
@@ -241,6 +252,7 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
             valid.append(validate_payload(payload))
         except InvalidSubmission as err:
             results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
+    metrics.count_submissions(session, "invalid", len(results))
     return results + _make_jobs(session, settings, valid)
 
 

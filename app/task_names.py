@@ -10,7 +10,7 @@ from __future__ import annotations
 class QueueNames:
     INGEST = "ingest"  # submissions from the sample service and the REST intake
     OUTBOX = "outbox"  # relaying outbox rows to Kafka: after each commit, and beat's safety net
-    PERIODIC = "periodic"  # beat: the timeout sweeps
+    PERIODIC = "periodic"  # beat: the timeout sweeps and retention
 
     @classmethod
     def all(cls) -> list[str]:
@@ -26,3 +26,4 @@ class TaskNames:
     SWEEP_EXECUTION_TIMEOUTS = "sampledb.sweep_execution_timeouts"
     SWEEP_ENQUEUED_TIMEOUTS = "sampledb.sweep_enqueued_timeouts"
     SWEEP_UNCONFIRMED_ABORTS = "sampledb.sweep_unconfirmed_aborts"
+    PURGE = "sampledb.purge"

@@ -21,12 +21,12 @@ import sqlalchemy.orm as so
 
 from app.auth import create_key
 from app.models import now_ms
-from bench import api_load, dataset, ingest, machine, policy, report, searches, sweep
+from bench import api_load, dataset, ingest, machine, policy, purge, report, searches, sweep
 from bench.stack import Databases, Servers, bench_settings, start_servers
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("B1", "B2", "B3", "B4")
+ALL = ("B1", "B2", "B3", "B4", "B6")
 
 
 @dataclass
@@ -53,10 +53,10 @@ def durations(quick: bool) -> dict:
     if quick:
         return {"b1_duration": 1, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
                 "b3_bulk_duration": 3, "b3_latency_duration": 2, "b3_baseline_duration": 0.5, "b3_noop_tasks": 100,
-                "runs": 3}
+                "b6_chunk": 1, "b6_scrapes": 20, "runs": 3}
     return {"b1_duration": 10, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
             "b3_bulk_duration": 30, "b3_latency_duration": 20, "b3_baseline_duration": 5, "b3_noop_tasks": 3000,
-            "runs": 3}
+            "b6_chunk": 5, "b6_scrapes": 300, "runs": 3}
 
 
 def _viewer_key(database_url: str) -> str:
@@ -128,6 +128,10 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
             latency_duration=d["b3_latency_duration"], baseline_duration=d["b3_baseline_duration"],
             noop_tasks=d["b3_noop_tasks"], runs=runs), "policy_evaluation": policy.run(settings)}),
         "B4": ("sweep", lambda: _sweep_sizes(servers, dbs, config, settings, main_db.url)),
+        # Deletes jobs of the big database: last.
+        "B6": ("retention and metrics", lambda: purge.run(
+            settings, key, workdir, outbox_rows=config.jobs, expired_jobs=config.jobs // 10,
+            chunk=d["b6_chunk"], scrapes=d["b6_scrapes"])),
     }
     for name, (what, measure) in benchmarks.items():
         if name not in config.only:

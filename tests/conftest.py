@@ -33,6 +33,7 @@ from tests.support.api import Api
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, broker_idle
 from tests.support.database import RolledBack, keep_default_workers, truncate
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.settings import make_settings
 from tests.support.waiting import wait_for
 
 # Fixtures that start (or reach) a server: a test needing any of them is marked `servers`.
@@ -104,13 +105,6 @@ def redis_url(request) -> str:
 @pytest.fixture(scope="session")
 def kafka_bootstrap(kafka_broker) -> str:
     return kafka_broker.url
-
-
-def make_settings(database_url: str, **overrides: str) -> Settings:
-    # Tests change the analysis policy between jobs: every job reads it afresh.
-    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": "OSL", "SAMPLEDB_POLICY_CACHE_SECONDS": "0",
-               **overrides}
-    return Settings.from_env(environ)
 
 
 @pytest.fixture(scope="session")
@@ -244,15 +238,21 @@ def redis_client(redis_url):
 @pytest.fixture(scope="session")
 def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_factory):
     redis_client.flushdb()  # the tests' own Redis database: no tasks left from an earlier run
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_"))}
+    from app.dev.processes import free_port
+
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
+    metrics_port = free_port()
     env.update(
         SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
-        SAMPLEDB_SWEEP_BATCH_SIZE="20", SAMPLEDB_POLICY_CACHE_SECONDS="0", PYTHONUNBUFFERED="1",
+        SAMPLEDB_SWEEP_BATCH_SIZE="20", SAMPLEDB_PURGE_BATCH_SIZE="20", SAMPLEDB_POLICY_CACHE_SECONDS="0",
+        SAMPLEDB_WORKER_METRICS_PORT=str(metrics_port), PYTHONUNBUFFERED="1",
     )
     worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
                           f"sampledb-test-{uuid.uuid4().hex[:6]}@%h").start()
+    worker.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     yield worker
     worker.stop()
 

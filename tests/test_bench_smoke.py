@@ -1,4 +1,4 @@
-"""The benchmark harness (`make bench`) at a tiny scale: loader, B1, B2, B4 and the report.
+"""The benchmark harness (`make bench`) at a tiny scale: loader, B1, B2, B4, B6 and the report.
 
 Runs the harness's own functions on the test session's PostgreSQL server (in databases
 the harness creates and drops), so a change to the schema or the search code that breaks
@@ -39,7 +39,7 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
     monkeypatch.setenv("BENCH_LOAD_GENERATOR", generator)
     servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None)
     dbs = Databases(postgres_server_url, servers.run_id)
-    config = Config(jobs=JOBS, quick=True, only=("B1", "B2", "B4"), durations=durations(quick=True))
+    config = Config(jobs=JOBS, quick=True, only=("B1", "B2", "B4", "B6"), durations=durations(quick=True))
     try:
         results = run_benchmarks(servers, dbs, config, tmp_path)
     finally:
@@ -74,9 +74,19 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
     assert all(s["stale_jobs"] == JOBS // 100 and _is_positive_number(s["seconds"]) for s in sizes)
     assert _is_positive_number(data["B4"]["ratio_largest_to_smallest"])
 
+    b6 = data["B6"]
+    assert b6["deleted"]["outbox"] == JOBS and b6["deleted"]["jobs"] == JOBS // 10
+    assert b6["deleted"]["job_history"] >= 3 * JOBS // 10 and b6["deleted"]["job_tasks"] > JOBS // 10
+    assert all(_is_positive_number(rate) for phase in b6["purge"].values() for rate in phase["rows_per_s"].values())
+    assert b6["get_job_during_purge"]["chunks"] >= 1 and b6["get_job_idle"]["chunks"] >= 3
+    assert _is_positive_number(b6["ratio_p99"])
+    assert [s["cache_seconds"] for s in b6["metrics_scrape"]] == [0, 5]
+    assert all(_is_positive_number(s["p99_ms"]) for s in b6["metrics_scrape"])
+
     assert _is_positive_number(data["B5"]["api_worker_peak_rss_mb"])
-    assert {row["id"] for row in data["goals"]} == {"B1", "B2", "B4", "B5"}
-    assert all(isinstance(row["met"], bool) for row in data["goals"] if row["id"] != "B5")
+    assert {row["id"] for row in data["goals"]} == {"B1", "B2", "B4", "B5", "B6"}
+    assert all(isinstance(row["met"], bool) for row in data["goals"] if row["id"] not in ("B5", "B6"))
+    assert [row["met"] is None for row in data["goals"] if row["id"] == "B6"] == [True, False, False]
 
     doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
     assert report.BEGIN in doc and report.END in doc and "| B4 |" in doc

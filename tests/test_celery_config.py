@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import celeryconfig
+from app.sweep_runs import periodic_intervals
 from celeryconfig import QueueNames, TaskNames
 from workers.celery_app import celery
 from workers.relay import BACKOFF_CAP_MS, backoff_ms
@@ -17,6 +18,7 @@ STABLE_TASK_NAMES = {
     "sampledb.ingest_submissions",
     "sampledb.relay_outbox",
     "sampledb.sweep_execution_timeouts",
+    "sampledb.purge",
     "sampledb.sweep_enqueued_timeouts",
     "sampledb.sweep_unconfirmed_aborts",
 }
@@ -47,7 +49,7 @@ def test_every_task_routes_to_a_declared_queue():
     assert celeryconfig.task_routes[TaskNames.INGEST_SUBMISSION]["queue"] == QueueNames.INGEST
     assert celeryconfig.task_routes[TaskNames.RELAY_OUTBOX]["queue"] == QueueNames.OUTBOX
     for sweep in (TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
-                  TaskNames.SWEEP_UNCONFIRMED_ABORTS):
+                  TaskNames.SWEEP_UNCONFIRMED_ABORTS, TaskNames.PURGE):
         assert celeryconfig.task_routes[sweep]["queue"] == QueueNames.PERIODIC
 
 
@@ -62,7 +64,7 @@ def test_beat_entries_name_their_queue_and_a_known_task():
     schedule = celeryconfig.beat_schedule
     assert {entry["task"] for entry in schedule.values()} == {
         TaskNames.RELAY_OUTBOX, TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
-        TaskNames.SWEEP_UNCONFIRMED_ABORTS,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS, TaskNames.PURGE,
     }
     for name, entry in schedule.items():
         queue = entry["options"]["queue"]
@@ -77,6 +79,10 @@ def test_beat_intervals_come_from_settings():
     assert schedule["relay-outbox"]["schedule"] == settings.outbox_relay_interval_seconds
     for name in ("sweep-execution-timeouts", "sweep-enqueued-timeouts", "sweep-unconfirmed-aborts"):
         assert schedule[name]["schedule"] == settings.sweep_interval_seconds
+    assert schedule["purge"]["schedule"] == settings.purge_interval_seconds
+    # status watches every periodic task beat schedules, at the interval beat uses
+    assert {e["task"]: e["schedule"] for e in schedule.values() if e["task"] != TaskNames.RELAY_OUTBOX} == \
+        periodic_intervals(settings)
 
 
 def test_reliability_settings():

@@ -28,6 +28,14 @@ BAD_VALUES = {
     "SAMPLEDB_FALLBACK_WORKER": ["", "has space", "a/b", "ünï"],
     "SAMPLEDB_API_PORT": ["http", "0", "65536", "-80", "80.5"],
     "SAMPLEDB_FLOWER_PORT": ["http", "0", "65536"],
+    "SAMPLEDB_OUTBOX_RETENTION_HOURS": ["abc", "0", "-1", "1.5", "9" * 5000],
+    "SAMPLEDB_JOB_RETENTION_DAYS": ["abc", "-1", "1.5", "", "99999999999"],
+    "SAMPLEDB_PURGE_INTERVAL_SECONDS": SECONDS,
+    "SAMPLEDB_PURGE_BATCH_SIZE": ["abc", "0", "-1", "2.5", "9" * 5000],
+    "SAMPLEDB_METRICS_ENABLED": ["", "maybe", "2", "tru"],
+    "SAMPLEDB_METRICS_CACHE_SECONDS": ["abc", "-1", "2.5", "9" * 5000],
+    "SAMPLEDB_WORKER_METRICS_PORT": ["http", "0", "65536"],
+    "SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS": SECONDS,
 }
 CASES = [(name, value) for name, values in BAD_VALUES.items() for value in values]
 
@@ -53,6 +61,10 @@ def test_defaults():
     assert settings.redis_url.startswith("redis://")
     assert settings.fallback_worker == "static-analyzer"
     assert (settings.policy_cache_seconds, settings.duplicate_window_seconds) == (5, 0)
+    assert (settings.outbox_retention_hours, settings.job_retention_days, settings.purge_interval_seconds) == (24, 0, 300)
+    assert (settings.metrics_enabled, settings.worker_metrics_port, settings.status_outbox_max_age_seconds) == (
+        True, 9808, 60)
+    assert Settings.from_env({"SAMPLEDB_METRICS_ENABLED": " False "}).metrics_enabled is False
     assert (settings.job_topic, settings.abort_topic, settings.event_topic) == (
         "Sample.Analysis.Job.OSL", "Sample.Analysis.Job.Abort.OSL", "Sample.Analysis.Job.Event.OSL")
 

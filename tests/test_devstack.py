@@ -57,7 +57,8 @@ def _count_jobs(api_url: str, key: str) -> int:
 @pytest.fixture
 def dev_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
-    env.update(SAMPLEDB_API_PORT=str(free_port()), SAMPLEDB_FLOWER_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    env.update(SAMPLEDB_API_PORT=str(free_port()), SAMPLEDB_FLOWER_PORT=str(free_port()),
+               SAMPLEDB_WORKER_METRICS_PORT=str(free_port()), PYTHONUNBUFFERED="1")
     return env
 
 
@@ -88,10 +89,18 @@ def test_dev_runs_the_whole_service_stops_cleanly_and_keeps_its_data(tmp_path, d
         assert "creation messages seen" in demo.stdout
         key = (tmp_path / ".sampledb" / "dev.key").read_text().strip()
         assert _count_jobs(api_url, key) == 20
+        # Both metrics endpoints answer: the web app's and the worker's, whose pool made the 20 jobs.
+        metrics_url = f"http://127.0.0.1:{dev_env['SAMPLEDB_WORKER_METRICS_PORT']}/metrics"
+        for url in (f"{api_url}/metrics", metrics_url):
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200
+        with urllib.request.urlopen(metrics_url, timeout=10) as response:
+            assert 'sampledb_submissions_total{outcome="created"} 20.0' in response.read().decode()
     finally:
         output = _stop(process)
     assert process.returncode == 0, output
     assert "All-customers SAMPLEDB-ANALYZER key" in output
+    assert f"{api_url}/metrics" in output and f":{dev_env['SAMPLEDB_WORKER_METRICS_PORT']}/metrics" in output
     time.sleep(1)
     left = [pid for pid in tree if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert left == [], f"processes left behind: {left}"

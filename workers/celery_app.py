@@ -10,14 +10,19 @@ producer when it first relays (never before the fork).
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 from celery import Celery, Task, signals
 from flask import Flask
 
-from app.extensions import db
+from app import sweep_runs
+from app.config import Settings
+from app.extensions import current_settings, db
 from app.factory import create_app
-from workers import kafka
+from app.models import now_ms
+from app.unit_of_work import unit_of_work
+from workers import kafka, metrics_port
 
 # kafka-python narrates every connection at INFO; the relay logs what matters.
 logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -46,6 +51,29 @@ celery = Celery("sampledb", task_cls=FlaskTask, include=["workers.tasks"])
 celery.config_from_object("celeryconfig")
 
 
+@signals.celeryd_init.connect
+def _worker_starting(**_kwargs) -> None:
+    metrics_port.prepare(Settings.from_env())
+
+
+@signals.worker_ready.connect
+def _worker_ready(**_kwargs) -> None:
+    metrics_port.serve(Settings.from_env())
+
+
+@signals.worker_shutdown.connect
+def _worker_stopped(**_kwargs) -> None:
+    metrics_port.remove()
+
+
+@signals.beat_init.connect
+def _beat_starting(**_kwargs) -> None:
+    """Mark the periodic tasks as expected from now on, so status sees one that never runs."""
+    app = flask_app()
+    with app.app_context(), unit_of_work(db.session):
+        sweep_runs.expect(db.session, sweep_runs.periodic_intervals(current_settings()), now_ms())
+
+
 @signals.worker_process_init.connect
 def _after_fork(**_kwargs) -> None:
     db.dispose()  # connections opened before the fork belong to the parent
@@ -56,3 +84,4 @@ def _after_fork(**_kwargs) -> None:
 @signals.worker_process_shutdown.connect
 def _before_exit(**_kwargs) -> None:
     kafka.close_producer(timeout=10)
+    metrics_port.process_ended(os.getpid())

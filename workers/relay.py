@@ -20,6 +20,7 @@ from typing import Callable
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app import metrics
 from app.config import Settings
 from app.models import OutboxMessage, now_ms
 from app.unit_of_work import unit_of_work
@@ -115,6 +116,7 @@ def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeo
             acked, errors = _send(settings, rows, send_timeout)
             _mark(session, rows, acked, errors)
             batch.sent, batch.failed = len(acked), len(errors)
+    metrics.count_relayed(batch.sent, batch.failed)
     return batch
 
 

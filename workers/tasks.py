@@ -1,4 +1,4 @@
-"""Celery tasks: submission ingest, the outbox relay and the timeout sweeps.
+"""Celery tasks: submission ingest, the outbox relay, the timeout sweeps and retention.
 
 Every task is idempotent (acks_late re-delivers it when a worker dies): ingest through
 the job's unique submission id, the relay through row claims and the sweeps through
@@ -13,7 +13,7 @@ import logging
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
 
-from app import dispatch, submissions
+from app import dispatch, retention, submissions, sweep_runs
 from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
@@ -29,6 +29,8 @@ TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.Timeo
 RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
 RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
+# Well inside the soft time limit; what is left waits for the next run.
+PURGE_BUDGET_SECONDS = 40.0
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -114,8 +116,8 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 # -- sweeps -----------------------------------------------------------------------------------
 
-def _sweep(sweep) -> int:
-    """Run a service sweep batch by batch, one transaction each, until a batch comes back short."""
+def _sweep(name: str, sweep) -> int:
+    """Run a service sweep batch by batch, one transaction each, until a batch comes back short; record the run."""
     settings = current_settings()
     total = 0
     while True:
@@ -123,22 +125,39 @@ def _sweep(sweep) -> int:
             moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:
+            _record_run(name, total)
             return total
+
+
+def _record_run(name: str, moved: int) -> None:
+    """For `sampledb-jobs status`: when this periodic task last finished and what it moved."""
+    with unit_of_work(db.session) as session:
+        sweep_runs.record(session, name, moved, now_ms())
 
 
 @celery.task(name=TaskNames.SWEEP_EXECUTION_TIMEOUTS, max_retries=3, **RETRY)
 def sweep_execution_timeouts() -> int:
     """Time out executing jobs whose analyzer went silent."""
-    return _sweep(service.sweep_execution_timeouts)
+    return _sweep(TaskNames.SWEEP_EXECUTION_TIMEOUTS, service.sweep_execution_timeouts)
 
 
 @celery.task(name=TaskNames.SWEEP_ENQUEUED_TIMEOUTS, max_retries=3, **RETRY)
 def sweep_enqueued_timeouts() -> int:
     """Time out jobs nobody started."""
-    return _sweep(service.sweep_enqueued_timeouts)
+    return _sweep(TaskNames.SWEEP_ENQUEUED_TIMEOUTS, service.sweep_enqueued_timeouts)
 
 
 @celery.task(name=TaskNames.SWEEP_UNCONFIRMED_ABORTS, max_retries=3, **RETRY)
 def sweep_unconfirmed_aborts() -> int:
     """Abort jobs whose analyzer did not confirm an abort request in time."""
-    return _sweep(service.sweep_unconfirmed_aborts)
+    return _sweep(TaskNames.SWEEP_UNCONFIRMED_ABORTS, service.sweep_unconfirmed_aborts)
+
+
+# -- retention --------------------------------------------------------------------------------
+
+@celery.task(name=TaskNames.PURGE, max_retries=3, **RETRY)
+def purge() -> dict:
+    """Delete sent outbox rows and final jobs past their retention (SKIP LOCKED: safe to run twice at once)."""
+    purged = retention.purge(db.session, current_settings(), budget_seconds=PURGE_BUDGET_SECONDS)
+    _record_run(TaskNames.PURGE, purged.total)
+    return purged.by_table()

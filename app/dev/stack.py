@@ -28,6 +28,8 @@ LOG_DIR = STATE_DIR / "logs"
 KEY_FILE = STATE_DIR / "dev.key"
 FLOWER_AUTH_FILE = STATE_DIR / "flower.auth"
 LOCK_FILE = STATE_DIR / "dev.lock"
+# The API's gunicorn workers sum their metrics through this directory (emptied by its config at start).
+WEB_METRICS_DIR = STATE_DIR / "web-metrics"
 READY_TIMEOUT = 120
 
 
@@ -83,7 +85,8 @@ class DevStack:
                              f"--basic-auth={flower_auth}")),
         ]
         for child, argv in planned:
-            self.children.append(child.start(argv, env=env))
+            own = {"PROMETHEUS_MULTIPROC_DIR": str(WEB_METRICS_DIR.resolve())} if child.name == "api" else {}
+            self.children.append(child.start(argv, env={**env, **own}))
 
     # -- run -----------------------------------------------------------------------------------
 
@@ -213,6 +216,7 @@ def run() -> int:
             f"\nsampledb-jobs is running\n"
             f"  API      {api_url}/sampledb/v2   (docs: {api_url}/sampledb/v2/docs)\n"
             f"  Flower   {flower_url}   (login {flower_auth})\n"
+            f"  metrics  {api_url}/metrics   (web)   http://127.0.0.1:{settings.worker_metrics_port}/metrics   (worker)\n"
             f"  site     {settings.site}   topics {settings.job_topic}, {settings.abort_topic}, {settings.event_topic}\n"
             f"  logs     {LOG_DIR}/\n"
             f"  settings {DEV_ENV_FILE}\n"

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import outbox
+from app import metrics, outbox
 from app.access import EVERYONE, Actor, Scope
 from app.config import Settings
 from app.domain_errors import NotFound
@@ -214,7 +214,7 @@ def update_job(
         _touch(job, actor, now)
         _follow_user_ids(session, job)
         return job
-    _move_job(session, settings, job, state, actor, message, now)
+    _move_job(session, settings, job, state, actor, message, now, cause="api")
     _follow_user_ids(session, job)
     return job
 
@@ -271,7 +271,7 @@ def request_abort(
     job.abort_requested_by_user_id = actor.id if actor else None
     job.abort_reason = reason
     if job.state == "enqueued":
-        _move_job(session, settings, job, "aborted", actor, reason, now)
+        _move_job(session, settings, job, "aborted", actor, reason, now, cause="abort")
     else:
         _touch(job, actor, now)
         _record(session, settings, job.id, job.state, job.state, actor,
@@ -300,7 +300,7 @@ def _sweep(session: so.Session, settings: Settings, condition, order_by, to_stat
     jobs = session.scalars(stmt).all()
     now = now_ms()
     for job in jobs:
-        _move_job(session, settings, job, to_state, None, message, now)
+        _move_job(session, settings, job, to_state, None, message, now, cause="sweep")
     return len(jobs)
 
 
@@ -351,8 +351,10 @@ def _touch(job: Job, actor: Actor | None, now: int) -> None:
 
 
 def _move_job(session: so.Session, settings: Settings, job: Job, to_state: str, actor: Actor | None,
-              message: str | None, now: int) -> None:
+              message: str | None, now: int, *, cause: str) -> None:
+    """Change the job's state; `cause` (api, task, sweep, abort) labels the transition's metric."""
     from_state = job.state
+    metrics.count_transition(session, from_state, to_state, cause)
     job.state = to_state
     _touch(job, actor, now)
     if message is not None:
@@ -380,13 +382,14 @@ def _roll_up(session: so.Session, settings: Settings, job: Job, actor: Actor | N
     if job.state == "enqueued" and any(s != "enqueued" for s in states):
         # The first task to start (or to report at all, e.g. straight to success) starts the job, so
         # a job that ran has a startTimestamp and its history shows executing before the end.
-        _move_job(session, settings, job, "executing", actor, None, now)
+        _move_job(session, settings, job, "executing", actor, None, now, cause="task")
     if all(s in TASK_FINAL for s in states):
         if job.abort_requested:
             target = "aborted"
         else:
             target = "done" if "success" in states else "failed"
-        _move_job(session, settings, job, target, actor, f"All tasks final: {', '.join(sorted(set(states)))}", now)
+        _move_job(session, settings, job, target, actor, f"All tasks final: {', '.join(sorted(set(states)))}", now,
+                  cause="task")
 
 
 def _record(session: so.Session, settings: Settings, job_id: uuid.UUID, from_state: str | None, to_state: str,

@@ -28,4 +28,6 @@ class OutboxMessage(Base):
     __table_args__ = (
         # The relay reads only unsent rows, oldest first; sent rows leave the index.
         sa.Index("ix_outbox_unsent", "id", postgresql_where=sa.text("sent_timestamp IS NULL")),
+        # Retention deletes sent rows oldest first; unsent rows are not in this index, so never purged.
+        sa.Index("ix_outbox_sent", "sent_timestamp", postgresql_where=sa.text("sent_timestamp IS NOT NULL")),
     )

@@ -1,0 +1,133 @@
+"""Retention (§9.1): sent outbox rows and final jobs past their retention are deleted.
+
+Each batch is one transaction that picks at most `batch_size` rows through an index
+(`ix_outbox_sent` for sent rows by sent time, `ix_jobs_state_end` for final jobs by end
+time), so the cost follows the rows deleted, not the table. Rows are claimed with
+FOR UPDATE SKIP LOCKED: two purges at once split the rows between them, and a job being
+changed right now is left for the next run. Unsent (or parked) outbox rows have no sent
+time and active jobs no final state, so neither is ever selected, however old.
+A purged job's tasks and history are deleted with it, in the same transaction.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app import metrics
+from app.config import Settings
+from app.jobs.states import JOB_FINAL
+from app.models import Job, JobHistory, JobTask, OutboxMessage, now_ms
+from app.unit_of_work import unit_of_work
+
+HOUR_MS = 3600 * 1000
+DAY_MS = 24 * HOUR_MS
+FINAL_STATES = sorted(JOB_FINAL)
+
+
+@dataclass
+class Purged:
+    """Rows deleted (or, in a dry run, that would be) per table."""
+
+    outbox: int = 0
+    jobs: int = 0
+    job_tasks: int = 0
+    job_history: int = 0
+
+    def add(self, other: "Purged") -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def by_table(self) -> dict[str, int]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_table().values())
+
+
+@dataclass(frozen=True)
+class Horizons:
+    """Rows older than these (ms since the epoch) go; `jobs=None` keeps jobs forever."""
+
+    outbox: int
+    jobs: int | None
+
+    @classmethod
+    def at(cls, settings: Settings, now: int) -> "Horizons":
+        jobs = now - settings.job_retention_days * DAY_MS if settings.job_retention_days else None
+        return cls(outbox=now - settings.outbox_retention_hours * HOUR_MS, jobs=jobs)
+
+
+def _expired_outbox(horizon: int) -> sa.ColumnElement[bool]:
+    # The explicit IS NOT NULL matches the partial index's predicate.
+    return sa.and_(OutboxMessage.sent_timestamp.is_not(None), OutboxMessage.sent_timestamp < horizon)
+
+
+def _expired_jobs(horizon: int) -> sa.ColumnElement[bool]:
+    return sa.and_(Job.state.in_(FINAL_STATES), Job.end_timestamp < horizon)
+
+
+def purge_outbox_batch(session: so.Session, horizon: int, limit: int) -> Purged:
+    """Delete up to `limit` sent outbox rows older than `horizon`, oldest first. The caller commits."""
+    claimed = (sa.select(OutboxMessage.id).where(_expired_outbox(horizon)).order_by(OutboxMessage.sent_timestamp)
+               .limit(limit).with_for_update(skip_locked=True))
+    result = session.execute(sa.delete(OutboxMessage).where(OutboxMessage.id.in_(claimed.scalar_subquery()))
+                             .execution_options(synchronize_session=False))
+    return Purged(outbox=result.rowcount)
+
+
+def purge_jobs_batch(session: so.Session, horizon: int, limit: int) -> Purged:
+    """Delete up to `limit` final jobs that ended before `horizon`, with their tasks and history. The caller commits."""
+    job_ids = session.scalars(sa.select(Job.id).where(_expired_jobs(horizon)).limit(limit)
+                              .with_for_update(skip_locked=True)).all()
+    if not job_ids:
+        return Purged()
+    # Children first, explicitly: the counts are exact (the foreign keys would cascade silently).
+    tasks = session.execute(sa.delete(JobTask).where(JobTask.job_id.in_(job_ids))
+                            .execution_options(synchronize_session=False)).rowcount
+    history = session.execute(sa.delete(JobHistory).where(JobHistory.job_id.in_(job_ids))
+                              .execution_options(synchronize_session=False)).rowcount
+    jobs = session.execute(sa.delete(Job).where(Job.id.in_(job_ids))
+                           .execution_options(synchronize_session=False)).rowcount
+    return Purged(jobs=jobs, job_tasks=tasks, job_history=history)
+
+
+def purge(session: so.Session, settings: Settings, *, budget_seconds: float | None = None) -> Purged:
+    """Delete everything past retention, batch by batch, each batch committed on its own.
+
+    Stops when a batch comes back short or `budget_seconds` have passed (the next run goes on).
+    """
+    horizons = Horizons.at(settings, now_ms())
+    deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+    total = Purged()
+    batches = [lambda: purge_outbox_batch(session, horizons.outbox, settings.purge_batch_size)]
+    if horizons.jobs is not None:
+        batches.append(lambda: purge_jobs_batch(session, horizons.jobs, settings.purge_batch_size))
+    for batch in batches:
+        while True:
+            with unit_of_work(session):
+                purged = batch()
+            metrics.count_purged(purged.by_table())
+            total.add(purged)
+            if purged.total == 0 or max(purged.outbox, purged.jobs) < settings.purge_batch_size:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                return total
+    return total
+
+
+def would_purge(session: so.Session, settings: Settings) -> Purged:
+    """What `purge` would delete now, counted without deleting (a dry run)."""
+    horizons = Horizons.at(settings, now_ms())
+    counts = Purged(outbox=session.scalar(sa.select(sa.func.count()).where(_expired_outbox(horizons.outbox))))
+    if horizons.jobs is not None:
+        expired = sa.select(Job.id).where(_expired_jobs(horizons.jobs))
+        counts.jobs = session.scalar(sa.select(sa.func.count()).select_from(expired.subquery()))
+        counts.job_tasks = session.scalar(sa.select(sa.func.count()).where(JobTask.job_id.in_(expired)))
+        counts.job_history = session.scalar(sa.select(sa.func.count()).where(JobHistory.job_id.in_(expired)))
+    session.rollback()
+    return counts
