@@ -68,8 +68,12 @@ task_reject_on_worker_lost = True
 # of letting it finish twice.
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_prefetch_multiplier = 1
+# A task that outlives its soft limit (the database hung) raises SoftTimeLimitExceeded and is
+# retried; one that reaches the hard limit has its pool process killed and its message re-queued,
+# never acknowledged: the work is done again, not lost.
 task_soft_time_limit = 60
 task_time_limit = 90
+task_acks_on_timeout = False
 
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QueueNames.all()]
 task_default_queue = QueueNames.INGEST

@@ -7,12 +7,14 @@ from flask import Flask
 from app.config import Settings
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, workers: bool = False) -> Flask:
+    """The Flask app; `workers=True` for Celery processes (their own database timeouts)."""
     from app.api import register_api
     from app.extensions import db
 
     app = Flask(__name__)
     app.config["SAMPLEDB"] = settings or Settings.from_env()
+    app.config["SAMPLEDB_WORKERS"] = workers
     db.init_app(app)
     register_api(app)
     # A commit that wrote outbox rows schedules the relay task (workers.dispatch imports Celery

@@ -49,6 +49,10 @@ def _seconds(name: str, raw: str) -> int:
     return _whole(name, raw, unit=" of seconds")
 
 
+def _milliseconds(name: str, raw: str) -> int:
+    return _whole(name, raw, unit=" of milliseconds")
+
+
 def _count(name: str, raw: str) -> int:
     return _whole(name, raw)
 
@@ -125,6 +129,15 @@ class Settings:
         "SAMPLEDB_API_KEY_CACHE_SECONDS", "10", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
     )
     celery_visibility_timeout_seconds: int = _setting("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300", _seconds)
+    # Every API request runs under these (a stalled database answers 503 instead of holding the request).
+    api_statement_timeout_ms: int = _setting("SAMPLEDB_API_STATEMENT_TIMEOUT_MS", "5000", _milliseconds)
+    api_lock_timeout_ms: int = _setting("SAMPLEDB_API_LOCK_TIMEOUT_MS", "2000", _milliseconds)
+    # Celery tasks work in larger batches: longer limits, still below the task's soft time limit.
+    worker_statement_timeout_ms: int = _setting("SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS", "30000", _milliseconds)
+    worker_lock_timeout_ms: int = _setting("SAMPLEDB_WORKER_LOCK_TIMEOUT_MS", "10000", _milliseconds)
+    database_connect_timeout_seconds: int = _setting("SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS", "5", _seconds)
+    # Beat's safety net for REST submissions committed but not yet made into jobs.
+    pending_ingest_interval_seconds: int = _setting("SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS", "5", _seconds)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)
     flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)

@@ -28,7 +28,7 @@ def flask_app() -> Flask:
         if _flask_app is None:
             from app import create_app
 
-            _flask_app = create_app()
+            _flask_app = create_app(workers=True)
         return _flask_app
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 import sqlalchemy.exc as sa_exc
-from celery.exceptions import MaxRetriesExceededError
+from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 from flask import current_app
 
 from app import submissions
@@ -25,8 +25,9 @@ from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 
-# The database went away, a connection broke, a deadlock or serialisation failure: try again later.
-TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+# The database went away, a connection broke, a statement or lock timed out, a deadlock or
+# serialisation failure, or the task outlived its soft time limit (a hung database): try again later.
+TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, SoftTimeLimitExceeded)
 RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
 RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5

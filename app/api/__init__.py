@@ -10,7 +10,10 @@ from werkzeug.exceptions import HTTPException
 from app.analysis_workers import WorkerNotFound
 from app.api.base import BASE_PATH
 from app.api.schemas import envelope_schema
-from app.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from app.errors import (
+    DATABASE_UNAVAILABLE, ApiError, handle_api_error, handle_database_unavailable, handle_http_exception,
+    handle_unexpected,
+)
 from app.extensions import api
 from app.jobs.service import JobNotFound, TaskNotFound
 from app.jobs.states import StateConflict
@@ -96,4 +99,6 @@ def register_api(app: Flask) -> None:
     app.register_error_handler(StateConflict, lambda e: handle_api_error(ApiError.action(409, str(e))))
     for not_found in (JobNotFound, TaskNotFound, WorkerNotFound):
         app.register_error_handler(not_found, lambda e: handle_api_error(ApiError.action(404, str(e))))
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.register_error_handler(unavailable, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)
