@@ -17,7 +17,7 @@ from app.config import Settings
 class QueueNames:
     INGEST = "ingest"  # submissions from the sample service and the REST intake
     OUTBOX = "outbox"  # relaying outbox rows to Kafka: after each commit, and beat's safety net
-    PERIODIC = "periodic"  # beat: the timeout sweeps
+    PERIODIC = "periodic"  # beat: the timeout sweeps and the pending-submission safety net
 
     @classmethod
     def all(cls) -> list[str]:
@@ -29,6 +29,7 @@ class TaskNames:
 
     INGEST_SUBMISSION = "sampledb.ingest_submission"
     INGEST_SUBMISSIONS = "sampledb.ingest_submissions"
+    INGEST_PENDING = "sampledb.ingest_pending"
     RELAY_OUTBOX = "sampledb.relay_outbox"
     SWEEP_EXECUTION_TIMEOUTS = "sampledb.sweep_execution_timeouts"
     SWEEP_ENQUEUED_TIMEOUTS = "sampledb.sweep_enqueued_timeouts"
@@ -81,6 +82,7 @@ task_create_missing_queues = False
 task_routes = {
     TaskNames.INGEST_SUBMISSION: {"queue": QueueNames.INGEST},
     TaskNames.INGEST_SUBMISSIONS: {"queue": QueueNames.INGEST},
+    TaskNames.INGEST_PENDING: {"queue": QueueNames.PERIODIC},
     TaskNames.RELAY_OUTBOX: {"queue": QueueNames.OUTBOX},
     TaskNames.SWEEP_EXECUTION_TIMEOUTS: {"queue": QueueNames.PERIODIC},
     TaskNames.SWEEP_ENQUEUED_TIMEOUTS: {"queue": QueueNames.PERIODIC},
@@ -103,6 +105,8 @@ def _every(seconds: int, task: str, queue: str, **kwargs) -> dict:
 
 beat_schedule = {
     "relay-outbox": _every(_settings.outbox_relay_interval_seconds, TaskNames.RELAY_OUTBOX, QueueNames.OUTBOX),
+    "ingest-pending": _every(
+        _settings.pending_ingest_interval_seconds, TaskNames.INGEST_PENDING, QueueNames.PERIODIC),
     "sweep-execution-timeouts": _every(
         _settings.sweep_interval_seconds, TaskNames.SWEEP_EXECUTION_TIMEOUTS, QueueNames.PERIODIC),
     "sweep-enqueued-timeouts": _every(

@@ -26,13 +26,14 @@ import marshmallow as ma
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from marshmallow import fields, validate
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.api.schemas import NAME_MAX, ApiSchema
 from app.auth import ensure_customer
 from app.config import Settings
 from app.jobs import service
 from app.jobs.service import Scope
-from app.models import Customer, now_ms
+from app.models import Customer, Job, PendingSubmission, now_ms
 
 if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
     from app.auth import Actor
@@ -52,6 +53,17 @@ class InvalidSubmission(ValueError):
     def __init__(self, messages):
         super().__init__(json.dumps(messages, default=str)[:2000])
         self.messages = messages
+
+
+class SubmissionIdTaken(InvalidSubmission):
+    """The submission id belongs to a submission of another customer (ids are idempotency keys of one customer).
+
+    The message says nothing of the other submission: not its job, not its customer."""
+
+    FIELD = "submission.id"
+
+    def __init__(self):
+        super().__init__({"submission": {"id": ["Already used by another submission; choose another id"]}})
 
 
 class SubmissionRejected(ValueError):
@@ -243,6 +255,7 @@ class IngestResult:
     job_id: uuid.UUID | None = None
     created: bool = False
     errors: dict | None = None  # the payload was invalid and dropped
+    id_taken: bool = False  # its id made a job of another customer (errors says so)
 
 
 class _Lookups:
@@ -274,18 +287,15 @@ class _Lookups:
         return self._workers[key]
 
 
-def _make_job(session: so.Session, settings: Settings, data: dict, lookups: _Lookups) -> tuple[uuid.UUID, bool]:
-    submission, classification = data["submission"], data["classification"]
-    return service.create_job(
-        session, settings, submission=submission, classification=classification,
-        customer=lookups.customer(submission["customer"]), workers=lookups.workers(classification),
-        job_id=job_id_for(submission["id"]),
-    )
-
-
 def ingest(session: so.Session, settings: Settings, payload) -> tuple[uuid.UUID, bool]:
-    """Make the job of one submission (or find the one it already made). The caller commits."""
-    return _make_job(session, settings, validate_payload(payload), _Lookups(session, settings))
+    """Make the job of one submission (or find the one it already made). The caller commits.
+
+    InvalidSubmission for a payload that is not a submission, SubmissionIdTaken (one of them)
+    when its id already made a job of another customer."""
+    result = ingest_many(session, settings, [payload])[0]
+    if result.errors is not None:
+        raise SubmissionIdTaken() if result.id_taken else InvalidSubmission(result.errors)
+    return result.job_id, result.created
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
@@ -301,6 +311,9 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
             valid.append(validate_payload(payload))
         except InvalidSubmission as err:
             results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
+    # A REST submission waiting to be made is done with (made or refused) in this transaction; its row
+    # is locked before any job row, in the order the safety net locks them too, so the two never deadlock.
+    _forget_pending(session, [submission_id_of(payload) for payload in payloads])
     lookups = _Lookups(session, settings)
     lookups.load_customers({data["submission"]["customer"] for data in valid})
     new_jobs = [
@@ -310,9 +323,74 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
                        job_id=job_id_for(data["submission"]["id"]))
         for data in valid
     ]
-    for data, (job_id, created) in zip(valid, service.create_jobs(session, settings, new_jobs)):
-        results.append(IngestResult(submission_id=data["submission"]["id"], job_id=job_id, created=created))
+    made = service.create_jobs(session, settings, new_jobs)
+    foreign = _made_for_another_customer(session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made)
+                                                    if not created])
+    for new, (job_id, created) in zip(new_jobs, made):
+        submission_id = new.submission["id"]
+        if job_id in foreign:
+            results.append(IngestResult(submission_id=submission_id, errors=SubmissionIdTaken().messages,
+                                        id_taken=True))
+        else:
+            results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
     return results
+
+
+def _made_for_another_customer(session: so.Session, existing: list[tuple[service.NewJob, uuid.UUID]]) -> set:
+    """Ids of the existing jobs whose submission id came back under another customer (never merged)."""
+    if not existing:
+        return set()
+    owners = dict(session.execute(sa.select(Job.id, Job.customer_id).where(Job.id.in_([j for _, j in existing]))).all())
+    return {job_id for new, job_id in existing if owners.get(job_id) != new.customer_id}
+
+
+def _forget_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+    ids = set()
+    for submission_id in submission_ids:
+        try:
+            ids.add(uuid.UUID(str(submission_id)))
+        except ValueError:  # an invalid payload's id is not an id; no REST submission waits under it
+            continue
+    if ids:
+        session.execute(sa.delete(PendingSubmission).where(PendingSubmission.submission_id.in_(sorted(ids))))
+
+
+# -- REST intake: committed before the 202 ------------------------------------------------------
+
+def accept_upload(session: so.Session, payload: dict) -> None:
+    """Store a prepared REST submission until a worker makes its job; the caller commits, then answers 202.
+
+    A retry of the same submission (same id, same customer) stores nothing again; the same id
+    under another customer raises SubmissionIdTaken."""
+    submission_id = uuid.UUID(str(payload["submission"]["id"]))
+    customer = payload["submission"]["customer"]
+    owner = _owner_of(session, submission_id)
+    if owner is None:
+        stored = session.execute(
+            pg_insert(PendingSubmission).values(submission_id=submission_id, customer=customer, payload=payload,
+                                                received_timestamp=now_ms())
+            .on_conflict_do_nothing().returning(PendingSubmission.submission_id)).scalar()
+        if stored is not None:
+            return
+        owner = _owner_of(session, submission_id)  # a concurrent request with this id committed first
+    if owner != customer:
+        raise SubmissionIdTaken()
+
+
+def _owner_of(session: so.Session, submission_id: uuid.UUID) -> str | None:
+    """The customer shortName of the job or waiting REST submission that has this id, if any."""
+    made = (sa.select(Customer.short_name).join(Job, Job.customer_id == Customer.id)
+            .where(Job.submission_id == submission_id))
+    waiting = sa.select(PendingSubmission.customer).where(PendingSubmission.submission_id == submission_id)
+    return session.scalars(sa.union_all(made, waiting).limit(1)).first()
+
+
+def pending_payloads(session: so.Session, *, received_before: int, limit: int) -> list[dict]:
+    """REST submissions committed before `received_before` and not yet made into jobs, oldest first,
+    locked (SKIP LOCKED: two safety nets at once take different rows)."""
+    return list(session.scalars(
+        sa.select(PendingSubmission.payload).where(PendingSubmission.received_timestamp < received_before)
+        .order_by(PendingSubmission.received_timestamp).limit(limit).with_for_update(skip_locked=True)))
 
 
 def submission_id_of(payload) -> str | None:

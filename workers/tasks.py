@@ -76,11 +76,39 @@ def ingest_submissions(payloads) -> dict:
         # so only the culprit is dropped, not its batch.
         log.warning("bulk ingest of %d submissions failed; ingesting them one by one", len(payloads), exc_info=True)
         results = [result for payload in payloads for result in _ingest_alone(payload)]
+    return _tally(results)
+
+
+def _tally(results: list[submissions.IngestResult]) -> dict:
+    """Log the refused submissions; count what was made, found and refused."""
     dropped = [r for r in results if r.errors is not None]
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
     created = sum(1 for r in results if r.created)
     return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+
+
+@celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
+def ingest_pending() -> dict:
+    """Beat's safety net: make the jobs of REST submissions committed a while ago and not made yet
+    (their task was lost with Redis, or never sent)."""
+    settings = _settings()
+    received_before = now_ms() - settings.pending_ingest_interval_seconds * 1000
+    outcome = {"created": 0, "existing": 0, "dropped": 0}
+    while True:
+        def batch(session):
+            payloads = submissions.pending_payloads(session, received_before=received_before,
+                                                    limit=settings.sweep_batch_size)
+            return len(payloads), submissions.ingest_many(session, settings, payloads)
+
+        taken, results = _in_transaction(batch)
+        for key, value in _tally(results).items():
+            outcome[key] += value
+        if taken < settings.sweep_batch_size:
+            break
+    if any(outcome.values()):
+        log.info("pending REST submissions ingested: %s", outcome)
+    return outcome
 
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:

@@ -4,9 +4,10 @@ from app.models.base import Base, now_ms
 from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
 from app.models.workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
+from app.models.intake import PendingSubmission
 from app.models.outbox import OutboxMessage
 
 __all__ = [
     "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "Job", "JobHistory",
-    "JobTask", "OutboxMessage", "User", "now_ms",
+    "JobTask", "OutboxMessage", "PendingSubmission", "User", "now_ms",
 ]
