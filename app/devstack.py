@@ -51,8 +51,13 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.log_offset = log.tell()
+        from app.localstack import _die_with_parent
+
+        # SIGKILL of `dev` cannot be caught: the kernel sends the child SIGTERM when `dev` dies, and
+        # the child stops its own processes (gunicorn workers, the Celery pool) as on Ctrl-C.
         self.process = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+                                        stdin=subprocess.DEVNULL, start_new_session=True,
+                                        preexec_fn=_die_with_parent(signal.SIGTERM))
         log.close()
 
     def exited(self) -> int | None:
