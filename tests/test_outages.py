@@ -1,0 +1,337 @@
+"""§10.3 and §10.4 on a stack of its own: PostgreSQL stopped, locked and paused under load; Redis and the
+worker SIGKILLed right after a burst of 202s. The API answers 2xx or 503, never 500, and nothing is lost.
+
+The module runs its own PostgreSQL and Redis (the faults would break the session's), a Celery worker,
+beat and the API under gunicorn, all as subprocesses; Kafka is the session's broker.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from app.localstack import free_port, read_topic, start_postgres, start_redis
+from app.migrate import upgrade
+from app.submissions import job_id_for
+from celeryconfig import TaskNames
+from conftest import CeleryWorker, TaskSender, submission_payload, wait_for
+
+pytestmark = pytest.mark.workers
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB_TOPIC = "Sample.Analysis.Job.OSL"
+API_PATH = "/sampledb/v2"
+
+
+@dataclass
+class Answer:
+    phase: str
+    what: str
+    status: int
+    retry_after: str | None
+    body: dict | None
+
+
+class Process:
+    """A service subprocess (gunicorn, beat) in its own process group, logging to a file."""
+
+    def __init__(self, argv: list[str], env: dict, log_path: Path):
+        self.argv, self.env, self.log_path = argv, env, log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
+
+
+@dataclass
+class Stack:
+    dir: Path
+    env: dict
+    postgres: object
+    redis: object
+    worker: CeleryWorker
+    beat: Process
+    api: Process
+    api_url: str
+    key: str = ""
+    engine: sa.Engine | None = None
+    processes: list = field(default_factory=list)
+
+    def call(self, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple:
+        request = urllib.request.Request(f"{self.api_url}{API_PATH}{path}", method=method,
+                                         data=json.dumps(body).encode() if body is not None else None,
+                                         headers={"Argus-API-Key": key or self.key,
+                                                  "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.headers.get("Retry-After"), json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            raw = err.read()
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = {"raw": raw[:300].decode("utf-8", "replace")}
+            return err.code, err.headers.get("Retry-After"), body
+
+    def count(self, statement: str, **params) -> int:
+        with self.engine.connect() as conn:
+            return conn.scalar(sa.text(statement), params)
+
+    def restart_postgres(self) -> None:
+        self.postgres = start_postgres(self.dir / "postgres", port=self.postgres.port)
+
+    def postgres_processes(self) -> list[psutil.Process]:
+        main = psutil.Process(self.postgres.process.pid)
+        return [main, *main.children(recursive=True)]
+
+
+def _key(env: dict) -> str:
+    made = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--user", "outage-analyzer",
+                           "--customer", "mnemonic", "--role", "SAMPLEDB-ANALYZER", "--all-customers"],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stdout + made.stderr
+    return made.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_broker):
+    if not kafka_broker.restartable:
+        pytest.skip("needs the embedded servers (SAMPLEDB_* URLs are set)")
+    # Not under pytest's tmp dir (0700): the embedded PostgreSQL runs as another user and must reach it.
+    directory = Path(tempfile.mkdtemp(prefix="sampledb-test-outages-"))
+    postgres = start_postgres(directory / "postgres")
+    redis = start_redis(directory / "redis-1")
+    upgrade(postgres.url)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_"))}
+    env.update(
+        SAMPLEDB_DATABASE_URL=postgres.url, SAMPLEDB_REDIS_URL=redis.url,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL", PYTHONUNBUFFERED="1",
+        # Limits lowered so that a held lock turns into timeouts within the test's few seconds.
+        SAMPLEDB_API_STATEMENT_TIMEOUT_MS="1000", SAMPLEDB_API_LOCK_TIMEOUT_MS="300",
+        SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS="2000", SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="500",
+        SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS="2",
+        SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS="1", SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS="1",
+        SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS="12", SAMPLEDB_API_KEY_CACHE_SECONDS="60",
+    )
+    port = free_port()
+    worker = CeleryWorker(env, directory / "worker.log", f"sampledb-outages-{uuid.uuid4().hex[:6]}@%h")
+    beat = Process([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-l", "info",
+                    "--schedule", str(directory / "celerybeat-schedule")], env, directory / "beat.log")
+    api = Process([sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+                   "--bind", f"127.0.0.1:{port}", "app:create_app()"], env, directory / "api.log")
+    built = Stack(directory, env, postgres, redis, worker, beat, api, f"http://127.0.0.1:{port}")
+    built.engine = sa.create_engine(postgres.url, poolclass=sa.pool.NullPool)
+    try:
+        built.key = _key(env)
+        worker.start()
+        beat.start()
+        api.start()
+        wait_for(lambda: built.call("GET", "/healthz")[0] == 200 if _listening(port) else False, 60, "the API")
+        yield built
+    finally:
+        for process in (api, beat):
+            process.stop()
+        worker.stop()
+        built.engine.dispose()
+        built.redis.stop()
+        built.postgres.stop()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _wait_for_jobs(stack: Stack, job_ids: list[str], timeout: float) -> None:
+    def done() -> bool:
+        made = stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)
+        unsent = stack.count("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")
+        return made == len(job_ids) and unsent == 0
+
+    wait_for(done, timeout, f"{len(job_ids)} jobs made and announced; worker log:\n{stack.worker.log()[-3000:]}",
+             interval=0.5)
+
+
+def _announcements(kafka_url: str, job_ids: list[str]) -> dict[str, set[str]]:
+    """The event ids of the creation messages on Kafka, by job id."""
+    wanted = set(job_ids)
+    seen: dict[str, set[str]] = collections.defaultdict(set)
+    for record in read_topic(kafka_url, JOB_TOPIC, timeout=10):
+        if record.key.decode() in wanted:
+            seen[record.key.decode()].add(dict(record.headers)["event-id"].decode())
+    return seen
+
+
+def test_database_outage_and_stall_answer_503_never_500_and_lose_nothing(stack, kafka_broker):
+    answers: list[Answer] = []
+    phase = ["before"]
+    stop = threading.Event()
+    rest = [submission_payload(customer=f"outage-{i % 3}") for i in range(150)]
+    celery_path = [submission_payload(customer=f"outage-{i % 3}") for i in range(150)]
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in rest + celery_path]
+    known = job_ids[0]
+
+    def record(what: str, status: int, retry_after, body) -> None:
+        answers.append(Answer(phase[0], what, status, retry_after, body))
+
+    def read_traffic() -> None:
+        while not stop.is_set():
+            for what, path in (("list", "/job?limit=5"), ("get", f"/job/{known}"), ("workers", "/worker")):
+                record(what, *stack.call("GET", path))
+            time.sleep(0.05)
+
+    def submit_over_rest() -> None:
+        for payload in rest:
+            body = {"submission": {"id": payload["submission"]["id"], "customer": payload["submission"]["customer"]},
+                    "classification": payload["classification"]}
+            sha256 = payload["submission"]["sample"]["id"]
+            while True:  # a client retries a 503 with the same submission id
+                status, retry_after, answer = stack.call("POST", f"/sample/{sha256}/submission", body)
+                record("submit", status, retry_after, answer)
+                if status == 202:
+                    assert answer["data"]["jobID"] == str(job_id_for(payload["submission"]["id"]))
+                    break
+                time.sleep(0.2)
+            time.sleep(0.05)
+
+    def submit_over_celery() -> None:
+        sender = TaskSender(stack.env["SAMPLEDB_REDIS_URL"])
+        for payload in celery_path:
+            sender.send(TaskNames.INGEST_SUBMISSION, payload)
+            time.sleep(0.12)
+
+    # The first job exists before the traffic starts, so that reads of it are 200 until the faults.
+    first = rest.pop(0)
+    status, _, _ = stack.call("POST", f"/sample/{first['submission']['sample']['id']}/submission",
+                              {"submission": {"id": first["submission"]["id"], "customer": first["submission"]["customer"]},
+                               "classification": first["classification"]})
+    assert status == 202
+    wait_for(lambda: stack.call("GET", f"/job/{known}")[0] == 200, 30, "the first job")
+
+    threads = [threading.Thread(target=t, daemon=True) for t in (read_traffic, submit_over_rest, submit_over_celery)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(3)
+        phase[0] = "outage"  # PostgreSQL stopped
+        stack.postgres.stop()
+        time.sleep(6)
+        stack.restart_postgres()
+        phase[0] = "recovered"
+        wait_for(lambda: any(a.phase == "recovered" and a.status == 200 for a in answers[-50:]), 60,
+                 "the API working again without a restart")
+
+        phase[0] = "stall"  # a lock held by another connection: statements time out
+        with stack.engine.connect() as blocker:
+            blocker.execute(sa.text("LOCK TABLE jobs IN ACCESS EXCLUSIVE MODE"))
+            time.sleep(5)
+            blocker.rollback()
+        phase[0] = "unlocked"
+        time.sleep(2)
+
+        phase[0] = "paused"  # every PostgreSQL process stopped with SIGSTOP, then resumed
+        paused = stack.postgres_processes()
+        for process in paused:
+            process.suspend()
+        time.sleep(5)
+        for process in reversed(paused):
+            process.resume()
+        phase[0] = "after"
+        threads[1].join(timeout=240)
+        threads[2].join(timeout=60)
+        assert not threads[1].is_alive() and not threads[2].is_alive(), "the submissions did not all get through"
+        time.sleep(2)
+    finally:
+        stop.set()
+        threads[0].join(timeout=60)
+
+    statuses = collections.Counter((a.phase, a.status) for a in answers)
+    print("answers by phase and status:", dict(sorted(statuses.items())))
+    wrong = [(a.phase, a.what, a.status, a.body) for a in answers if not (200 <= a.status < 300 or a.status == 503)]
+    assert wrong == [], wrong[:5]
+    unavailable = [a for a in answers if a.status == 503]
+    for answer in unavailable:
+        assert answer.retry_after and int(answer.retry_after) > 0
+        assert answer.body["responseCode"] == 503 and answer.body["data"] is None
+        assert [m["type"] for m in answer.body["messages"]] == ["ACTION_ERROR"]
+    assert statuses[("outage", 503)] > 0 and statuses[("stall", 503)] > 0, statuses
+    assert statuses[("after", 200)] > 0 and all(a.status < 300 for a in answers[-10:]), answers[-10:]
+
+    _wait_for_jobs(stack, job_ids, timeout=240)
+    assert stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids) == 300
+    assert stack.count("SELECT count(*) FROM pending_submissions") == 0
+    announced = _announcements(kafka_broker.url, job_ids)
+    assert set(announced) == set(job_ids)
+    assert [job for job, events in announced.items() if len(events) != 1] == []
+
+
+def test_a_202_holds_when_redis_and_the_worker_are_killed_right_after(stack, kafka_broker):
+    """500 REST submissions while the worker is paused; then Redis and the worker are SIGKILLed and
+    Redis comes back empty (its queue lost): beat's safety net makes every job from PostgreSQL."""
+    payloads = [submission_payload(customer=f"held-{i % 4}") for i in range(500)]
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
+    worker_processes = [psutil.Process(stack.worker.process.pid),
+                        *psutil.Process(stack.worker.process.pid).children(recursive=True)]
+    for process in worker_processes:
+        process.suspend()  # the queue fills and waits, as it does under load
+
+    def submit(payload: dict) -> int:
+        body = {"submission": {"id": payload["submission"]["id"], "customer": payload["submission"]["customer"]},
+                "classification": payload["classification"]}
+        return stack.call("POST", f"/sample/{payload['submission']['sample']['id']}/submission", body)[0]
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        statuses = list(pool.map(submit, payloads))
+    assert statuses == [202] * 500
+    stack.redis.process.kill()
+    stack.worker.kill()
+    made_before = stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)
+    waiting = stack.count("SELECT count(*) FROM pending_submissions")
+    print(f"killed with {made_before} of 500 jobs made and {waiting} submissions waiting in PostgreSQL")
+    assert made_before + waiting == 500 and waiting > 0
+
+    stack.redis.stop()
+    stack.redis = start_redis(stack.dir / "redis-2", port=stack.redis.port)  # empty: the queued tasks are gone
+    stack.worker.start()
+    _wait_for_jobs(stack, job_ids, timeout=180)
+    assert stack.count("SELECT count(*) FROM pending_submissions") == 0
+    assert stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids) == 500
+    announced = _announcements(kafka_broker.url, job_ids)
+    assert set(announced) == set(job_ids)
+    assert [job for job, events in announced.items() if len(events) != 1] == []
