@@ -116,7 +116,7 @@ class DevStack:
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "workers.celery_app"]
         self.children = [
-            Child("api", [python, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+            Child("api", [python, "-m", "gunicorn", "-c", "python:app.gunicorn_settings",
                           "--bind", f"127.0.0.1:{self.api_port}", "--access-logfile", "-", "app:create_app()"],
                   LOG_DIR / "api.log"),
             Child("worker", [*celery, "worker", "--queues", "ingest,outbox,periodic", "--task-events",

@@ -15,7 +15,7 @@ import psutil
 
 from app.localstack import _die_with_parent, free_port
 
-GUNICORN_OPTIONS = ["-w", "2", "-k", "gthread", "--threads", "4"]  # as the Procfile runs the API
+GUNICORN_OPTIONS = ["-c", "python:app.gunicorn_settings"]  # as the Procfile runs the API
 REPO = Path(__file__).resolve().parent.parent  # wsgi.py, celeryconfig.py and bench/ are imported from here
 
 

@@ -148,7 +148,7 @@ def stack(kafka_broker):
     worker = CeleryWorker(env, directory / "worker.log", f"sampledb-outages-{uuid.uuid4().hex[:6]}@%h")
     beat = Process([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-l", "info",
                     "--schedule", str(directory / "celerybeat-schedule")], env, directory / "beat.log")
-    api = Process([sys.executable, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
+    api = Process([sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_settings",
                    "--bind", f"127.0.0.1:{port}", "app:create_app()"], env, directory / "api.log")
     built = Stack(directory, env, postgres, redis, worker, beat, api, f"http://127.0.0.1:{port}")
     built.engine = sa.create_engine(postgres.url, poolclass=sa.pool.NullPool)

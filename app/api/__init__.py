@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from apispec import BasePlugin
 from flask import Flask, g, request, send_from_directory
 from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
@@ -60,6 +61,22 @@ def _depth(document) -> int:
     return deepest
 
 
+class CommonResponses(BasePlugin):
+    """Documents the answers any operation may give besides its own: 503 when the database is away or
+    too slow (every operation but liveness reads it), and 400/413/415 for a body that is not JSON, too
+    large or of another type (checked before any view, app.api._check_body)."""
+
+    def operation_helper(self, path=None, operations=None, **kwargs) -> None:
+        for method, operation in (operations or {}).items():
+            responses = operation.setdefault("responses", {})
+            common = [(503, "SERVICE_UNAVAILABLE")]
+            if method.upper() in BODY_METHODS:
+                common += [(400, "BAD_REQUEST"), (413, "REQUEST_ENTITY_TOO_LARGE"), (415, "UNSUPPORTED_MEDIA_TYPE")]
+            for status, response in common:
+                if status not in responses and str(status) not in responses:
+                    responses[status] = response
+
+
 def register_api(app: Flask) -> None:
     # "/job//x" is an unknown path (404 in the envelope), not an HTML redirect to "/job/x".
     app.url_map.merge_slashes = False
@@ -81,12 +98,11 @@ def register_api(app: Flask) -> None:
     )
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
-    api.init_app(app)
+    api.init_app(app, spec_kwargs={"extra_plugins": [CommonResponses()]})
     from app.api import health, jobs, submissions, workers
 
-    for blueprint in (jobs.blp, workers.blp, submissions.blp):
+    for blueprint in (jobs.blp, workers.blp, submissions.blp, health.blp):
         api.register_blueprint(blueprint)
-    app.register_blueprint(health.blp)
 
     @app.get(f"{BASE_PATH}/docs/static/<path:filename>")
     def swagger_ui_static(filename: str):

@@ -33,6 +33,7 @@ class SampleSubmission(MethodView):
     @requires(UPLOADER)
     @blp.arguments(submissions.UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
+    @blp.alt_response(409, response="CONFLICT", description="The submission id belongs to another customer's submission")
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample: stored before the 202; the job appears once a worker has made it"""
         from workers.dispatch import BrokerUnavailable, send_ingest

@@ -1,0 +1,113 @@
+"""Fuzzing from the OpenAPI document (schemathesis) against the API served by gunicorn.
+
+Every operation of the document is called with generated requests, valid and invalid, under a real
+ANALYZER key: no answer may be a 5xx, and every answer must conform to what the document says of that
+operation (status code, content type, headers, body schema). The document must also cover every
+operation the app routes, so that nothing escapes the fuzzing by being undocumented.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings, strategies as st
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+)
+from schemathesis.checks import not_a_server_error
+
+from app.localstack import free_port
+from conftest import BASE, wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+# Rules of the app that are not API operations: the document itself, its viewer and Flask's static files.
+NOT_OPERATIONS = {f"{BASE}/openapi.json", f"{BASE}/docs", f"{BASE}/docs/static/<path:filename>"}
+EXAMPLES = 20  # per operation and run: the whole document in about a minute
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+
+
+@pytest.fixture(scope="module")
+def served_api(database_url, redis_url, kafka_broker, tmp_path_factory):
+    """gunicorn serving the app on the session's database, Redis and Kafka. Its tasks go to a Redis
+    database no worker reads: the submissions wait in PostgreSQL, the session's worker never sees them."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
+    unread_redis = redis_url.rsplit("/", 1)[0] + "/7"
+    env.update(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=unread_redis,
+               SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL")
+    log_path = tmp_path_factory.mktemp("fuzz") / "api.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_settings",
+             "--bind", f"127.0.0.1:{port}", "app:create_app()"],
+            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        assert process.poll() is None, log_path.read_text()[-3000:]
+        try:
+            with urllib.request.urlopen(f"{url}{BASE}/healthz", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    wait_for(answers, 60, "gunicorn", interval=0.2)
+    yield url
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(30)
+
+
+@pytest.fixture
+def analyzer_key(make_key, make_job) -> str:
+    make_job()  # something to list, fetch and page through
+    return make_key("ANALYZER", all_customers=True)["Argus-API-Key"]
+
+
+def test_every_documented_operation_answers_as_documented(served_api, analyzer_key):
+    # The document as the served app publishes it; each operation is its own hypothesis run, so a
+    # failure names the operation and its smallest failing request.
+    document = schemathesis.openapi.from_url(f"{served_api}{BASE}/openapi.json")
+    failures = []
+    operations = [result.ok() for result in document.get_all_operations()]
+    assert operations
+    for operation in operations:
+        requests = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
+                             operation.as_strategy(GenerationMode.NEGATIVE))
+
+        @given(case=requests)
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                  database=None)
+        def answers_as_documented(case) -> None:
+            case.call_and_validate(base_url=served_api, headers={"Argus-API-Key": analyzer_key}, checks=CHECKS,
+                                   timeout=30)
+
+        try:
+            answers_as_documented()
+        except (Exception, BaseExceptionGroup) as err:  # every operation is fuzzed; all the failures are reported together
+            failures.append(f"{operation.method.upper()} {operation.path}: {err}")
+    assert failures == [], "\n\n".join(failures)
+
+
+def test_every_routed_operation_is_documented(app, client):
+    document = client.get(f"{BASE}/openapi.json").get_json()
+    documented = {(path, method.upper()) for path, operations in document["paths"].items()
+                  for method in operations if method != "parameters"}
+    routed = set()
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(BASE + "/") or rule.rule in NOT_OPERATIONS:
+            continue
+        # /job/<uuid:job_id> is documented as /job/{job_id}
+        path = "/".join("{" + part[1:-1].split(":")[-1] + "}" if part.startswith("<") else part
+                        for part in rule.rule.split("/"))
+        routed.update((path, method) for method in rule.methods - {"HEAD", "OPTIONS"})
+    assert routed - documented == set()
+    assert documented - routed == set()
