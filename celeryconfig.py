@@ -72,8 +72,8 @@ worker_prefetch_multiplier = 1
 # A task that outlives its soft limit (the database hung) raises SoftTimeLimitExceeded and is
 # retried; one that reaches the hard limit has its pool process killed and its message re-queued,
 # never acknowledged: the work is done again, not lost.
-task_soft_time_limit = 60
-task_time_limit = 90
+task_soft_time_limit = _settings.task_soft_time_limit_seconds
+task_time_limit = max(_settings.task_time_limit_seconds, task_soft_time_limit + 1)
 task_acks_on_timeout = False
 
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QueueNames.all()]

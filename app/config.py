@@ -136,6 +136,10 @@ class Settings:
     worker_statement_timeout_ms: int = _setting("SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS", "30000", _milliseconds)
     worker_lock_timeout_ms: int = _setting("SAMPLEDB_WORKER_LOCK_TIMEOUT_MS", "10000", _milliseconds)
     database_connect_timeout_seconds: int = _setting("SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS", "5", _seconds)
+    # A task past its soft limit (a hung database) is retried; past its hard limit its process is killed
+    # and its message re-queued. The hard limit must exceed the soft one.
+    task_soft_time_limit_seconds: int = _setting("SAMPLEDB_TASK_SOFT_TIME_LIMIT_SECONDS", "60", _seconds)
+    task_time_limit_seconds: int = _setting("SAMPLEDB_TASK_TIME_LIMIT_SECONDS", "90", _seconds)
     # Beat's safety net for REST submissions committed but not yet made into jobs.
     pending_ingest_interval_seconds: int = _setting("SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS", "5", _seconds)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)

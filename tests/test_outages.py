@@ -141,6 +141,7 @@ def stack(kafka_broker):
         SAMPLEDB_API_STATEMENT_TIMEOUT_MS="1000", SAMPLEDB_API_LOCK_TIMEOUT_MS="300",
         SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS="2000", SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="500",
         SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS="2",
+        SAMPLEDB_TASK_SOFT_TIME_LIMIT_SECONDS="4", SAMPLEDB_TASK_TIME_LIMIT_SECONDS="7",
         SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS="1", SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS="1",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS="12", SAMPLEDB_API_KEY_CACHE_SECONDS="60",
     )
@@ -177,13 +178,17 @@ def _listening(port: int) -> bool:
 
 
 def _wait_for_jobs(stack: Stack, job_ids: list[str], timeout: float) -> None:
-    def done() -> bool:
+    def progress() -> tuple[int, int]:
         made = stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)
-        unsent = stack.count("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")
-        return made == len(job_ids) and unsent == 0
+        return made, stack.count("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")
 
-    wait_for(done, timeout, f"{len(job_ids)} jobs made and announced; worker log:\n{stack.worker.log()[-3000:]}",
-             interval=0.5)
+    deadline = time.monotonic() + timeout
+    while progress() != (len(job_ids), 0):
+        if time.monotonic() > deadline:
+            made, unsent = progress()
+            pytest.fail(f"{made} of {len(job_ids)} jobs made, {unsent} messages unsent after {timeout} s; "
+                        f"worker log:\n{stack.worker.log()[-4000:]}")
+        time.sleep(0.5)
 
 
 def _announcements(kafka_url: str, job_ids: list[str]) -> dict[str, set[str]]:
@@ -294,6 +299,42 @@ def test_database_outage_and_stall_answer_503_never_500_and_lose_nothing(stack, 
     _wait_for_jobs(stack, job_ids, timeout=240)
     assert stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids) == 300
     assert stack.count("SELECT count(*) FROM pending_submissions") == 0
+    announced = _announcements(kafka_broker.url, job_ids)
+    assert set(announced) == set(job_ids)
+    assert [job for job, events in announced.items() if len(events) != 1] == []
+
+
+def test_an_ingest_that_outlives_its_time_limit_on_a_hung_database_is_retried_not_lost(stack, kafka_broker):
+    """PostgreSQL paused (SIGSTOP) under a burst of ingests for longer than the tasks' time limits (lowered
+    to 4 s soft, 7 s hard): no server-side timeout can fire, the tasks hang until their limits stop them,
+    and every submission still becomes a job once the database resumes."""
+    payloads = [submission_payload(customer=f"hung-{i % 2}") for i in range(40)]
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
+    sender = TaskSender(stack.env["SAMPLEDB_REDIS_URL"])
+    # The pool processes hold connections (as a running worker does), and beat is stopped so that the
+    # first tasks to hang are these ingests, not its relay.
+    sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads[:10]])
+    _wait_for_jobs(stack, job_ids[:10], timeout=60)
+    stack.beat.stop()
+    log_offset = stack.worker.log_path.stat().st_size
+    paused = stack.postgres_processes()
+    for process in paused:
+        process.suspend()
+    try:
+        sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads[10:]])
+        wait_for(lambda: f"exceeded for {TaskNames.INGEST_SUBMISSION}[" in stack.worker.log(log_offset), 60,
+                 "an ingest stopped by its time limit while the database hangs")
+        time.sleep(8)  # past the hard limit too
+    finally:
+        for process in reversed(paused):
+            process.resume()
+        stack.beat.start()
+    _wait_for_jobs(stack, job_ids, timeout=180)
+    failed = [line for line in stack.worker.log(log_offset).splitlines()
+              if "raised unexpected" in line and TaskNames.INGEST_SUBMISSION in line]
+    assert failed == []  # retried, never failed (a failed task is acknowledged: its submission gone)
+    print("time limits seen:", sorted({line.split("]", 1)[-1].strip()[:60] for line in
+                                       stack.worker.log(log_offset).splitlines() if "time limit" in line.lower()}))
     announced = _announcements(kafka_broker.url, job_ids)
     assert set(announced) == set(job_ids)
     assert [job for job, events in announced.items() if len(events) != 1] == []

@@ -43,9 +43,29 @@ def _in_transaction(work):
         result = work(session)
         session.commit()
         return result
-    except BaseException:
-        session.rollback()
+    except BaseException as err:
+        interrupted = _time_limit_in(err)
+        try:
+            session.rollback()
+        except Exception:
+            if not interrupted:
+                raise
+        if interrupted:
+            # The soft time limit struck inside the database driver, which may have answered it with an
+            # error of its own (e.g. psycopg's "connection in transaction status ACTIVE"): still a time
+            # limit, retried like one, never a failure that acknowledges the submission away.
+            raise SoftTimeLimitExceeded() from err
         raise
+
+
+def _time_limit_in(error: BaseException | None) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SoftTimeLimitExceeded):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 # -- ingest -----------------------------------------------------------------------------------
