@@ -139,7 +139,8 @@ DATABASE_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.T
 def handle_database_unavailable(error: Exception) -> Response:
     """503 with Retry-After: the database could not serve the request now (never a 500)."""
     cause = getattr(error, "orig", None) or error
-    log.warning("database unavailable: %s: %s", type(cause).__name__, str(cause).strip().splitlines()[0:1])
+    first_line = next(iter(str(cause).strip().splitlines()), "")
+    log.warning("database unavailable: %s: %s", type(cause).__name__, first_line)
     return error_response(503, [message("ACTION_ERROR", "The database is unavailable or too slow right now; "
                                                          "retry later")],
                           [("Retry-After", str(RETRY_AFTER_SECONDS))])
