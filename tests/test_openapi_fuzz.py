@@ -9,10 +9,6 @@ operation the app routes, so that nothing escapes the fuzzing by being undocumen
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,8 +20,11 @@ from schemathesis.specs.openapi.checks import (
 )
 from schemathesis.checks import not_a_server_error
 
-from app.localstack import free_port
-from conftest import BASE, wait_for
+from app.dev import commands
+from app.dev.processes import Child, free_port
+from tests.support.api import BASE
+
+pytestmark = pytest.mark.committing  # gunicorn, another process, must see the test's key and job
 
 ROOT = Path(__file__).resolve().parents[1]
 # Rules of the app that are not API operations: the document itself, its viewer and Flask's static files.
@@ -44,26 +43,12 @@ def served_api(database_url, redis_url, kafka_broker, tmp_path_factory):
     unread_redis = redis_url.rsplit("/", 1)[0] + "/7"
     env.update(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=unread_redis,
                SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL")
-    log_path = tmp_path_factory.mktemp("fuzz") / "api.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_settings",
-             "--bind", f"127.0.0.1:{port}", "app:create_app()"],
-            env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    api = Child("gunicorn", tmp_path_factory.mktemp("fuzz") / "api.log")
+    api.start(commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
-
-    def answers() -> bool:
-        assert process.poll() is None, log_path.read_text()[-3000:]
-        try:
-            with urllib.request.urlopen(f"{url}{BASE}/healthz", timeout=2):
-                return True
-        except OSError:
-            return False
-
-    wait_for(answers, 60, "gunicorn", interval=0.2)
+    api.wait_until(lambda left: commands.answers(f"{url}{BASE}/healthz"), 60, "answering")
     yield url
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(30)
+    api.stop()
 
 
 @pytest.fixture

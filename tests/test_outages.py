@@ -11,7 +11,6 @@ import collections
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -20,20 +19,26 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 import sqlalchemy as sa
 
-from app.localstack import free_port, read_topic, start_postgres, start_redis
+from app.dev import commands
+from app.dev.kafka import read_topic
+from app.dev.postgres import start_postgres
+from app.dev.processes import Child, free_port
+from app.dev.redis import start_redis
 from app.migrate import upgrade
 from app.submissions import job_id_for
-from celeryconfig import TaskNames
-from conftest import CeleryWorker, TaskSender, submission_payload, wait_for
+from app.task_names import TaskNames
+from tests.support.celery_worker import CeleryWorker, TaskSender
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
@@ -49,29 +54,21 @@ class Answer:
     body: dict | None
 
 
-class Process:
-    """A service subprocess (gunicorn, beat) in its own process group, logging to a file."""
+class Service(Child):
+    """A service subprocess of the stack (gunicorn, beat) that can be stopped and started again."""
 
-    def __init__(self, argv: list[str], env: dict, log_path: Path):
-        self.argv, self.env, self.log_path = argv, env, log_path
-        self.process: subprocess.Popen | None = None
+    def __init__(self, name: str, argv: list[str], env: dict, log_path: Path):
+        super().__init__(name, log_path)
+        self.argv, self.env = argv, env
 
-    def start(self) -> None:
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)
+    def start(self) -> Service:
+        return super().start(self.argv, env=self.env, cwd=ROOT)
 
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(10)
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-3000:]
+def _log_since(path: Path, offset: int) -> str:
+    with open(path, "rb") as log:
+        log.seek(offset)
+        return log.read().decode("utf-8", "replace")
 
 
 @dataclass
@@ -81,12 +78,11 @@ class Stack:
     postgres: object
     redis: object
     worker: CeleryWorker
-    beat: Process
-    api: Process
+    beat: Service
+    api: Service
     api_url: str
     key: str = ""
     engine: sa.Engine | None = None
-    processes: list = field(default_factory=list)
 
     def call(self, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple:
         request = urllib.request.Request(f"{self.api_url}{API_PATH}{path}", method=method,
@@ -147,10 +143,10 @@ def stack(kafka_broker):
     )
     port = free_port()
     worker = CeleryWorker(env, directory / "worker.log", f"sampledb-outages-{uuid.uuid4().hex[:6]}@%h")
-    beat = Process([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-l", "info",
-                    "--schedule", str(directory / "celerybeat-schedule")], env, directory / "beat.log")
-    api = Process([sys.executable, "-m", "gunicorn", "-c", "python:app.gunicorn_settings",
-                   "--bind", f"127.0.0.1:{port}", "app:create_app()"], env, directory / "api.log")
+    beat = Service("beat", commands.celery("beat", "-l", "info", "--schedule", str(directory / "celerybeat-schedule")),
+                   env, directory / "beat.log")
+    api = Service("gunicorn", commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env,
+                  directory / "api.log")
     built = Stack(directory, env, postgres, redis, worker, beat, api, f"http://127.0.0.1:{port}")
     built.engine = sa.create_engine(postgres.url, poolclass=sa.pool.NullPool)
     try:
@@ -158,7 +154,7 @@ def stack(kafka_broker):
         worker.start()
         beat.start()
         api.start()
-        wait_for(lambda: built.call("GET", "/healthz")[0] == 200 if _listening(port) else False, 60, "the API")
+        api.wait_until(lambda left: commands.answers(f"{built.api_url}{API_PATH}/healthz"), 60, "answering")
         yield built
     finally:
         for process in (api, beat):
@@ -168,13 +164,6 @@ def stack(kafka_broker):
         built.redis.stop()
         built.postgres.stop()
         shutil.rmtree(directory, ignore_errors=True)
-
-
-def _listening(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _wait_for_jobs(stack: Stack, job_ids: list[str], timeout: float) -> None:
@@ -187,7 +176,7 @@ def _wait_for_jobs(stack: Stack, job_ids: list[str], timeout: float) -> None:
         if time.monotonic() > deadline:
             made, unsent = progress()
             pytest.fail(f"{made} of {len(job_ids)} jobs made, {unsent} messages unsent after {timeout} s; "
-                        f"worker log:\n{stack.worker.log()[-4000:]}")
+                        f"worker log:\n{stack.worker.tail(40)}")
         time.sleep(0.5)
 
 
@@ -322,7 +311,7 @@ def test_an_ingest_that_outlives_its_time_limit_on_a_hung_database_is_retried_no
         process.suspend()
     try:
         sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads[10:]])
-        wait_for(lambda: f"exceeded for {TaskNames.INGEST_SUBMISSION}[" in stack.worker.log(log_offset), 60,
+        wait_for(lambda: f"exceeded for {TaskNames.INGEST_SUBMISSION}[" in _log_since(stack.worker.log_path, log_offset), 60,
                  "an ingest stopped by its time limit while the database hangs")
         time.sleep(8)  # past the hard limit too
     finally:
@@ -330,11 +319,11 @@ def test_an_ingest_that_outlives_its_time_limit_on_a_hung_database_is_retried_no
             process.resume()
         stack.beat.start()
     _wait_for_jobs(stack, job_ids, timeout=180)
-    failed = [line for line in stack.worker.log(log_offset).splitlines()
+    failed = [line for line in _log_since(stack.worker.log_path, log_offset).splitlines()
               if "raised unexpected" in line and TaskNames.INGEST_SUBMISSION in line]
     assert failed == []  # retried, never failed (a failed task is acknowledged: its submission gone)
     print("time limits seen:", sorted({line.split("]", 1)[-1].strip()[:60] for line in
-                                       stack.worker.log(log_offset).splitlines() if "time limit" in line.lower()}))
+                                       _log_since(stack.worker.log_path, log_offset).splitlines() if "time limit" in line.lower()}))
     announced = _announcements(kafka_broker.url, job_ids)
     assert set(announced) == set(job_ids)
     assert [job for job, events in announced.items() if len(events) != 1] == []
@@ -360,7 +349,7 @@ def test_a_202_holds_when_redis_and_the_worker_are_killed_right_after(stack, kaf
     with ThreadPoolExecutor(8) as pool:
         statuses = list(pool.map(submit, payloads))
     assert statuses == [202] * 500
-    stack.redis.process.kill()
+    stack.redis.process.kill()  # SIGKILL: what Redis held only in memory is gone
     stack.worker.kill()
     made_before = stack.count("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)
     waiting = stack.count("SELECT count(*) FROM pending_submissions")

@@ -9,18 +9,18 @@ and dropped (retrying cannot fix it); a database that is away is retried with ba
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
-from flask import current_app
 
-from app import submissions
-from app.config import Settings
-from app.extensions import db
+from app import dispatch, submissions
+from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
-from celeryconfig import TaskNames
-from workers import dispatch, relay
+from app.task_names import TaskNames
+from app.unit_of_work import unit_of_work
+from workers import relay
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
@@ -33,27 +33,16 @@ RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
 
 
-def _settings() -> Settings:
-    return current_app.config["SAMPLEDB"]
-
-
-def _in_transaction(work):
-    session = db.session
+@contextmanager
+def _transaction():
+    """A task's unit of work. A soft time limit that struck inside the database driver stays a time
+    limit, retried, even when the driver answered it with an error of its own (e.g. psycopg's
+    "connection in transaction status ACTIVE"): never a failure that acknowledges the work away."""
     try:
-        result = work(session)
-        session.commit()
-        return result
-    except BaseException as err:
-        interrupted = _time_limit_in(err)
-        try:
-            session.rollback()
-        except Exception:
-            if not interrupted:
-                raise
-        if interrupted:
-            # The soft time limit struck inside the database driver, which may have answered it with an
-            # error of its own (e.g. psycopg's "connection in transaction status ACTIVE"): still a time
-            # limit, retried like one, never a failure that acknowledges the submission away.
+        with _transaction() as session:
+            yield session
+    except Exception as err:
+        if not isinstance(err, SoftTimeLimitExceeded) and _time_limit_in(err):
             raise SoftTimeLimitExceeded() from err
         raise
 
@@ -74,7 +63,8 @@ def _time_limit_in(error: BaseException | None) -> bool:
 def ingest_submission(payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
     try:
-        job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
+        with _transaction() as session:
+            job_id, created = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
@@ -88,7 +78,8 @@ def ingest_submissions(payloads) -> dict:
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
         return {"dropped": 1, "created": 0, "existing": 0}
     try:
-        results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+        with _transaction() as session:
+            results = submissions.ingest_many(session, current_settings(), payloads)
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError:
@@ -112,16 +103,14 @@ def _tally(results: list[submissions.IngestResult]) -> dict:
 def ingest_pending() -> dict:
     """Beat's safety net: make the jobs of REST submissions committed a while ago and not made yet
     (their task was lost with Redis, or never sent)."""
-    settings = _settings()
+    settings = current_settings()
     received_before = now_ms() - settings.pending_ingest_interval_seconds * 1000
     outcome = {"created": 0, "existing": 0, "dropped": 0}
     while True:
-        def batch(session):
+        with _transaction() as session:
             payloads = submissions.pending_payloads(session, received_before=received_before,
                                                     limit=settings.sweep_batch_size)
-            return len(payloads), submissions.ingest_many(session, settings, payloads)
-
-        taken, results = _in_transaction(batch)
+            taken, results = len(payloads), submissions.ingest_many(session, settings, payloads)
         for key, value in _tally(results).items():
             outcome[key] += value
         if taken < settings.sweep_batch_size:
@@ -133,7 +122,8 @@ def ingest_pending() -> dict:
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
-        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
+        with _transaction() as session:
+            return submissions.ingest_many(session, current_settings(), [payload])
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError as err:
@@ -146,7 +136,7 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
-    settings = _settings()
+    settings = current_settings()
     outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
                                  on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
     if outcome.busy and triggered:
@@ -173,10 +163,11 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 def _sweep(sweep) -> int:
     """Run a service sweep batch by batch, one transaction each, until a batch comes back short."""
-    settings = _settings()
+    settings = current_settings()
     total = 0
     while True:
-        moved = _in_transaction(lambda s: sweep(s, settings, now_ms(), settings.sweep_batch_size))
+        with _transaction() as session:
+            moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:
             return total

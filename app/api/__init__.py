@@ -8,16 +8,14 @@ from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
-from app.analysis_workers import WorkerNotFound
-from app.api.base import BASE_PATH
+from app.api import analysis_workers, health, jobs, submissions
+from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
+from app.domain_errors import ArgumentConflict, Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
 from app.errors import (
-    DATABASE_UNAVAILABLE, ApiError, handle_api_error, handle_database_unavailable, handle_http_exception,
-    handle_unexpected,
+    ARGUMENT_ERROR, DATABASE_UNAVAILABLE, ApiError, handle_api_error, handle_database_unavailable,
+    handle_http_exception, handle_unexpected,
 )
-from app.extensions import api
-from app.jobs.service import JobNotFound, TaskNotFound
-from app.jobs.states import StateConflict
 
 MAX_BODY_BYTES = 1024 * 1024
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -61,6 +59,18 @@ def _depth(document) -> int:
     return deepest
 
 
+# The one translation of the domain's refusals into HTTP answers.
+DOMAIN_ERROR_STATUS = ((NotFound, 404), (Conflict, 409), (InvalidRequest, ARGUMENT_ERROR))
+
+
+def as_api_error(error: DomainError) -> ApiError:
+    if isinstance(error, (InvalidArgument, ArgumentConflict)):
+        status = 409 if isinstance(error, Conflict) else ARGUMENT_ERROR
+        return ApiError.field(error.field, f"{error.field}: {error}", status)
+    status = next((status for kind, status in DOMAIN_ERROR_STATUS if isinstance(error, kind)), ARGUMENT_ERROR)
+    return ApiError.action(status, str(error))
+
+
 class CommonResponses(BasePlugin):
     """Documents the answers any operation may give besides its own: 503 when the database is away or
     too slow (every operation but liveness reads it), and 400/413/415 for a body that is not JSON, too
@@ -99,9 +109,7 @@ def register_api(app: Flask) -> None:
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app, spec_kwargs={"extra_plugins": [CommonResponses()]})
-    from app.api import health, jobs, submissions, workers
-
-    for blueprint in (jobs.blp, workers.blp, submissions.blp, health.blp):
+    for blueprint in (jobs.blp, analysis_workers.blp, submissions.blp, health.blp):
         api.register_blueprint(blueprint)
 
     @app.get(f"{BASE_PATH}/docs/static/<path:filename>")
@@ -112,9 +120,7 @@ def register_api(app: Flask) -> None:
     # The envelope on every error: ours, Flask's and flask-smorest's (registered after api.init_app to win).
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
-    app.register_error_handler(StateConflict, lambda e: handle_api_error(ApiError.action(409, str(e))))
-    for not_found in (JobNotFound, TaskNotFound, WorkerNotFound):
-        app.register_error_handler(not_found, lambda e: handle_api_error(ApiError.action(404, str(e))))
+    app.register_error_handler(DomainError, lambda error: handle_api_error(as_api_error(error)))
     for unavailable in DATABASE_UNAVAILABLE:
         app.register_error_handler(unavailable, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

@@ -10,17 +10,41 @@ import logging
 
 import marshmallow as ma
 from flask.views import MethodView
-from marshmallow import fields
+from marshmallow import fields, validate
 
-from app import submissions
-from app.api.base import BASE_PATH, Blueprint, settings, unit_of_work
+from app import dispatch, submissions
+from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import envelope_schema
 from app.auth import UPLOADER, current_principal, requires
 from app.errors import ApiError, envelope
+from app.extensions import current_settings, db
+from app.unit_of_work import unit_of_work
+from app.wire import (
+    CUSTOMER_NAME_MAX, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
+)
 
 log = logging.getLogger(__name__)
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
+
+
+class UploadSubmissionSchema(SubmissionSchema):
+    """A REST upload's submission: the service fills id (unless given), customer (unless given),
+    sample, createdByUser and createdTimestamp."""
+
+    id = fields.UUID(load_default=None, metadata={"description": "Keep it when retrying: the retry gets the same jobID"})
+    customer = fields.String(load_default=None, validate=validate.Length(1, CUSTOMER_NAME_MAX),
+                             metadata={"description": "Default: the key's own customer"})
+    sample = fields.Nested(SampleRefSchema, load_default=None)
+    created_by_user = fields.Dict(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
+    created_timestamp = Timestamp(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
+
+
+class UploadPayloadSchema(ApiSchema):
+    """Body of POST /sample/{sha256}/submission."""
+
+    submission = fields.Nested(UploadSubmissionSchema, load_default=lambda: UploadSubmissionSchema().load({}))
+    classification = fields.Nested(ClassificationSchema, required=True)
 
 
 class SubmissionAcceptedSchema(ma.Schema):
@@ -31,28 +55,19 @@ class SubmissionAcceptedSchema(ma.Schema):
 @blp.route("/<sha256>/submission")
 class SampleSubmission(MethodView):
     @requires(UPLOADER)
-    @blp.arguments(submissions.UploadPayloadSchema)
+    @blp.arguments(UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
     @blp.alt_response(409, response="CONFLICT", description="The submission id belongs to another customer's submission")
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample: stored before the 202; the job appears once a worker has made it"""
-        from workers.dispatch import BrokerUnavailable, send_ingest
-
         principal = current_principal()
+        with unit_of_work(db.session) as session:
+            payload = submissions.prepare_upload(session, sha256=sha256, body=body, user=principal.user,
+                                                 scope=principal.scope)
+            submissions.accept_upload(session, payload)
         try:
-            with unit_of_work() as session:
-                payload = submissions.prepare_upload(session, sha256=sha256, body=body, user=principal.user,
-                                                     scope=principal.scope)
-                submissions.accept_upload(session, payload)
-        except submissions.SubmissionRejected as err:
-            raise ApiError.field(err.field, f"{err.field}: {err}") from None
-        except submissions.SubmissionIdTaken as err:
-            raise ApiError.field(err.FIELD, f"{err.FIELD}: {err.messages['submission']['id'][0]}", status=409) from None
-        except submissions.InvalidSubmission as err:  # a filled-in field broke a bound (e.g. a long user name)
-            raise ApiError.action(412, f"Submission cannot be completed: {err}") from None
-        try:
-            send_ingest(settings().redis_url, payload)
-        except BrokerUnavailable:
+            dispatch.send_ingest(current_settings().redis_url, payload)
+        except dispatch.BrokerUnavailable:
             # Committed already: beat's safety net (sampledb.ingest_pending) makes the job once Redis is back.
             log.warning("submission %s stored; its ingest task waits for the broker", payload["submission"]["id"])
         submission = payload["submission"]
