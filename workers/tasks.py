@@ -39,7 +39,7 @@ def _transaction():
     limit, retried, even when the driver answered it with an error of its own (e.g. psycopg's
     "connection in transaction status ACTIVE"): never a failure that acknowledges the work away."""
     try:
-        with _transaction() as session:
+        with unit_of_work(db.session) as session:
             yield session
     except Exception as err:
         if not isinstance(err, SoftTimeLimitExceeded) and _time_limit_in(err):
