@@ -132,7 +132,8 @@ def test_ingest_is_idempotent_on_the_submission_id(app, settings):
     with app.app_context():
         results = []
         for _ in range(3):
-            results.append(submissions.ingest(db.session, settings, copy.deepcopy(payload)))
+            result = submissions.ingest(db.session, settings, copy.deepcopy(payload))
+            results.append((result.job_id, result.created))
             db.session.commit()
         job_id = submissions.job_id_for(payload["submission"]["id"])
         assert results == [(job_id, True), (job_id, False), (job_id, False)]
@@ -168,7 +169,7 @@ def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
 def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql):
     sql("UPDATE analysis_workers SET deleted = true")
     with app.app_context():
-        job_id, _ = submissions.ingest(db.session, settings, submission_payload())
+        job_id = submissions.ingest(db.session, settings, submission_payload()).job_id
         db.session.commit()
         assert [t.worker for t in db.session.get(Job, job_id).tasks] == [settings.fallback_worker]
 
@@ -323,14 +324,14 @@ def test_the_celery_path_refuses_a_submission_id_of_another_customer(app, settin
     payload = submission_payload(customer="acme")
     foreign = {**payload, "submission": {**payload["submission"], "customer": "globex"}}
     with app.app_context():
-        job_id, created = submissions.ingest(db.session, settings, payload)
+        made = submissions.ingest(db.session, settings, payload)
         db.session.commit()
         with pytest.raises(submissions.SubmissionIdTaken):
             submissions.ingest(db.session, settings, foreign)
         db.session.rollback()
         results = submissions.ingest_many(db.session, settings, [foreign, submission_payload(customer="globex")])
         db.session.commit()
-    assert created and results[0].id_taken and results[0].job_id is None and results[1].created
+    assert made.created and results[0].id_taken and results[0].job_id is None and results[1].created
     owners = sql("SELECT j.id, c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id "
                  "WHERE j.submission_id = :s", s=payload["submission"]["id"])
-    assert owners == [(job_id, "acme")]
+    assert owners == [(made.job_id, "acme")]

@@ -64,11 +64,14 @@ def ingest_submission(payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
     try:
         with _transaction() as session:
-            job_id, created = submissions.ingest(session, current_settings(), payload)
+            result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
-    return {"jobID": str(job_id), "created": created}
+    if result.duplicate:
+        log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
@@ -76,7 +79,7 @@ def ingest_submissions(payloads) -> dict:
     """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
     if not isinstance(payloads, list):
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
-        return {"dropped": 1, "created": 0, "existing": 0}
+        return {"dropped": 1, "created": 0, "existing": 0, "duplicate": 0}
     try:
         with _transaction() as session:
             results = submissions.ingest_many(session, current_settings(), payloads)
@@ -96,7 +99,9 @@ def _tally(results: list[submissions.IngestResult]) -> dict:
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
     created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+    duplicate = sum(1 for r in results if r.duplicate)
+    return {"created": created, "existing": len(results) - len(dropped) - created - duplicate,
+            "duplicate": duplicate, "dropped": len(dropped)}
 
 
 @celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
@@ -105,14 +110,14 @@ def ingest_pending() -> dict:
     (their task was lost with Redis, or never sent)."""
     settings = current_settings()
     received_before = now_ms() - settings.pending_ingest_interval_seconds * 1000
-    outcome = {"created": 0, "existing": 0, "dropped": 0}
+    outcome: dict[str, int] = {}
     while True:
         with _transaction() as session:
             payloads = submissions.pending_payloads(session, received_before=received_before,
                                                     limit=settings.sweep_batch_size)
             taken, results = len(payloads), submissions.ingest_many(session, settings, payloads)
         for key, value in _tally(results).items():
-            outcome[key] += value
+            outcome[key] = outcome.get(key, 0) + value
         if taken < settings.sweep_batch_size:
             break
     if any(outcome.values()):

@@ -1,7 +1,7 @@
 """Pending submissions: a REST submission is committed before its 202, until a worker makes its job.
 
 Revision ID: 0007
-Revises: 0003
+Revises: 0006
 """
 
 from alembic import op
@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 revision = "0007"
-down_revision = "0003"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
