@@ -79,7 +79,7 @@ class CommonResponses(BasePlugin):
     def operation_helper(self, path=None, operations=None, **kwargs) -> None:
         for method, operation in (operations or {}).items():
             responses = operation.setdefault("responses", {})
-            common = [(503, "SERVICE_UNAVAILABLE")]
+            common = [] if path.endswith("/healthz") else [(503, "SERVICE_UNAVAILABLE")]
             if method.upper() in BODY_METHODS:
                 common += [(400, "BAD_REQUEST"), (413, "REQUEST_ENTITY_TOO_LARGE"), (415, "UNSUPPORTED_MEDIA_TYPE")]
             for status, response in common:
