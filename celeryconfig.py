@@ -47,8 +47,12 @@ task_reject_on_worker_lost = True
 # of letting it finish twice.
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_prefetch_multiplier = 1
-task_soft_time_limit = 60
-task_time_limit = 90
+# A task that outlives its soft limit (the database hung) raises SoftTimeLimitExceeded and is
+# retried; one that reaches the hard limit has its pool process killed and its message re-queued,
+# never acknowledged: the work is done again, not lost.
+task_soft_time_limit = _settings.task_soft_time_limit_seconds
+task_time_limit = max(_settings.task_time_limit_seconds, task_soft_time_limit + 1)
+task_acks_on_timeout = False
 
 task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QueueNames.all()]
 task_default_queue = QueueNames.INGEST
@@ -56,6 +60,7 @@ task_create_missing_queues = False
 task_routes = {
     TaskNames.INGEST_SUBMISSION: {"queue": QueueNames.INGEST},
     TaskNames.INGEST_SUBMISSIONS: {"queue": QueueNames.INGEST},
+    TaskNames.INGEST_PENDING: {"queue": QueueNames.PERIODIC},
     TaskNames.RELAY_OUTBOX: {"queue": QueueNames.OUTBOX},
     TaskNames.SWEEP_EXECUTION_TIMEOUTS: {"queue": QueueNames.PERIODIC},
     TaskNames.SWEEP_ENQUEUED_TIMEOUTS: {"queue": QueueNames.PERIODIC},
@@ -79,6 +84,8 @@ def _every(seconds: int, task: str, queue: str, **kwargs) -> dict:
 
 beat_schedule = {
     "relay-outbox": _every(_settings.outbox_relay_interval_seconds, TaskNames.RELAY_OUTBOX, QueueNames.OUTBOX),
+    "ingest-pending": _every(
+        _settings.pending_ingest_interval_seconds, TaskNames.INGEST_PENDING, QueueNames.PERIODIC),
     "sweep-execution-timeouts": _every(
         _settings.sweep_interval_seconds, TaskNames.SWEEP_EXECUTION_TIMEOUTS, QueueNames.PERIODIC),
     "sweep-enqueued-timeouts": _every(

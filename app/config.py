@@ -49,6 +49,10 @@ def _seconds(name: str, raw: str) -> int:
     return _whole(name, raw, unit=" of seconds")
 
 
+def _milliseconds(name: str, raw: str) -> int:
+    return _whole(name, raw, unit=" of milliseconds")
+
+
 def _count(name: str, raw: str) -> int:
     return _whole(name, raw)
 
@@ -155,6 +159,19 @@ class Settings:
         "SAMPLEDB_METRICS_CACHE_SECONDS", "5", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True))
     worker_metrics_port: int = _setting("SAMPLEDB_WORKER_METRICS_PORT", "9808", _port)
     status_outbox_max_age_seconds: int = _setting("SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS", "60", _seconds)
+    # Every API request runs under these (a stalled database answers 503 instead of holding the request).
+    api_statement_timeout_ms: int = _setting("SAMPLEDB_API_STATEMENT_TIMEOUT_MS", "5000", _milliseconds)
+    api_lock_timeout_ms: int = _setting("SAMPLEDB_API_LOCK_TIMEOUT_MS", "2000", _milliseconds)
+    # Celery tasks work in larger batches: longer limits, still below the task's soft time limit.
+    worker_statement_timeout_ms: int = _setting("SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS", "30000", _milliseconds)
+    worker_lock_timeout_ms: int = _setting("SAMPLEDB_WORKER_LOCK_TIMEOUT_MS", "10000", _milliseconds)
+    database_connect_timeout_seconds: int = _setting("SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS", "5", _seconds)
+    # A task past its soft limit (a hung database) is retried; past its hard limit its process is killed
+    # and its message re-queued. The hard limit must exceed the soft one.
+    task_soft_time_limit_seconds: int = _setting("SAMPLEDB_TASK_SOFT_TIME_LIMIT_SECONDS", "60", _seconds)
+    task_time_limit_seconds: int = _setting("SAMPLEDB_TASK_TIME_LIMIT_SECONDS", "90", _seconds)
+    # Beat's safety net for REST submissions committed but not yet made into jobs.
+    pending_ingest_interval_seconds: int = _setting("SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS", "5", _seconds)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)
     flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)

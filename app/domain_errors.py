@@ -16,6 +16,14 @@ class Conflict(DomainError):
     """The request contradicts the current state."""
 
 
+class ArgumentConflict(Conflict):
+    """One argument contradicts what exists (e.g. an id already taken); `field` names it."""
+
+    def __init__(self, field: str, text: str):
+        super().__init__(text)
+        self.field = field
+
+
 class InvalidRequest(DomainError, ValueError):
     """The request cannot be carried out as given; no single field is to blame."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
+import sqlalchemy.exc as sa_exc
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
@@ -126,6 +127,23 @@ _DEFAULT_TEXT = {
 
 def handle_api_error(error: ApiError) -> Response:
     return error_response(error.status, error.messages)
+
+
+# Seconds a client should wait before retrying a request the database could not serve.
+RETRY_AFTER_SECONDS = 5
+# The database is unreachable, dropped the connection, cancelled a statement at its statement or
+# lock timeout, or the pool had no connection to give: a moment later the same request can succeed.
+DATABASE_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+
+
+def handle_database_unavailable(error: Exception) -> Response:
+    """503 with Retry-After: the database could not serve the request now (never a 500)."""
+    cause = getattr(error, "orig", None) or error
+    first_line = next(iter(str(cause).strip().splitlines()), "")
+    log.warning("database unavailable: %s: %s", type(cause).__name__, first_line)
+    return error_response(503, [message("ACTION_ERROR", "The database is unavailable or too slow right now; "
+                                                         "retry later")],
+                          [("Retry-After", str(RETRY_AFTER_SECONDS))])
 
 
 def handle_unexpected(error: Exception) -> Response:

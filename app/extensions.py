@@ -16,6 +16,7 @@ from flask import Flask, current_app
 from app.config import Settings
 
 SETTINGS_KEY = "SAMPLEDB"
+WORKERS_KEY = "SAMPLEDB_WORKERS"  # True in Celery processes: their database timeouts, not the API's
 _ENGINE_KEY = "sampledb.engine"
 
 
@@ -44,7 +45,11 @@ class Database:
     def init_app(self, app: Flask) -> None:
         if _ENGINE_KEY in app.extensions:
             raise RuntimeError("the database of this app is already set up")
-        engine = sa.create_engine(settings_of(app).database_url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        settings = settings_of(app)
+        # A connection that fails with a disconnect error makes SQLAlchemy drop the whole pool,
+        # so the first request after the database is back opens fresh connections.
+        engine = sa.create_engine(settings.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+                                  connect_args=connect_arguments(settings, workers=app.config[WORKERS_KEY]))
         app.extensions[_ENGINE_KEY] = engine
         self._engines.add(engine)
         app.teardown_appcontext(lambda exc: self.session.remove())
@@ -62,6 +67,14 @@ class Database:
         """Drop inherited connections of every engine of this process; called in each process after a fork."""
         for engine in list(self._engines):
             engine.dispose(close=False)
+
+
+def connect_arguments(settings: Settings, *, workers: bool) -> dict:
+    """libpq options of every connection: the statement and lock timeouts of the API or of the workers."""
+    statement, lock = ((settings.worker_statement_timeout_ms, settings.worker_lock_timeout_ms) if workers
+                       else (settings.api_statement_timeout_ms, settings.api_lock_timeout_ms))
+    return {"options": f"-c statement_timeout={statement} -c lock_timeout={lock}",
+            "connect_timeout": settings.database_connect_timeout_seconds}
 
 
 db = Database()

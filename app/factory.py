@@ -8,12 +8,14 @@ from app import outbox
 from app.api import register_api
 from app.config import Settings
 from app.dispatch import trigger_relay
-from app.extensions import SETTINGS_KEY, db
+from app.extensions import SETTINGS_KEY, WORKERS_KEY, db
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, workers: bool = False) -> Flask:
+    """The Flask app; `workers=True` for Celery processes (their own database timeouts)."""
     app = Flask("app")
     app.config[SETTINGS_KEY] = settings or Settings.from_env()
+    app.config[WORKERS_KEY] = workers
     db.init_app(app)
     register_api(app)
     # A commit that wrote outbox rows schedules the relay task.

@@ -1,4 +1,7 @@
-"""gunicorn settings of the web app (`gunicorn -c python:app.gunicorn_config`): /metrics sums every worker.
+"""How gunicorn serves the API, in one place: `gunicorn -c python:app.gunicorn_config wsgi:app`.
+
+Used by the Procfile, `sampledb-jobs dev`, the benchmarks and the tests, so all of them serve
+the API the same way; /metrics sums every worker.
 
 Prometheus' multiprocess mode needs PROMETHEUS_MULTIPROC_DIR set before a worker starts
 and emptied when the server starts (files of an earlier run would be summed in); when
@@ -13,6 +16,14 @@ import tempfile
 from pathlib import Path
 
 from app.metrics import MULTIPROC_ENV, mark_process_dead
+
+workers = 2
+worker_class = "gthread"
+threads = 4
+# A GET query may carry list criteria of up to 10,000 values (SPEC §5.4): request lines up to
+# gunicorn's 1 MiB cap (the size bodies are allowed) instead of its 4 KiB default, which answers
+# a longer URL with an HTML 414 outside the envelope.
+limit_request_line = 0
 
 _own_directory = MULTIPROC_ENV not in os.environ
 if _own_directory:

@@ -22,14 +22,15 @@ from dataclasses import dataclass
 import marshmallow as ma
 import sqlalchemy as sa
 import sqlalchemy.orm as so
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import metrics
 from app.access import Actor, Scope
 from app.accounts import ensure_customer
 from app.config import Settings
-from app.domain_errors import InvalidArgument, InvalidRequest
+from app.domain_errors import ArgumentConflict, InvalidArgument, InvalidRequest
 from app.jobs import service
-from app.models import Customer, Job, now_ms
+from app.models import Customer, Job, PendingSubmission, now_ms
 from app.models.jobs import INGESTED
 from app.policy import store as policy_store
 from app.wire import SHA256_PATTERN, SubmissionPayloadSchema
@@ -44,6 +45,18 @@ class InvalidSubmission(ValueError):
     def __init__(self, messages):
         super().__init__(json.dumps(messages, default=str)[:2000])
         self.messages = messages
+
+
+class SubmissionIdTaken(InvalidSubmission, ArgumentConflict):
+    """The submission id belongs to a submission of another customer (ids are idempotency keys of one customer).
+
+    The message says nothing of the other submission: not its job, not its customer."""
+
+    def __init__(self):
+        text = "Already used by another submission; choose another id"
+        Exception.__init__(self, text)
+        self.field = "submission.id"
+        self.messages = {"submission": {"id": [text]}}
 
 
 class SubmissionRejected(InvalidArgument):
@@ -122,6 +135,7 @@ class IngestResult:
     created: bool = False
     duplicate: bool = False  # the customer had a job for the sample within the duplicate window: no job made
     errors: dict | None = None  # the payload was invalid and dropped
+    id_taken: bool = False  # its id made a job of another customer (errors says so)
 
 
 class _Customers:
@@ -212,31 +226,46 @@ def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> li
                        job_id=job_id_for(data["submission"]["id"]))
         for data in kept
     ]
-    made = iter(service.create_jobs(session, settings, new_jobs))
+    made = service.create_jobs(session, settings, new_jobs)
+    foreign = _made_for_another_customer(session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made)
+                                                    if not created])
+    made = iter(made)
     results = []
     for data, duplicate in zip(valid, dropped):
         submission_id = data["submission"]["id"]
         if duplicate:
             results.append(IngestResult(submission_id=submission_id, duplicate=True))
+            continue
+        job_id, created = next(made)
+        if job_id in foreign:
+            results.append(IngestResult(submission_id=submission_id, errors=SubmissionIdTaken().messages,
+                                        id_taken=True))
         else:
-            job_id, created = next(made)
             results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
     created = sum(1 for r in results if r.created)
     duplicate = sum(1 for r in results if r.duplicate)
-    for outcome, amount in (("created", created), ("duplicate", duplicate),
-                            ("existing", len(results) - created - duplicate)):
+    refused = sum(1 for r in results if r.id_taken)  # another customer's id: refused like an invalid one
+    for outcome, amount in (("created", created), ("duplicate", duplicate), ("invalid", refused),
+                            ("existing", len(results) - created - duplicate - refused)):
         metrics.count_submissions(session, outcome, amount)
     return results
 
 
 def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
-    """Make the job of one submission (or find the one it already made). The caller commits."""
+    """Make the job of one submission (or find the one it already made). The caller commits.
+
+    InvalidSubmission for a payload that is not a submission; SubmissionIdTaken (one of them)
+    when its id already made a job of another customer."""
     try:
         data = validate_payload(payload)
     except InvalidSubmission:
         metrics.count_submissions(None, "invalid")
         raise
-    return _make_jobs(session, settings, [data])[0]
+    _forget_pending(session, [data["submission"]["id"]])
+    result = _make_jobs(session, settings, [data])[0]
+    if result.id_taken:
+        raise SubmissionIdTaken()
+    return result
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
@@ -253,7 +282,67 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
         except InvalidSubmission as err:
             results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
     metrics.count_submissions(session, "invalid", len(results))
+    # A REST submission waiting to be made is done with (made or refused) in this transaction; its row
+    # is locked before any job row, in the order the safety net locks them too, so the two never deadlock.
+    _forget_pending(session, [submission_id_of(payload) for payload in payloads])
     return results + _make_jobs(session, settings, valid)
+
+
+def _made_for_another_customer(session: so.Session, existing: list[tuple[service.NewJob, uuid.UUID]]) -> set:
+    """Ids of the existing jobs whose submission id came back under another customer (never merged)."""
+    if not existing:
+        return set()
+    owners = dict(session.execute(sa.select(Job.id, Job.customer_id).where(Job.id.in_([j for _, j in existing]))).all())
+    return {job_id for new, job_id in existing if owners.get(job_id) != new.customer_id}
+
+
+def _forget_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+    ids = set()
+    for submission_id in submission_ids:
+        try:
+            ids.add(uuid.UUID(str(submission_id)))
+        except ValueError:  # an invalid payload's id is not an id; no REST submission waits under it
+            continue
+    if ids:
+        session.execute(sa.delete(PendingSubmission).where(PendingSubmission.submission_id.in_(sorted(ids))))
+
+
+# -- REST intake: committed before the 202 ------------------------------------------------------
+
+def accept_upload(session: so.Session, payload: dict) -> None:
+    """Store a prepared REST submission until a worker makes its job; the caller commits, then answers 202.
+
+    A retry of the same submission (same id, same customer) stores nothing again; the same id
+    under another customer raises SubmissionIdTaken."""
+    submission_id = uuid.UUID(str(payload["submission"]["id"]))
+    customer = payload["submission"]["customer"]
+    owner = _owner_of(session, submission_id)
+    if owner is None:
+        stored = session.execute(
+            pg_insert(PendingSubmission).values(submission_id=submission_id, customer=customer, payload=payload,
+                                                received_timestamp=now_ms())
+            .on_conflict_do_nothing().returning(PendingSubmission.submission_id)).scalar()
+        if stored is not None:
+            return
+        owner = _owner_of(session, submission_id)  # a concurrent request with this id committed first
+    if owner != customer:
+        raise SubmissionIdTaken()
+
+
+def _owner_of(session: so.Session, submission_id: uuid.UUID) -> str | None:
+    """The customer shortName of the job or waiting REST submission that has this id, if any."""
+    made = (sa.select(Customer.short_name).join(Job, Job.customer_id == Customer.id)
+            .where(Job.submission_id == submission_id))
+    waiting = sa.select(PendingSubmission.customer).where(PendingSubmission.submission_id == submission_id)
+    return session.scalars(sa.union_all(made, waiting).limit(1)).first()
+
+
+def pending_payloads(session: so.Session, *, received_before: int, limit: int) -> list[dict]:
+    """REST submissions committed before `received_before` and not yet made into jobs, oldest first,
+    locked (SKIP LOCKED: two safety nets at once take different rows)."""
+    return list(session.scalars(
+        sa.select(PendingSubmission.payload).where(PendingSubmission.received_timestamp < received_before)
+        .order_by(PendingSubmission.received_timestamp).limit(limit).with_for_update(skip_locked=True)))
 
 
 def submission_id_of(payload) -> str | None:

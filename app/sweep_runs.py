@@ -26,6 +26,7 @@ def periodic_intervals(settings: Settings) -> dict[str, int]:
         TaskNames.SWEEP_ENQUEUED_TIMEOUTS: settings.sweep_interval_seconds,
         TaskNames.SWEEP_UNCONFIRMED_ABORTS: settings.sweep_interval_seconds,
         TaskNames.PURGE: settings.purge_interval_seconds,
+        TaskNames.INGEST_PENDING: settings.pending_ingest_interval_seconds,
     }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 class QueueNames:
     INGEST = "ingest"  # submissions from the sample service and the REST intake
     OUTBOX = "outbox"  # relaying outbox rows to Kafka: after each commit, and beat's safety net
-    PERIODIC = "periodic"  # beat: the timeout sweeps and retention
+    PERIODIC = "periodic"  # beat: the timeout sweeps, retention and the pending-submission safety net
 
     @classmethod
     def all(cls) -> list[str]:
@@ -22,6 +22,7 @@ class TaskNames:
 
     INGEST_SUBMISSION = "sampledb.ingest_submission"
     INGEST_SUBMISSIONS = "sampledb.ingest_submissions"
+    INGEST_PENDING = "sampledb.ingest_pending"
     RELAY_OUTBOX = "sampledb.relay_outbox"
     SWEEP_EXECUTION_TIMEOUTS = "sampledb.sweep_execution_timeouts"
     SWEEP_ENQUEUED_TIMEOUTS = "sampledb.sweep_enqueued_timeouts"

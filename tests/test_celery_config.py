@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STABLE_TASK_NAMES = {
     "sampledb.ingest_submission",
     "sampledb.ingest_submissions",
+    "sampledb.ingest_pending",
     "sampledb.relay_outbox",
     "sampledb.sweep_execution_timeouts",
     "sampledb.purge",
@@ -64,7 +65,7 @@ def test_beat_entries_name_their_queue_and_a_known_task():
     schedule = celeryconfig.beat_schedule
     assert {entry["task"] for entry in schedule.values()} == {
         TaskNames.RELAY_OUTBOX, TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
-        TaskNames.SWEEP_UNCONFIRMED_ABORTS, TaskNames.PURGE,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS, TaskNames.PURGE, TaskNames.INGEST_PENDING,
     }
     for name, entry in schedule.items():
         queue = entry["options"]["queue"]
@@ -77,6 +78,7 @@ def test_beat_intervals_come_from_settings():
     settings = celeryconfig._settings
     schedule = celeryconfig.beat_schedule
     assert schedule["relay-outbox"]["schedule"] == settings.outbox_relay_interval_seconds
+    assert schedule["ingest-pending"]["schedule"] == settings.pending_ingest_interval_seconds
     for name in ("sweep-execution-timeouts", "sweep-enqueued-timeouts", "sweep-unconfirmed-aborts"):
         assert schedule[name]["schedule"] == settings.sweep_interval_seconds
     assert schedule["purge"]["schedule"] == settings.purge_interval_seconds
@@ -90,6 +92,8 @@ def test_reliability_settings():
     assert conf.broker_url == celeryconfig._settings.redis_url
     assert conf.task_serializer == "json" and conf.accept_content == ["json"] and conf.result_serializer == "json"
     assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
+    # A task killed at its hard time limit (a hung database) is re-queued, not acknowledged and gone.
+    assert conf.task_acks_on_timeout is False
     assert conf.worker_prefetch_multiplier == 1
     assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
     assert conf.broker_connection_retry_on_startup is True

@@ -113,3 +113,26 @@ def test_dev_runs_the_whole_service_stops_cleanly_and_keeps_its_data(tmp_path, d
     finally:
         _stop(process)
     assert process.returncode == 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_a_signalled_dev_leaves_no_process_behind(tmp_path, dev_env, sig):
+    """SIGTERM stops the stack in order; SIGKILL cannot be caught, and still nothing it started outlives it."""
+    process = _start(tmp_path, dev_env)
+    try:
+        _wait_ready(process, f"http://127.0.0.1:{dev_env['SAMPLEDB_API_PORT']}/sampledb/v2/readyz")
+        started = psutil.Process(process.pid).children(recursive=True)
+        names = {p.name() for p in started}
+        assert len(started) > 5 and {"postgres", "redis-server"} <= names, names
+    finally:
+        process.send_signal(sig)
+        process.communicate(timeout=60)
+    time.sleep(10)
+    left = []
+    for child in started:
+        try:
+            if child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+                left.append(f"{child.pid} {' '.join(child.cmdline())[:120]}")
+        except psutil.NoSuchProcess:
+            continue
+    assert left == [], f"still running 10 s after {sig.name}: {left}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import uuid
 
 import pytest
@@ -279,7 +280,58 @@ def test_upload_needs_the_uploader_role(api, make_key, queued):
     assert len(queued) == 3
 
 
-def test_upload_when_the_queue_is_down_is_503(api, make_key):
-    # The session's API settings point Redis at a closed port.
-    body = api.post(_path(), 503, headers=make_key("UPLOADER"), json=_body())
-    assert body["messages"][0]["type"] == "ACTION_ERROR"
+def test_upload_when_the_queue_is_down_is_committed_and_accepted(api, make_key, sql):
+    # The session's API settings point Redis at a closed port: the submission waits in PostgreSQL
+    # for beat's safety net (sampledb.ingest_pending), so the 202 holds.
+    body = _body()
+    answer = api.post(_path(), 202, headers=make_key("UPLOADER"), json=body)["data"]
+    pending = sql("SELECT submission_id, customer, payload FROM pending_submissions")
+    assert [(str(r.submission_id), r.customer) for r in pending] == [(answer["submission"]["id"], "acme")]
+    assert pending[0].payload["submission"] == answer["submission"]
+
+
+# -- §10.5: a submission id is an idempotency key of one customer ----------------------------
+
+def test_a_submission_id_sent_for_another_customer_is_409_and_reveals_nothing(app, settings, api, make_key, queued,
+                                                                              sql):
+    submission_id = str(uuid.uuid4())
+    body = {**_body(), "submission": {"id": submission_id, "name": "quarterly-report.exe"}}
+    first = api.post(_path(), 202, headers=make_key("UPLOADER", customer="acme", user="alice"), json=body)["data"]
+    other = make_key("UPLOADER", customer="globex", user="bob")
+
+    def refused() -> dict:
+        answer = api.post(_path(), 409, headers=other, json=body)
+        assert [(m["type"], m["field"]) for m in answer["messages"]] == [("FIELD_ERROR", "submission.id")]
+        text = json.dumps(answer)
+        for secret in (first["jobID"], "acme", "alice", "quarterly-report"):
+            assert secret not in text, secret
+        return answer
+
+    waiting = refused()  # while the submission waits for a worker
+    with app.app_context():
+        submissions.ingest(db.session, settings, queued[0])
+        db.session.commit()
+    made = refused()  # and once its job is made: the same answer
+    assert waiting["messages"][0]["message"] == made["messages"][0]["message"]
+    # The owner's retry is still answered with its job.
+    again = api.post(_path(), 202, headers=make_key("UPLOADER", customer="acme"), json=body)["data"]
+    assert again["jobID"] == first["jobID"]
+    assert sql("SELECT c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id") == [("acme",)]
+    assert len(queued) == 2
+
+
+def test_the_celery_path_refuses_a_submission_id_of_another_customer(app, settings, sql):
+    payload = submission_payload(customer="acme")
+    foreign = {**payload, "submission": {**payload["submission"], "customer": "globex"}}
+    with app.app_context():
+        made = submissions.ingest(db.session, settings, payload)
+        db.session.commit()
+        with pytest.raises(submissions.SubmissionIdTaken):
+            submissions.ingest(db.session, settings, foreign)
+        db.session.rollback()
+        results = submissions.ingest_many(db.session, settings, [foreign, submission_payload(customer="globex")])
+        db.session.commit()
+    assert made.created and results[0].id_taken and results[0].job_id is None and results[1].created
+    owners = sql("SELECT j.id, c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id "
+                 "WHERE j.submission_id = :s", s=payload["submission"]["id"])
+    assert owners == [(made.job_id, "acme")]

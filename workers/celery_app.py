@@ -35,7 +35,7 @@ def flask_app() -> Flask:
     global _flask_app
     with _flask_lock:
         if _flask_app is None:
-            _flask_app = create_app()
+            _flask_app = create_app(workers=True)
         return _flask_app
 
 

@@ -9,9 +9,10 @@ and dropped (retrying cannot fix it); a database that is away is retried with ba
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 
 import sqlalchemy.exc as sa_exc
-from celery.exceptions import MaxRetriesExceededError
+from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 
 from app import dispatch, retention, submissions, sweep_runs
 from app.extensions import current_settings, db
@@ -24,13 +25,38 @@ from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 
-# The database went away, a connection broke, a deadlock or serialisation failure: try again later.
-TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+# The database went away, a connection broke, a statement or lock timed out, a deadlock or
+# serialisation failure, or the task outlived its soft time limit (a hung database): try again later.
+TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, SoftTimeLimitExceeded)
 RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
 RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
 # Well inside the soft time limit; what is left waits for the next run.
 PURGE_BUDGET_SECONDS = 40.0
+
+
+@contextmanager
+def _transaction():
+    """A task's unit of work. A soft time limit that struck inside the database driver stays a time
+    limit, retried, even when the driver answered it with an error of its own (e.g. psycopg's
+    "connection in transaction status ACTIVE"): never a failure that acknowledges the work away."""
+    try:
+        with unit_of_work(db.session) as session:
+            yield session
+    except Exception as err:
+        if not isinstance(err, SoftTimeLimitExceeded) and _time_limit_in(err):
+            raise SoftTimeLimitExceeded() from err
+        raise
+
+
+def _time_limit_in(error: BaseException | None) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, SoftTimeLimitExceeded):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -39,7 +65,7 @@ PURGE_BUDGET_SECONDS = 40.0
 def ingest_submission(payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
     try:
-        with unit_of_work(db.session) as session:
+        with _transaction() as session:
             result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
@@ -57,7 +83,7 @@ def ingest_submissions(payloads) -> dict:
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
         return {"dropped": 1, "created": 0, "existing": 0, "duplicate": 0}
     try:
-        with unit_of_work(db.session) as session:
+        with _transaction() as session:
             results = submissions.ingest_many(session, current_settings(), payloads)
     except TRANSIENT_ERRORS:
         raise
@@ -66,6 +92,11 @@ def ingest_submissions(payloads) -> dict:
         # so only the culprit is dropped, not its batch.
         log.warning("bulk ingest of %d submissions failed; ingesting them one by one", len(payloads), exc_info=True)
         results = [result for payload in payloads for result in _ingest_alone(payload)]
+    return _tally(results)
+
+
+def _tally(results: list[submissions.IngestResult]) -> dict:
+    """Log the refused submissions; count what was made, found and refused."""
     dropped = [r for r in results if r.errors is not None]
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
@@ -75,9 +106,31 @@ def ingest_submissions(payloads) -> dict:
             "duplicate": duplicate, "dropped": len(dropped)}
 
 
+@celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
+def ingest_pending() -> dict:
+    """Beat's safety net: make the jobs of REST submissions committed a while ago and not made yet
+    (their task was lost with Redis, or never sent)."""
+    settings = current_settings()
+    received_before = now_ms() - settings.pending_ingest_interval_seconds * 1000
+    outcome: dict[str, int] = {}
+    while True:
+        with _transaction() as session:
+            payloads = submissions.pending_payloads(session, received_before=received_before,
+                                                    limit=settings.sweep_batch_size)
+            taken, results = len(payloads), submissions.ingest_many(session, settings, payloads)
+        for key, value in _tally(results).items():
+            outcome[key] = outcome.get(key, 0) + value
+        if taken < settings.sweep_batch_size:
+            break
+    if any(outcome.values()):
+        log.info("pending REST submissions ingested: %s", outcome)
+    _record_run(TaskNames.INGEST_PENDING, sum(outcome.values()))
+    return outcome
+
+
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
-        with unit_of_work(db.session) as session:
+        with _transaction() as session:
             return submissions.ingest_many(session, current_settings(), [payload])
     except TRANSIENT_ERRORS:
         raise
@@ -121,7 +174,7 @@ def _sweep(name: str, sweep) -> int:
     settings = current_settings()
     total = 0
     while True:
-        with unit_of_work(db.session) as session:
+        with _transaction() as session:
             moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:

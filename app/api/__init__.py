@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from apispec import BasePlugin
 from flask import Flask, g, request, send_from_directory
 from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
@@ -11,8 +12,11 @@ from app.api import analysis_workers, health, jobs, policy, submissions
 from app.api.metrics import register_metrics
 from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
-from app.domain_errors import Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
-from app.errors import ARGUMENT_ERROR, ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from app.domain_errors import ArgumentConflict, Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
+from app.errors import (
+    ARGUMENT_ERROR, DATABASE_UNAVAILABLE, ApiError, handle_api_error, handle_database_unavailable,
+    handle_http_exception, handle_unexpected,
+)
 
 MAX_BODY_BYTES = 1024 * 1024
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -61,10 +65,27 @@ DOMAIN_ERROR_STATUS = ((NotFound, 404), (Conflict, 409), (InvalidRequest, ARGUME
 
 
 def as_api_error(error: DomainError) -> ApiError:
-    if isinstance(error, InvalidArgument):
-        return ApiError.field(error.field, f"{error.field}: {error}")
+    if isinstance(error, (InvalidArgument, ArgumentConflict)):
+        status = 409 if isinstance(error, Conflict) else ARGUMENT_ERROR
+        return ApiError.field(error.field, f"{error.field}: {error}", status)
     status = next((status for kind, status in DOMAIN_ERROR_STATUS if isinstance(error, kind)), ARGUMENT_ERROR)
     return ApiError.action(status, str(error))
+
+
+class CommonResponses(BasePlugin):
+    """Documents the answers any operation may give besides its own: 503 when the database is away or
+    too slow (every operation but liveness reads it), and 400/413/415 for a body that is not JSON, too
+    large or of another type (checked before any view, app.api._check_body)."""
+
+    def operation_helper(self, path=None, operations=None, **kwargs) -> None:
+        for method, operation in (operations or {}).items():
+            responses = operation.setdefault("responses", {})
+            common = [] if path.endswith("/healthz") else [(503, "SERVICE_UNAVAILABLE")]
+            if method.upper() in BODY_METHODS:
+                common += [(400, "BAD_REQUEST"), (413, "REQUEST_ENTITY_TOO_LARGE"), (415, "UNSUPPORTED_MEDIA_TYPE")]
+            for status, response in common:
+                if status not in responses and str(status) not in responses:
+                    responses[status] = response
 
 
 def register_api(app: Flask) -> None:
@@ -88,11 +109,10 @@ def register_api(app: Flask) -> None:
     )
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
-    api.init_app(app)
+    api.init_app(app, spec_kwargs={"extra_plugins": [CommonResponses()]})
     register_metrics(app)  # its timer starts before the body checks, so their answers are timed too
-    for blueprint in (jobs.blp, analysis_workers.blp, submissions.blp, policy.blp):
+    for blueprint in (jobs.blp, analysis_workers.blp, submissions.blp, policy.blp, health.blp):
         api.register_blueprint(blueprint)
-    app.register_blueprint(health.blp)
 
     @app.get(f"{BASE_PATH}/docs/static/<path:filename>")
     def swagger_ui_static(filename: str):
@@ -103,4 +123,6 @@ def register_api(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(DomainError, lambda error: handle_api_error(as_api_error(error)))
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.register_error_handler(unavailable, handle_database_unavailable)
     app.register_error_handler(Exception, handle_unexpected)

@@ -1,23 +1,40 @@
-"""Liveness and readiness."""
+"""Liveness and readiness (no key needed)."""
 
 from __future__ import annotations
 
 import socket
 
+import marshmallow as ma
 import redis
 import sqlalchemy as sa
-from flask import Blueprint, current_app
+from flask import current_app
 from kafka import KafkaAdminClient
+from marshmallow import fields
 
-from app.api.base import BASE_PATH
+from app.api.base import BASE_PATH, Blueprint
+from app.api.schemas import envelope_schema
 from app.errors import envelope, message
 from app.extensions import current_settings, db
 
-blp = Blueprint("health", __name__, url_prefix=BASE_PATH)
+blp = Blueprint("health", __name__, url_prefix=BASE_PATH, description="Liveness and readiness")
+PART_STATE = {"metadata": {"description": "ok"}}
 
 
-@blp.get("/healthz")
+class LivenessSchema(ma.Schema):
+    status = fields.String(**PART_STATE)
+
+
+class ReadinessSchema(ma.Schema):
+    postgresql = fields.String(**PART_STATE)
+    redis = fields.String(**PART_STATE)
+    kafka = fields.String(**PART_STATE)
+
+
+@blp.route("/healthz")
+@blp.doc(security=[])
+@blp.response(200, envelope_schema(LivenessSchema))
 def healthz():
+    """Liveness: the process answers"""
     return envelope({"status": "ok"})
 
 
@@ -45,8 +62,11 @@ def _check_kafka() -> None:
 CHECKS = {"postgresql": _check_database, "redis": _check_redis, "kafka": _check_kafka}
 
 
-@blp.get("/readyz")
+@blp.route("/readyz")
+@blp.doc(security=[])
+@blp.response(200, envelope_schema(ReadinessSchema))
 def readyz():
+    """Readiness: PostgreSQL, Redis and Kafka answer (503 naming each one that does not)"""
     results, problems = {}, []
     for name, check in CHECKS.items():
         try:

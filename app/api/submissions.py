@@ -1,6 +1,12 @@
-"""/sample/{sha256}: submission intake over REST (a worker makes the job) and reanalysis."""
+"""/sample/{sha256}: submission intake over REST, and reanalysis.
+
+A submission is committed in PostgreSQL (pending_submissions) before the 202; a worker then
+makes the job, from the task sent right after the commit or, if that task is lost with Redis,
+from beat's safety net `sampledb.ingest_pending`."""
 
 from __future__ import annotations
+
+import logging
 
 import marshmallow as ma
 from flask.views import MethodView
@@ -18,6 +24,8 @@ from app.unit_of_work import unit_of_work
 from app.wire import (
     CUSTOMER_NAME_MAX, SHA256_PATTERN, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
 )
+
+log = logging.getLogger(__name__)
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
 
@@ -63,20 +71,24 @@ class SampleSubmission(MethodView):
     @requires(UPLOADER)
     @blp.arguments(UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
+    @blp.alt_response(409, response="CONFLICT", description="The submission id belongs to another customer's submission")
     @blp.alt_response(RECENTLY_SEEN, schema=envelope_schema(SubmissionRateLimitedSchema),
                       description="The customer sent this sample within SAMPLEDB_DUPLICATE_WINDOW_SECONDS: "
                                   "the submission is not stored and makes no job")
     def post(self, body: dict, sha256: str):
-        """Submit a sighting of a sample; the job appears once a worker has made it"""
+        """Submit a sighting of a sample: stored before the 202; the job appears once a worker has made it"""
         principal = current_principal()
-        payload = submissions.prepare_upload(db.session, sha256=sha256, body=body, user=principal.user,
-                                             scope=principal.scope)
-        if submissions.recently_seen(db.session, current_settings(), payload):
-            return envelope({"sampleSha256": payload["submission"]["sample"]["id"]}, RECENTLY_SEEN)
+        with unit_of_work(db.session) as session:
+            payload = submissions.prepare_upload(session, sha256=sha256, body=body, user=principal.user,
+                                                 scope=principal.scope)
+            if submissions.recently_seen(session, current_settings(), payload):
+                return envelope({"sampleSha256": payload["submission"]["sample"]["id"]}, RECENTLY_SEEN)
+            submissions.accept_upload(session, payload)
         try:
             dispatch.send_ingest(current_settings().redis_url, payload)
-        except dispatch.BrokerUnavailable as err:
-            raise ApiError.action(503, f"Submission not accepted, retry later: {err}") from None
+        except dispatch.BrokerUnavailable:
+            # Committed already: beat's safety net (sampledb.ingest_pending) makes the job once Redis is back.
+            log.warning("submission %s stored; its ingest task waits for the broker", payload["submission"]["id"])
         submission = payload["submission"]
         return envelope({"submission": submission, "jobID": str(submissions.job_id_for(submission["id"]))}, 202)
 

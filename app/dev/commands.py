@@ -10,8 +10,8 @@ import urllib.request
 
 from celeryconfig import QueueNames
 
-# The API as the Procfile runs it: two processes of four threads each, /metrics summed over them by the config.
-GUNICORN_OPTIONS = ["-c", "python:app.gunicorn_config", "-w", "2", "-k", "gthread", "--threads", "4"]
+# The API as the Procfile runs it: gunicorn's settings (workers, threads, /metrics) live in app.gunicorn_config.
+GUNICORN_OPTIONS = ["-c", "python:app.gunicorn_config"]
 CELERY_APP = "workers.celery_app"
 WORKER_CONCURRENCY = 2  # pool processes of a worker on one machine (the Procfile's worker takes one a core)
 

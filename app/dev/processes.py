@@ -83,10 +83,11 @@ class Child:
     """One child process in a session of its own (stopping it stops its children too), logging to a file."""
 
     def __init__(self, name: str, log_path: Path, *, stop_signal: int = signal.SIGTERM,
-                 stop_steps: tuple[tuple[int, float], ...] = ()):
+                 stop_steps: tuple[tuple[int, float], ...] = (), death_signal: int | None = None):
         self.name = name
         self.log_path = Path(log_path)
         self.stop_signal = stop_signal  # the clean stop (SIGINT = "fast" shutdown for postgres)
+        self.death_signal = death_signal or stop_signal  # what the kernel sends it when we die unannounced
         self.stop_steps = stop_steps  # (signal, seconds) tried after it, before SIGKILL
         self.process: subprocess.Popen | None = None
         self.log_offset = 0
@@ -99,7 +100,7 @@ class Child:
                 self.process = subprocess.Popen(
                     argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C of a terminal goes to us; we stop children in order
-                    preexec_fn=die_with_parent(self.stop_signal), **popen_kwargs)
+                    preexec_fn=die_with_parent(self.death_signal), **popen_kwargs)
             except (OSError, subprocess.SubprocessError) as exc:
                 raise ChildError(f"could not run {self.name} ({argv[0]}): {exc}") from exc
         return self

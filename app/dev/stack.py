@@ -72,15 +72,20 @@ class DevStack:
         return urls
 
     def start_children(self, env: dict[str, str], flower_auth: str) -> None:
+        def service(name: str) -> Child:
+            # Should `dev` die without stopping it (SIGKILL), the kernel kills it too; its own processes
+            # follow (the Celery pool has a death signal of its own, gunicorn workers watch their parent).
+            return Child(name, LOG_DIR / f"{name}.log", death_signal=signal.SIGKILL)
+
         planned = [
-            (Child("api", LOG_DIR / "api.log"),
+            (service("api"),
              commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{self.api_port}", "--access-logfile", "-")),
-            (Child("worker", LOG_DIR / "worker.log"),
+            (service("worker"),
              commands.celery_worker("--task-events", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h")),
-            (Child("beat", LOG_DIR / "beat.log"),
+            (service("beat"),
              commands.celery("beat", "--loglevel", "INFO",
                              "--schedule", str((STATE_DIR / "celerybeat-schedule").resolve()))),
-            (Child("flower", LOG_DIR / "flower.log"),
+            (service("flower"),
              commands.celery("flower", f"--port={self.flower_port}", "--address=127.0.0.1",
                              f"--basic-auth={flower_auth}")),
         ]

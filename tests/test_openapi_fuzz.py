@@ -1,0 +1,102 @@
+"""Fuzzing from the OpenAPI document (schemathesis) against the API served by gunicorn.
+
+Every operation of the document is called with generated requests, valid and invalid, under a real
+ANALYZER key: no answer may be a 5xx, and every answer must conform to what the document says of that
+operation (status code, content type, headers, body schema). The document must also cover every
+operation the app routes, so that nothing escapes the fuzzing by being undocumented.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings, strategies as st
+from schemathesis import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
+)
+from schemathesis.checks import not_a_server_error
+
+from app.dev import commands
+from app.dev.processes import Child, free_port
+from tests.support.api import BASE
+
+pytestmark = pytest.mark.committing  # gunicorn, another process, must see the test's key and job
+
+ROOT = Path(__file__).resolve().parents[1]
+# Rules of the app that are not API operations: the document itself, its viewer and Flask's static files.
+NOT_OPERATIONS = {f"{BASE}/openapi.json", f"{BASE}/docs", f"{BASE}/docs/static/<path:filename>"}
+EXAMPLES = 50  # per operation: about 1,250 requests over the whole document, well under two minutes
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
+          response_schema_conformance]
+
+
+@pytest.fixture(scope="module")
+def served_api(database_url, redis_url, kafka_broker, tmp_path_factory):
+    """gunicorn serving the app on the session's database, Redis and Kafka. Its tasks go to a Redis
+    database no worker reads: the submissions wait in PostgreSQL, the session's worker never sees them."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
+    unread_redis = redis_url.rsplit("/", 1)[0] + "/7"
+    env.update(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=unread_redis,
+               SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL")
+    api = Child("gunicorn", tmp_path_factory.mktemp("fuzz") / "api.log")
+    api.start(commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env=env, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    api.wait_until(lambda left: commands.answers(f"{url}{BASE}/healthz"), 60, "answering")
+    yield url
+    api.stop()
+
+
+@pytest.fixture
+def analyzer_key(make_key, make_job) -> str:
+    make_job()  # something to list, fetch and page through
+    return make_key("ANALYZER", all_customers=True)["Argus-API-Key"]
+
+
+def test_every_documented_operation_answers_as_documented(served_api, analyzer_key):
+    # The document as the served app publishes it; each operation is its own hypothesis run, so a
+    # failure names the operation and its smallest failing request.
+    document = schemathesis.openapi.from_url(f"{served_api}{BASE}/openapi.json")
+    failures, calls = [], collections.Counter()
+    operations = [result.ok() for result in document.get_all_operations()]
+    assert operations
+    for operation in operations:
+        requests = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
+                             operation.as_strategy(GenerationMode.NEGATIVE))
+
+        @given(case=requests)
+        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                  database=None)
+        def answers_as_documented(case) -> None:
+            calls[case.operation.label] += 1
+            case.call_and_validate(base_url=served_api, headers={"Argus-API-Key": analyzer_key}, checks=CHECKS,
+                                   timeout=30)
+
+        try:
+            answers_as_documented()
+        except (Exception, BaseExceptionGroup) as err:  # every operation is fuzzed; all the failures are reported together
+            failures.append(f"{operation.method.upper()} {operation.path}: {err}")
+    assert failures == [], "\n\n".join(failures)
+    assert {operation.label for operation in operations} == set(calls)  # every operation was called
+    print(f"{sum(calls.values())} requests over {len(calls)} operations")
+
+
+def test_every_routed_operation_is_documented(app, client):
+    document = client.get(f"{BASE}/openapi.json").get_json()
+    documented = {(path, method.upper()) for path, operations in document["paths"].items()
+                  for method in operations if method != "parameters"}
+    routed = set()
+    for rule in app.url_map.iter_rules():
+        if not rule.rule.startswith(BASE + "/") or rule.rule in NOT_OPERATIONS:
+            continue
+        # /job/<uuid:job_id> is documented as /job/{job_id}
+        path = "/".join("{" + part[1:-1].split(":")[-1] + "}" if part.startswith("<") else part
+                        for part in rule.rule.split("/"))
+        routed.update((path, method) for method in rule.methods - {"HEAD", "OPTIONS"})
+    assert routed - documented == set()
+    assert documented - routed == set()
