@@ -67,6 +67,112 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
     click.echo(secret)
 
 
+def _app_session():
+    """A Flask app context for the settings of the environment, and its session."""
+    from app import create_app
+    from app.extensions import db as database
+
+    app = create_app(load_settings())
+    return app, database
+
+
+def _when(ms: int | None) -> str:
+    import datetime
+
+    if ms is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _selection(row_id: int | None, every: bool) -> list[int] | None:
+    """[ID] or --all (None): exactly one of them."""
+    if (row_id is None) == (not every):
+        raise click.UsageError("name one ID or pass --all")
+    return None if every else [row_id]
+
+
+@main.group()
+def outbox() -> None:
+    """Kafka messages the relay parked (the broker will not take them as they are)."""
+
+
+@outbox.command("parked")
+def outbox_parked() -> None:
+    """List the parked messages: they and the later messages of their job wait."""
+    from app import outbox as outbox_rows
+
+    app, database = _app_session()
+    with app.app_context():
+        rows = outbox_rows.parked_messages(database.session)
+    click.echo(f"{len(rows)} parked outbox messages")
+    for row in rows:
+        click.echo(f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} "
+                   f"created={_when(row.created_timestamp)} parked={_when(row.parked_timestamp)} error={row.last_error}")
+
+
+@outbox.command("retry")
+@click.argument("row_id", metavar="[ID]", type=int, required=False)
+@click.option("--all", "every", is_flag=True, help="every parked message")
+def outbox_retry(row_id: int | None, every: bool) -> None:
+    """Put parked messages back in line, with fresh attempts."""
+    from app import outbox as outbox_rows
+
+    ids = _selection(row_id, every)
+    app, database = _app_session()
+    with app.app_context():
+        released = outbox_rows.retry_parked(database.session, ids)
+        database.session.commit()
+    if ids is not None and not released:
+        raise click.ClickException(f"no parked outbox message {row_id}")
+    click.echo(f"{len(released)} outbox messages back in line" + (f": {', '.join(map(str, released))}" if released else ""))
+
+
+@main.group("submissions")
+def submissions_group() -> None:
+    """Dead submissions: those that could not be made into a job."""
+
+
+@submissions_group.command("dead")
+def submissions_dead() -> None:
+    """List the dead submissions with their error and attempts."""
+    from app import dead_submissions
+
+    app, database = _app_session()
+    with app.app_context():
+        rows = dead_submissions.listing(database.session)
+    click.echo(f"{len(rows)} dead submissions")
+    for row in rows:
+        click.echo(f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
+                   f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}")
+
+
+@submissions_group.command("retry")
+@click.argument("row_id", metavar="[ID]", type=int, required=False)
+@click.option("--all", "every", is_flag=True, help="every dead submission")
+def submissions_retry(row_id: int | None, every: bool) -> None:
+    """Ingest dead submissions again; each one that makes its job is removed. Exit status 1 if any stays dead."""
+    from app import dead_submissions
+
+    ids = _selection(row_id, every)
+    app, database = _app_session()
+    still_dead = 0
+    with app.app_context():
+        rows = dead_submissions.listing(database.session, ids)
+        database.session.rollback()
+        if ids is not None and not rows:
+            raise click.ClickException(f"no dead submission {row_id}")
+        for row in rows:
+            result = dead_submissions.retry(database.session, app.config["SAMPLEDB"], row)
+            if result.job_id is not None:
+                click.echo(f"id={row.id} submission={row.submission_id or '-'}: job {result.job_id}")
+            else:
+                still_dead += 1
+                click.echo(f"id={row.id} submission={row.submission_id or '-'}: still dead: {result.error}")
+    if still_dead:
+        raise click.ClickException(f"{still_dead} of {len(rows)} submissions are still dead")
+
+
 @main.command()
 def dev() -> None:
     """Run the whole service here: embedded servers (unless SAMPLEDB_* URLs are set), API, worker, beat, Flower."""

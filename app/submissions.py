@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import json
+import logging
 import re
 import uuid
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from marshmallow import fields, validate
 
-from app.api.schemas import NAME_MAX, ApiSchema
+from app.api.schemas import NAME_MAX, ApiSchema, _unstorable_text
 from app.auth import ensure_customer
 from app.config import Settings
 from app.jobs import service
@@ -36,6 +37,8 @@ from app.models import Customer, now_ms
 
 if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
     from app.auth import Actor
+
+log = logging.getLogger(__name__)
 
 # Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
 JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")
@@ -190,14 +193,87 @@ _PAYLOAD = SubmissionPayloadSchema()
 
 
 def validate_payload(payload) -> dict:
-    """The payload as JSON with every optional field present; InvalidSubmission names what is wrong."""
+    """The payload as JSON with every optional field present; InvalidSubmission names what is wrong.
+
+    A tolerant reader (SPEC 10.2): fields the schemas do not declare, at any depth of the
+    submission and classification objects, are kept as received (an upstream upgrade must
+    not lose submissions); they only have to be storable. The REST intake is strict: its
+    body schema refuses unknown fields before this runs.
+    """
     if not isinstance(payload, Mapping):
         raise InvalidSubmission({"_schema": ["A submission payload is a JSON object"]})
+    known, unknown = _split_unknown(_PAYLOAD, payload)
     try:
-        loaded = _PAYLOAD.load(payload)
+        loaded = _PAYLOAD.load(known)
     except ma.ValidationError as err:
-        raise InvalidSubmission(err.messages) from None
-    return _PAYLOAD.dump(loaded)
+        raise InvalidSubmission(_merge_messages(err.messages, _unknown_errors(_PAYLOAD, unknown))) from None
+    errors = _unknown_errors(_PAYLOAD, unknown)
+    if errors:
+        raise InvalidSubmission(errors)
+    dumped = _PAYLOAD.dump(loaded)
+    outside = sorted(key for key in unknown if key not in _declared(_PAYLOAD))
+    if outside:  # a job keeps a submission and a classification, nothing beside them
+        log.warning("submission %s: ignoring unknown top-level fields %s", submission_id_of(payload), outside)
+    _merge_unknown(_PAYLOAD, dumped, {k: v for k, v in unknown.items() if k not in outside})
+    return dumped
+
+
+def _declared(schema: ma.Schema) -> dict[str, fields.Field]:
+    return {field.data_key or name: field for name, field in schema.load_fields.items()}
+
+
+def _split_unknown(schema: ma.Schema, data: Mapping) -> tuple[dict, dict]:
+    """(declared fields, the rest): the rest keyed as received, nested under their declared parent object."""
+    declared = _declared(schema)
+    known, unknown = {}, {}
+    for key, value in data.items():
+        field = declared.get(key)
+        if field is None:
+            unknown[key] = value
+        elif isinstance(field, fields.Nested) and isinstance(value, Mapping):
+            known[key], inner = _split_unknown(field.schema, value)
+            if inner:
+                unknown[key] = inner
+        else:
+            known[key] = value
+    return known, unknown
+
+
+def _unknown_errors(schema: ma.Schema, unknown: dict) -> dict:
+    """Messages for unknown fields the database could not store (as a 412 names a bad field)."""
+    declared, errors = _declared(schema), {}
+    for key, value in unknown.items():
+        if key in declared:
+            inner = _unknown_errors(declared[key].schema, value)
+            if inner:
+                errors[key] = inner
+            continue
+        try:
+            _json_size(value)
+            if _unstorable_text(key) or _unstorable_text(value):
+                raise ma.ValidationError("Text must not contain NUL characters or unpaired surrogates")
+        except ma.ValidationError as err:
+            errors[str(key)] = err.messages
+    return errors
+
+
+def _merge_unknown(schema: ma.Schema, dumped: dict, unknown: dict) -> None:
+    declared = _declared(schema)
+    for key, value in unknown.items():
+        if key in declared:
+            _merge_unknown(declared[key].schema, dumped[key], value)
+        else:
+            dumped[key] = value
+
+
+def _merge_messages(first: dict, second: dict) -> dict:
+    merged = dict(first)
+    for key, value in second.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _merge_messages(merged[key], value)
+        else:
+            merged.setdefault(key, value)
+    return merged
 
 
 # -- REST upload ------------------------------------------------------------------------------
@@ -239,10 +315,12 @@ def _may_submit_for(session: so.Session, short_name: str, scope: Scope) -> bool:
 
 @dataclass(frozen=True)
 class IngestResult:
+    payload: object  # as received
     submission_id: str | None
-    job_id: uuid.UUID | None = None
+    job_id: uuid.UUID | None = None  # None: no job was made (see errors and refusal)
     created: bool = False
-    errors: dict | None = None  # the payload was invalid and dropped
+    errors: dict | None = None  # the payload is invalid: what is wrong, by field
+    refusal: str | None = None  # PostgreSQL refused it
 
 
 class _Lookups:
@@ -295,23 +373,23 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
     service), so two batches with overlapping submissions wait for each other instead of deadlocking.
     """
     results: list[IngestResult] = []
-    valid: list[dict] = []
+    valid: list[tuple[object, dict]] = []
     for payload in payloads:
         try:
-            valid.append(validate_payload(payload))
+            valid.append((payload, validate_payload(payload)))
         except InvalidSubmission as err:
-            results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
+            results.append(IngestResult(payload, submission_id_of(payload), errors=err.messages))
     lookups = _Lookups(session, settings)
-    lookups.load_customers({data["submission"]["customer"] for data in valid})
+    lookups.load_customers({data["submission"]["customer"] for _, data in valid})
     new_jobs = [
         service.NewJob(submission=data["submission"], classification=data["classification"],
                        customer_id=lookups.customer(data["submission"]["customer"]).id,
                        workers=tuple(lookups.workers(data["classification"])),
                        job_id=job_id_for(data["submission"]["id"]))
-        for data in valid
+        for _, data in valid
     ]
-    for data, (job_id, created) in zip(valid, service.create_jobs(session, settings, new_jobs)):
-        results.append(IngestResult(submission_id=data["submission"]["id"], job_id=job_id, created=created))
+    for (payload, data), (job_id, created) in zip(valid, service.create_jobs(session, settings, new_jobs)):
+        results.append(IngestResult(payload, data["submission"]["id"], job_id=job_id, created=created))
     return results
 
 

@@ -24,6 +24,9 @@ BAD_VALUES = {
     "SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS": SECONDS,
     "SAMPLEDB_SWEEP_BATCH_SIZE": ["abc", "0", "-1", "2.5", "9" * 5000],
     "SAMPLEDB_FALLBACK_WORKER": ["", "has space", "a/b", "ünï"],
+    "SAMPLEDB_OUTBOX_MAX_ATTEMPTS": ["abc", "0", "-1", "2.5", "9" * 5000],
+    "SAMPLEDB_KAFKA_MAX_REQUEST_BYTES": ["abc", "0", "1e6", "1_048_576"],
+    "SAMPLEDB_INGEST_MAX_DELIVERIES": ["abc", "0", "-1", "2.5"],
     "SAMPLEDB_API_PORT": ["http", "0", "65536", "-80", "80.5"],
     "SAMPLEDB_FLOWER_PORT": ["http", "0", "65536"],
 }
@@ -50,6 +53,8 @@ def test_defaults():
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.redis_url.startswith("redis://")
     assert settings.fallback_worker == "static-analyzer"
+    assert (settings.outbox_max_attempts, settings.kafka_max_request_bytes, settings.ingest_max_deliveries) == (
+        50, 1048576, 5)
     assert (settings.job_topic, settings.abort_topic, settings.event_topic) == (
         "Sample.Analysis.Job.OSL", "Sample.Analysis.Job.Abort.OSL", "Sample.Analysis.Job.Event.OSL")
 

@@ -2,8 +2,10 @@
 
 Every task is idempotent (acks_late re-delivers it when a worker dies): ingest through
 the job's unique submission id, the relay through row claims and the sweeps through
-SKIP LOCKED and their state conditions. A payload that is not a submission is logged
-and dropped (retrying cannot fix it); a database that is away is retried with back-off.
+SKIP LOCKED and their state conditions. A database that is away is retried with
+back-off. A submission that cannot be ingested otherwise (invalid, refused by
+PostgreSQL, or delivered too often because it keeps killing its worker process) is
+stored as a dead submission and acknowledged: never retried in a loop, never dropped.
 """
 
 from __future__ import annotations
@@ -14,20 +16,21 @@ import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
 from flask import current_app
 
-from app import submissions
+from app import dead_submissions, submissions
 from app.config import Settings
+from app.db_errors import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
 from app.extensions import db
 from app.jobs import service
 from app.models import now_ms
 from celeryconfig import TaskNames
-from workers import dispatch, relay
+from workers import deliveries, dispatch, relay
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 
 # The database went away, a connection broke, a deadlock or serialisation failure: try again later.
-TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
-RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
+# (Only errors app.db_errors calls transient reach autoretry; the others are handled in the task.)
+RETRY = {"autoretry_for": TRANSIENT_ERROR_CLASSES, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
 RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
 
@@ -49,47 +52,89 @@ def _in_transaction(work):
 
 # -- ingest -----------------------------------------------------------------------------------
 
-@celery.task(name=TaskNames.INGEST_SUBMISSION, max_retries=None, **RETRY)
-def ingest_submission(payload) -> dict:
+def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
+    """Store submissions as dead (one transaction) and say so in the log."""
+    def store(session):
+        for payload in payloads:
+            dead_submissions.record(session, payload, reason=reason, error=error, attempts=attempts)
+
+    _in_transaction(store)
+    for payload in payloads:
+        log.error("dead submission %s (%s): %s", submissions.submission_id_of(payload), reason, error[:500])
+
+
+def _counted(task, payloads: list, work):
+    """Run `work()` unless this delivery is one too many: then the payloads are stored dead instead."""
+    settings = _settings()
+    delivery = deliveries.count(settings.redis_url, task.request)
+    try:
+        if delivery > settings.ingest_max_deliveries:
+            _bury(payloads, dead_submissions.REDELIVERED,
+                  f"delivered {delivery} times: its Celery worker process died at each of the first "
+                  f"{delivery - 1} (killed, out of memory or crashed)", attempts=delivery - 1)
+            return {"dead": len(payloads)}
+        return work()
+    finally:
+        deliveries.forget(settings.redis_url, task.request)
+
+
+@celery.task(name=TaskNames.INGEST_SUBMISSION, bind=True, max_retries=None, **RETRY)
+def ingest_submission(self, payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
+    return _counted(self, [payload], lambda: _ingest_one(payload))
+
+
+def _ingest_one(payload) -> dict:
     try:
         job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
     except submissions.InvalidSubmission as err:
-        log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
-        return {"dropped": True, "errors": err.messages}
+        _bury([payload], dead_submissions.INVALID, dead_submissions.invalid_error(err.messages))
+        return {"dead": 1}
+    except sa_exc.DBAPIError as err:
+        if is_transient(err):
+            raise
+        _bury([payload], dead_submissions.REFUSED, refusal_text(err))
+        return {"dead": 1}
     return {"jobID": str(job_id), "created": created}
 
 
-@celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
-def ingest_submissions(payloads) -> dict:
-    """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
+@celery.task(name=TaskNames.INGEST_SUBMISSIONS, bind=True, max_retries=None, **RETRY)
+def ingest_submissions(self, payloads) -> dict:
+    """Make the jobs of a list of submissions in one transaction (bulk intake); the bad ones are stored dead."""
     if not isinstance(payloads, list):
-        log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
-        return {"dropped": 1, "created": 0, "existing": 0}
+        _bury([payloads], dead_submissions.INVALID, "The argument of a bulk ingest is a list of submission payloads")
+        return {"created": 0, "existing": 0, "dead": 1}
+    return _counted(self, payloads, lambda: _ingest_many(payloads))
+
+
+def _ingest_many(payloads: list) -> dict:
     try:
         results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
-    except TRANSIENT_ERRORS:
-        raise
-    except sa_exc.DBAPIError:
+    except sa_exc.DBAPIError as err:
+        if is_transient(err):
+            raise
         # PostgreSQL refused something validation let through: one transaction per submission,
-        # so only the culprit is dropped, not its batch.
-        log.warning("bulk ingest of %d submissions failed; ingesting them one by one", len(payloads), exc_info=True)
+        # so only the culprit dies, not its batch.
+        log.warning("bulk ingest of %d submissions refused (%s); ingesting them one by one", len(payloads),
+                    refusal_text(err)[:200])
         results = [result for payload in payloads for result in _ingest_alone(payload)]
-    dropped = [r for r in results if r.errors is not None]
-    for result in dropped:
-        log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
+    dead = [result for result in results if result.job_id is None]
+    for result in dead:
+        if result.errors is not None:
+            _bury([result.payload], dead_submissions.INVALID, dead_submissions.invalid_error(result.errors))
+        else:
+            _bury([result.payload], dead_submissions.REFUSED, result.refusal or "refused")
     created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+    return {"created": created, "existing": len(results) - len(dead) - created, "dead": len(dead)}
 
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
         return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
-    except TRANSIENT_ERRORS:
-        raise
     except sa_exc.DBAPIError as err:
-        return [submissions.IngestResult(submission_id=submissions.submission_id_of(payload),
-                                         errors={"_database": [str(err.orig or err)[:500]]})]
+        if is_transient(err):
+            raise
+        return [submissions.IngestResult(payload, submissions.submission_id_of(payload), refusal=refusal_text(err))]
 
 
 # -- outbox relay -----------------------------------------------------------------------------

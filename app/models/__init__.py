@@ -5,8 +5,9 @@ from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
 from app.models.workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
+from app.models.dead import DeadSubmission
 
 __all__ = [
-    "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "Job", "JobHistory",
+    "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "DeadSubmission", "Job", "JobHistory",
     "JobTask", "OutboxMessage", "User", "now_ms",
 ]
