@@ -27,7 +27,7 @@ from app.migrate import upgrade
 
 SAMPLE_SHA256 = "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9"
 
-RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
+RESET_TABLES = ["dead_submissions", "outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
                 "users", "customers"]
 
 
