@@ -39,10 +39,11 @@ def invalid_error(messages: dict) -> str:
     return "; ".join(text for _, text in flatten(messages))
 
 
-def record(session: so.Session, payload, *, reason: str, error: str, attempts: int = 1) -> None:
-    """Store (or count again) a submission that could not be ingested, in the caller's transaction."""
+def record(session: so.Session, payload, *, reason: str, error: str, attempts: int = 1, as_text: bool = False) -> None:
+    """Store (or count again) a submission that could not be ingested, in the caller's transaction.
+    `as_text` keeps the payload as JSON text even where JSONB could hold it (a last resort)."""
     now = now_ms()
-    as_jsonb = _jsonb_can_hold(payload)
+    as_jsonb = not as_text and _jsonb_can_hold(payload)
     values = {
         "submission_id": _submission_uuid(payload),
         "payload": payload if as_jsonb else None,

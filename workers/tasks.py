@@ -54,11 +54,21 @@ def _in_transaction(work):
 
 def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
     """Store submissions as dead (one transaction) and say so in the log."""
-    def store(session):
-        for payload in payloads:
-            dead_submissions.record(session, payload, reason=reason, error=error, attempts=attempts)
+    def store(as_text: bool):
+        def work(session):
+            for payload in payloads:
+                dead_submissions.record(session, payload, reason=reason, error=error, attempts=attempts,
+                                        as_text=as_text)
+        return work
 
-    _in_transaction(store)
+    try:
+        _in_transaction(store(as_text=False))
+    except sa_exc.DBAPIError as err:
+        if is_transient(err):
+            raise
+        # PostgreSQL refused the payload as JSONB in a way the check before did not foresee: keep its text.
+        log.warning("storing a dead submission as JSONB failed (%s); storing its JSON text", refusal_text(err)[:200])
+        _in_transaction(store(as_text=True))
     for payload in payloads:
         log.error("dead submission %s (%s): %s", submissions.submission_id_of(payload), reason, error[:500])
 

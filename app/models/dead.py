@@ -18,7 +18,7 @@ class DeadSubmission(Base):
     # Unique where known: repeated failures of one submission update one row.
     submission_id: so.Mapped[uuid.UUID | None] = so.mapped_column(sa.Uuid)
     # The payload as received: as JSONB, or as JSON text when JSONB cannot hold it (NUL, lone surrogates, NaN).
-    payload: so.Mapped[object | None] = so.mapped_column(JSONB)
+    payload: so.Mapped[object | None] = so.mapped_column(JSONB(none_as_null=True))
     payload_text: so.Mapped[str | None] = so.mapped_column(sa.Text)
     reason: so.Mapped[str] = so.mapped_column(sa.String(32))  # invalid | refused | redelivered
     error: so.Mapped[str] = so.mapped_column(sa.Text)
