@@ -85,11 +85,29 @@ def _when(ms: int | None) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _one_or_all(what: str):
+    """The arguments of a retry command: one ID, or --all."""
+    def decorate(command):
+        command = click.option("--all", "every", is_flag=True, help=f"every {what}")(command)
+        return click.argument("row_id", metavar="[ID]", type=int, required=False)(command)
+    return decorate
+
+
 def _selection(row_id: int | None, every: bool) -> list[int] | None:
     """[ID] or --all (None): exactly one of them."""
     if (row_id is None) == (not every):
         raise click.UsageError("name one ID or pass --all")
     return None if every else [row_id]
+
+
+def _print_rows(read, title: str, describe) -> None:
+    """Print a count line, then one line per row `read(session)` returns."""
+    app, database = _app_session()
+    with app.app_context():
+        rows = read(database.session)
+    click.echo(f"{len(rows)} {title}")
+    for row in rows:
+        click.echo(describe(row))
 
 
 @main.group()
@@ -102,18 +120,13 @@ def outbox_parked() -> None:
     """List the parked messages: they and the later messages of their job wait."""
     from app import outbox as outbox_rows
 
-    app, database = _app_session()
-    with app.app_context():
-        rows = outbox_rows.parked_messages(database.session)
-    click.echo(f"{len(rows)} parked outbox messages")
-    for row in rows:
-        click.echo(f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} "
-                   f"created={_when(row.created_timestamp)} parked={_when(row.parked_timestamp)} error={row.last_error}")
+    _print_rows(outbox_rows.parked_messages, "parked outbox messages", lambda row: (
+        f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} created={_when(row.created_timestamp)} "
+        f"parked={_when(row.parked_timestamp)} error={row.last_error}"))
 
 
 @outbox.command("retry")
-@click.argument("row_id", metavar="[ID]", type=int, required=False)
-@click.option("--all", "every", is_flag=True, help="every parked message")
+@_one_or_all("parked message")
 def outbox_retry(row_id: int | None, every: bool) -> None:
     """Put parked messages back in line, with fresh attempts."""
     from app import outbox as outbox_rows
@@ -138,18 +151,13 @@ def submissions_dead() -> None:
     """List the dead submissions with their error and attempts."""
     from app import dead_submissions
 
-    app, database = _app_session()
-    with app.app_context():
-        rows = dead_submissions.listing(database.session)
-    click.echo(f"{len(rows)} dead submissions")
-    for row in rows:
-        click.echo(f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
-                   f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}")
+    _print_rows(dead_submissions.listing, "dead submissions", lambda row: (
+        f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
+        f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}"))
 
 
 @submissions_group.command("retry")
-@click.argument("row_id", metavar="[ID]", type=int, required=False)
-@click.option("--all", "every", is_flag=True, help="every dead submission")
+@_one_or_all("dead submission")
 def submissions_retry(row_id: int | None, every: bool) -> None:
     """Ingest dead submissions again; each one that makes its job is removed. Exit status 1 if any stays dead."""
     from app import dead_submissions

@@ -12,9 +12,7 @@ import signal
 import psutil
 import pytest
 import sqlalchemy as sa
-from click.testing import CliRunner
 
-from app.cli import main as cli
 from app.extensions import db
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
@@ -23,14 +21,6 @@ from conftest import SAMPLE_SHA256, submission_payload, wait_for
 pytestmark = pytest.mark.workers
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
-
-
-@pytest.fixture
-def run_cli(database_url, redis_url):
-    """run_cli(*args) -> click Result: `sampledb-jobs ...` against the test database and Redis."""
-    runner = CliRunner()
-    return lambda *args: runner.invoke(cli, list(args), catch_exceptions=False, env={
-        "SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url})
 
 
 def _dead(sql) -> list:

@@ -8,9 +8,7 @@ import json
 import uuid
 
 import pytest
-from click.testing import CliRunner
 
-from app.cli import main as cli
 from app.localstack import read_topic
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
@@ -20,19 +18,6 @@ pytestmark = pytest.mark.workers
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
-
-
-@pytest.fixture
-def analyzer(make_key):
-    return make_key("ANALYZER", customer="analysis", user="analyzer", all_customers=True)
-
-
-@pytest.fixture
-def run_cli(database_url, redis_url):
-    """run_cli(*args) -> click Result: `sampledb-jobs ...` against the test database and Redis."""
-    runner = CliRunner()
-    return lambda *args: runner.invoke(cli, list(args), catch_exceptions=False, env={
-        "SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url})
 
 
 @pytest.fixture
@@ -103,9 +88,10 @@ def _outbox_by_key(sql, job_ids: list[str]) -> dict[str, list]:
 
 
 def test_every_jobs_messages_arrive_in_history_order_after_an_outage(
-        worker, task_sender, live_api, analyzer, kafka_broker, sql, wait_idle):
+        worker, task_sender, live_api, make_key, kafka_broker, sql, wait_idle):
     if not kafka_broker.restartable:
         pytest.skip("needs the embedded Kafka broker (SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS is set)")
+    analyzer = make_key("ANALYZER", user="analyzer", all_customers=True)
     kafka_broker.crash()
     job_ids = _ingest(task_sender, sql, [submission_payload(customer=f"order-{i % 4}") for i in range(100)])
     for job_id in job_ids:
@@ -132,8 +118,9 @@ def test_every_jobs_messages_arrive_in_history_order_after_an_outage(
 
 
 def test_a_message_too_large_is_parked_its_job_waits_and_the_rest_flows(
-        worker_with, task_sender, live_api, analyzer, kafka_broker, sql, wait_idle, redis_client, run_cli, worker):
+        worker_with, task_sender, live_api, make_key, kafka_broker, sql, wait_idle, redis_client, run_cli, worker):
     # The producer refuses records above its max request size: lower it for this worker.
+    analyzer = make_key("ANALYZER", user="analyzer", all_customers=True)
     worker_with(SAMPLEDB_KAFKA_MAX_REQUEST_BYTES="16384")
     big = submission_payload(customer="big")
     big["submission"]["metaData"] = {"strings": "x" * 40_000}  # the creation message carries it
