@@ -25,7 +25,7 @@ from app.api.schemas import _unstorable_text
 from app.config import Settings
 from app.db_errors import is_transient, refusal_text
 from app.field_errors import flatten
-from app.models import DeadSubmission, now_ms
+from app.models import DeadSubmission, Job, now_ms
 
 INVALID = "invalid"
 REFUSED = "refused"
@@ -87,6 +87,13 @@ def retry(session: so.Session, settings: Settings, dead: DeadSubmission) -> Retr
     another attempt on the dead row and is returned.
     """
     payload = payload_of(dead)
+    if dead.submission_id is not None:
+        # Its submission was made into a job meanwhile (the sender sent it again, corrected): nothing to do.
+        made = session.scalar(sa.select(Job.id).where(Job.submission_id == dead.submission_id))
+        if made is not None:
+            session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))
+            session.commit()
+            return RetryResult(dead.id, job_id=made)
     try:
         job_id, _ = submissions.ingest(session, settings, payload)
         session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))

@@ -63,6 +63,17 @@ def test_invalid_submissions_are_stored_dead_as_received(worker, task_sender, wa
     assert retried.exit_code == 1 and "2 of 2 submissions are still dead" in retried.output
     assert [d.attempts for d in _dead(sql)] == [3, 2]
 
+    # The sender corrects one and sends it again under the same id: it makes its job, and retry clears it.
+    purple["submission"]["tlp"] = "amber"
+    task_sender.send(TaskNames.INGEST_SUBMISSION, purple)
+    wait_idle()
+    assert _jobs(sql, purple) == 1
+    retried = run_cli("submissions", "retry", "--all")
+    assert retried.exit_code == 1 and "1 of 2 submissions are still dead" in retried.output
+    assert f"id={first.id} submission={purple['submission']['id']}: job {job_id_for(purple['submission']['id'])}" \
+        in retried.output
+    assert [d.id for d in _dead(sql)] == [second.id]
+
 
 def _incompressible_name(length: int = 1024) -> str:
     """A customer shortName validation accepts (1,024 characters) whose 4-byte UTF-8 characters do not
