@@ -203,11 +203,11 @@ def validate_payload(payload) -> dict:
     if not isinstance(payload, Mapping):
         raise InvalidSubmission({"_schema": ["A submission payload is a JSON object"]})
     known, unknown = _split_unknown(_PAYLOAD, payload)
+    errors = _unknown_errors(_PAYLOAD, unknown)
     try:
         loaded = _PAYLOAD.load(known)
     except ma.ValidationError as err:
-        raise InvalidSubmission(_merge_messages(err.messages, _unknown_errors(_PAYLOAD, unknown))) from None
-    errors = _unknown_errors(_PAYLOAD, unknown)
+        raise InvalidSubmission(_merge_messages(err.messages, errors)) from None
     if errors:
         raise InvalidSubmission(errors)
     dumped = _PAYLOAD.dump(loaded)
