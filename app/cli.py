@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
+import datetime
 import sys
 
 import click
 
+from app import dead_submissions
+from app import outbox as outbox_rows
+from app.auth import create_key
 from app.config import ConfigError, Settings
+from app.extensions import db as database
+from app.factory import create_app
+from app.migrate import upgrade
 
 
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+class _Command(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:  # a bad setting is the user's to fix: its message, not a stack trace
+            raise click.ClickException(str(err)) from None
 
 
-@click.group()
+@click.group(cls=_Command)
 def main() -> None:
     """SampleDB jobs: the analysis-job service of a malware sample database."""
 
@@ -30,9 +38,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the migrations."""
-    from app.migrate import upgrade
-
-    settings = load_settings()
+    settings = Settings.from_env()
     upgrade(settings.database_url, revision)
     click.echo(f"database at revision {revision}")
 
@@ -53,11 +59,7 @@ def keys() -> None:
 def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str, ...], all_customers: bool,
                 expires_in: int | None) -> None:
     """Make an API key; it is printed alone on the last line and never shown again."""
-    from app.auth import create_key
-    from app.extensions import db as database
-    from app import create_app
-
-    app = create_app(load_settings())
+    app = create_app(Settings.from_env())
     with app.app_context():
         session = database.session
         secret = create_key(session, user=user, customer=customer, role=role, grant_customers=grant_customers,
@@ -68,17 +70,11 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
 
 
 def _app_session():
-    """A Flask app context for the settings of the environment, and its session."""
-    from app import create_app
-    from app.extensions import db as database
-
-    app = create_app(load_settings())
-    return app, database
+    """The app of the environment's settings, and the session handle."""
+    return create_app(Settings.from_env()), database
 
 
 def _when(ms: int | None) -> str:
-    import datetime
-
     if ms is None:
         return "-"
     moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
@@ -118,8 +114,6 @@ def outbox() -> None:
 @outbox.command("parked")
 def outbox_parked() -> None:
     """List the parked messages: they and the later messages of their job wait."""
-    from app import outbox as outbox_rows
-
     _print_rows(outbox_rows.parked_messages, "parked outbox messages", lambda row: (
         f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} created={_when(row.created_timestamp)} "
         f"parked={_when(row.parked_timestamp)} error={row.last_error}"))
@@ -129,8 +123,6 @@ def outbox_parked() -> None:
 @_one_or_all("parked message")
 def outbox_retry(row_id: int | None, every: bool) -> None:
     """Put parked messages back in line, with fresh attempts."""
-    from app import outbox as outbox_rows
-
     ids = _selection(row_id, every)
     app, database = _app_session()
     with app.app_context():
@@ -149,8 +141,6 @@ def submissions_group() -> None:
 @submissions_group.command("dead")
 def submissions_dead() -> None:
     """List the dead submissions with their error and attempts."""
-    from app import dead_submissions
-
     _print_rows(dead_submissions.listing, "dead submissions", lambda row: (
         f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
         f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}"))
@@ -160,8 +150,6 @@ def submissions_dead() -> None:
 @_one_or_all("dead submission")
 def submissions_retry(row_id: int | None, every: bool) -> None:
     """Ingest dead submissions again; each one that makes its job is removed. Exit status 1 if any stays dead."""
-    from app import dead_submissions
-
     ids = _selection(row_id, every)
     app, database = _app_session()
     still_dead = 0
@@ -184,9 +172,9 @@ def submissions_retry(row_id: int | None, every: bool) -> None:
 @main.command()
 def dev() -> None:
     """Run the whole service here: embedded servers (unless SAMPLEDB_* URLs are set), API, worker, beat, Flower."""
-    from app import devstack
+    from app.dev import stack
 
-    sys.exit(devstack.run())
+    sys.exit(stack.run())
 
 
 @main.command()
@@ -202,11 +190,11 @@ def dev() -> None:
 def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int, wait_seconds: float,
          seed: int | None) -> None:
     """Feed synthetic submissions through the running service and follow them to Kafka."""
-    from app import demo as demo_run
+    from app.dev import demo as demo_run
     from app.config import read_dev_env
-    from app.devstack import KEY_FILE
+    from app.dev.stack import KEY_FILE
 
-    settings = load_settings()
+    settings = Settings.from_env()
     api_url = (api_url or read_dev_env().get("SAMPLEDB_API_URL") or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
     if api_key is None:
         if not KEY_FILE.is_file():

@@ -21,7 +21,7 @@ import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import submissions
-from app.api.schemas import _unstorable_text
+from app.wire import unstorable_text
 from app.config import Settings
 from app.db_errors import is_transient, refusal_text
 from app.field_errors import flatten
@@ -130,4 +130,4 @@ def _jsonb_can_hold(payload) -> bool:
         json.dumps(payload, allow_nan=False)
     except (TypeError, ValueError, RecursionError):
         return False
-    return not _unstorable_text(payload)
+    return not unstorable_text(payload)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 
-from workers import dispatch
+from app import dispatch
 
 log = logging.getLogger(__name__)
 

@@ -33,6 +33,7 @@ import sqlalchemy.orm as so
 
 from app.config import Settings
 from app.models import OutboxMessage, now_ms
+from app.unit_of_work import unit_of_work
 from workers import kafka
 
 log = logging.getLogger(__name__)
@@ -151,9 +152,8 @@ def _heads():
 def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeout: float,
                  on_lock: Callable[[], None] | None) -> _Batch:
     batch = _Batch()
-    try:
+    with unit_of_work(session):
         if not session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))):
-            session.rollback()
             batch.busy = True
             return batch
         if on_lock is not None:
@@ -173,10 +173,6 @@ def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeo
             batch.sent, batch.failed = len(acked), len(failures)
             acked_ids = set(acked)
             batch.successors = any(r.has_successor for r in rows if r.id in acked_ids)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     return batch
 
 

@@ -14,16 +14,15 @@ import logging
 
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
-from flask import current_app
 
-from app import dead_submissions, submissions
-from app.config import Settings
+from app import dead_submissions, dispatch, submissions
 from app.db_errors import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
-from app.extensions import db
+from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
-from celeryconfig import TaskNames
-from workers import deliveries, dispatch, relay
+from app.task_names import TaskNames
+from app.unit_of_work import unit_of_work
+from workers import deliveries, relay
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
@@ -35,47 +34,31 @@ RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
 
 
-def _settings() -> Settings:
-    return current_app.config["SAMPLEDB"]
-
-
-def _in_transaction(work):
-    session = db.session
-    try:
-        result = work(session)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
-
-
 # -- ingest -----------------------------------------------------------------------------------
 
 def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
     """Store submissions as dead (one transaction) and say so in the log."""
-    def store(as_text: bool):
-        def work(session):
+    def store(as_text: bool) -> None:
+        with unit_of_work(db.session) as session:
             for payload in payloads:
                 dead_submissions.record(session, payload, reason=reason, error=error, attempts=attempts,
                                         as_text=as_text)
-        return work
 
     try:
-        _in_transaction(store(as_text=False))
+        store(as_text=False)
     except sa_exc.DBAPIError as err:
         if is_transient(err):
             raise
         # PostgreSQL refused the payload as JSONB in a way the check before did not foresee: keep its text.
         log.warning("storing a dead submission as JSONB failed (%s); storing its JSON text", refusal_text(err)[:200])
-        _in_transaction(store(as_text=True))
+        store(as_text=True)
     for payload in payloads:
         log.error("dead submission %s (%s): %s", submissions.submission_id_of(payload), reason, error[:500])
 
 
 def _counted(task, payloads: list, work):
     """Run `work()` unless this delivery is one too many: then the payloads are stored dead instead."""
-    settings = _settings()
+    settings = current_settings()
     delivery = deliveries.count(settings.redis_url, task.request)
     try:
         if delivery > settings.ingest_max_deliveries:
@@ -96,7 +79,8 @@ def ingest_submission(self, payload) -> dict:
 
 def _ingest_one(payload) -> dict:
     try:
-        job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
+        with unit_of_work(db.session) as session:
+            job_id, created = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         _bury([payload], dead_submissions.INVALID, dead_submissions.invalid_error(err.messages))
         return {"dead": 1}
@@ -119,7 +103,8 @@ def ingest_submissions(self, payloads) -> dict:
 
 def _ingest_many(payloads: list) -> dict:
     try:
-        results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+        with unit_of_work(db.session) as session:
+            results = submissions.ingest_many(session, current_settings(), payloads)
     except sa_exc.DBAPIError as err:
         if is_transient(err):
             raise
@@ -140,7 +125,8 @@ def _ingest_many(payloads: list) -> dict:
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
-        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
+        with unit_of_work(db.session) as session:
+            return submissions.ingest_many(session, current_settings(), [payload])
     except sa_exc.DBAPIError as err:
         if is_transient(err):
             raise
@@ -152,7 +138,7 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
-    settings = _settings()
+    settings = current_settings()
     outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
                                  on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
     if outcome.busy and triggered:
@@ -179,10 +165,11 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 def _sweep(sweep) -> int:
     """Run a service sweep batch by batch, one transaction each, until a batch comes back short."""
-    settings = _settings()
+    settings = current_settings()
     total = 0
     while True:
-        moved = _in_transaction(lambda s: sweep(s, settings, now_ms(), settings.sweep_batch_size))
+        with unit_of_work(db.session) as session:
+            moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:
             return total

@@ -15,10 +15,11 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.submissions import job_id_for
-from celeryconfig import TaskNames
-from conftest import SAMPLE_SHA256, submission_payload, wait_for
+from app.task_names import TaskNames
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 
@@ -97,15 +98,15 @@ def test_a_submission_postgresql_refuses_is_stored_dead_not_retried_forever(work
     assert _jobs(sql, refused) == 0 and _jobs(sql, good) == 1
 
 
-def _pool_process_waiting_on(database_url: str, worker, seen: set[int]) -> psutil.Process | None:
+def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psutil.Process | None:
     """The worker's pool process whose database session is waiting on a lock (and was not seen before)."""
-    name = sa.make_url(database_url).database
-    with db.engine.connect() as conn:
+    name = engine.url.database
+    with engine.connect() as conn:
         waiting = conn.execute(sa.text(
             "SELECT pid, client_port FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
             {"name": name}).all()
     ports = {port: backend for backend, port in waiting if backend not in seen}
-    for child in psutil.Process(worker.process.pid).children():
+    for child in psutil.Process(worker.pid).children():
         try:
             for connection in child.net_connections(kind="tcp"):
                 if connection.laddr and connection.laddr.port in ports:
@@ -117,20 +118,21 @@ def _pool_process_waiting_on(database_url: str, worker, seen: set[int]) -> psuti
 
 
 def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
-        worker, task_sender, wait_idle, sql, database_url, run_cli, kafka_broker):
-    from app.localstack import read_topic
+        worker, task_sender, wait_idle, sql, app, run_cli, kafka_broker):
+    from app.dev.kafka import read_topic
 
     doomed = submission_payload(customer="doomed-customer")
     # An uncommitted customer of the same name: the ingest's INSERT ... ON CONFLICT waits for this
     # transaction, so each delivery is caught inside its ingest, where the test kills its pool process.
-    blocker = db.engine.connect()
+    engine = db.engine_of(app)
+    blocker = engine.connect()
     blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('doomed-customer', 'doomed')"))
     seen: set[int] = set()
     kills = 0
     try:
         task_sender.send(TaskNames.INGEST_SUBMISSION, doomed)
         while not _dead(sql):
-            process = wait_for(lambda: _dead(sql) or _pool_process_waiting_on(database_url, worker, seen), 60,
+            process = wait_for(lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen), 60,
                                f"delivery {kills + 1} inside its ingest")
             if isinstance(process, psutil.Process):
                 os.kill(process.pid, signal.SIGKILL)
@@ -146,7 +148,7 @@ def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
         doomed["submission"]["id"], "redelivered", 5, doomed)
     assert dead.error.startswith("delivered 6 times: its Celery worker process died at each of the first 5")
     assert _jobs(sql, doomed) == 0
-    assert "exited with 'signal 9 (SIGKILL)'" in worker.log()
+    assert "exited with 'signal 9 (SIGKILL)'" in worker.output()
 
     # The cause is gone (nothing kills the worker now): retry makes the job and removes the dead row.
     retried = run_cli("submissions", "retry", str(dead.id))
@@ -183,7 +185,7 @@ def test_a_refused_submission_is_ingested_by_retry_once_the_database_takes_it(
 
 def test_fields_the_service_does_not_know_are_kept_on_the_celery_path(
         worker, task_sender, wait_idle, sql, live_api, make_key, kafka_broker):
-    from app.localstack import read_topic
+    from app.dev.kafka import read_topic
 
     payload = submission_payload(customer="upgraded-upstream")
     payload["submission"]["origin"] = {"region": "eu-north", "hops": [1, 2]}

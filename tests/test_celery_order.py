@@ -9,12 +9,14 @@ import uuid
 
 import pytest
 
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.submissions import job_id_for
-from celeryconfig import TaskNames
-from conftest import CeleryWorker, broker_idle, submission_payload, wait_for
+from app.task_names import TaskNames
+from tests.support.celery_worker import CeleryWorker, broker_idle
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
