@@ -162,6 +162,8 @@ def submissions_retry(row_id: int | None, every: bool) -> None:
             result = dead_submissions.retry(database.session, app.config["SAMPLEDB"], row)
             if result.job_id is not None:
                 click.echo(f"id={row.id} submission={row.submission_id or '-'}: job {result.job_id}")
+            elif result.duplicate:
+                click.echo(f"id={row.id} submission={row.submission_id or '-'}: a duplicate of a recent job, no job made")
             else:
                 still_dead += 1
                 click.echo(f"id={row.id} submission={row.submission_id or '-'}: still dead: {result.error}")

@@ -26,6 +26,7 @@ from app.config import Settings
 from app.db_errors import is_transient, refusal_text
 from app.field_errors import flatten
 from app.models import DeadSubmission, Job, now_ms
+from app.models.jobs import INGESTED
 
 INVALID = "invalid"
 REFUSED = "refused"
@@ -78,6 +79,7 @@ class RetryResult:
     dead_id: int
     job_id: uuid.UUID | None = None  # made (or found): the dead submission is gone
     error: str | None = None  # still dead, with this error
+    duplicate: bool = False  # settled without a job: the customer had one for the sample within the duplicate window
 
 
 def retry(session: so.Session, settings: Settings, dead: DeadSubmission) -> RetryResult:
@@ -89,16 +91,17 @@ def retry(session: so.Session, settings: Settings, dead: DeadSubmission) -> Retr
     payload = payload_of(dead)
     if dead.submission_id is not None:
         # Its submission was made into a job meanwhile (the sender sent it again, corrected): nothing to do.
-        made = session.scalar(sa.select(Job.id).where(Job.submission_id == dead.submission_id))
+        made = session.scalar(sa.select(Job.id).where(Job.submission_id == dead.submission_id, sa.text(INGESTED)))
         if made is not None:
             session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))
             session.commit()
             return RetryResult(dead.id, job_id=made)
     try:
-        job_id, _ = submissions.ingest(session, settings, payload)
+        # A duplicate (the duplicate window drops it) is settled too: the customer's recent job stands for it.
+        result = submissions.ingest(session, settings, payload)
         session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))
         session.commit()
-        return RetryResult(dead.id, job_id=job_id)
+        return RetryResult(dead.id, job_id=result.job_id, duplicate=result.duplicate)
     except submissions.InvalidSubmission as err:
         session.rollback()
         reason, error = INVALID, invalid_error(err.messages)

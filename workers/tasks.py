@@ -80,7 +80,7 @@ def ingest_submission(self, payload) -> dict:
 def _ingest_one(payload) -> dict:
     try:
         with unit_of_work(db.session) as session:
-            job_id, created = submissions.ingest(session, current_settings(), payload)
+            result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         _bury([payload], dead_submissions.INVALID, dead_submissions.invalid_error(err.messages))
         return {"dead": 1}
@@ -89,7 +89,10 @@ def _ingest_one(payload) -> dict:
             raise
         _bury([payload], dead_submissions.REFUSED, refusal_text(err))
         return {"dead": 1}
-    return {"jobID": str(job_id), "created": created}
+    if result.duplicate:
+        log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, bind=True, max_retries=None, **RETRY)
@@ -97,7 +100,7 @@ def ingest_submissions(self, payloads) -> dict:
     """Make the jobs of a list of submissions in one transaction (bulk intake); the bad ones are stored dead."""
     if not isinstance(payloads, list):
         _bury([payloads], dead_submissions.INVALID, "The argument of a bulk ingest is a list of submission payloads")
-        return {"created": 0, "existing": 0, "dead": 1}
+        return {"created": 0, "existing": 0, "duplicate": 0, "dead": 1}
     return _counted(self, payloads, lambda: _ingest_many(payloads))
 
 
@@ -113,14 +116,16 @@ def _ingest_many(payloads: list) -> dict:
         log.warning("bulk ingest of %d submissions refused (%s); ingesting them one by one", len(payloads),
                     refusal_text(err)[:200])
         results = [result for payload in payloads for result in _ingest_alone(payload)]
-    dead = [result for result in results if result.job_id is None]
+    dead = [result for result in results if result.errors is not None or result.refusal is not None]
     for result in dead:
         if result.errors is not None:
             _bury([result.payload], dead_submissions.INVALID, dead_submissions.invalid_error(result.errors))
         else:
             _bury([result.payload], dead_submissions.REFUSED, result.refusal or "refused")
     created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - len(dead) - created, "dead": len(dead)}
+    duplicate = sum(1 for r in results if r.duplicate)
+    return {"created": created, "existing": len(results) - len(dead) - created - duplicate,
+            "duplicate": duplicate, "dead": len(dead)}
 
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
@@ -130,7 +135,8 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
     except sa_exc.DBAPIError as err:
         if is_transient(err):
             raise
-        return [submissions.IngestResult(payload, submissions.submission_id_of(payload), refusal=refusal_text(err))]
+        return [submissions.IngestResult(submission_id=submissions.submission_id_of(payload), refusal=refusal_text(err),
+                                         payload=payload)]
 
 
 # -- outbox relay -----------------------------------------------------------------------------

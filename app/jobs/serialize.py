@@ -40,6 +40,7 @@ def job_to_dict(job: Job) -> dict:
         "submission": job.submission,
         "classification": job.classification,
         "tasks": [task_to_dict(t) for t in job.tasks],
+        "options": job.options or [],
         "enqueuedTimestamp": job.enqueued_timestamp,
         "startTimestamp": job.start_timestamp,
         "endTimestamp": job.end_timestamp,

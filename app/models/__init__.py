@@ -6,8 +6,10 @@ from app.models.analysis_workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
 from app.models.dead import DeadSubmission
+from app.models.policy import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule
 
 __all__ = [
-    "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "DeadSubmission", "Job", "JobHistory",
+    "AnalysisPolicy", "AnalysisRule", "AnalysisWorker", "DEFAULT_POLICY_ID", "ApiKey", "ApiKeyCustomer", "Base", "Customer",
+    "DeadSubmission", "Job", "JobHistory",
     "JobTask", "OutboxMessage", "User", "now_ms",
 ]

@@ -7,7 +7,7 @@ A submission that cannot be ingested is kept in `dead_submissions`, one row per
 submission id where the payload names a valid one.
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0006
 """
 
 from alembic import op
@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 revision = "0005"
-down_revision = "0003"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
