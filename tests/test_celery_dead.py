@@ -38,11 +38,9 @@ def test_invalid_submissions_are_stored_dead_as_received(worker, task_sender, wa
     purple["submission"]["tlp"] = "purple"
     nul = submission_payload(customer="dead-invalid")
     nul["submission"]["name"] = "evil\u0000.exe"  # valid JSON, but no PostgreSQL text or JSONB holds it
-    task_sender.send(TaskNames.INGEST_SUBMISSION, purple)
-    task_sender.send(TaskNames.INGEST_SUBMISSION, nul)
-    wait_idle()
-    task_sender.send(TaskNames.INGEST_SUBMISSION, purple)  # the sample service sends it again
-    wait_idle()
+    for payload in (purple, nul, purple):  # one at a time, so the dead rows are made in this order; purple twice
+        task_sender.send(TaskNames.INGEST_SUBMISSION, payload)
+        wait_idle()
 
     first, second = _dead(sql)
     assert (str(first.submission_id), first.reason, first.attempts) == (purple["submission"]["id"], "invalid", 2)
