@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import sys
 import time
 
@@ -10,7 +11,8 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from analyzer.command import Connection, analyzer_group
-from app import retention
+from app import dead_submissions, retention
+from app import outbox as outbox_rows
 from app import status as health
 from app.auth import create_key
 from app.config import ConfigError, Settings
@@ -70,6 +72,108 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
         session.commit()
     click.echo(f"API key for {user} ({role}" + (", all customers" if all_customers else "") + "):")
     click.echo(secret)
+
+
+def _app_session():
+    """The app of the environment's settings, and the session handle."""
+    return create_app(Settings.from_env()), database
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_or_all(what: str):
+    """The arguments of a retry command: one ID, or --all."""
+    def decorate(command):
+        command = click.option("--all", "every", is_flag=True, help=f"every {what}")(command)
+        return click.argument("row_id", metavar="[ID]", type=int, required=False)(command)
+    return decorate
+
+
+def _selection(row_id: int | None, every: bool) -> list[int] | None:
+    """[ID] or --all (None): exactly one of them."""
+    if (row_id is None) == (not every):
+        raise click.UsageError("name one ID or pass --all")
+    return None if every else [row_id]
+
+
+def _print_rows(read, title: str, describe) -> None:
+    """Print a count line, then one line per row `read(session)` returns."""
+    app, database = _app_session()
+    with app.app_context():
+        rows = read(database.session)
+    click.echo(f"{len(rows)} {title}")
+    for row in rows:
+        click.echo(describe(row))
+
+
+@main.group()
+def outbox() -> None:
+    """Kafka messages the relay parked (the broker will not take them as they are)."""
+
+
+@outbox.command("parked")
+def outbox_parked() -> None:
+    """List the parked messages: they and the later messages of their job wait."""
+    _print_rows(outbox_rows.parked_messages, "parked outbox messages", lambda row: (
+        f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} created={_when(row.created_timestamp)} "
+        f"parked={_when(row.parked_timestamp)} error={row.last_error}"))
+
+
+@outbox.command("retry")
+@_one_or_all("parked message")
+def outbox_retry(row_id: int | None, every: bool) -> None:
+    """Put parked messages back in line, with fresh attempts."""
+    ids = _selection(row_id, every)
+    app, database = _app_session()
+    with app.app_context():
+        released = outbox_rows.retry_parked(database.session, ids)
+        database.session.commit()
+    if ids is not None and not released:
+        raise click.ClickException(f"no parked outbox message {row_id}")
+    click.echo(f"{len(released)} outbox messages back in line" + (f": {', '.join(map(str, released))}" if released else ""))
+
+
+@main.group("submissions")
+def submissions_group() -> None:
+    """Dead submissions: those that could not be made into a job."""
+
+
+@submissions_group.command("dead")
+def submissions_dead() -> None:
+    """List the dead submissions with their error and attempts."""
+    _print_rows(dead_submissions.listing, "dead submissions", lambda row: (
+        f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
+        f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}"))
+
+
+@submissions_group.command("retry")
+@_one_or_all("dead submission")
+def submissions_retry(row_id: int | None, every: bool) -> None:
+    """Ingest dead submissions again; each one that makes its job is removed. Exit status 1 if any stays dead."""
+    ids = _selection(row_id, every)
+    app, database = _app_session()
+    still_dead = 0
+    with app.app_context():
+        rows = dead_submissions.listing(database.session, ids)
+        database.session.rollback()
+        if ids is not None and not rows:
+            raise click.ClickException(f"no dead submission {row_id}")
+        for row in rows:
+            result = dead_submissions.retry(database.session, app.config["SAMPLEDB"], row)
+            if result.job_id is not None:
+                click.echo(f"id={row.id} submission={row.submission_id or '-'}: job {result.job_id}")
+            elif result.duplicate:
+                click.echo(f"id={row.id} submission={row.submission_id or '-'}: a duplicate of a recent job, no job made")
+            else:
+                still_dead += 1
+                click.echo(f"id={row.id} submission={row.submission_id or '-'}: still dead: {result.error}")
+    if still_dead:
+        raise click.ClickException(f"{still_dead} of {len(rows)} submissions are still dead")
 
 
 @main.command()

@@ -172,6 +172,12 @@ class Settings:
     task_time_limit_seconds: int = _setting("SAMPLEDB_TASK_TIME_LIMIT_SECONDS", "90", _seconds)
     # Beat's safety net for REST submissions committed but not yet made into jobs.
     pending_ingest_interval_seconds: int = _setting("SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS", "5", _seconds)
+    # A row that failed this often while the broker took other rows is parked (SPEC 10.1).
+    outbox_max_attempts: int = _setting("SAMPLEDB_OUTBOX_MAX_ATTEMPTS", "50", _count)
+    # The producer refuses larger messages (kafka-python's max_request_size); they are parked.
+    kafka_max_request_bytes: int = _setting("SAMPLEDB_KAFKA_MAX_REQUEST_BYTES", "1048576", _count)
+    # An ingest task delivered more often than this (it keeps killing its worker) is stored dead (SPEC 10.2).
+    ingest_max_deliveries: int = _setting("SAMPLEDB_INGEST_MAX_DELIVERIES", "5", _count)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)
     flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)

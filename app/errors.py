@@ -9,6 +9,7 @@ import sqlalchemy.exc as sa_exc
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+from app.field_errors import flatten
 from app.models import now_ms
 
 log = logging.getLogger(__name__)
@@ -71,30 +72,9 @@ def error_response(status: int, messages: list[dict], headers=None) -> Response:
     return response
 
 
-def field_messages(errors, prefix: str = "") -> list[dict]:
+def field_messages(errors) -> list[dict]:
     """Flatten marshmallow/webargs errors ({field: [msg] | {nested}}) into one FIELD_ERROR per bad field."""
-    found: list[dict] = []
-    if isinstance(errors, dict):
-        for key, value in errors.items():
-            name = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
-            if key == "_schema":
-                name = prefix or None
-            if isinstance(value, (dict, list)) and not _is_message_list(value):
-                found.extend(field_messages(value, name or ""))
-            else:
-                texts = "; ".join(str(t) for t in (value if isinstance(value, list) else [value]))
-                # "state.0" names the list "state" (the message keeps the position).
-                field_name = ".".join(p for p in name.split(".") if not p.isdigit()) if name else None
-                found.append(message("FIELD_ERROR", f"{name}: {texts}" if name else texts, field=field_name,
-                                     parameter=field_name))
-    elif isinstance(errors, list):
-        found.append(message("FIELD_ERROR", "; ".join(str(e) for e in errors), field=prefix or None,
-                             parameter=prefix or None))
-    return found
-
-
-def _is_message_list(value) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return [message("FIELD_ERROR", text, field=name, parameter=name) for name, text in flatten(errors)]
 
 
 def handle_http_exception(error: HTTPException) -> Response:

@@ -14,7 +14,9 @@ job's id before a worker has made the job, and a client's retry gets the same id
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +25,7 @@ import marshmallow as ma
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from marshmallow import fields
 
 from app import metrics
 from app.access import Actor, Scope
@@ -33,7 +36,9 @@ from app.jobs import service
 from app.models import Customer, Job, PendingSubmission, now_ms
 from app.models.jobs import INGESTED
 from app.policy import store as policy_store
-from app.wire import SHA256_PATTERN, SubmissionPayloadSchema
+from app.wire import SHA256_PATTERN, SubmissionPayloadSchema, json_size, unstorable_text
+
+log = logging.getLogger(__name__)
 
 # Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
 JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")
@@ -78,14 +83,87 @@ _PAYLOAD = SubmissionPayloadSchema()
 
 
 def validate_payload(payload) -> dict:
-    """The payload as JSON with every optional field present; InvalidSubmission names what is wrong."""
+    """The payload as JSON with every optional field present; InvalidSubmission names what is wrong.
+
+    A tolerant reader (SPEC 10.2): fields the schemas do not declare, at any depth of the
+    submission and classification objects, are kept as received (an upstream upgrade must
+    not lose submissions); they only have to be storable. The REST intake is strict: its
+    body schema refuses unknown fields before this runs.
+    """
     if not isinstance(payload, Mapping):
         raise InvalidSubmission({"_schema": ["A submission payload is a JSON object"]})
+    known, unknown = _split_unknown(_PAYLOAD, payload)
+    errors = _unknown_errors(_PAYLOAD, unknown)
     try:
-        loaded = _PAYLOAD.load(payload)
+        loaded = _PAYLOAD.load(known)
     except ma.ValidationError as err:
-        raise InvalidSubmission(err.messages) from None
-    return _PAYLOAD.dump(loaded)
+        raise InvalidSubmission(_merge_messages(err.messages, errors)) from None
+    if errors:
+        raise InvalidSubmission(errors)
+    dumped = _PAYLOAD.dump(loaded)
+    outside = sorted(key for key in unknown if key not in _declared(_PAYLOAD))
+    if outside:  # a job keeps a submission and a classification, nothing beside them
+        log.warning("submission %s: ignoring unknown top-level fields %s", submission_id_of(payload), outside)
+    _merge_unknown(_PAYLOAD, dumped, {k: v for k, v in unknown.items() if k not in outside})
+    return dumped
+
+
+def _declared(schema: ma.Schema) -> dict[str, fields.Field]:
+    return {field.data_key or name: field for name, field in schema.load_fields.items()}
+
+
+def _split_unknown(schema: ma.Schema, data: Mapping) -> tuple[dict, dict]:
+    """(declared fields, the rest): the rest keyed as received, nested under their declared parent object."""
+    declared = _declared(schema)
+    known, unknown = {}, {}
+    for key, value in data.items():
+        field = declared.get(key)
+        if field is None:
+            unknown[key] = value
+        elif isinstance(field, fields.Nested) and isinstance(value, Mapping):
+            known[key], inner = _split_unknown(field.schema, value)
+            if inner:
+                unknown[key] = inner
+        else:
+            known[key] = value
+    return known, unknown
+
+
+def _unknown_errors(schema: ma.Schema, unknown: dict) -> dict:
+    """Messages for unknown fields the database could not store (as a 412 names a bad field)."""
+    declared, errors = _declared(schema), {}
+    for key, value in unknown.items():
+        if key in declared:
+            inner = _unknown_errors(declared[key].schema, value)
+            if inner:
+                errors[key] = inner
+            continue
+        try:
+            json_size(value)
+            if unstorable_text(key) or unstorable_text(value):
+                raise ma.ValidationError("Text must not contain NUL characters or unpaired surrogates")
+        except ma.ValidationError as err:
+            errors[str(key)] = err.messages
+    return errors
+
+
+def _merge_unknown(schema: ma.Schema, dumped: dict, unknown: dict) -> None:
+    declared = _declared(schema)
+    for key, value in unknown.items():
+        if key in declared:
+            _merge_unknown(declared[key].schema, dumped[key], value)
+        else:
+            dumped[key] = value
+
+
+def _merge_messages(first: dict, second: dict) -> dict:
+    merged = dict(first)
+    for key, value in second.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict):
+            merged[key] = _merge_messages(merged[key], value)
+        else:
+            merged.setdefault(key, value)
+    return merged
 
 
 # -- REST upload ------------------------------------------------------------------------------
@@ -131,11 +209,13 @@ def _may_submit_for(session: so.Session, short_name: str, scope: Scope) -> bool:
 @dataclass(frozen=True)
 class IngestResult:
     submission_id: str | None
-    job_id: uuid.UUID | None = None
+    job_id: uuid.UUID | None = None  # None: no job was made (see duplicate, errors and refusal)
     created: bool = False
     duplicate: bool = False  # the customer had a job for the sample within the duplicate window: no job made
-    errors: dict | None = None  # the payload was invalid and dropped
+    errors: dict | None = None  # the payload is invalid: what is wrong, by field
     id_taken: bool = False  # its id made a job of another customer (errors says so)
+    refusal: str | None = None  # PostgreSQL refused it
+    payload: object = None  # as received (ingest_many: a dead submission keeps it)
 
 
 class _Customers:
@@ -275,17 +355,18 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
     service), so two batches with overlapping submissions wait for each other instead of deadlocking.
     """
     results: list[IngestResult] = []
-    valid: list[dict] = []
+    valid: list[tuple[object, dict]] = []
     for payload in payloads:
         try:
-            valid.append(validate_payload(payload))
+            valid.append((payload, validate_payload(payload)))
         except InvalidSubmission as err:
-            results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
+            results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages, payload=payload))
     metrics.count_submissions(session, "invalid", len(results))
     # A REST submission waiting to be made is done with (made or refused) in this transaction; its row
     # is locked before any job row, in the order the safety net locks them too, so the two never deadlock.
     _forget_pending(session, [submission_id_of(payload) for payload in payloads])
-    return results + _make_jobs(session, settings, valid)
+    made = _make_jobs(session, settings, [data for _, data in valid])
+    return results + [dataclasses.replace(result, payload=payload) for (payload, _), result in zip(valid, made)]
 
 
 def _made_for_another_customer(session: so.Session, existing: list[tuple[service.NewJob, uuid.UUID]]) -> set:

@@ -3,8 +3,8 @@
 Every figure comes from a partial index (index-only counts of the active jobs and of the
 unsent outbox rows, the oldest unsent row as the first entry of the unsent index) or from
 Redis (LLEN of the Celery queues), so reading them costs in proportion to the active jobs
-and the backlog, never to the whole tables. Parked rows and dead submissions are counted
-once the schema has them (§10), and read 0 before.
+and the backlog, never to the whole tables. Parked rows are counted through their partial
+index; dead submissions are few by nature (each one waits for an operator).
 """
 
 from __future__ import annotations
@@ -33,16 +33,14 @@ class Vitals:
 
 
 # One round trip for the database figures (index-only counts through the partial indexes of the active
-# jobs and the unsent outbox rows; the oldest unsent row is the first entry of the unsent index), and
-# whether the schema has parking and dead submissions yet.
+# jobs, the unsent and the parked outbox rows; the oldest unsent row is the first entry of the unsent index).
 FIGURES = """
 SELECT (SELECT count(*) FROM jobs WHERE state = 'enqueued') AS enqueued,
        (SELECT count(*) FROM jobs WHERE state = 'executing') AS executing,
        (SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL) AS backlog,
        (SELECT created_timestamp FROM outbox WHERE sent_timestamp IS NULL ORDER BY id LIMIT 1) AS oldest,
-       EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('outbox') AND attname = 'parked_timestamp'
-               AND NOT attisdropped) AS has_parking,
-       to_regclass('dead_submissions') IS NOT NULL AS has_dead_submissions
+       (SELECT count(*) FROM outbox WHERE parked_timestamp IS NOT NULL AND sent_timestamp IS NULL) AS parked,
+       (SELECT count(*) FROM dead_submissions) AS dead
 """
 
 
@@ -50,26 +48,14 @@ def read_vitals(engine: sa.Engine, redis_url: str) -> Vitals:
     now = now_ms()
     with engine.connect() as conn:
         row = conn.execute(sa.text(FIGURES)).one()
-        parked = outbox_parked(conn) if row.has_parking else 0
-        dead = dead_submissions(conn) if row.has_dead_submissions else 0
     return Vitals(
         jobs_active={"enqueued": row.enqueued, "executing": row.executing},
         outbox_backlog=row.backlog,
         outbox_oldest_unsent_age_seconds=0.0 if row.oldest is None else max(0, now - row.oldest) / 1000,
-        outbox_parked=parked,
-        dead_submissions=dead,
+        outbox_parked=row.parked,
+        dead_submissions=row.dead,
         queue_lengths=_queue_lengths_or_none(redis_url),
     )
-
-
-def outbox_parked(conn: sa.Connection) -> int:
-    """Parked outbox rows (§10.1), on a schema that has parking."""
-    return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE parked_timestamp IS NOT NULL"))
-
-
-def dead_submissions(conn: sa.Connection) -> int:
-    """Stored dead submissions (§10.2), on a schema that has them."""
-    return conn.scalar(sa.text("SELECT count(*) FROM dead_submissions"))
 
 
 def _queue_lengths_or_none(redis_url: str) -> dict[str, int] | None:

@@ -29,7 +29,7 @@ def camelcase(name: str) -> str:
     return head + "".join(part.title() for part in rest)
 
 
-def _unstorable_text(value) -> bool:
+def unstorable_text(value) -> bool:
     """True when some string in `value` (keys included, at any depth) cannot be stored in PostgreSQL:
     a NUL character or a lone UTF-16 surrogate (both are valid JSON escapes)."""
     stack = [value]
@@ -60,17 +60,17 @@ class ApiSchema(ma.Schema):
         field_obj.data_key = camelcase(field_obj.data_key or field_name)
 
     @ma.pre_load
-    def refuse_unstorable_text(self, data, **kwargs):
+    def refuseunstorable_text(self, data, **kwargs):
         """One FIELD_ERROR per field whose text PostgreSQL cannot hold (instead of a database error)."""
         if isinstance(data, Mapping):
             errors = {str(key): ["Text must not contain NUL characters or unpaired surrogates"]
-                      for key in data if _unstorable_text(key) or _unstorable_text(data[key])}
+                      for key in data if unstorable_text(key) or unstorable_text(data[key])}
             if errors:
                 raise ma.ValidationError(errors)
         return data
 
 
-def _json_size(value) -> bool:
+def json_size(value) -> bool:
     try:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:  # NaN and Infinity parse in Python but are not JSON, and PostgreSQL refuses them
@@ -117,15 +117,15 @@ class SubmissionSchema(ApiSchema):
     customer = fields.String(required=True, validate=validate.Length(1, CUSTOMER_NAME_MAX),
                              metadata={"description": "shortName of the customer the sample was seen at"})
     sample = fields.Nested(SampleRefSchema, required=True)
-    created_by_user = fields.Dict(allow_none=True, load_default=None, validate=_json_size)
+    created_by_user = fields.Dict(allow_none=True, load_default=None, validate=json_size)
     created_timestamp = Timestamp(load_default=now_ms)
     name = _optional_text()
     timestamp = Timestamp(allow_none=True, load_default=None)
     mime_type = _optional_text()
-    meta_data = fields.Dict(allow_none=True, load_default=dict, validate=_json_size)
+    meta_data = fields.Dict(allow_none=True, load_default=dict, validate=json_size)
     tlp = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(TLP_LEVELS))
     acl = fields.List(fields.Raw(), allow_none=True, load_default=list,
-                      validate=[validate.Length(max=LIST_MAX), _json_size])
+                      validate=[validate.Length(max=LIST_MAX), json_size])
     user_agent = fields.Nested(UserAgentSchema, allow_none=True, load_default=None)
 
     @ma.pre_load
@@ -145,7 +145,7 @@ class ClassificationSchema(ApiSchema):
     super_type = _text(required=True, metadata={"description": "e.g. executable, document"})
     arch = _optional_text()
     platform = _optional_text()
-    meta = fields.Dict(allow_none=True, load_default=dict, validate=_json_size)
+    meta = fields.Dict(allow_none=True, load_default=dict, validate=json_size)
 
 
 class SubmissionPayloadSchema(ApiSchema):

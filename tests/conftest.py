@@ -322,5 +322,18 @@ def live_app(worker_settings):
 
 
 @pytest.fixture
+def run_cli(database_url, redis_url):
+    """run_cli(*args) -> click Result: `sampledb-jobs ...` in this process, against the test database and
+    the workers' Redis (a commit it makes schedules the relay for real)."""
+    from click.testing import CliRunner
+
+    from app.cli import main
+
+    runner = CliRunner()
+    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False, env={
+        "SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url})
+
+
+@pytest.fixture
 def live_api(live_app) -> Api:
     return Api(live_app.test_client())

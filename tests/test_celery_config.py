@@ -110,7 +110,7 @@ def test_relay_backoff_doubles_up_to_a_cap():
     assert delays == sorted(delays) and max(delays) == BACKOFF_CAP_MS == 30_000
 
 
-def test_ingest_retries_transient_errors_with_backoff_and_drops_bad_payloads():
+def test_ingest_retries_transient_errors_with_backoff_and_never_retries_bad_payloads():
     import sqlalchemy.exc as sa_exc
 
     from app.submissions import InvalidSubmission
@@ -121,6 +121,6 @@ def test_ingest_retries_transient_errors_with_backoff_and_drops_bad_payloads():
         assert sa_exc.OperationalError in task.autoretry_for and sa_exc.InterfaceError in task.autoretry_for
         assert task.max_retries is None  # a database outage never drops a submission
         assert task.retry_backoff and task.retry_backoff_max == 60 and task.retry_jitter
-        # An invalid payload is logged and dropped inside the task, never retried.
+        # An invalid payload is stored dead inside the task, never retried.
         assert not any(issubclass(InvalidSubmission, error) for error in task.autoretry_for)
     assert celeryconfig.task_time_limit < celeryconfig.VISIBILITY_TIMEOUT_SECONDS

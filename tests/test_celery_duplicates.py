@@ -92,7 +92,9 @@ def test_celery_path_counts_duplicates(window_worker, task_sender, make_job, sql
     third = "cd" * 32
     batch = [submission_payload("globex", third), submission_payload("globex", third), fresh,
              submission_payload("acme", SAMPLE_SHA256), {"broken": True}]
-    assert send(TaskNames.INGEST_SUBMISSIONS, batch) == {"created": 1, "existing": 1, "duplicate": 2, "dropped": 1}
+    assert send(TaskNames.INGEST_SUBMISSIONS, batch) == {"created": 1, "existing": 1, "duplicate": 2, "dead": 1}
+    # A duplicate is settled, not dead; the invalid one is kept as a dead submission.
+    assert sql("SELECT payload, reason FROM dead_submissions") == [({"broken": True}, "invalid")]
     assert sql("SELECT count(*) FROM jobs WHERE sample_sha256 = :s", s=third)[0][0] == 1
 
     assert sql("SELECT count(*) FROM jobs WHERE sample_sha256 = :s", s=SAMPLE_SHA256)[0][0] == 1

@@ -97,7 +97,7 @@ def test_the_same_submission_three_times_makes_one_job(worker, task_sender, wait
     assert len(records_of(kafka_broker.url, JOB_TOPIC, {job_id}, expect=1)) == len(records) == 1
 
 
-def test_a_bad_payload_is_dropped_not_retried(worker, task_sender, wait_idle, sql):
+def test_a_bad_payload_is_stored_dead_not_retried(worker, task_sender, wait_idle, sql):
     good = submission_payload()
     bad = submission_payload()
     bad["submission"]["tlp"] = "purple"
@@ -106,15 +106,19 @@ def test_a_bad_payload_is_dropped_not_retried(worker, task_sender, wait_idle, sq
     task_sender.send(TaskNames.INGEST_SUBMISSION, good)
     wait_idle()
     assert count(sql, "SELECT count(*) FROM jobs") == 1
-    log = worker.output()
-    assert f"dropping invalid submission {bad['submission']['id']}" in log
-    assert not re.search(r"sampledb\.ingest_submission\[[^]]+\] retry", log)
+    dead = sql("SELECT submission_id, payload, reason, error, attempts FROM dead_submissions ORDER BY id")
+    assert [(str(d.submission_id) if d.submission_id else None, d.reason, d.attempts) for d in dead] == [
+        (None, "invalid", 1), (bad["submission"]["id"], "invalid", 1)]
+    assert [d.payload for d in dead] == [{"not": "a submission"}, bad]
+    assert "submission: Missing data for required field." in dead[0].error
+    assert dead[1].error.startswith("submission.tlp: Must be one of")
+    assert not re.search(r"sampledb\.ingest_submission\[[^]]+\] retry", worker.output())
 
 
 def test_bulk_ingest(worker, task_sender, wait_idle, kafka_broker, sql):
     payloads = [submission_payload(customer=f"bulk-{i % 4}") for i in range(300)]
     batches = [payloads[i:i + 100] for i in range(0, 300, 100)]
-    batches[1] = batches[1] + [copy.deepcopy(payloads[0]), {"broken": True}]
+    batches[1] = batches[1] + [copy.deepcopy(payloads[0]), {"broken": True}]  # a repeat and an invalid one
     started = time.monotonic()
     task_sender.send_many(TaskNames.INGEST_SUBMISSIONS, [[batch] for batch in batches])
     task_sender.send(TaskNames.INGEST_SUBMISSIONS, batches[0])  # a redelivered batch
@@ -125,13 +129,14 @@ def test_bulk_ingest(worker, task_sender, wait_idle, kafka_broker, sql):
     keys = {str(job_id_for(p["submission"]["id"])) for p in payloads}
     records = records_of(kafka_broker.url, JOB_TOPIC, keys, expect=300)
     assert {r.key.decode() for r in records} == keys
+    assert sql("SELECT payload, reason FROM dead_submissions") == [({"broken": True}, "invalid")]
     print(f"bulk ingest: 300 jobs made and announced in {elapsed:.2f} s")
 
 
 def test_a_submission_the_database_refuses_does_not_take_its_batch_down(worker, task_sender, wait_idle, sql):
     payloads = [submission_payload(customer="batch-mates") for _ in range(10)]
     payloads[3]["submission"]["name"] = "poison.exe"
-    # Something validation lets through but PostgreSQL refuses, stood in for by a test-only constraint.
+    # Something validation lets through but PostgreSQL refuses, stood in for by a constraint.
     sql("ALTER TABLE jobs ADD CONSTRAINT test_no_poison CHECK (submission->>'name' IS DISTINCT FROM 'poison.exe')")
     try:
         task_sender.send(TaskNames.INGEST_SUBMISSIONS, payloads)
@@ -140,4 +145,7 @@ def test_a_submission_the_database_refuses_does_not_take_its_batch_down(worker, 
     finally:
         sql("ALTER TABLE jobs DROP CONSTRAINT test_no_poison")
     assert count(sql, "SELECT count(*) FROM jobs WHERE submission->>'name' = 'poison.exe'") == 0
-    assert f"dropping invalid submission {payloads[3]['submission']['id']}" in worker.output()
+    (dead,) = sql("SELECT submission_id, payload, reason, error, attempts FROM dead_submissions")
+    assert (str(dead.submission_id), dead.payload, dead.reason, dead.attempts) == (
+        payloads[3]["submission"]["id"], payloads[3], "refused", 1)
+    assert dead.error.startswith("23514: ") and "test_no_poison" in dead.error  # check_violation

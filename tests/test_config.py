@@ -26,6 +26,9 @@ BAD_VALUES = {
     "SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS": SECONDS,
     "SAMPLEDB_SWEEP_BATCH_SIZE": ["abc", "0", "-1", "2.5", "9" * 5000],
     "SAMPLEDB_FALLBACK_WORKER": ["", "has space", "a/b", "ünï"],
+    "SAMPLEDB_OUTBOX_MAX_ATTEMPTS": ["abc", "0", "-1", "2.5", "9" * 5000],
+    "SAMPLEDB_KAFKA_MAX_REQUEST_BYTES": ["abc", "0", "1e6", "1_048_576"],
+    "SAMPLEDB_INGEST_MAX_DELIVERIES": ["abc", "0", "-1", "2.5"],
     "SAMPLEDB_API_PORT": ["http", "0", "65536", "-80", "80.5"],
     "SAMPLEDB_FLOWER_PORT": ["http", "0", "65536"],
     "SAMPLEDB_OUTBOX_RETENTION_HOURS": ["abc", "0", "-1", "1.5", "9" * 5000],
@@ -68,6 +71,8 @@ def test_defaults():
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.redis_url.startswith("redis://")
     assert settings.fallback_worker == "static-analyzer"
+    assert (settings.outbox_max_attempts, settings.kafka_max_request_bytes, settings.ingest_max_deliveries) == (
+        50, 1048576, 5)
     assert (settings.policy_cache_seconds, settings.duplicate_window_seconds) == (5, 0)
     assert (settings.outbox_retention_hours, settings.job_retention_days, settings.purge_interval_seconds) == (24, 0, 300)
     assert (settings.metrics_enabled, settings.worker_metrics_port, settings.status_outbox_max_age_seconds) == (

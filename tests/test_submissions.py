@@ -67,8 +67,8 @@ def test_optional_fields_are_filled_in():
     (("submission", "acl"), [float("inf")]),
     (("classification", "meta"), {"x": float("-inf")}),
     (("submission", "acl"), "everyone"),
-    (("submission", "userAgent"), {"name": "x", "version": "1", "extra": 1}),
-    (("submission", "surprise"), 1),
+    (("submission", "surprise"), "nul \u0000 in a field the service does not know"),
+    (("submission", "surprise"), {"deep": [float("nan")]}),
     (("classification", "type"), None),
     (("classification", "superType"), "x" * 1025),
     (("classification", "classificationID"), "nope"),
@@ -87,6 +87,19 @@ def test_a_bad_field_is_named(path, value):
         assert key in node, errors
         node = node[key]
     assert path[-1] in node, errors
+
+
+def test_fields_the_service_does_not_know_are_kept_as_received():
+    """The Celery path is a tolerant reader (SPEC 10.2): an upstream upgrade must not lose submissions."""
+    payload = submission_payload()
+    payload["submission"]["origin"] = {"region": "eu-north", "hops": [1, 2]}
+    payload["submission"]["userAgent"]["build"] = "2026.11"
+    payload["submission"]["sample"]["md5"] = "d41d8cd98f00b204e9800998ecf8427e"
+    payload["classification"]["confidence"] = 0.93
+    payload["envelopeVersion"] = 3  # beside submission and classification: no place in a job
+    data = submissions.validate_payload(copy.deepcopy(payload))
+    del payload["envelopeVersion"]
+    assert data == payload
 
 
 @pytest.mark.parametrize("missing", [("submission",), ("classification",), ("submission", "id"),

@@ -24,21 +24,24 @@ BOOTSTRAP_TIMEOUT_MS = 3000
 MAX_BLOCK_MS = 3000
 REQUEST_TIMEOUT_MS = 5000
 DELIVERY_TIMEOUT_MS = 10000
+DEFAULT_MAX_REQUEST_SIZE = 1048576  # kafka-python's default
 
 _lock = threading.Lock()
 _producer: KafkaProducer | None = None
-_bootstrap: str | None = None
+_config: tuple | None = None  # (bootstrap servers, max request size) the producer was made with
 _owner_pid: int | None = None
 
 
-def producer(bootstrap_servers: str, topics: Iterable[str] = ()) -> KafkaProducer:
+def producer(bootstrap_servers: str, topics: Iterable[str] = (), *,
+             max_request_size: int = DEFAULT_MAX_REQUEST_SIZE) -> KafkaProducer:
     """This process's producer, made on first use (raises if the broker cannot be reached).
 
     `topics` are the topics it will send to: they are tracked from the start (see _track).
+    `max_request_size`: a larger record is refused by send() (MessageSizeTooLargeError).
     """
-    global _producer, _bootstrap, _owner_pid
+    global _producer, _config, _owner_pid
     with _lock:
-        if _producer is not None and (_owner_pid != os.getpid() or _bootstrap != bootstrap_servers):
+        if _producer is not None and (_owner_pid != os.getpid() or _config != (bootstrap_servers, max_request_size)):
             _forget()
         if _producer is None:
             _producer = KafkaProducer(
@@ -53,8 +56,9 @@ def producer(bootstrap_servers: str, topics: Iterable[str] = ()) -> KafkaProduce
                 max_block_ms=MAX_BLOCK_MS,
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
+                max_request_size=max_request_size,
             )
-            _bootstrap, _owner_pid = bootstrap_servers, os.getpid()
+            _config, _owner_pid = (bootstrap_servers, max_request_size), os.getpid()
             try:
                 _track(_producer, topics)
             except Exception:
@@ -116,5 +120,5 @@ def forget_inherited() -> None:
 
 
 def _forget() -> None:
-    global _producer, _bootstrap, _owner_pid
-    _producer, _bootstrap, _owner_pid = None, None, None
+    global _producer, _config, _owner_pid
+    _producer, _config, _owner_pid = None, None, None

@@ -2,8 +2,10 @@
 
 Every task is idempotent (acks_late re-delivers it when a worker dies): ingest through
 the job's unique submission id, the relay through row claims and the sweeps through
-SKIP LOCKED and their state conditions. A payload that is not a submission is logged
-and dropped (retrying cannot fix it); a database that is away is retried with back-off.
+SKIP LOCKED and their state conditions. A database that is away is retried with
+back-off. A submission that cannot be ingested otherwise (invalid, refused by
+PostgreSQL, or delivered too often because it keeps killing its worker process) is
+stored as a dead submission and acknowledged: never retried in a loop, never dropped.
 """
 
 from __future__ import annotations
@@ -14,21 +16,23 @@ from contextlib import contextmanager
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 
-from app import dispatch, retention, submissions, sweep_runs
+from app import dead_submissions, dispatch, retention, submissions, sweep_runs
+from app.db_errors import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
 from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
 from app.task_names import TaskNames
 from app.unit_of_work import unit_of_work
-from workers import relay
+from workers import deliveries, relay
 from workers.celery_app import celery
 
 log = logging.getLogger(__name__)
 
 # The database went away, a connection broke, a statement or lock timed out, a deadlock or
 # serialisation failure, or the task outlived its soft time limit (a hung database): try again later.
-TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, SoftTimeLimitExceeded)
-RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
+# (Only errors app.db_errors calls transient reach autoretry; the others are handled in the task.)
+RETRY = {"autoretry_for": (*TRANSIENT_ERROR_CLASSES, SoftTimeLimitExceeded), "retry_backoff": 1,
+         "retry_backoff_max": 60, "retry_jitter": True}
 RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.5
 # Well inside the soft time limit; what is left waits for the next run.
@@ -61,49 +65,101 @@ def _time_limit_in(error: BaseException | None) -> bool:
 
 # -- ingest -----------------------------------------------------------------------------------
 
-@celery.task(name=TaskNames.INGEST_SUBMISSION, max_retries=None, **RETRY)
-def ingest_submission(payload) -> dict:
+def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
+    """Store submissions as dead (one transaction) and say so in the log."""
+    def store(as_text: bool) -> None:
+        with unit_of_work(db.session) as session:
+            for payload in payloads:
+                dead_submissions.record(session, payload, reason=reason, error=error, attempts=attempts,
+                                        as_text=as_text)
+
+    try:
+        store(as_text=False)
+    except sa_exc.DBAPIError as err:
+        if is_transient(err):
+            raise
+        # PostgreSQL refused the payload as JSONB in a way the check before did not foresee: keep its text.
+        log.warning("storing a dead submission as JSONB failed (%s); storing its JSON text", refusal_text(err)[:200])
+        store(as_text=True)
+    for payload in payloads:
+        log.error("dead submission %s (%s): %s", submissions.submission_id_of(payload), reason, error[:500])
+
+
+def _counted(task, payloads: list, work):
+    """Run `work()` unless this delivery is one too many: then the payloads are stored dead instead."""
+    settings = current_settings()
+    delivery = deliveries.count(settings.redis_url, task.request)
+    try:
+        if delivery > settings.ingest_max_deliveries:
+            _bury(payloads, dead_submissions.REDELIVERED,
+                  f"delivered {delivery} times: its Celery worker process died at each of the first "
+                  f"{delivery - 1} (killed, out of memory or crashed)", attempts=delivery - 1)
+            return {"dead": len(payloads)}
+        return work()
+    finally:
+        deliveries.forget(settings.redis_url, task.request)
+
+
+@celery.task(name=TaskNames.INGEST_SUBMISSION, bind=True, max_retries=None, **RETRY)
+def ingest_submission(self, payload) -> dict:
     """Make the job of one submission (the sample service's contract: one payload argument)."""
+    return _counted(self, [payload], lambda: _ingest_one(payload))
+
+
+def _ingest_one(payload) -> dict:
     try:
         with _transaction() as session:
             result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
-        log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
-        return {"dropped": True, "errors": err.messages}
+        _bury([payload], dead_submissions.INVALID, dead_submissions.invalid_error(err.messages))
+        return {"dead": 1}
+    except sa_exc.DBAPIError as err:
+        if is_transient(err):
+            raise
+        _bury([payload], dead_submissions.REFUSED, refusal_text(err))
+        return {"dead": 1}
     if result.duplicate:
         log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
         return {"duplicate": True, "submissionID": result.submission_id}
     return {"jobID": str(result.job_id), "created": result.created}
 
 
-@celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
-def ingest_submissions(payloads) -> dict:
-    """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
+@celery.task(name=TaskNames.INGEST_SUBMISSIONS, bind=True, max_retries=None, **RETRY)
+def ingest_submissions(self, payloads) -> dict:
+    """Make the jobs of a list of submissions in one transaction (bulk intake); the bad ones are stored dead."""
     if not isinstance(payloads, list):
-        log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
-        return {"dropped": 1, "created": 0, "existing": 0, "duplicate": 0}
+        _bury([payloads], dead_submissions.INVALID, "The argument of a bulk ingest is a list of submission payloads")
+        return {"created": 0, "existing": 0, "duplicate": 0, "dead": 1}
+    return _counted(self, payloads, lambda: _ingest_many(payloads))
+
+
+def _ingest_many(payloads: list) -> dict:
     try:
         with _transaction() as session:
             results = submissions.ingest_many(session, current_settings(), payloads)
-    except TRANSIENT_ERRORS:
-        raise
-    except sa_exc.DBAPIError:
+    except sa_exc.DBAPIError as err:
+        if is_transient(err):
+            raise
         # PostgreSQL refused something validation let through: one transaction per submission,
-        # so only the culprit is dropped, not its batch.
-        log.warning("bulk ingest of %d submissions failed; ingesting them one by one", len(payloads), exc_info=True)
+        # so only the culprit dies, not its batch.
+        log.warning("bulk ingest of %d submissions refused (%s); ingesting them one by one", len(payloads),
+                    refusal_text(err)[:200])
         results = [result for payload in payloads for result in _ingest_alone(payload)]
     return _tally(results)
 
 
 def _tally(results: list[submissions.IngestResult]) -> dict:
-    """Log the refused submissions; count what was made, found and refused."""
-    dropped = [r for r in results if r.errors is not None]
-    for result in dropped:
-        log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
+    """Store the submissions that cannot be made into jobs as dead; count what was made, found and died."""
+    dead = [result for result in results if result.errors is not None or result.refusal is not None]
+    for result in dead:
+        if result.errors is not None:
+            _bury([result.payload], dead_submissions.INVALID, dead_submissions.invalid_error(result.errors))
+        else:
+            _bury([result.payload], dead_submissions.REFUSED, result.refusal or "refused")
     created = sum(1 for r in results if r.created)
     duplicate = sum(1 for r in results if r.duplicate)
-    return {"created": created, "existing": len(results) - len(dropped) - created - duplicate,
-            "duplicate": duplicate, "dropped": len(dropped)}
+    return {"created": created, "existing": len(results) - len(dead) - created - duplicate,
+            "duplicate": duplicate, "dead": len(dead)}
 
 
 @celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
@@ -132,11 +188,11 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
         with _transaction() as session:
             return submissions.ingest_many(session, current_settings(), [payload])
-    except TRANSIENT_ERRORS:
-        raise
     except sa_exc.DBAPIError as err:
-        return [submissions.IngestResult(submission_id=submissions.submission_id_of(payload),
-                                         errors={"_database": [str(err.orig or err)[:500]]})]
+        if is_transient(err):
+            raise
+        return [submissions.IngestResult(submission_id=submissions.submission_id_of(payload), refusal=refusal_text(err),
+                                         payload=payload)]
 
 
 # -- outbox relay -----------------------------------------------------------------------------

@@ -6,10 +6,12 @@ from app.models.analysis_workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.intake import PendingSubmission
 from app.models.outbox import OutboxMessage
+from app.models.dead import DeadSubmission
 from app.models.policy import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule
 from app.models.sweeps import SweepRun
 
 __all__ = [
     "AnalysisPolicy", "AnalysisRule", "AnalysisWorker", "DEFAULT_POLICY_ID", "ApiKey", "ApiKeyCustomer", "Base",
-    "Customer", "Job", "JobHistory", "JobTask", "OutboxMessage", "PendingSubmission", "SweepRun", "User", "now_ms",
+    "Customer", "DeadSubmission", "Job", "JobHistory", "JobTask", "OutboxMessage", "PendingSubmission", "SweepRun",
+    "User", "now_ms",
 ]

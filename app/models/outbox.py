@@ -24,10 +24,16 @@ class OutboxMessage(Base):
     attempts: so.Mapped[int] = so.mapped_column(sa.Integer, default=0)
     next_attempt_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    # Set when the broker can never take the row (or it failed too often): it and its key wait for an operator.
+    parked_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
 
     __table_args__ = (
         # The relay reads only unsent rows, oldest first; sent rows leave the index.
         sa.Index("ix_outbox_unsent", "id", postgresql_where=sa.text("sent_timestamp IS NULL")),
         # Retention deletes sent rows oldest first; unsent rows are not in this index, so never purged.
         sa.Index("ix_outbox_sent", "sent_timestamp", postgresql_where=sa.text("sent_timestamp IS NOT NULL")),
+        # "Is an earlier row of this key still unsent?", asked for every row the relay claims.
+        sa.Index("ix_outbox_unsent_key", "key", "id", postgresql_where=sa.text("sent_timestamp IS NULL")),
+        sa.Index("ix_outbox_parked", "id",
+                 postgresql_where=sa.text("parked_timestamp IS NOT NULL AND sent_timestamp IS NULL")),
     )

@@ -1,0 +1,207 @@
+"""SPEC 10.2: a submission that cannot be ingested is stored dead with its error and attempts, never
+dropped or redelivered forever; `submissions retry` ingests it once the cause is gone; the Celery
+path keeps fields the service does not know."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+
+import psutil
+import pytest
+import sqlalchemy as sa
+
+from app.extensions import db
+from app.submissions import job_id_for
+from app.task_names import TaskNames
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.waiting import wait_for
+
+pytestmark = pytest.mark.celery
+
+JOB_TOPIC = "Sample.Analysis.Job.OSL"
+
+
+def _dead(sql) -> list:
+    return sql("SELECT id, submission_id, payload, payload_text, reason, error, attempts, first_seen, last_seen "
+               "FROM dead_submissions ORDER BY id")
+
+
+def _jobs(sql, payload) -> int:
+    return sql("SELECT count(*) FROM jobs WHERE submission_id = :s", s=payload["submission"]["id"])[0][0]
+
+
+def test_invalid_submissions_are_stored_dead_as_received(worker, task_sender, wait_idle, sql, run_cli):
+    purple = submission_payload(customer="dead-invalid")
+    purple["submission"]["tlp"] = "purple"
+    nul = submission_payload(customer="dead-invalid")
+    nul["submission"]["name"] = "evil\u0000.exe"  # valid JSON, but no PostgreSQL text or JSONB holds it
+    for payload in (purple, nul, purple):  # one at a time, so the dead rows are made in this order; purple twice
+        task_sender.send(TaskNames.INGEST_SUBMISSION, payload)
+        wait_idle()
+
+    first, second = _dead(sql)
+    assert (str(first.submission_id), first.reason, first.attempts) == (purple["submission"]["id"], "invalid", 2)
+    assert first.payload == purple and first.payload_text is None
+    assert first.error.startswith("submission.tlp: Must be one of: white, green, amber, red")
+    assert first.first_seen < first.last_seen
+    assert (str(second.submission_id), second.reason, second.attempts) == (nul["submission"]["id"], "invalid", 1)
+    assert second.payload is None and json.loads(second.payload_text) == nul  # exactly as received
+    assert second.error == "submission: Text must not contain NUL characters or unpaired surrogates"
+    assert _jobs(sql, purple) == _jobs(sql, nul) == 0
+
+    listed = run_cli("submissions", "dead").output.splitlines()
+    assert listed[0] == "2 dead submissions"
+    assert f"id={first.id} submission={purple['submission']['id']} reason=invalid attempts=2 " in listed[1]
+    assert "error=submission.tlp: Must be one of" in listed[1]
+
+    # Retrying cannot fix an invalid payload: it stays dead and counts the attempt.
+    retried = run_cli("submissions", "retry", "--all")
+    assert retried.exit_code == 1 and "2 of 2 submissions are still dead" in retried.output
+    assert [d.attempts for d in _dead(sql)] == [3, 2]
+
+    # The sender corrects one and sends it again under the same id: it makes its job, and retry clears it.
+    purple["submission"]["tlp"] = "amber"
+    task_sender.send(TaskNames.INGEST_SUBMISSION, purple)
+    wait_idle()
+    assert _jobs(sql, purple) == 1
+    retried = run_cli("submissions", "retry", "--all")
+    assert retried.exit_code == 1 and "1 of 2 submissions are still dead" in retried.output
+    assert f"id={first.id} submission={purple['submission']['id']}: job {job_id_for(purple['submission']['id'])}" \
+        in retried.output
+    assert [d.id for d in _dead(sql)] == [second.id]
+
+
+def _incompressible_name(length: int = 1024) -> str:
+    """A customer shortName validation accepts (1,024 characters) whose 4-byte UTF-8 characters do not
+    compress: PostgreSQL refuses it as a key of the unique index on customers.short_name."""
+    chooser = random.Random(8)
+    return "".join(chr(chooser.randrange(0x10000, 0x10FFFF)) for _ in range(length))
+
+
+def test_a_submission_postgresql_refuses_is_stored_dead_not_retried_forever(worker, task_sender, wait_idle, sql):
+    refused = submission_payload(customer=_incompressible_name())
+    good = submission_payload(customer="dead-refused-neighbour")
+    task_sender.send(TaskNames.INGEST_SUBMISSION, refused)
+    task_sender.send(TaskNames.INGEST_SUBMISSION, good)
+    wait_idle()
+
+    (dead,) = _dead(sql)
+    assert (str(dead.submission_id), dead.reason, dead.attempts, dead.payload) == (
+        refused["submission"]["id"], "refused", 1, refused)
+    # SQLSTATE 54000 arrives as an OperationalError, which is no reason to retry.
+    assert dead.error.startswith("54000: index row size") and "uq_customers_short_name" in dead.error
+    assert _jobs(sql, refused) == 0 and _jobs(sql, good) == 1
+
+
+def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psutil.Process | None:
+    """The worker's pool process whose database session is waiting on a lock (and was not seen before)."""
+    name = engine.url.database
+    with engine.connect() as conn:
+        waiting = conn.execute(sa.text(
+            "SELECT pid, client_port FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
+            {"name": name}).all()
+    ports = {port: backend for backend, port in waiting if backend not in seen}
+    for child in psutil.Process(worker.pid).children():
+        try:
+            for connection in child.net_connections(kind="tcp"):
+                if connection.laddr and connection.laddr.port in ports:
+                    seen.add(ports[connection.laddr.port])
+                    return child
+        except psutil.NoSuchProcess:
+            continue
+    return None
+
+
+def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
+        worker, task_sender, wait_idle, sql, app, run_cli, kafka_broker):
+    from app.dev.kafka import read_topic
+
+    doomed = submission_payload(customer="doomed-customer")
+    # An uncommitted customer of the same name: the ingest's INSERT ... ON CONFLICT waits for this
+    # transaction, so each delivery is caught inside its ingest, where the test kills its pool process.
+    engine = db.engine_of(app)
+    blocker = engine.connect()
+    blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('doomed-customer', 'doomed')"))
+    seen: set[int] = set()
+    kills = 0
+    try:
+        task_sender.send(TaskNames.INGEST_SUBMISSION, doomed)
+        while not _dead(sql):
+            process = wait_for(lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen), 60,
+                               f"delivery {kills + 1} inside its ingest")
+            if isinstance(process, psutil.Process):
+                os.kill(process.pid, signal.SIGKILL)
+                kills += 1
+    finally:
+        blocker.rollback()
+        blocker.close()
+    wait_idle()
+
+    (dead,) = _dead(sql)
+    assert kills == 5  # SAMPLEDB_INGEST_MAX_DELIVERIES, default 5: the sixth delivery stores it dead
+    assert (str(dead.submission_id), dead.reason, dead.attempts, dead.payload) == (
+        doomed["submission"]["id"], "redelivered", 5, doomed)
+    assert dead.error.startswith("delivered 6 times: its Celery worker process died at each of the first 5")
+    assert _jobs(sql, doomed) == 0
+    assert "exited with 'signal 9 (SIGKILL)'" in worker.output()
+
+    # The cause is gone (nothing kills the worker now): retry makes the job and removes the dead row.
+    retried = run_cli("submissions", "retry", str(dead.id))
+    job_id = str(job_id_for(doomed["submission"]["id"]))
+    assert retried.exit_code == 0 and retried.output.strip() == (
+        f"id={dead.id} submission={doomed['submission']['id']}: job {job_id}")
+    assert _dead(sql) == [] and _jobs(sql, doomed) == 1
+    wait_idle()
+    assert [r.key.decode() for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10)
+            if r.key.decode() == job_id] == [job_id]
+    again = run_cli("submissions", "retry", str(dead.id))
+    assert again.exit_code == 1 and f"no dead submission {dead.id}" in again.output
+
+
+def test_a_refused_submission_is_ingested_by_retry_once_the_database_takes_it(
+        worker, task_sender, wait_idle, sql, run_cli):
+    payloads = [submission_payload(customer="retry-later") for _ in range(3)]
+    payloads[1]["submission"]["name"] = "quarantined.exe"
+    # A rule of the database (stood in for by a constraint) refuses one submission, for a while.
+    sql("ALTER TABLE jobs ADD CONSTRAINT test_quarantine CHECK (submission->>'name' <> 'quarantined.exe')")
+    try:
+        task_sender.send(TaskNames.INGEST_SUBMISSIONS, payloads)
+        wait_idle()
+        (dead,) = _dead(sql)
+        assert (dead.reason, dead.payload) == ("refused", payloads[1])
+        assert run_cli("submissions", "retry", "--all").exit_code == 1  # still refused
+    finally:
+        sql("ALTER TABLE jobs DROP CONSTRAINT test_quarantine")
+    assert _dead(sql)[0].attempts == 2
+    retried = run_cli("submissions", "retry", "--all")
+    assert retried.exit_code == 0, retried.output
+    assert _dead(sql) == [] and [_jobs(sql, p) for p in payloads] == [1, 1, 1]
+
+
+def test_fields_the_service_does_not_know_are_kept_on_the_celery_path(
+        worker, task_sender, wait_idle, sql, live_api, make_key, kafka_broker):
+    from app.dev.kafka import read_topic
+
+    payload = submission_payload(customer="upgraded-upstream")
+    payload["submission"]["origin"] = {"region": "eu-north", "hops": [1, 2]}
+    payload["submission"]["userAgent"]["build"] = "2026.11"
+    payload["classification"]["confidence"] = 0.93
+    task_sender.send(TaskNames.INGEST_SUBMISSION, payload)
+    wait_idle()
+
+    job_id = str(job_id_for(payload["submission"]["id"]))
+    viewer = make_key("VIEWER", customer="upgraded-upstream")
+    job = live_api.get(f"/job/{job_id}", headers=viewer)["data"]
+    assert job["submission"] == payload["submission"] and job["classification"] == payload["classification"]
+    (record,) = [r for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10) if r.key.decode() == job_id]
+    assert json.loads(record.value)["submission"]["origin"] == {"region": "eu-north", "hops": [1, 2]}
+    assert _dead(sql) == []
+
+    # The REST intake stays strict: one 412 FIELD_ERROR per unknown field.
+    uploader = make_key("UPLOADER", customer="upgraded-upstream")
+    body = {"submission": {"name": "a.exe", "origin": "x"}, "classification": payload["classification"]}
+    answer = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 412, headers=uploader, json=body)
+    assert {m["field"] for m in answer["messages"]} == {"submission.origin", "classification.confidence"}

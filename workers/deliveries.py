@@ -1,0 +1,43 @@
+"""How often a task message was delivered, counted where a killed process cannot lose the count.
+
+With acks_late and reject_on_worker_lost, a message whose pool process died (SIGKILL, the
+OOM killer, a segfault in a library) goes back to the queue and is delivered again. A
+payload that kills its process every time would loop forever, so each delivery INCRements
+a Redis counter BEFORE the work starts: the count survives the process. The counter is
+per task id and retry number (a Celery retry is a new message of the same task id, and a
+database outage retried many times is not a poison payload). It is removed when the task
+body ends, whichever way; a counter left behind by a death expires after a day.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from app import dispatch
+
+log = logging.getLogger(__name__)
+
+COUNTER_TTL_SECONDS = 86_400
+
+
+def _key(task_request) -> str:
+    return f"sampledb:deliveries:{task_request.id}:{task_request.retries or 0}"
+
+
+def count(redis_url: str, task_request) -> int:
+    """This delivery's number (1 for the first); 1 when Redis cannot count (the work goes ahead)."""
+    try:
+        pipe = dispatch.redis_client(redis_url).pipeline(transaction=False)
+        pipe.incr(_key(task_request))
+        pipe.expire(_key(task_request), COUNTER_TTL_SECONDS)
+        return int(pipe.execute()[0])
+    except Exception:  # the broker just delivered this task, so Redis is rarely away; never block the work
+        log.warning("could not count the delivery of task %s", task_request.id, exc_info=True)
+        return 1
+
+
+def forget(redis_url: str, task_request) -> None:
+    try:
+        dispatch.redis_client(redis_url).delete(_key(task_request))
+    except Exception:  # it expires on its own
+        log.debug("could not remove the delivery counter of task %s", task_request.id, exc_info=True)
