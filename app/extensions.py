@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
+from flask import g
 from flask_smorest import Api
 
 
 class Database:
-    """One engine per process and a session per thread, removed when the app context ends."""
+    """One engine per process and a session per thread, removed when the app context ends.
+
+    Read-only views use `reader()` instead of the session: a connection in autocommit mode
+    (the same pool), so a read is its statements alone, with no BEGIN and ROLLBACK around them.
+    """
 
     def __init__(self) -> None:
         self.engine: sa.Engine | None = None
@@ -19,7 +24,19 @@ class Database:
         if self.engine is None or str(self.engine.url.render_as_string(hide_password=False)) != url:
             self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
             self.session.configure(bind=self.engine)
-        app.teardown_appcontext(lambda exc: self.session.remove())
+        app.teardown_appcontext(self._end_of_context)
+
+    def reader(self) -> sa.Connection:
+        """This app context's autocommit connection for reads (returned to the pool when the context ends)."""
+        if "db_reader" not in g:
+            g.db_reader = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        return g.db_reader
+
+    def _end_of_context(self, _exc) -> None:
+        reader = g.pop("db_reader", None)
+        if reader is not None:
+            reader.close()
+        self.session.remove()
 
     def dispose(self) -> None:
         """Drop inherited connections; called in each process after a fork."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
+import sqlalchemy as sa
 
 from app.errors import envelope
 from app.extensions import db
@@ -106,3 +107,21 @@ def test_default_list_and_a_scoped_key_answer_the_orm_serializers_bytes(app, cli
                                               limit=body["limit"], offset=body["offset"])
     # A job of another customer is not found for this key, by either path.
     assert client.get(f"{BASE}/job/{jobs['other_customer']}", headers=alice).status_code == 404
+
+
+def test_reads_run_in_autocommit_mode_without_a_transaction(client, make_key, jobs):
+    """A read is its SELECTs alone: psycopg sends no BEGIN (and so no ROLLBACK) on an autocommit connection."""
+    viewer = make_key("VIEWER", customer="analysis", user="viewer", all_customers=True)
+    client.get(f"{BASE}/job/{jobs['done']}", headers=viewer)  # the key is cached from here on
+    seen = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
+
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        assert client.get(f"{BASE}/job/{jobs['done']}", headers=viewer).status_code == 200
+        assert client.post(f"{BASE}/job/search", headers=viewer, json={"state": []}).status_code == 200
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert seen and all(kind == "SELECT" and autocommit for kind, autocommit in seen), seen
