@@ -8,6 +8,9 @@ from flask import g
 from flask_smorest import Api
 
 
+POOL_RECYCLE_SECONDS = 300
+
+
 class Database:
     """One engine per process and a session per thread, removed when the app context ends.
 
@@ -22,7 +25,10 @@ class Database:
     def init_app(self, app) -> None:
         url = app.config["SAMPLEDB"].database_url
         if self.engine is None or str(self.engine.url.render_as_string(hide_password=False)) != url:
-            self.engine = sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+            # No pre-ping (a SELECT 1 round trip per checkout): a connection the server dropped fails its
+            # request once, SQLAlchemy sees the disconnect and invalidates the whole pool, the next
+            # checkouts reconnect; pool_recycle replaces idle connections before servers or proxies drop them.
+            self.engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS)
             self.session.configure(bind=self.engine)
         app.teardown_appcontext(self._end_of_context)
 

@@ -125,3 +125,16 @@ def test_reads_run_in_autocommit_mode_without_a_transaction(client, make_key, jo
     finally:
         sa.event.remove(db.engine, "before_cursor_execute", record)
     assert seen and all(kind == "SELECT" and autocommit for kind, autocommit in seen), seen
+
+
+def test_connections_the_server_dropped_fail_one_request_then_are_replaced(client, make_key, jobs, sql):
+    """No pre-ping: a dropped connection is noticed when used; SQLAlchemy then replaces the whole pool."""
+    viewer = make_key("VIEWER", customer="analysis", user="viewer", all_customers=True)
+    path = f"{BASE}/job/{jobs['done']}"
+    assert client.get(path, headers=viewer).status_code == 200
+    dropped = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0]
+    assert dropped >= 1
+    first = client.get(path, headers=viewer)
+    assert first.status_code in (200, 500, 503) and first.get_json()["responseCode"] == first.status_code
+    assert [client.get(path, headers=viewer).status_code for _ in range(3)] == [200, 200, 200]
