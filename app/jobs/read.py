@@ -1,19 +1,20 @@
 """Jobs as the API shows them, read with Core selects straight into the response dicts.
 
 The hot reads (GET /job/{id}, the search pages) skip the ORM: no identity map, no
-relationship loaders, no uniquing of joined rows. One select reads the jobs with their
-customer and users, a second their tasks; both hand their rows to the serializers of
-app.jobs.serialize (the rows carry the models' attribute names), so the answer is the one
-the ORM objects would make. `conn` is a Connection or a Session: the API passes an
+relationship loaders, no uniquing of joined rows. One select reads each job with its
+customer, its users and its tasks (those as JSON arrays of column values, aggregated by
+PostgreSQL), and hands them to the serializers of app.jobs.serialize (the job's columns
+keep the model's attribute names), so the answer is the one the ORM objects would make. `conn` is a Connection or a Session: the API passes an
 autocommit connection, so a read costs no BEGIN/ROLLBACK round trips.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections import namedtuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
 from app.jobs.serialize import job_view, task_to_dict
 from app.jobs.service import EVERYONE, JobNotFound, Scope
@@ -25,62 +26,68 @@ JOB_FIELDS = ("id", "state", "abort_requested", "site", "sample_sha256", "sample
               "abort_requested_timestamp", "abort_reason", "message")
 CUSTOMER_FIELDS = ("id", "short_name", "name", "domain_id", "domain_name")  # the arguments of Customer.info
 USER_FIELDS = ("id", "short_name", "name")  # the arguments of User.info before the customer
-TASK_FIELDS = ("job_id", "id", "worker", "state", "enqueued_timestamp", "start_timestamp", "end_timestamp",
+TASK_FIELDS = ("id", "worker", "state", "enqueued_timestamp", "start_timestamp", "end_timestamp",
                "last_updated_timestamp", "analyses", "message")
+TaskRow = namedtuple("TaskRow", TASK_FIELDS)  # what task_to_dict reads of a task
+
+
+def _values(table, names) -> sa.ColumnElement:
+    # One JSON array per person or task: psycopg parses it in C, and a result of few columns is cheap to
+    # describe (psycopg builds an object per column of every result).
+    return sa.func.json_build_array(*(table.c[name] for name in names))
 
 
 def _people() -> tuple[list, sa.FromClause]:
     """The job's customer, last-updating user and abort-requesting user (each user with its customer):
-    their columns in that order, and the join that reads them."""
-    columns, joined = [], _jobs
+    one JSON array of column values each, and the join that reads them."""
     customer = Customer.__table__.alias("job_customer")
-    columns += [customer.c[name] for name in CUSTOMER_FIELDS]
-    joined = joined.join(customer, customer.c.id == _jobs.c.customer_id)
+    columns = [_values(customer, CUSTOMER_FIELDS)]
+    joined = _jobs.join(customer, customer.c.id == _jobs.c.customer_id)
     for role, user_id in (("updater", _jobs.c.last_updated_by_user_id), ("aborter", _jobs.c.abort_requested_by_user_id)):
         user, user_customer = User.__table__.alias(role), Customer.__table__.alias(f"{role}_customer")
-        columns += [user.c[name] for name in USER_FIELDS] + [user_customer.c[name] for name in CUSTOMER_FIELDS]
+        columns.append(sa.func.json_build_array(*(user.c[name] for name in USER_FIELDS),
+                                                *(user_customer.c[name] for name in CUSTOMER_FIELDS)))
         joined = joined.outerjoin(user, user.c.id == user_id).outerjoin(user_customer,
                                                                        user_customer.c.id == user.c.customer_id)
     return columns, joined
 
 
-_PEOPLE_COLUMNS, _JOINED = _people()
-# Labels: the job's columns keep their names (what the serializers read), the others are read by position.
-JOBS = sa.select(*(_jobs.c[name] for name in JOB_FIELDS),
-                 *(column.label(f"p{n}") for n, column in enumerate(_PEOPLE_COLUMNS))).select_from(_JOINED)
-# One statement for any number of jobs (= ANY of an array, not an IN list): compiled and prepared once.
-TASKS = (sa.select(*(_tasks.c[name] for name in TASK_FIELDS))
-         .where(_tasks.c.job_id == sa.any_(sa.bindparam("job_ids", type_=ARRAY(sa.Uuid))))
-         .order_by(_tasks.c.worker))
-
-_C, _U = len(CUSTOMER_FIELDS), len(USER_FIELDS)
-_CUSTOMER = slice(len(JOB_FIELDS), len(JOB_FIELDS) + _C)
-_UPDATER = _CUSTOMER.stop
-_ABORTER = _UPDATER + _U + _C
+_PEOPLE, _JOINED = _people()
+# The job's tasks in the order of the Job.tasks relationship (by worker), in the job's row.
+_TASKS = (sa.select(sa.func.coalesce(sa.func.json_agg(aggregate_order_by(_values(_tasks, TASK_FIELDS), _tasks.c.worker)),
+                                     sa.literal_column("'[]'::json")))
+          .where(_tasks.c.job_id == _jobs.c.id).scalar_subquery())
+# The job's columns keep their names (what the serializers read); the rest is read by position.
+JOBS = sa.select(*(_jobs.c[name] for name in JOB_FIELDS), *_PEOPLE, _TASKS).select_from(_JOINED)
+_CUSTOMER, _UPDATER, _ABORTER, _TASK_LIST = range(len(JOB_FIELDS), len(JOB_FIELDS) + 4)
+_U = len(USER_FIELDS)
 
 
-def _user(row: sa.Row, start: int) -> dict | None:
-    if row[start] is None:
-        return None
-    return User.info(*row[start:start + _U], Customer.info(*row[start + _U:start + _U + _C]))
+def _user(values: list) -> dict | None:
+    return None if values[0] is None else User.info(*values[:_U], Customer.info(*values[_U:]))
 
 
-def job_dicts(conn, stmt: sa.Select) -> list[dict]:
+def job_dicts(conn, stmt: sa.Select, params: dict | None = None) -> list[dict]:
     """The jobs `stmt` (JOBS narrowed and ordered) selects, as the API shows them, in its order."""
-    rows = conn.execute(stmt).all()
-    if not rows:
-        return []
-    tasks: dict[uuid.UUID, list[dict]] = {row.id: [] for row in rows}
-    for task in conn.execute(TASKS, {"job_ids": list(tasks)}):
-        tasks[task.job_id].append(task_to_dict(task))
-    return [job_view(row, customer=Customer.info(*row[_CUSTOMER]), tasks=tasks[row.id],
-                     last_updated_by=_user(row, _UPDATER), abort_requested_by=_user(row, _ABORTER))
-            for row in rows]
+    return [job_view(row, customer=Customer.info(*row[_CUSTOMER]),
+                     tasks=[task_to_dict(TaskRow(*task)) for task in row[_TASK_LIST]],
+                     last_updated_by=_user(row[_UPDATER]), abort_requested_by=_user(row[_ABORTER]))
+            for row in conn.execute(stmt, params)]
+
+
+# Built once: SQLAlchemy computes a statement's cache key once per statement object, and for this one
+# that costs more than the rest of its execution on the Python side.
+_JOB_BY_ID = JOBS.where(_jobs.c.id == sa.bindparam("job_id", type_=sa.Uuid))
+_JOB_BY_ID_IN_SCOPE = _JOB_BY_ID.where(
+    _jobs.c.customer_id == sa.any_(sa.bindparam("customer_ids", type_=ARRAY(sa.Integer))))
 
 
 def read_job(conn, job_id: uuid.UUID, scope: Scope = EVERYONE) -> dict:
     """GET /job/{id}: the job with its tasks; JobNotFound also for a job outside `scope`."""
-    found = job_dicts(conn, scope.restrict(JOBS.where(_jobs.c.id == job_id)))
+    if scope.customer_ids is None:
+        found = job_dicts(conn, _JOB_BY_ID, {"job_id": job_id})
+    else:
+        found = job_dicts(conn, _JOB_BY_ID_IN_SCOPE, {"job_id": job_id, "customer_ids": sorted(scope.customer_ids)})
     if not found:
         raise JobNotFound(f"Job {job_id} not found")
     return found[0]
