@@ -51,10 +51,10 @@ class Config:
 
 def durations(quick: bool) -> dict:
     if quick:
-        return {"b1_duration": 1, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
+        return {"b1_duration": 1, "b1_runs": 3, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
                 "b3_bulk_duration": 3, "b3_latency_duration": 2, "b3_baseline_duration": 0.5, "b3_noop_tasks": 100,
                 "runs": 3}
-    return {"b1_duration": 10, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
+    return {"b1_duration": 3, "b1_runs": 7, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
             "b3_bulk_duration": 30, "b3_latency_duration": 20, "b3_baseline_duration": 5, "b3_noop_tasks": 3000,
             "runs": 3}
 
@@ -122,7 +122,7 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
         "B2": ("searches", lambda: searches.run(settings, key, requests=d["b2_requests"], rounds=runs,
                                                 warmup=d["b2_warmup"])),
         "B1": ("GET /job/{id} under load", lambda: api_load.run(settings, key, workdir, duration=d["b1_duration"],
-                                                                 runs=runs, warmup=d["b1_warmup"])),
+                                                                 runs=d["b1_runs"], warmup=d["b1_warmup"])),
         "B3": ("ingest", lambda: ingest.run(
             settings, workdir, servers.pids(), duration=d["b3_duration"], bulk_duration=d["b3_bulk_duration"],
             latency_duration=d["b3_latency_duration"], baseline_duration=d["b3_baseline_duration"],

@@ -53,9 +53,14 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path
     b1 = data["B1"]
     assert b1["load_generator"].startswith(generator)
     for side in ("target", "baseline"):
-        assert all(_is_positive_number(b1[side][k]) for k in ("rps", "p50_ms", "p99_ms")), b1[side]
+        assert all(_is_positive_number(b1[side][k]) for k in ("rps", "p50_ms", "p99_ms", "cpu_ms")), b1[side]
         assert len(b1[side]["runs"]) == 3
-    assert _is_positive_number(b1["ratio_rps"])
+        rps = b1[side]["spread"]["rps"]
+        assert rps["min"] <= b1[side]["rps"] == rps["median"] <= rps["max"]
+    # CPU per request counts the target's PostgreSQL backends (the embedded server runs here).
+    assert b1["postgresql_cpu_readable"] is True
+    assert _is_positive_number(b1["target"]["spread"]["cpu_ms_per_request"]["postgresql"]["median"])
+    assert _is_positive_number(b1["ratio_rps"]) and _is_positive_number(b1["ratio_cpu_per_request"])
     assert _is_positive_number(b1["api_worker_rss"]["peak_rss_mb"])
 
     assert set(data["B2"]["searches"]) == SEARCHES
