@@ -12,6 +12,7 @@ import logging
 
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
+from celery.utils.time import get_exponential_backoff_interval
 from flask import current_app
 
 from app import submissions
@@ -20,16 +21,20 @@ from app.extensions import db
 from app.jobs import service
 from app.models import now_ms
 from celeryconfig import TaskNames
-from workers import dispatch, relay
-from workers.celery_app import celery
+from workers import batching, dispatch, relay
+from workers.celery_app import FlaskTask, celery
 
 log = logging.getLogger(__name__)
 
 # The database went away, a connection broke, a deadlock or serialisation failure: try again later.
 TRANSIENT_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
 RETRY = {"autoretry_for": TRANSIENT_ERRORS, "retry_backoff": 1, "retry_backoff_max": 60, "retry_jitter": True}
+# Submissions one ingest transaction takes at most; the worker's prefetch grows by as many.
+INGEST_BATCH_SIZE = 100
 RELAY_BUDGET_SECONDS = 10.0
-RELAY_BUSY_RETRY_SECONDS = 0.5
+# A relay that finds another one mid-batch tries again this soon: rows committed after that one read the
+# outbox wait for it, and on the hot path that wait is their latency.
+RELAY_BUSY_RETRY_SECONDS = 0.05
 
 
 def _settings() -> Settings:
@@ -49,9 +54,32 @@ def _in_transaction(work):
 
 # -- ingest -----------------------------------------------------------------------------------
 
-@celery.task(name=TaskNames.INGEST_SUBMISSION, max_retries=None, **RETRY)
+class _IngestInBatches(FlaskTask):
+    """sampledb.ingest_submission: one payload per message, the messages a worker takes ingested together."""
+
+    Strategy = "workers.batching:batching_strategy"
+    batch_size = INGEST_BATCH_SIZE
+
+    def run_batch(self, messages: list[batching.Message]) -> None:
+        payloads = [m.args[0] if len(m.args) == 1 and not m.kwargs else m.kwargs.get("payload") for m in messages]
+        try:
+            _log_dropped(_ingest_batch(payloads))
+        except Exception as err:
+            if not isinstance(err, TRANSIENT_ERRORS):  # as for a failed task: logged, acknowledged, not retried
+                log.exception("ingest of %d submissions failed; dropping them", len(messages))
+                return
+            # As autoretry would: each message again later, with its own back-off; these are acknowledged.
+            log.warning("ingest of %d submissions failed; retrying them later", len(messages), exc_info=True)
+            for message, payload in zip(messages, payloads):
+                self.apply_async(args=[payload], retries=message.retries + 1,
+                                 countdown=get_exponential_backoff_interval(1, message.retries + 1, 60, True))
+
+
+@celery.task(name=TaskNames.INGEST_SUBMISSION, base=_IngestInBatches, max_retries=None, **RETRY)
 def ingest_submission(payload) -> dict:
-    """Make the job of one submission (the sample service's contract: one payload argument)."""
+    """Make the job of one submission (the sample service's contract: one payload argument).
+
+    A worker runs these messages through `run_batch`; this body serves direct and eager calls."""
     try:
         job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
     except submissions.InvalidSubmission as err:
@@ -66,20 +94,29 @@ def ingest_submissions(payloads) -> dict:
     if not isinstance(payloads, list):
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
         return {"dropped": 1, "created": 0, "existing": 0}
+    results = _ingest_batch(payloads)
+    dropped = _log_dropped(results)
+    created = sum(1 for r in results if r.created)
+    return {"created": created, "existing": len(results) - dropped - created, "dropped": dropped}
+
+
+def _ingest_batch(payloads: list) -> list[submissions.IngestResult]:
+    """Ingest in one transaction; if PostgreSQL refuses something validation let through, one transaction
+    per submission, so only the culprit is dropped, not its batch. Transient errors propagate."""
     try:
-        results = _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError:
-        # PostgreSQL refused something validation let through: one transaction per submission,
-        # so only the culprit is dropped, not its batch.
         log.warning("bulk ingest of %d submissions failed; ingesting them one by one", len(payloads), exc_info=True)
-        results = [result for payload in payloads for result in _ingest_alone(payload)]
+        return [result for payload in payloads for result in _ingest_alone(payload)]
+
+
+def _log_dropped(results: list[submissions.IngestResult]) -> int:
     dropped = [r for r in results if r.errors is not None]
     for result in dropped:
         log.error("dropping invalid submission %s: %s", result.submission_id, result.errors)
-    created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - len(dropped) - created, "dropped": len(dropped)}
+    return len(dropped)
 
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
@@ -103,7 +140,7 @@ def relay_outbox(self, triggered: bool = False) -> dict:
     if outcome.busy and triggered:
         # Another relay is mid-batch; it may finish before reading the rows that triggered us.
         try:
-            raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=120)
+            raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=round(60 / RELAY_BUSY_RETRY_SECONDS))
         except MaxRetriesExceededError:
             log.warning("relay lock busy for a minute; beat's safety net takes over")
     try:
