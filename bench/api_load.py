@@ -16,6 +16,7 @@ requests answered. That figure does not depend on how busy the machine is.
 
 from __future__ import annotations
 
+import functools
 import http.client
 import json
 import multiprocessing
@@ -97,13 +98,19 @@ def _wrk(base: str, prefix: str, ids: list[str], key: str, duration: float, work
             "bytes_per_request": round(raw["bytes"] / max(1, raw["requests"]))}
 
 
+def get_request(paths: list[str], i: int) -> tuple[str, str, bytes | None]:
+    """The i-th request of B1's Python generator: GET the next job id."""
+    return "GET", paths[i % len(paths)], None
+
+
 def _python_worker(args) -> tuple[int, int, list[float]]:
-    """One load process: `threads` keep-alive connections in threads, for `duration` seconds.
+    """One load process: `threads` keep-alive connections in threads, for `duration` seconds, each sending
+    `request_for(i)` (method, path, body) for its own running i.
 
     The clock starts here, once the process is up: spawning the pool can take longer than a
     short run, and a deadline set by the parent would leave nothing to measure.
     """
-    host, port, paths, headers, threads, duration = args
+    host, port, request_for, headers, threads, duration = args
     deadline = time.time() + duration
     latencies: list[float] = []
     errors = [0]
@@ -115,9 +122,10 @@ def _python_worker(args) -> tuple[int, int, list[float]]:
         mine = []
         while time.time() < deadline:
             i += 1
+            method, path, body = request_for(i)
             started = time.perf_counter()
             try:
-                conn.request("GET", paths[i % len(paths)], headers=headers)
+                conn.request(method, path, body=body, headers=headers)
                 response = conn.getresponse()
                 response.read()
                 ok = 200 <= response.status < 300
@@ -140,12 +148,13 @@ def _python_worker(args) -> tuple[int, int, list[float]]:
     return len(latencies), errors[0], latencies
 
 
-def _python_load(base: str, prefix: str, ids: list[str], key: str, duration: float, processes: int = 4) -> dict:
+def python_load(base: str, request_for, headers: dict, duration: float, processes: int = 4) -> dict:
+    """CONNECTIONS keep-alive connections from `processes` processes for `duration` s (closed loop):
+    requests answered, req/s and latency percentiles; `non_2xx` counts failures."""
     host, port = base.removeprefix("http://").split(":")
-    paths = [prefix + i for i in ids]
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        parts = pool.map(_python_worker, [(host, int(port), paths, {"Argus-API-Key": key},
-                                           CONNECTIONS // processes, duration)] * processes)
+        parts = pool.map(_python_worker, [(host, int(port), request_for, headers, CONNECTIONS // processes,
+                                           duration)] * processes)
     latencies = [ms for _, _, part in parts for ms in part]
     errors = sum(e for _, e, _ in parts)
     return {"requests": len(latencies), "seconds": duration, "rps": round(len(latencies) / duration, 1),
@@ -235,8 +244,8 @@ def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3,
     ids = _sample_ids(settings.database_url)
     env = settings_env(settings)
     use_wrk = load_generator() == "wrk"
-    load = _wrk if use_wrk else (lambda base, prefix, ids, key, duration, workdir, start:
-                                 _python_load(base, prefix, ids, key, duration))
+    load = _wrk if use_wrk else (lambda base, prefix, ids, key, duration, workdir, start: python_load(
+        base, functools.partial(get_request, [prefix + i for i in ids]), {"Argus-API-Key": key}, duration))
     target, target_url = start_gunicorn("wsgi:app", env, workdir / "gunicorn-api.log", HEALTH_PATH)
     baseline = None
     meters: list[ServingCpu] = []

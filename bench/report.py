@@ -23,6 +23,9 @@ B3_PRODUCE_RATIO_GOAL = 0.5  # bulk task ÷ raw produce
 B3_P99_GOAL_MS = 1000
 B3_RELAY_P50_GOAL_MS = 50  # commit → relay
 B4_RATIO_GOAL = 2
+B7_RATE_GOAL = 500  # submissions/s accepted with 2 gunicorn workers
+B7_ACCEPTED_P99_GOAL_MS = 50
+B7_KAFKA_P99_GOAL_MS = 1000
 B5_API_RSS_GOAL_MB = 100
 B5_CELERY_RSS_GOAL_MB = 150
 
@@ -89,6 +92,8 @@ def goals(results: dict) -> list[dict]:
             "; ".join(f"{s['table_jobs']:,} jobs: {s['seconds']:.1f} s" for s in sizes),
             f"itself at {sizes[0]['table_jobs']:,} jobs", b4["ratio_largest_to_smallest"],
             f"largest/smallest ≤ {B4_RATIO_GOAL}", b4["ratio_largest_to_smallest"] <= B4_RATIO_GOAL))
+    if "B7" in results and "error" not in results["B7"]:
+        rows += _b7_rows(results["B7"])
     b5 = results.get("B5", {})
     for what, key, goal in (("API (gunicorn worker, B1)", "api_worker_peak_rss_mb", B5_API_RSS_GOAL_MB),
                             ("Celery worker process (B3)", "celery_worker_peak_rss_mb", B5_CELERY_RSS_GOAL_MB)):
@@ -123,6 +128,23 @@ def _b1_rows(b1: dict) -> list[dict]:
     ]
 
 
+def _b7_rows(b7: dict) -> list[dict]:
+    accepted, lat = b7["accepted"], b7["latency_at_rate"]
+    rate = lat["runs"][0]["rate"]
+    what = f"REST intake, gunicorn {b7['gunicorn']}"
+    return [
+        _row("B7", f"{what}, {b7['connections']} connections (closed loop): submissions accepted",
+             f"{_rate(accepted['per_s'])}/s", "—", None, f"≥ {B7_RATE_GOAL}/s", accepted["per_s"] >= B7_RATE_GOAL),
+        _row("B7", f"{what}, {b7['connections']} connections (closed loop): 202 latency",
+             f"p50 {_ms(accepted['p50_ms'])} ms, p99 {_ms(accepted['p99_ms'])} ms "
+             f"(at {rate}/s offered: p50 {_ms(lat['accepted_p50_ms'])} ms, p99 {_ms(lat['accepted_p99_ms'])} ms)",
+             "—", None, f"p99 ≤ {B7_ACCEPTED_P99_GOAL_MS} ms", accepted["p99_ms"] <= B7_ACCEPTED_P99_GOAL_MS),
+        _row("B7", f"{what}: submission → creation message on Kafka at {rate} submissions/s offered",
+             f"p50 {_ms(lat['p50_ms'])} ms, p99 {_ms(lat['p99_ms'])} ms", "—", None,
+             f"p99 ≤ {B7_KAFKA_P99_GOAL_MS} ms", lat["p99_ms"] <= B7_KAFKA_P99_GOAL_MS),
+    ]
+
+
 def table(results: dict) -> str:
     lines = ["| id | what | figure | baseline | ratio | goal | met |", "|---|---|---|---|---|---|---|"]
     for r in results["goals"]:
@@ -130,6 +152,10 @@ def table(results: dict) -> str:
         ratio = "—" if r["ratio"] is None else f"{r['ratio']:.2f}"
         lines.append(f"| {r['id']} | {r['what']} | {r['figure']} | {r['baseline']} | {ratio} | {r['goal']} | {met} |")
     return "\n".join(lines)
+
+
+def _cores(run: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in (run.get("cpu_cores") or {}).items()) or "—"
 
 
 def _details(results: dict) -> list[str]:
@@ -165,12 +191,25 @@ def _details(results: dict) -> list[str]:
                 "commit→relay p50 / p99 ms | relay→seen p50 ms | cores busy |", "|---|---|---|---|---|---|---|---|"]
         for key in ("sustained", "sustained_bulk", "latency_at_400"):
             for n, r in enumerate(b3[key]["runs"], start=1):
-                cores = ", ".join(f"{k} {v}" for k, v in (r.get("cpu_cores") or {}).items()) or "—"
+                cores = _cores(r)
                 out.append(
                     f"| {key} #{n} | {r['offered']:,} | {_rate(r['per_s'])} | {_ms(r.get('p50_ms'))} / "
                     f"{_ms(r.get('p99_ms'))} | {_ms(r.get('intake_to_commit_p50_ms'))} / "
                     f"{_ms(r.get('intake_to_commit_p99_ms'))} | {_ms(r.get('commit_to_relay_p50_ms'))} / "
                     f"{_ms(r.get('commit_to_relay_p99_ms'))} | {_ms(r.get('relay_to_seen_p50_ms'))} | {cores} |")
+    if "B7" in results and "error" not in results["B7"]:
+        b7 = results["B7"]
+        out += ["", f"### B7: REST intake (gunicorn {b7['gunicorn']}; worker: `{b7['worker']}`)", "",
+                "| run | offered | accepted/s | 202 p50 / p99 ms | → Kafka p50 / p99 ms | intake→commit p50 ms | "
+                "commit→relay p50 ms | cores busy |", "|---|---|---|---|---|---|---|---|"]
+        for n, r in enumerate(b7["accepted"]["runs"], start=1):
+            out.append(f"| closed loop #{n} | {b7['connections']} connections | {_rate(r['per_s'])} | "
+                       f"{_ms(r['p50_ms'])} / {_ms(r['p99_ms'])} | — | — | — | {_cores(r)} |")
+        for n, r in enumerate(b7["latency_at_rate"]["runs"], start=1):
+            out.append(f"| {r['rate']}/s #{n} | {r['offered']:,} | {_rate(r['accepted'] / r['duration'])} | "
+                       f"{_ms(r.get('accepted_p50_ms'))} / {_ms(r.get('accepted_p99_ms'))} | {_ms(r.get('p50_ms'))} / "
+                       f"{_ms(r.get('p99_ms'))} | {_ms(r.get('intake_to_commit_p50_ms'))} | "
+                       f"{_ms(r.get('commit_to_relay_p50_ms'))} | {_cores(r)} |")
     if "B4" in results and "error" not in results["B4"]:
         out += ["", "### B4: timeout sweep", "", "| jobs in table | stale jobs | seconds (median) | jobs/s | "
                 "SQL statements per run | runs (s) |", "|---|---|---|---|---|---|"]
@@ -222,6 +261,8 @@ def markdown(results: dict) -> str:
         lines += ["![B4: sweep time vs table size](bench-sweep.png)", ""]
     if "B3" in results and "error" not in results["B3"]:
         lines += ["![B3: latency distribution at 400 submissions/s](bench-ingest-latency.png)", ""]
+    if "B7" in results and "error" not in results["B7"]:
+        lines += ["![B7: REST intake latency at a fixed offered rate](bench-intake-latency.png)", ""]
     lines.append(END)
     return "\n".join(lines)
 
@@ -285,6 +326,36 @@ def latency_chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def intake_latency_chart(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b7 = results["B7"]
+    lat = b7["latency_at_rate"]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for n, samples in enumerate(b7["latency_samples_ms"], start=1):
+        for key, style, what in (("accepted_ms", ":", "202 answered"), ("kafka_ms", "-", "on Kafka")):
+            values = samples[key]
+            if values:
+                ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], linestyle=style,
+                        color=f"C{n - 1}", label=f"run {n}: {what}")
+    ax.axvline(B7_KAFKA_P99_GOAL_MS, color="tab:red", linestyle="--", label="goal: p99 on Kafka ≤ 1 s")
+    ax.axvline(B7_ACCEPTED_P99_GOAL_MS, color="tab:orange", linestyle="--", label="goal: p99 202 ≤ 50 ms")
+    ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("submission → 202 answered / → creation message on Kafka (ms)")
+    ax.set_ylabel("fraction of submissions")
+    ax.set_title(f"B7: REST intake at {lat['runs'][0]['rate']} submissions/s offered "
+                 f"(p99 on Kafka {_ms(lat['p99_ms'])} ms)")
+    ax.grid(True, alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write(results: dict, *, results_dir: Path, docs_dir: Path) -> list[Path]:
     """The JSON, BENCHMARKS.md and the charts; returns the paths written."""
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -300,4 +371,7 @@ def write(results: dict, *, results_dir: Path, docs_dir: Path) -> list[Path]:
     if "B3" in results and "error" not in results["B3"]:
         latency_chart(results, docs_dir / "bench-ingest-latency.png")
         paths.append(docs_dir / "bench-ingest-latency.png")
+    if "B7" in results and "error" not in results["B7"]:
+        intake_latency_chart(results, docs_dir / "bench-intake-latency.png")
+        paths.append(docs_dir / "bench-intake-latency.png")
     return paths
