@@ -158,15 +158,20 @@ def _cores(run: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in (run.get("cpu_cores") or {}).items()) or "—"
 
 
+def _section(title: str, columns: list[str]) -> list[str]:
+    """A heading and the head of its table."""
+    return ["", f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def _details(results: dict) -> list[str]:
     out = []
     if "B1" in results and "error" not in results["B1"]:
         b1 = results["B1"]
-        out += ["", f"### B1: GET /job/{{id}} ({b1['runs']} runs of {b1['duration_s']} s each side, alternating; "
-                    "CPU = user + system seconds of gunicorn's master and workers, and for the target the "
-                    "PostgreSQL backends of its connections, per request)", "",
-                "| run | target req/s | p50 / p99 ms | CPU ms/request | baseline req/s | p50 / p99 ms | "
-                "CPU ms/request | req/s ratio |", "|---|---|---|---|---|---|---|---|"]
+        out += _section(f"B1: GET /job/{{id}} ({b1['runs']} runs of {b1['duration_s']} s each side, alternating; "
+                        "CPU = user + system seconds of gunicorn's master and workers, and for the target the "
+                        "PostgreSQL backends of its connections, per request)",
+                        ["run", "target req/s", "p50 / p99 ms", "CPU ms/request", "baseline req/s", "p50 / p99 ms",
+                         "CPU ms/request", "req/s ratio"])
         for n, (t, b) in enumerate(zip(b1["target"]["runs"], b1["baseline"]["runs"]), start=1):
             cpu = t["cpu_ms_per_request"]
             split = " + ".join(f"{cpu[g]:.2f}" for g in cpu if g != "total")
@@ -175,20 +180,20 @@ def _details(results: dict) -> list[str]:
                        f"{b['cpu_ms_per_request']['total']:.2f} | {t['rps'] / b['rps']:.2f} |")
     if "B2" in results and "error" not in results["B2"]:
         b2 = results["B2"]
-        out += ["", f"### B2: searches ({b2['requests_per_round']} requests × {b2['rounds']} rounds each, "
-                    "in-process through the Flask test client; raw SQL = the statements search_jobs issues, "
-                    "with literal values, on one psycopg connection)", "",
-                "| search | matches | API p50 / p95 ms | raw SQL p50 / p95 ms | EXPLAIN execution ms "
-                "(all statements) | indexes in the plans |", "|---|---|---|---|---|---|"]
+        out += _section(f"B2: searches ({b2['requests_per_round']} requests × {b2['rounds']} rounds each, "
+                        "in-process through the Flask test client; raw SQL = the statements search_jobs issues, "
+                        "with literal values, on one psycopg connection)",
+                        ["search", "matches", "API p50 / p95 ms", "raw SQL p50 / p95 ms",
+                         "EXPLAIN execution ms (all statements)", "indexes in the plans"])
         for name, s in b2["searches"].items():
             out.append(f"| {name} | {s['count']:,} | {_ms(s['api_p50_ms'])} / {_ms(s['api_p95_ms'])} | "
                        f"{_ms(s['raw_sql_p50_ms'])} / {_ms(s['raw_sql_p95_ms'])} | {s['explain_execution_ms']:.2f} | "
                        f"{', '.join(s['indexes']) or 'none'} |")
     if "B3" in results and "error" not in results["B3"]:
         b3 = results["B3"]
-        out += ["", f"### B3: ingest ({b3['offered_through']}; worker: `{b3['worker']}`)", "",
-                "| run | offered | jobs/s announced | p50 / p99 ms | intake→commit p50 / p99 ms | "
-                "commit→relay p50 / p99 ms | relay→seen p50 ms | cores busy |", "|---|---|---|---|---|---|---|---|"]
+        out += _section(f"B3: ingest ({b3['offered_through']}; worker: `{b3['worker']}`)",
+                        ["run", "offered", "jobs/s announced", "p50 / p99 ms", "intake→commit p50 / p99 ms",
+                         "commit→relay p50 / p99 ms", "relay→seen p50 ms", "cores busy"])
         for key in ("sustained", "sustained_bulk", "latency_at_400"):
             for n, r in enumerate(b3[key]["runs"], start=1):
                 cores = _cores(r)
@@ -199,9 +204,9 @@ def _details(results: dict) -> list[str]:
                     f"{_ms(r.get('commit_to_relay_p99_ms'))} | {_ms(r.get('relay_to_seen_p50_ms'))} | {cores} |")
     if "B7" in results and "error" not in results["B7"]:
         b7 = results["B7"]
-        out += ["", f"### B7: REST intake (gunicorn {b7['gunicorn']}; worker: `{b7['worker']}`)", "",
-                "| run | offered | accepted/s | 202 p50 / p99 ms | → Kafka p50 / p99 ms | intake→commit p50 ms | "
-                "commit→relay p50 ms | cores busy |", "|---|---|---|---|---|---|---|---|"]
+        out += _section(f"B7: REST intake (gunicorn {b7['gunicorn']}; worker: `{b7['worker']}`)",
+                        ["run", "offered", "accepted/s", "202 p50 / p99 ms", "→ Kafka p50 / p99 ms",
+                         "intake→commit p50 ms", "commit→relay p50 ms", "cores busy"])
         for n, r in enumerate(b7["accepted"]["runs"], start=1):
             out.append(f"| closed loop #{n} | {b7['connections']} connections | {_rate(r['per_s'])} | "
                        f"{_ms(r['p50_ms'])} / {_ms(r['p99_ms'])} | — | — | — | {_cores(r)} |")
@@ -211,8 +216,8 @@ def _details(results: dict) -> list[str]:
                        f"{_ms(r.get('p99_ms'))} | {_ms(r.get('intake_to_commit_p50_ms'))} | "
                        f"{_ms(r.get('commit_to_relay_p50_ms'))} | {_cores(r)} |")
     if "B4" in results and "error" not in results["B4"]:
-        out += ["", "### B4: timeout sweep", "", "| jobs in table | stale jobs | seconds (median) | jobs/s | "
-                "SQL statements per run | runs (s) |", "|---|---|---|---|---|---|"]
+        out += _section("B4: timeout sweep", ["jobs in table", "stale jobs", "seconds (median)", "jobs/s",
+                                              "SQL statements per run", "runs (s)"])
         for s in results["B4"]["sizes"]:
             runs = ", ".join(f"{r['seconds']:.1f}" for r in s["runs"])
             out.append(f"| {s['table_jobs']:,} | {s['stale_jobs']:,} | {s['seconds']:.1f} | {s['jobs_per_s']:,.0f} | "
@@ -301,59 +306,51 @@ def sweep_chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def latency_chart(results: dict, path: Path) -> None:
+def _cdf_chart(path: Path, curves: list[tuple[list[float], dict]], goals: list[tuple[float, str, str]],
+               xlabel: str, title: str) -> None:
+    """Cumulative distributions of latency samples (sorted, ms), each curve with its plot options, and the
+    goals as vertical lines (ms, color, label)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    b3 = results["B3"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for n, samples in enumerate(b3["latency_samples_ms"], start=1):
-        if samples:
-            ax.plot(samples, [(i + 1) / len(samples) for i in range(len(samples))], label=f"run {n}")
-    ax.axvline(B3_P99_GOAL_MS, color="tab:red", linestyle="--", label="goal: p99 ≤ 1 s")
+    for values, options in curves:
+        if values:
+            ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], **options)
+    for ms, color, label in goals:
+        ax.axvline(ms, color=color, linestyle="--", label=label)
     ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
     ax.set_xscale("log")
-    ax.set_xlabel("submission → creation message on Kafka (ms)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of submissions")
-    ax.set_title(f"B3: latency at {b3['latency_at_400']['runs'][0]['rate']} submissions/s offered "
-                 f"(pipeline took {b3['latency_at_400']['per_s']:.0f}/s)")
-    ax.grid(True, alpha=0.3, which="both")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def intake_latency_chart(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    b7 = results["B7"]
-    lat = b7["latency_at_rate"]
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for n, samples in enumerate(b7["latency_samples_ms"], start=1):
-        for key, style, what in (("accepted_ms", ":", "202 answered"), ("kafka_ms", "-", "on Kafka")):
-            values = samples[key]
-            if values:
-                ax.plot(values, [(i + 1) / len(values) for i in range(len(values))], linestyle=style,
-                        color=f"C{n - 1}", label=f"run {n}: {what}")
-    ax.axvline(B7_KAFKA_P99_GOAL_MS, color="tab:red", linestyle="--", label="goal: p99 on Kafka ≤ 1 s")
-    ax.axvline(B7_ACCEPTED_P99_GOAL_MS, color="tab:orange", linestyle="--", label="goal: p99 202 ≤ 50 ms")
-    ax.axhline(0.99, color="grey", linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("submission → 202 answered / → creation message on Kafka (ms)")
-    ax.set_ylabel("fraction of submissions")
-    ax.set_title(f"B7: REST intake at {lat['runs'][0]['rate']} submissions/s offered "
-                 f"(p99 on Kafka {_ms(lat['p99_ms'])} ms)")
+    ax.set_title(title)
     ax.grid(True, alpha=0.3, which="both")
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def latency_chart(results: dict, path: Path) -> None:
+    b3 = results["B3"]
+    _cdf_chart(path, [(samples, {"label": f"run {n}"}) for n, samples in enumerate(b3["latency_samples_ms"], start=1)],
+               [(B3_P99_GOAL_MS, "tab:red", "goal: p99 ≤ 1 s")], "submission → creation message on Kafka (ms)",
+               f"B3: latency at {b3['latency_at_400']['runs'][0]['rate']} submissions/s offered "
+               f"(pipeline took {b3['latency_at_400']['per_s']:.0f}/s)")
+
+
+def intake_latency_chart(results: dict, path: Path) -> None:
+    b7 = results["B7"]
+    lat = b7["latency_at_rate"]
+    curves = [(samples[key], {"linestyle": style, "color": f"C{n - 1}", "label": f"run {n}: {what}"})
+              for n, samples in enumerate(b7["latency_samples_ms"], start=1)
+              for key, style, what in (("accepted_ms", ":", "202 answered"), ("kafka_ms", "-", "on Kafka"))]
+    _cdf_chart(path, curves, [(B7_KAFKA_P99_GOAL_MS, "tab:red", "goal: p99 on Kafka ≤ 1 s"),
+                              (B7_ACCEPTED_P99_GOAL_MS, "tab:orange", "goal: p99 202 ≤ 50 ms")],
+               "submission → 202 answered / → creation message on Kafka (ms)",
+               f"B7: REST intake at {lat['runs'][0]['rate']} submissions/s offered (p99 on Kafka {_ms(lat['p99_ms'])} ms)")
 
 
 def write(results: dict, *, results_dir: Path, docs_dir: Path) -> list[Path]:
