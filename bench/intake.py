@@ -161,6 +161,9 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     for info, sent, answered in phases:
         enqueued = ingest.enqueued_at(settings.database_url, list(sent))
         figures, total = ingest.latency_figures(sent, seen, enqueued)
+        if not total:
+            raise RuntimeError(f"none of the {len(sent)} submissions accepted at {info['rate']}/s "
+                               f"({info['failed']} refused) reached Kafka within 120 s of the run's end")
         open_runs.append({**{k: v for k, v in info.items() if k != "started"}, **figures,
                           "accepted_p50_ms": round(percentile(answered, 50), 1) if answered else None,
                           "accepted_p99_ms": round(percentile(answered, 99), 1) if answered else None})

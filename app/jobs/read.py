@@ -2,9 +2,9 @@
 
 The hot reads (GET /job/{id}, the search pages) skip the ORM: no identity map, no
 relationship loaders, no uniquing of joined rows. One select reads each job with its
-customer, its users and its tasks (those as JSON arrays of column values, aggregated by
-PostgreSQL), and hands them to the serializers of app.jobs.serialize (the job's columns
-keep the model's attribute names), so the answer is the one the ORM objects would make. `conn` is a Connection or a Session: the API passes an
+customer, its users and its tasks as one JSON array of column values (tasks aggregated by
+PostgreSQL), and hands them to the serializers of app.jobs.serialize under the models'
+attribute names, so the answer is the one the ORM objects would make. `conn` is a Connection or a Session: the API passes an
 autocommit connection, so a read costs no BEGIN/ROLLBACK round trips.
 """
 
@@ -32,8 +32,6 @@ TaskRow = namedtuple("TaskRow", TASK_FIELDS)  # what task_to_dict reads of a tas
 
 
 def _values(table, names) -> sa.ColumnElement:
-    # One JSON array per person or task: psycopg parses it in C, and a result of few columns is cheap to
-    # describe (psycopg builds an object per column of every result).
     return sa.func.json_build_array(*(table.c[name] for name in names))
 
 
@@ -57,8 +55,11 @@ _PEOPLE, _JOINED = _people()
 _TASKS = (sa.select(sa.func.coalesce(sa.func.json_agg(aggregate_order_by(_values(_tasks, TASK_FIELDS), _tasks.c.worker)),
                                      sa.literal_column("'[]'::json")))
           .where(_tasks.c.job_id == _jobs.c.id).scalar_subquery())
-# The job's columns keep their names (what the serializers read); the rest is read by position.
-JOBS = sa.select(*(_jobs.c[name] for name in JOB_FIELDS), *_PEOPLE, _TASKS).select_from(_JOINED)
+# A job is one JSON array of its columns, people and tasks: psycopg parses it in C, and a one-column
+# result is cheap to describe (psycopg builds an object per column of every result, SQLAlchemy reads them).
+JOBS = sa.select(sa.func.json_build_array(*(_jobs.c[name] for name in JOB_FIELDS), *_PEOPLE, _TASKS)).select_from(
+    _JOINED)
+JobRow = namedtuple("JobRow", JOB_FIELDS)  # what job_view reads of a job
 _CUSTOMER, _UPDATER, _ABORTER, _TASK_LIST = range(len(JOB_FIELDS), len(JOB_FIELDS) + 4)
 _U = len(USER_FIELDS)
 
@@ -69,10 +70,10 @@ def _user(values: list) -> dict | None:
 
 def job_dicts(conn, stmt: sa.Select, params: dict | None = None) -> list[dict]:
     """The jobs `stmt` (JOBS narrowed and ordered) selects, as the API shows them, in its order."""
-    return [job_view(row, customer=Customer.info(*row[_CUSTOMER]),
-                     tasks=[task_to_dict(TaskRow(*task)) for task in row[_TASK_LIST]],
-                     last_updated_by=_user(row[_UPDATER]), abort_requested_by=_user(row[_ABORTER]))
-            for row in conn.execute(stmt, params)]
+    return [job_view(JobRow(*job[:_CUSTOMER]), customer=Customer.info(*job[_CUSTOMER]),
+                     tasks=[task_to_dict(TaskRow(*task)) for task in job[_TASK_LIST]],
+                     last_updated_by=_user(job[_UPDATER]), abort_requested_by=_user(job[_ABORTER]))
+            for job in conn.scalars(stmt, params)]
 
 
 # Built once: SQLAlchemy computes a statement's cache key once per statement object, and for this one
