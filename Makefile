@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ run: install
 ## test: the test suite against real servers (embedded ones unless SAMPLEDB_* URLs are set)
 test: install
 	$(BIN)/python -m pytest
+
+## test-fast: only the tests that need no server, in seconds (a server start fails the run)
+test-fast: install
+	TESTS_START_NO_SERVERS=1 $(BIN)/python -m pytest -m "not servers"
 
 ## bench: the benchmarks at a million jobs (see docs/BENCHMARKS.md)
 bench: install

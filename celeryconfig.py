@@ -1,38 +1,17 @@
-"""Celery settings, read by `workers.celery_app` (and by the web app's task dispatcher).
+"""Celery settings, read by `workers.celery_app` (and by the web app's task dispatcher, app.dispatch).
 
 Redis is the broker; there is no result backend (nothing reads task results: the
 database and Kafka are the outcome). Every task is idempotent, so messages are
 acknowledged late and re-queued when a worker process dies. Queue and task names
-live here, in one place, for the worker, beat, the dispatcher and the tests.
+live in app.task_names, in one place, for the worker, beat, the dispatcher and the tests.
 """
 
 from __future__ import annotations
 
-
 from kombu import Exchange, Queue
 
 from app.config import Settings
-
-
-class QueueNames:
-    INGEST = "ingest"  # submissions from the sample service and the REST intake
-    OUTBOX = "outbox"  # relaying outbox rows to Kafka: after each commit, and beat's safety net
-    PERIODIC = "periodic"  # beat: the timeout sweeps
-
-    @classmethod
-    def all(cls) -> list[str]:
-        return [cls.INGEST, cls.OUTBOX, cls.PERIODIC]
-
-
-class TaskNames:
-    """Stable names: the sample service sends `sampledb.ingest_submission` by name."""
-
-    INGEST_SUBMISSION = "sampledb.ingest_submission"
-    INGEST_SUBMISSIONS = "sampledb.ingest_submissions"
-    RELAY_OUTBOX = "sampledb.relay_outbox"
-    SWEEP_EXECUTION_TIMEOUTS = "sampledb.sweep_execution_timeouts"
-    SWEEP_ENQUEUED_TIMEOUTS = "sampledb.sweep_enqueued_timeouts"
-    SWEEP_UNCONFIRMED_ABORTS = "sampledb.sweep_unconfirmed_aborts"
+from app.task_names import QueueNames, TaskNames
 
 
 _settings = Settings.from_env()

@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.exc import IntegrityError
 
+from app.access import Actor
 from app.config import WORKER_SHORT_NAME_PATTERN
-from app.errors import ApiError
+from app.domain_errors import NotFound, WorkerExists
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker, now_ms
-
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}
 
 
-class WorkerNotFound(LookupError):
-    pass
+class WorkerNotFound(NotFound):
+    """No analysis worker with this id or shortName."""
 
 
 def worker_to_dict(worker: AnalysisWorker) -> dict:
@@ -94,7 +91,7 @@ def register_worker(session: so.Session, data: dict, actor: Actor | None) -> Ana
         with session.begin_nested():
             session.flush()
     except IntegrityError:
-        raise ApiError.action(409, f"An analysis worker named {data['short_name']} already exists") from None
+        raise WorkerExists(f"An analysis worker named {data['short_name']} already exists") from None
     return worker
 
 

@@ -8,7 +8,6 @@ VIEWER < UPLOADER < USER < ANALYZER and "X or higher" follows that order.
 from __future__ import annotations
 
 import copy
-import copy
 import functools
 import hashlib
 import hmac
@@ -18,12 +17,13 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask import current_app, g, request
+from flask import g, request
 
 from app.errors import ApiError
-from app.extensions import db
-from app.jobs.service import Scope
-from app.models import ApiKey, ApiKeyCustomer, Customer, User, now_ms
+from app.extensions import current_settings, db
+from app.access import Actor, Scope
+from app.accounts import ensure_customer, ensure_user
+from app.models import ApiKey, ApiKeyCustomer, now_ms
 
 API_KEY_HEADER = "Argus-API-Key"
 ROLES = ("SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER")
@@ -32,18 +32,6 @@ VIEWER, UPLOADER, USER, ANALYZER = ROLES
 
 def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-@dataclass(frozen=True)
-class Actor:
-    """The user behind a key, as a snapshot: safe to keep across requests and sessions."""
-
-    id: int
-    customer_short_name: str
-    info: dict
-
-    def to_info(self) -> dict:
-        return copy.deepcopy(self.info)
 
 
 @dataclass(frozen=True)
@@ -85,7 +73,7 @@ def authenticate() -> Principal:
     if not key:
         raise ApiError.action(401, f"Missing {API_KEY_HEADER} header")
     digest = hash_key(key)
-    ttl = current_app.config["SAMPLEDB"].api_key_cache_seconds
+    ttl = current_settings().api_key_cache_seconds
     now = time.monotonic()
     cached = _principals.get(digest)
     if cached is not None and now - cached[0] < ttl:
@@ -129,24 +117,6 @@ def current_principal() -> Principal:
 
 
 # -- making keys (CLI and tests) ---------------------------------------------------------------
-
-def ensure_customer(session: so.Session, short_name: str, name: str | None = None) -> Customer:
-    """The customer with this shortName, created on first sight (concurrent callers get the same row)."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-    session.execute(pg_insert(Customer).values(short_name=short_name, name=name or short_name)
-                    .on_conflict_do_nothing(index_elements=[Customer.short_name]))
-    return session.scalars(sa.select(Customer).where(Customer.short_name == short_name)).one()
-
-
-def ensure_user(session: so.Session, short_name: str, customer: Customer, name: str | None = None) -> User:
-    user = session.scalars(sa.select(User).where(User.short_name == short_name)).one_or_none()
-    if user is None:
-        user = User(short_name=short_name, name=name or short_name, customer_id=customer.id)
-        session.add(user)
-        session.flush()
-    return user
-
 
 def create_key(
     session: so.Session, *, user: str, customer: str, role: str, grant_customers: tuple[str, ...] = (),

@@ -6,17 +6,22 @@ import sys
 
 import click
 
+from app.auth import create_key
 from app.config import ConfigError, Settings
+from app.extensions import db as database
+from app.factory import create_app
+from app.migrate import upgrade
 
 
-def load_settings() -> Settings:
-    try:
-        return Settings.from_env()
-    except ConfigError as err:
-        raise click.ClickException(str(err)) from None
+class _Command(click.Group):
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ConfigError as err:  # a bad setting is the user's to fix: its message, not a stack trace
+            raise click.ClickException(str(err)) from None
 
 
-@click.group()
+@click.group(cls=_Command)
 def main() -> None:
     """SampleDB jobs: the analysis-job service of a malware sample database."""
 
@@ -30,9 +35,7 @@ def db() -> None:
 @click.option("--revision", default="head", show_default=True)
 def db_upgrade(revision: str) -> None:
     """Apply the migrations."""
-    from app.migrate import upgrade
-
-    settings = load_settings()
+    settings = Settings.from_env()
     upgrade(settings.database_url, revision)
     click.echo(f"database at revision {revision}")
 
@@ -53,11 +56,7 @@ def keys() -> None:
 def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str, ...], all_customers: bool,
                 expires_in: int | None) -> None:
     """Make an API key; it is printed alone on the last line and never shown again."""
-    from app.auth import create_key
-    from app.extensions import db as database
-    from app import create_app
-
-    app = create_app(load_settings())
+    app = create_app(Settings.from_env())
     with app.app_context():
         session = database.session
         secret = create_key(session, user=user, customer=customer, role=role, grant_customers=grant_customers,
@@ -70,9 +69,9 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
 @main.command()
 def dev() -> None:
     """Run the whole service here: embedded servers (unless SAMPLEDB_* URLs are set), API, worker, beat, Flower."""
-    from app import devstack
+    from app.dev import stack
 
-    sys.exit(devstack.run())
+    sys.exit(stack.run())
 
 
 @main.command()
@@ -88,11 +87,11 @@ def dev() -> None:
 def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int, wait_seconds: float,
          seed: int | None) -> None:
     """Feed synthetic submissions through the running service and follow them to Kafka."""
-    from app import demo as demo_run
+    from app.dev import demo as demo_run
     from app.config import read_dev_env
-    from app.devstack import KEY_FILE
+    from app.dev.stack import KEY_FILE
 
-    settings = load_settings()
+    settings = Settings.from_env()
     api_url = (api_url or read_dev_env().get("SAMPLEDB_API_URL") or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
     if api_key is None:
         if not KEY_FILE.is_file():

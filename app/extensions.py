@@ -1,35 +1,63 @@
-"""The service's shared handles: the database session and the flask-smorest Api."""
+"""What a running app holds: its settings and its database engine, and the session every part uses.
+
+Each Flask app gets an engine of its own, made from its settings by `init_app` and kept in
+the app: a second app on another database never changes the engine of the first. The one
+session handle (`db.session`, one session per thread) binds to the current app's engine.
+"""
 
 from __future__ import annotations
 
+import weakref
+
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask import g
-from flask_smorest import Api
+from flask import Flask, current_app, g
+
+from app.config import Settings
+
+SETTINGS_KEY = "SAMPLEDB"
+_ENGINE_KEY = "sampledb.engine"
+
+
+def settings_of(app: Flask) -> Settings:
+    return app.config[SETTINGS_KEY]
+
+
+def current_settings() -> Settings:
+    """The settings of the app whose context is active: the way to read them in a running service."""
+    return settings_of(current_app)
+
+
+class _AppSession(so.Session):
+    def get_bind(self, mapper=None, clause=None, **kwargs):
+        # A session bound explicitly (a test's outer transaction) keeps that bind.
+        return self.bind if self.bind is not None else db.engine
 
 
 POOL_RECYCLE_SECONDS = 300
 
 
 class Database:
-    """One engine per process and a session per thread, removed when the app context ends.
+    """An engine per app and a session per thread, removed when the app context ends.
 
     Read-only views use `reader()` instead of the session: a connection in autocommit mode
     (the same pool), so a read is its statements alone, with no BEGIN and ROLLBACK around them.
     """
 
     def __init__(self) -> None:
-        self.engine: sa.Engine | None = None
-        self.session = so.scoped_session(so.sessionmaker(expire_on_commit=False))
+        self.session = so.scoped_session(so.sessionmaker(class_=_AppSession, expire_on_commit=False))
+        self._engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
-    def init_app(self, app) -> None:
-        url = app.config["SAMPLEDB"].database_url
-        if self.engine is None or str(self.engine.url.render_as_string(hide_password=False)) != url:
-            # No pre-ping (a SELECT 1 round trip per checkout): a connection the server dropped fails its
-            # request once, SQLAlchemy sees the disconnect and invalidates the whole pool, the next
-            # checkouts reconnect; pool_recycle replaces idle connections before servers or proxies drop them.
-            self.engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=POOL_RECYCLE_SECONDS)
-            self.session.configure(bind=self.engine)
+    def init_app(self, app: Flask) -> None:
+        if _ENGINE_KEY in app.extensions:
+            raise RuntimeError("the database of this app is already set up")
+        # No pre-ping (a SELECT 1 round trip per checkout): a connection the server dropped fails its
+        # request once, SQLAlchemy sees the disconnect and invalidates the whole pool, the next
+        # checkouts reconnect; pool_recycle replaces idle connections before servers or proxies drop them.
+        engine = sa.create_engine(settings_of(app).database_url, pool_size=10, max_overflow=20,
+                                  pool_recycle=POOL_RECYCLE_SECONDS)
+        app.extensions[_ENGINE_KEY] = engine
+        self._engines.add(engine)
         app.teardown_appcontext(self._end_of_context)
 
     def reader(self) -> sa.Connection:
@@ -44,11 +72,19 @@ class Database:
             reader.close()
         self.session.remove()
 
+    @staticmethod
+    def engine_of(app: Flask) -> sa.Engine:
+        return app.extensions[_ENGINE_KEY]
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The engine of the app whose context is active."""
+        return self.engine_of(current_app)
+
     def dispose(self) -> None:
-        """Drop inherited connections; called in each process after a fork."""
-        if self.engine is not None:
-            self.engine.dispose(close=False)
+        """Drop inherited connections of every engine of this process; called in each process after a fork."""
+        for engine in list(self._engines):
+            engine.dispose(close=False)
 
 
 db = Database()
-api = Api()

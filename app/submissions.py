@@ -14,10 +14,7 @@ job's id before a worker has made the job, and a client's retry gets the same id
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import json
-import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,25 +22,17 @@ from dataclasses import dataclass
 import marshmallow as ma
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from marshmallow import fields, validate
 
-from app.api.schemas import NAME_MAX, ApiSchema
-from app.auth import ensure_customer
+from app.access import Actor, Scope
+from app.accounts import ensure_customer
 from app.config import Settings
+from app.domain_errors import InvalidArgument, InvalidRequest
 from app.jobs import service
-from app.jobs.service import Scope
 from app.models import Customer, now_ms
-
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
+from app.wire import SHA256_PATTERN, SubmissionPayloadSchema
 
 # Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
 JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")
-TLP_LEVELS = ("white", "green", "amber", "red")
-JSON_MAX_BYTES = 64 * 1024
-LIST_MAX = 10_000
-CUSTOMER_NAME_MAX = NAME_MAX  # customers.short_name
-SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
 
 
 class InvalidSubmission(ValueError):
@@ -54,12 +43,12 @@ class InvalidSubmission(ValueError):
         self.messages = messages
 
 
-class SubmissionRejected(ValueError):
+class SubmissionRejected(InvalidArgument):
     """A REST upload the caller may not make as given; `field` names the culprit."""
 
-    def __init__(self, field: str, text: str):
-        super().__init__(text)
-        self.field = field
+
+class SubmissionIncomplete(InvalidRequest):
+    """A REST upload whose fields, as the service filled them in, break a bound (e.g. a long user name)."""
 
 
 def job_id_for(submission_id: uuid.UUID | str) -> uuid.UUID:
@@ -67,124 +56,7 @@ def job_id_for(submission_id: uuid.UUID | str) -> uuid.UUID:
     return uuid.uuid5(JOB_ID_NAMESPACE, str(uuid.UUID(str(submission_id))))
 
 
-# -- schemas -----------------------------------------------------------------------------------
-
-def _json_size(value) -> bool:
-    try:
-        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError:  # NaN and Infinity parse in Python but are not JSON, and PostgreSQL refuses them
-        raise ma.ValidationError("NaN and Infinity are not JSON numbers") from None
-    except RecursionError:
-        raise ma.ValidationError("Nested too deeply") from None
-    if len(text.encode("utf-8")) > JSON_MAX_BYTES:
-        raise ma.ValidationError(f"At most {JSON_MAX_BYTES // 1024} KiB as JSON")
-    return True
-
-
-def _sha256(value: str) -> bool:
-    if not SHA256_PATTERN.fullmatch(value):
-        raise ma.ValidationError("Not a sha256 hash (64 hexadecimal characters)")
-    return True
-
-
-class Timestamp(fields.Integer):
-    """Milliseconds since the epoch: a JSON integer (no fraction, no string, no boolean), not negative."""
-
-    def __init__(self, **kwargs):
-        super().__init__(strict=True, validate=validate.Range(0, 2**63 - 1), **kwargs)
-
-
-def _text(**kwargs) -> fields.String:
-    return fields.String(validate=validate.Length(max=NAME_MAX), **kwargs)
-
-
-def _optional_text() -> fields.String:
-    return _text(allow_none=True, load_default=None)
-
-
-class SampleRefSchema(ApiSchema):
-    id = fields.String(required=True, validate=_sha256)
-
-
-class UserAgentSchema(ApiSchema):
-    name = _optional_text()
-    version = _optional_text()
-
-
-class SubmissionSchema(ApiSchema):
-    id = fields.UUID(required=True)
-    customer = fields.String(required=True, validate=validate.Length(1, CUSTOMER_NAME_MAX),
-                             metadata={"description": "shortName of the customer the sample was seen at"})
-    sample = fields.Nested(SampleRefSchema, required=True)
-    created_by_user = fields.Dict(allow_none=True, load_default=None, validate=_json_size)
-    created_timestamp = Timestamp(load_default=now_ms)
-    name = _optional_text()
-    timestamp = Timestamp(allow_none=True, load_default=None)
-    mime_type = _optional_text()
-    meta_data = fields.Dict(allow_none=True, load_default=dict, validate=_json_size)
-    tlp = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(TLP_LEVELS))
-    acl = fields.List(fields.Raw(), allow_none=True, load_default=list,
-                      validate=[validate.Length(max=LIST_MAX), _json_size])
-    user_agent = fields.Nested(UserAgentSchema, allow_none=True, load_default=None)
-
-    @ma.pre_load
-    def lowercase_tlp(self, data, **kwargs):
-        if isinstance(data, Mapping) and isinstance(data.get("tlp"), str):
-            data = {**data, "tlp": data["tlp"].lower()}
-        return data
-
-
-class ClassificationSchema(ApiSchema):
-    sample = fields.String(allow_none=True, load_default=None, validate=_sha256,
-                           metadata={"description": "The sample's sha256; set to the submission's when absent"})
-    classification_id = fields.UUID(data_key="classificationID", load_default=uuid.uuid4)
-    created_timestamp = Timestamp(load_default=now_ms)
-    version = _optional_text()
-    type = _text(required=True, metadata={"description": "File type, e.g. PE"})
-    super_type = _text(required=True, metadata={"description": "e.g. executable, document"})
-    arch = _optional_text()
-    platform = _optional_text()
-    meta = fields.Dict(allow_none=True, load_default=dict, validate=_json_size)
-
-
-class SubmissionPayloadSchema(ApiSchema):
-    """The payload of `sampledb.ingest_submission`: every submission field the seed shows."""
-
-    submission = fields.Nested(SubmissionSchema, required=True)
-    classification = fields.Nested(ClassificationSchema, required=True)
-
-    @ma.validates_schema
-    def same_sample(self, data, **kwargs):
-        given = data["classification"].get("sample")
-        if given is not None and given.lower() != data["submission"]["sample"]["id"].lower():
-            raise ma.ValidationError({"classification": {"sample": ["Must equal submission.sample.id"]}})
-
-    @ma.post_load
-    def normalise(self, data, **kwargs):
-        sha256 = data["submission"]["sample"]["id"].lower()
-        data["submission"]["sample"]["id"] = sha256
-        data["classification"]["sample"] = sha256
-        return data
-
-
-class UploadSubmissionSchema(SubmissionSchema):
-    """A REST upload's submission: the service fills id (unless given), customer (unless given),
-    sample, createdByUser and createdTimestamp."""
-
-    id = fields.UUID(load_default=None, metadata={"description": "Keep it when retrying: the retry gets the same jobID"})
-    customer = fields.String(load_default=None, validate=validate.Length(1, CUSTOMER_NAME_MAX),
-                             metadata={"description": "Default: the key's own customer"})
-    sample = fields.Nested(SampleRefSchema, load_default=None)
-    created_by_user = fields.Dict(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
-    created_timestamp = Timestamp(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
-
-
-class UploadPayloadSchema(ApiSchema):
-    """Body of POST /sample/{sha256}/submission."""
-
-    submission = fields.Nested(UploadSubmissionSchema, load_default=lambda: UploadSubmissionSchema().load({}))
-    classification = fields.Nested(ClassificationSchema, required=True)
-
+# -- validating ------------------------------------------------------------------------------
 
 _PAYLOAD = SubmissionPayloadSchema()
 
@@ -203,7 +75,7 @@ def validate_payload(payload) -> dict:
 # -- REST upload ------------------------------------------------------------------------------
 
 def prepare_upload(session: so.Session, *, sha256: str, body: dict, user: Actor, scope: Scope) -> dict:
-    """The full payload of a REST upload (body loaded by UploadPayloadSchema) for the ingest task."""
+    """The full payload of a REST upload (body loaded by app.api's UploadPayloadSchema) for the ingest task."""
     if not SHA256_PATTERN.fullmatch(sha256):
         raise SubmissionRejected("sha256", "Not a sha256 hash (64 hexadecimal characters)")
     sha256 = sha256.lower()
@@ -225,7 +97,10 @@ def prepare_upload(session: so.Session, *, sha256: str, body: dict, user: Actor,
         created_timestamp=now_ms(),
     )
     classification["sample"] = sha256
-    return validate_payload(_PAYLOAD.dump({"submission": submission, "classification": classification}))
+    try:
+        return validate_payload(_PAYLOAD.dump({"submission": submission, "classification": classification}))
+    except InvalidSubmission as err:
+        raise SubmissionIncomplete(f"Submission cannot be completed: {err}") from None
 
 
 def _may_submit_for(session: so.Session, short_name: str, scope: Scope) -> bool:
@@ -251,7 +126,7 @@ class _Lookups:
     def __init__(self, session: so.Session, settings: Settings):
         self.session, self.settings = session, settings
         self._customers: dict[str, Customer] = {}
-        self._workers: dict[tuple, list[str]] = {}
+        self._analysis_workers: dict[tuple, list[str]] = {}
 
     def customer(self, short_name: str) -> Customer:
         if short_name not in self._customers:
@@ -267,18 +142,19 @@ class _Lookups:
         for short_name in sorted(short_names - set(self._customers)):
             self._customers[short_name] = ensure_customer(self.session, short_name)
 
-    def workers(self, classification: dict) -> list[str]:
+    def analysis_workers(self, classification: dict) -> list[str]:
         key = tuple(classification.get(c) for c in ("type", "superType", "arch", "platform"))
-        if key not in self._workers:
-            self._workers[key] = service.workers_for(self.session, classification, self.settings.fallback_worker)
-        return self._workers[key]
+        if key not in self._analysis_workers:
+            self._analysis_workers[key] = service.analysis_workers_for(self.session, classification,
+                                                                       self.settings.fallback_worker)
+        return self._analysis_workers[key]
 
 
 def _make_job(session: so.Session, settings: Settings, data: dict, lookups: _Lookups) -> tuple[uuid.UUID, bool]:
     submission, classification = data["submission"], data["classification"]
     return service.create_job(
         session, settings, submission=submission, classification=classification,
-        customer=lookups.customer(submission["customer"]), workers=lookups.workers(classification),
+        customer=lookups.customer(submission["customer"]), workers=lookups.analysis_workers(classification),
         job_id=job_id_for(submission["id"]),
     )
 
@@ -306,7 +182,7 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
     new_jobs = [
         service.NewJob(submission=data["submission"], classification=data["classification"],
                        customer_id=lookups.customer(data["submission"]["customer"]).id,
-                       workers=tuple(lookups.workers(data["classification"])),
+                       workers=tuple(lookups.analysis_workers(data["classification"])),
                        job_id=job_id_for(data["submission"]["id"]))
         for data in valid
     ]

@@ -1,7 +1,7 @@
 """`make bench`: the service's benchmarks at a million jobs (docs/BENCHMARKS.md).
 
 Run with `python -m bench`. It starts embedded PostgreSQL, Redis and a Kafka-protocol
-broker in a temp dir (app.localstack) unless `SAMPLEDB_DATABASE_URL`,
+broker in a temp dir (app.dev) unless `SAMPLEDB_DATABASE_URL`,
 `SAMPLEDB_REDIS_URL` and `SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS` point at real servers; on
 those it works in databases, a Redis database and topics of its own and never touches
 existing data. Knobs: `BENCH_JOBS` (default 1,000,000) and `BENCH_QUICK=1` (tiny

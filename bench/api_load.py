@@ -1,7 +1,7 @@
 """B1 (GET /job/{id} under concurrent load) and B5's API figure (peak RSS of a gunicorn worker).
 
-Two gunicorns run as the Procfile runs the API (`-w 2 -k gthread --threads 4`): the service
-(`app:create_app()`) and bench.baseline_app, whose extra route answers the same job JSON
+Two gunicorns run as the Procfile runs the API (app.dev.commands.GUNICORN_OPTIONS): the service
+(`app.factory:create_app()`) and bench.baseline_app, whose extra route answers the same job JSON
 without the database. The load comes from a separate process, `wrk`, whose Lua script
 cycles over 10,000 job ids and sends the key; without wrk on PATH (Debian: `apt-get install
 wrk`) a Python multi-process generator stands in.
@@ -32,7 +32,8 @@ import psutil
 import sqlalchemy as sa
 
 from app.config import Settings
-from bench.processes import GUNICORN_OPTIONS, PeakRss, start_gunicorn
+from app.dev.commands import GUNICORN_OPTIONS
+from bench.processes import PeakRss, start_gunicorn
 from bench.stack import settings_env
 from bench.stats import median, percentile, spread
 

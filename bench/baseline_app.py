@@ -4,7 +4,7 @@ job-sized JSON in the envelope without touching the database or checking a key.
 `BENCH_FIXED_JOB_FILE` names a file holding the `data` of a real GET /job/{id} answer, so the
 baseline serializes exactly as much JSON per request as the measured route.
 
-    gunicorn -w 2 -k gthread --threads 4 'bench.baseline_app:app'
+    served by gunicorn with the API's options (app.dev.commands.gunicorn('bench.baseline_app:app', ...))
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 
-from app import create_app
+from app.factory import create_app
 from app.errors import envelope
 from bench.api_load import FIXED_JOB_PATH
 

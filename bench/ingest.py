@@ -1,8 +1,8 @@
 """B3 (ingest: submission -> job -> creation message acknowledged by Kafka) and B5's Celery figure.
 
 Submissions are offered by sending the Celery task `sampledb.ingest_submission` by name
-(workers.dispatch.send_ingest, the upstream sample service's path) to a real worker
-(`celery -A workers.celery_app worker -Q ingest,outbox,periodic -c 2`) on the bench's
+(app.dispatch.send_ingest, the upstream sample service's path) to a real worker
+(`celery -A workers.celery_app worker` on every queue, `-c 2`: app.dev.commands) on the bench's
 Redis, database (the 1M-job one) and Kafka. A follower process reads the job topic with
 manual partition assignment (no consumer group; Tansu's end_offsets() is not used) and
 notes when each creation message arrives.
@@ -24,7 +24,6 @@ import json
 import multiprocessing
 import os
 import queue
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -33,7 +32,11 @@ import psutil
 import sqlalchemy as sa
 
 from app.config import Settings
-from bench.processes import REPO, Child, PeakRss
+from app.dev import commands
+from app.dev.kafka import TopicReader
+from app.dev.processes import Child
+from app.dev.synthetic import submission_payload
+from bench.processes import REPO, PeakRss, start_child
 from bench.stack import settings_env
 from bench.stats import percentile, summarize_runs
 
@@ -50,22 +53,9 @@ PAYLOAD_KINDS = [
 
 def payload(n: int, customer: str) -> dict:
     """A submission shaped as the seed's creation message shows it."""
-    sha256 = uuid.uuid4().hex + uuid.uuid4().hex
-    kind = PAYLOAD_KINDS[n % len(PAYLOAD_KINDS)]
-    return {
-        "submission": {
-            "id": str(uuid.uuid4()), "customer": customer, "sample": {"id": sha256},
-            "createdByUser": {"id": 0, "shortName": "upload-bot", "name": "Upload bot", "customer": None,
-                              "domain": None},
-            "createdTimestamp": int(time.time() * 1000), "name": f"sample-{n}.bin", "timestamp": int(time.time() * 1000),
-            "mimeType": "application/octet-stream", "metaData": {"source": "mail-gateway", "key": "value"},
-            "tlp": "amber", "acl": [], "userAgent": {"name": "python-requests", "version": "3"},
-        },
-        "classification": {
-            "sample": sha256, "classificationID": str(uuid.uuid4()), "createdTimestamp": int(time.time() * 1000),
-            "version": "1", "type": kind[0], "superType": kind[1], "arch": kind[2], "platform": kind[3], "meta": {},
-        },
-    }
+    file_type, super_type, arch, platform = PAYLOAD_KINDS[n % len(PAYLOAD_KINDS)]
+    return submission_payload(customer, file_type=file_type, super_type=super_type, arch=arch, platform=platform,
+                              name=f"sample-{n}.bin", tlp="amber", meta_data={"source": "mail-gateway", "key": "value"})
 
 
 # -- the follower: a process reading the job topic ----------------------------------------------
@@ -73,37 +63,21 @@ def payload(n: int, customer: str) -> dict:
 def _follow(bootstrap: str, topic: str, ready, stop, seen_count, out) -> None:
     import logging
 
-    from kafka import KafkaConsumer, TopicPartition
-
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-                             auto_offset_reset="earliest", fetch_max_wait_ms=20,
-                             client_id="sampledb-bench-follower")
+    reader = TopicReader(bootstrap, topic, wait=120, client_id="sampledb-bench-follower", fetch_max_wait_ms=20)
     seen: dict[str, tuple[float, int]] = {}
     try:
-        deadline = time.monotonic() + 120
-        partitions = None
-        while not partitions and time.monotonic() < deadline and not stop.is_set():
-            try:
-                partitions = consumer.partitions_for_topic(topic)
-            except Exception:  # no metadata yet: the topic appears with the first relay
-                partitions = None
-            if not partitions:
-                time.sleep(0.1)
-        if partitions:
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
+        if reader.partitions:
             ready.set()
             while not stop.is_set():
-                for batch in consumer.poll(timeout_ms=50).values():
-                    now = time.time()
-                    for record in batch:
-                        submission_id = json.loads(record.value)["submission"]["id"]
-                        seen.setdefault(submission_id, (now, record.timestamp))
+                records = reader.poll(0.05)
+                now = time.time()
+                for record in records:
+                    submission_id = json.loads(record.value)["submission"]["id"]
+                    seen.setdefault(submission_id, (now, record.timestamp))
                 seen_count.value = len(seen)
     finally:
-        consumer.close()
+        reader.close()
         out.put(seen)
 
 
@@ -178,10 +152,10 @@ class CpuMeter:
                 for name, group in self.groups.items()}
 
 
-def start_worker(app_module: str, queues: str, env: dict, log_path: Path) -> Child:
-    argv = [sys.executable, "-m", "celery", "-A", app_module, "worker", "-Q", queues, "-c", "2",
-            "--loglevel", "WARNING", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h"]
-    return Child(f"celery {app_module}", argv, env, log_path)
+def start_worker(app_module: str, queues: list[str] | None, env: dict, log_path: Path) -> Child:
+    argv = commands.celery_worker("--loglevel", "WARNING", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h",
+                                  queues=queues, app=app_module)
+    return start_child(f"celery {app_module}", argv, env, log_path)
 
 
 def _queue_drained(client, queue: str) -> bool:
@@ -198,7 +172,7 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
 
     sender = noop_worker.celery
     sender.conf.broker_url = settings.redis_url  # celeryconfig read this process's environment, not the bench's
-    worker = start_worker("bench.noop_worker", noop_worker.NOOP_QUEUE, env, workdir / "celery-noop.log")
+    worker = start_worker("bench.noop_worker", [noop_worker.NOOP_QUEUE], env, workdir / "celery-noop.log")
     client = redis.Redis.from_url(settings.redis_url)
     runs = []
     try:
@@ -223,17 +197,10 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
 
 
 def wait_worker_ready(redis_url: str, worker: Child, timeout: float = 60) -> None:
-    from workers.dispatch import celery_client
+    from app.dispatch import celery_client
 
-    deadline = time.monotonic() + timeout
-    inspect = celery_client(redis_url).control
-    while time.monotonic() < deadline:
-        if worker.process.poll() is not None:
-            raise RuntimeError(f"{worker.name} exited:\n{worker.log_tail()}")
-        replies = inspect.ping(timeout=0.5) or []
-        if replies:
-            return
-    raise RuntimeError(f"{worker.name} did not answer a ping within {timeout} s:\n{worker.log_tail()}")
+    control = celery_client(redis_url).control
+    worker.wait_until(lambda left: control.ping(timeout=0.5), timeout, "answering a ping")
 
 
 def insert_commit_rate(settings: Settings, duration: float) -> dict:
@@ -370,19 +337,19 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         bulk_duration: float = 30, latency_duration: float = 20, baseline_duration: float = 5, noop_tasks: int = 3000, runs: int = 3) -> dict:
     """B3 and B5 (Celery worker): baselines, then the sustained and the 400/s latency runs, `runs` each."""
     from celeryconfig import TaskNames
-    from workers.dispatch import celery_client, send_ingest
+    from app.dispatch import celery_client, send_ingest
 
     env = settings_env(settings)
     env["PYTHONPATH"] = str(REPO)
-    results: dict = {"offered_through": "Celery task sampledb.ingest_submission (workers.dispatch.send_ingest)",
-                     "worker": "celery -A workers.celery_app worker -Q ingest,outbox,periodic -c 2",
+    results: dict = {"offered_through": "Celery task sampledb.ingest_submission (app.dispatch.send_ingest)",
+                     "worker": " ".join(["celery", *commands.celery_worker()[3:]]),
                      "window": WINDOW, "bulk_batch": BULK_BATCH}
     results["baseline_produce"] = produce_rate(settings, baseline_duration)
     results["baseline_insert_commit"] = insert_commit_rate(settings, baseline_duration)
     results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks, servers_pids)
 
     customers = [f"bench-customer-{k:02d}" for k in range(1, 21)]
-    worker = start_worker("workers.celery_app", "ingest,outbox,periodic", env, workdir / "celery-ingest.log")
+    worker = start_worker(commands.CELERY_APP, None, env, workdir / "celery-ingest.log")
     follower = None
     try:
         wait_worker_ready(settings.redis_url, worker)
@@ -393,7 +360,7 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         for n in range(20):  # warm-up: makes the topic, the worker's producer and its connections
             send(payload(n, customers[n % len(customers)]))
         if not follower.ready.wait(90) or not follower.wait_for(20, 90):
-            raise RuntimeError(f"no creation message reached Kafka:\n{worker.log_tail()}")
+            raise RuntimeError(f"no creation message reached Kafka:\n{worker.tail()}")
         memory = PeakRss(worker.pid, include_root=True)
         memory.start()
         # What each part of the pipeline costs: the worker's main process does the broker I/O for its pool.

@@ -1,8 +1,8 @@
 """B7: the REST intake (POST /sample/{sha256}/submission) through gunicorn as `make run` serves it.
 
-gunicorn with the Procfile's options (`-w 2 -k gthread --threads 4`), a real Celery worker
-(`-Q ingest,outbox,periodic -c 2`), the bench's database, Redis and Kafka; an all-customers
-SAMPLEDB-UPLOADER key.
+gunicorn with the Procfile's options (app.dev.commands.GUNICORN_OPTIONS), a real Celery worker
+(app.dev.commands.celery_worker, every queue), the bench's database, Redis and Kafka; an
+all-customers SAMPLEDB-UPLOADER key.
 
 * accepted: closed loop, CONNECTIONS keep-alive connections (bench.api_load's Python
   generator), each POST a new submission of a new sample; submissions/s answered 202 and the
@@ -14,7 +14,6 @@ SAMPLEDB-UPLOADER key.
 
 from __future__ import annotations
 
-import functools
 import http.client
 import json
 import os
@@ -28,9 +27,11 @@ import sqlalchemy.orm as so
 
 from app.auth import create_key
 from app.config import Settings
+from app.dev import commands
+from app.dev.commands import GUNICORN_OPTIONS
 from bench import ingest
 from bench.api_load import CONNECTIONS, HEALTH_PATH, python_load
-from bench.processes import GUNICORN_OPTIONS, REPO, start_gunicorn
+from bench.processes import REPO, start_gunicorn
 from bench.stack import settings_env
 from bench.stats import percentile, summarize_runs
 
@@ -121,7 +122,7 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     env["PYTHONPATH"] = str(REPO)
     key = _uploader_key(settings.database_url)
     headers = {"Argus-API-Key": key, "Content-Type": "application/json"}
-    worker = ingest.start_worker("workers.celery_app", "ingest,outbox,periodic", env, workdir / "celery-b7.log")
+    worker = ingest.start_worker(commands.CELERY_APP, None, env, workdir / "celery-b7.log")
     api = follower = None
     closed, open_runs, phases = [], [], []
     try:
@@ -171,7 +172,7 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
                         "accepted_ms": [round(ms, 1) for ms in sorted(answered)]})
     return {
         "gunicorn": " ".join(GUNICORN_OPTIONS), "connections": CONNECTIONS,
-        "worker": "celery -A workers.celery_app worker -Q ingest,outbox,periodic -c 2",
+        "worker": " ".join(["celery", *commands.celery_worker()[3:]]),
         "accepted": summarize_runs(closed, ("per_s", "p50_ms", "p99_ms")),
         "latency_at_rate": summarize_runs(open_runs, ("p50_ms", "p99_ms", "accepted_p50_ms", "accepted_p99_ms")),
         "latency_samples_ms": samples,

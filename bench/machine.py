@@ -47,7 +47,7 @@ def describe(database_url: str, redis_url: str | None, kafka_bootstrap: str | No
         "cores": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": memory_gib(),
         "kernel": platform.release(), "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
-        "servers": {name: "embedded (app.localstack)" if name in embedded else "given by a SAMPLEDB_* URL"
+        "servers": {name: "embedded (app.dev)" if name in embedded else "given by a SAMPLEDB_* URL"
                     for name in ("postgresql", "redis", "kafka")},
     }
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)

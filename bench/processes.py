@@ -2,80 +2,33 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import psutil
 
-from app.localstack import _die_with_parent, free_port
+from app.dev import commands
+from app.dev.processes import Child, ChildError, free_port
 
-GUNICORN_OPTIONS = ["-w", "2", "-k", "gthread", "--threads", "4"]  # as the Procfile runs the API
 REPO = Path(__file__).resolve().parent.parent  # wsgi.py, celeryconfig.py and bench/ are imported from here
 
 
-class Child:
-    """A process in a session of its own (so stopping it stops its children too), logging to a file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO):
-        self.name = name
-        self.log_path = log_path
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(log_path, "ab") as log:
-            # start_new_session: stopping the group stops its children too; the death signal: a crashed
-            # benchmark leaves no worker behind that would take the next run's tasks.
-            self.process = subprocess.Popen(argv, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-                                            stdin=subprocess.DEVNULL, start_new_session=True,
-                                            preexec_fn=_die_with_parent(signal.SIGTERM))
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)  # whatever of its group is left (pool processes)
-        except ProcessLookupError:
-            pass
-        self.process.wait()
+def start_child(name: str, argv: list[str], env: dict[str, str], log_path: Path) -> Child:
+    """A child of the benchmark run from the repository; its death signal: a crashed benchmark leaves no
+    worker behind that would take the next run's tasks."""
+    return Child(name, log_path).start(argv, env=env, cwd=REPO)
 
 
 def start_gunicorn(target: str, env: dict[str, str], log_path: Path, ready_path: str) -> tuple[Child, str]:
     """gunicorn serving `target` as the Procfile does, on a free port; returns it once `ready_path` answers 200."""
-    port = free_port()
-    child = Child(f"gunicorn {target}", [sys.executable, "-m", "gunicorn", *GUNICORN_OPTIONS,
-                                         "--bind", f"127.0.0.1:{port}", target], env, log_path)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if child.process.poll() is not None:
-            raise RuntimeError(f"{child.name} exited at start:\n{child.log_tail()}")
-        try:
-            with urllib.request.urlopen(base + ready_path, timeout=2) as response:
-                if response.status == 200:
-                    return child, base
-        except OSError:
-            pass
-        time.sleep(0.2)
-    child.stop()
-    raise RuntimeError(f"{child.name} did not answer {ready_path} within 60 s:\n{child.log_tail()}")
+    base = f"http://127.0.0.1:{free_port()}"
+    child = start_child(f"gunicorn {target}", commands.gunicorn(target, base.removeprefix("http://")), env, log_path)
+    try:
+        child.wait_until(lambda left: commands.answers(base + ready_path), 60, f"answering {ready_path}")
+    except ChildError:
+        child.stop()
+        raise
+    return child, base
 
 
 class PeakRss(threading.Thread):

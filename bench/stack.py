@@ -1,6 +1,6 @@
 """The servers a benchmark run uses and the databases it makes on them.
 
-Embedded servers (app.localstack) in a temp dir unless the SAMPLEDB_* URLs are set. On
+Embedded servers (app.dev) in a temp dir unless the SAMPLEDB_* URLs are set. On
 given servers the run works only in what it creates: databases named
 `sampledb_bench_<run>_*` (dropped at the end), an empty Redis database (flushed at the
 end only because it was empty at the start) and topics of a site of its own.
@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 import sqlalchemy as sa
 
 from app.config import Settings
+from app.extensions import db
+from app.factory import create_app
 from app.migrate import upgrade
 
 log = logging.getLogger(__name__)
@@ -60,7 +62,9 @@ class Servers:
 
 def start_servers(need_workers: bool = True) -> Servers:
     """Embedded servers for every SAMPLEDB_* URL that is not set (Redis and Kafka only if `need_workers`)."""
-    from app import localstack
+    from app.dev.kafka import start_kafka
+    from app.dev.postgres import start_postgres
+    from app.dev.redis import start_redis
 
     given_pg = os.environ.get("SAMPLEDB_DATABASE_URL")
     given_redis = os.environ.get("SAMPLEDB_REDIS_URL")
@@ -71,7 +75,7 @@ def start_servers(need_workers: bool = True) -> Servers:
         if given_pg:
             pg_url = Settings.from_env({"SAMPLEDB_DATABASE_URL": given_pg}).database_url
         else:
-            server = localstack.start_postgres(temp_dir / "postgres")
+            server = start_postgres(temp_dir / "postgres")
             started.append(server)
             pg_url = server.url
         redis_url = kafka = None
@@ -81,13 +85,13 @@ def start_servers(need_workers: bool = True) -> Servers:
                 redis_url = empty_redis_database(given_redis)
                 redis_was_empty = True
             else:
-                server = localstack.start_redis(temp_dir / "redis")
+                server = start_redis(temp_dir / "redis")
                 started.append(server)
                 redis_url = server.url
             if given_kafka:
                 kafka = given_kafka
             else:
-                server = localstack.start_kafka(log_dir=temp_dir / "kafka")
+                server = start_kafka(log_dir=temp_dir / "kafka")
                 started.append(server)
                 kafka = server.url
     except BaseException:
@@ -194,23 +198,9 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 @contextmanager
 def app_bound_to(settings: Settings):
-    """A Flask app on `settings` in this process; the shared `db` handle is restored afterwards.
-
-    app.extensions.db keeps one engine per process: without the restore, a test session
-    that runs the harness in-process would go on with the benchmark's (dropped) database.
-    """
-    from app import create_app
-    from app.extensions import db
-
-    previous = db.engine
-    db.session.remove()
+    """A Flask app on `settings` in this process, with an engine of its own, closed afterwards."""
     app = create_app(settings)
     try:
         yield app
     finally:
-        db.session.remove()
-        if db.engine is not previous:
-            if db.engine is not None:
-                db.engine.dispose()
-            db.engine = previous
-            db.session.configure(bind=previous)
+        db.engine_of(app).dispose()

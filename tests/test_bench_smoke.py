@@ -19,6 +19,8 @@ from bench import report
 from bench.run import Config, durations, run_benchmarks
 from bench.stack import Databases, Servers, empty_redis_database
 
+pytestmark = pytest.mark.committing  # the harness commits in databases of its own
+
 JOBS = 2000
 SEARCHES = {"default_list", "customer_state", "sha256", "seed_example_any", "seed_example_all", "sorted_offset"}
 
@@ -34,7 +36,7 @@ def _is_positive_number(value) -> bool:
     pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None,
                                                  reason="wrk is not installed (Debian: apt-get install wrk)")),
 ])
-def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path, monkeypatch, generator):
+def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp_path, monkeypatch, generator):
     monkeypatch.setenv("BENCH_LOAD_GENERATOR", generator)
     servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None)
     dbs = Databases(postgres_server_url, servers.run_id)
@@ -86,8 +88,8 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, tmp_path
     assert report.BEGIN in doc and report.END in doc and "| B4 |" in doc
     assert (tmp_path / "docs" / "bench-sweep.png").stat().st_size > 0
 
-    # The harness ran its own app in-process; the test session's database handle is back on its database.
-    assert db.engine.url.database == sa.make_url(database_url).database
+    # The harness ran an app of its own in-process; the test session's app kept its engine and database.
+    assert db.engine_of(app).url.database == sa.make_url(database_url).database
     engine = sa.create_engine(postgres_server_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         left = conn.scalars(sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),

@@ -10,6 +10,8 @@ from click.testing import CliRunner
 
 from app.cli import main
 
+pytestmark = pytest.mark.committing  # the CLI commits through its own app
+
 
 @pytest.fixture
 def run(database_url):

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from app import create_app
+from app.factory import create_app
 from app.config import ConfigError, Settings
 
 SECONDS = ["abc", "1.5", "0", "-5", "1_000", "٣", "", "99999999999"]

@@ -14,9 +14,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app.localstack import free_port
+from app.dev.processes import free_port
 
-pytestmark = pytest.mark.workers
+pytestmark = [pytest.mark.celery, pytest.mark.servers]  # starts a dev stack of its own
 
 COMMAND = [sys.executable, "-m", "app.cli"]
 

@@ -13,6 +13,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 
 pytestmark = [
     pytest.mark.browser,
+    pytest.mark.committing,  # the server answers from threads of its own, on connections of their own
     pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: the Swagger UI browser test did not "
                                                 "run (CI installs Debian's chromium; `apt-get install chromium`)"),
 ]

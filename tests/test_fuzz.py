@@ -14,7 +14,7 @@ import uuid
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from conftest import BASE, check_envelope
+from tests.support.api import BASE, check_envelope
 
 FIELDS = ["state", "message", "reason", "limit", "offset", "sortBy", "customer", "sampleSha256", "startTimestamp",
           "endTimestamp", "timeFieldStrategy", "timeMatchStrategy", "analyses", "includeDeleted", "shortName",

@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from conftest import SAMPLE_SHA256
+from tests.support.payloads import SAMPLE_SHA256
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
 OTHER_SHA256 = "a" * 64

@@ -8,10 +8,10 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app import submissions
+from app import dispatch, submissions
 from app.extensions import db
 from app.models import Job, JobHistory, OutboxMessage
-from conftest import SAMPLE_SHA256, submission_payload
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 OTHER_SHA256 = "a" * 64
 SEED_SUBMISSION_KEYS = {"id", "customer", "sample", "createdByUser", "createdTimestamp", "name", "timestamp",
@@ -177,10 +177,8 @@ def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql)
 @pytest.fixture
 def queued(monkeypatch):
     """The payloads the REST intake handed to `sampledb.ingest_submission`."""
-    import workers.dispatch
-
     sent = []
-    monkeypatch.setattr(workers.dispatch, "send_ingest", lambda redis_url, payload: sent.append(payload))
+    monkeypatch.setattr(dispatch, "send_ingest", lambda redis_url, payload: sent.append(payload))
     return sent
 
 

@@ -15,6 +15,10 @@ import threading
 from celery import Celery, Task, signals
 from flask import Flask
 
+from app.extensions import db
+from app.factory import create_app
+from workers import kafka
+
 # kafka-python narrates every connection at INFO; the relay logs what matters.
 logging.getLogger("kafka").setLevel(logging.WARNING)
 
@@ -26,8 +30,6 @@ def flask_app() -> Flask:
     global _flask_app
     with _flask_lock:
         if _flask_app is None:
-            from app import create_app
-
             _flask_app = create_app()
         return _flask_app
 
@@ -46,9 +48,6 @@ celery.config_from_object("celeryconfig")
 
 @signals.worker_process_init.connect
 def _after_fork(**_kwargs) -> None:
-    from app.extensions import db
-    from workers import kafka
-
     db.dispose()  # connections opened before the fork belong to the parent
     kafka.forget_inherited()
     flask_app()  # made now, so the first task does not pay for it
@@ -56,6 +55,4 @@ def _after_fork(**_kwargs) -> None:
 
 @signals.worker_process_shutdown.connect
 def _before_exit(**_kwargs) -> None:
-    from workers import kafka
-
     kafka.close_producer(timeout=10)

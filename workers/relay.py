@@ -22,6 +22,7 @@ import sqlalchemy.orm as so
 
 from app.config import Settings
 from app.models import OutboxMessage, now_ms
+from app.unit_of_work import unit_of_work
 from workers import kafka
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,8 @@ def relay_outbox(
 def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeout: float,
                  on_lock: Callable[[], None] | None) -> _Batch:
     batch = _Batch()
-    try:
+    with unit_of_work(session):
         if not session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))):
-            session.rollback()
             batch.busy = True
             return batch
         if on_lock is not None:
@@ -115,10 +115,6 @@ def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeo
             acked, errors = _send(settings, rows, send_timeout)
             _mark(session, rows, acked, errors)
             batch.sent, batch.failed = len(acked), len(errors)
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise
     return batch
 
 

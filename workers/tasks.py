@@ -13,15 +13,14 @@ import logging
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError
 from celery.utils.time import get_exponential_backoff_interval
-from flask import current_app
 
-from app import submissions
-from app.config import Settings
-from app.extensions import db
+from app import dispatch, submissions
+from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
-from celeryconfig import TaskNames
-from workers import batching, dispatch, relay
+from app.task_names import TaskNames
+from app.unit_of_work import unit_of_work
+from workers import batching, relay
 from workers.celery_app import FlaskTask, celery
 
 log = logging.getLogger(__name__)
@@ -35,21 +34,6 @@ RELAY_BUDGET_SECONDS = 10.0
 # A relay that finds another one mid-batch tries again this soon: rows committed after that one read the
 # outbox wait for it, and on the hot path that wait is their latency.
 RELAY_BUSY_RETRY_SECONDS = 0.05
-
-
-def _settings() -> Settings:
-    return current_app.config["SAMPLEDB"]
-
-
-def _in_transaction(work):
-    session = db.session
-    try:
-        result = work(session)
-        session.commit()
-        return result
-    except BaseException:
-        session.rollback()
-        raise
 
 
 # -- ingest -----------------------------------------------------------------------------------
@@ -81,7 +65,8 @@ def ingest_submission(payload) -> dict:
 
     A worker runs these messages through `run_batch`; this body serves direct and eager calls."""
     try:
-        job_id, created = _in_transaction(lambda s: submissions.ingest(s, _settings(), payload))
+        with unit_of_work(db.session) as session:
+            job_id, created = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
@@ -104,7 +89,8 @@ def _ingest_batch(payloads: list) -> list[submissions.IngestResult]:
     """Ingest in one transaction; if PostgreSQL refuses something validation let through, one transaction
     per submission, so only the culprit is dropped, not its batch. Transient errors propagate."""
     try:
-        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), payloads))
+        with unit_of_work(db.session) as session:
+            return submissions.ingest_many(session, current_settings(), payloads)
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError:
@@ -121,7 +107,8 @@ def _log_dropped(results: list[submissions.IngestResult]) -> int:
 
 def _ingest_alone(payload) -> list[submissions.IngestResult]:
     try:
-        return _in_transaction(lambda s: submissions.ingest_many(s, _settings(), [payload]))
+        with unit_of_work(db.session) as session:
+            return submissions.ingest_many(session, current_settings(), [payload])
     except TRANSIENT_ERRORS:
         raise
     except sa_exc.DBAPIError as err:
@@ -134,7 +121,7 @@ def _ingest_alone(payload) -> list[submissions.IngestResult]:
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
-    settings = _settings()
+    settings = current_settings()
     outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
                                  on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
     if outcome.busy and triggered:
@@ -161,10 +148,11 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 def _sweep(sweep) -> int:
     """Run a service sweep batch by batch, one transaction each, until a batch comes back short."""
-    settings = _settings()
+    settings = current_settings()
     total = 0
     while True:
-        moved = _in_transaction(lambda s: sweep(s, settings, now_ms(), settings.sweep_batch_size))
+        with unit_of_work(db.session) as session:
+            moved = sweep(session, settings, now_ms(), settings.sweep_batch_size)
         total += moved
         if moved < settings.sweep_batch_size:
             return total

@@ -7,13 +7,11 @@ from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
-from app.analysis_workers import WorkerNotFound
-from app.api.base import BASE_PATH
+from app.api import analysis_workers, health, jobs, submissions
+from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
-from app.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
-from app.extensions import api
-from app.jobs.service import JobNotFound, TaskNotFound
-from app.jobs.states import StateConflict
+from app.domain_errors import Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
+from app.errors import ARGUMENT_ERROR, ApiError, handle_api_error, handle_http_exception, handle_unexpected
 
 MAX_BODY_BYTES = 1024 * 1024
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -57,6 +55,17 @@ def _depth(document) -> int:
     return deepest
 
 
+# The one translation of the domain's refusals into HTTP answers.
+DOMAIN_ERROR_STATUS = ((NotFound, 404), (Conflict, 409), (InvalidRequest, ARGUMENT_ERROR))
+
+
+def as_api_error(error: DomainError) -> ApiError:
+    if isinstance(error, InvalidArgument):
+        return ApiError.field(error.field, f"{error.field}: {error}")
+    status = next((status for kind, status in DOMAIN_ERROR_STATUS if isinstance(error, kind)), ARGUMENT_ERROR)
+    return ApiError.action(status, str(error))
+
+
 def register_api(app: Flask) -> None:
     # "/job//x" is an unknown path (404 in the envelope), not an HTML redirect to "/job/x".
     app.url_map.merge_slashes = False
@@ -79,9 +88,7 @@ def register_api(app: Flask) -> None:
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app)
-    from app.api import health, jobs, submissions, workers
-
-    for blueprint in (jobs.blp, workers.blp, submissions.blp):
+    for blueprint in (jobs.blp, analysis_workers.blp, submissions.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)
 
@@ -93,7 +100,5 @@ def register_api(app: Flask) -> None:
     # The envelope on every error: ours, Flask's and flask-smorest's (registered after api.init_app to win).
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
-    app.register_error_handler(StateConflict, lambda e: handle_api_error(ApiError.action(409, str(e))))
-    for not_found in (JobNotFound, TaskNotFound, WorkerNotFound):
-        app.register_error_handler(not_found, lambda e: handle_api_error(ApiError.action(404, str(e))))
+    app.register_error_handler(DomainError, lambda error: handle_api_error(as_api_error(error)))
     app.register_error_handler(Exception, handle_unexpected)

@@ -1,19 +1,15 @@
-"""What every blueprint shares: the strict argument parser, the unit of work, the base path."""
+"""What every blueprint shares: the flask-smorest Api, the strict argument parser, the base path."""
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import flask_smorest
 import marshmallow as ma
-import sqlalchemy.orm as so
-from flask import current_app, g
+from flask import g
 from webargs.flaskparser import FlaskParser
 
-from app.config import Settings
-from app.extensions import db
-
 BASE_PATH = "/sampledb/v2"
+
+api = flask_smorest.Api()
 
 
 class StrictParser(FlaskParser):
@@ -32,19 +28,3 @@ class StrictParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
-
-
-def settings() -> Settings:
-    return current_app.config["SAMPLEDB"]
-
-
-@contextmanager
-def unit_of_work():
-    """One transaction per request: committed when the block ends, rolled back on any error."""
-    session: so.Session = db.session
-    try:
-        yield session
-        session.commit()
-    except BaseException:
-        session.rollback()
-        raise

@@ -7,10 +7,11 @@ import socket
 import redis
 import sqlalchemy as sa
 from flask import Blueprint, current_app
+from kafka import KafkaAdminClient
 
-from app.api.base import BASE_PATH, settings
+from app.api.base import BASE_PATH
 from app.errors import envelope, message
-from app.extensions import db
+from app.extensions import current_settings, db
 
 blp = Blueprint("health", __name__, url_prefix=BASE_PATH)
 
@@ -25,7 +26,7 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    client = redis.Redis.from_url(settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
+    client = redis.Redis.from_url(current_settings().redis_url, socket_connect_timeout=2, socket_timeout=2)
     try:
         client.ping()
     finally:
@@ -34,10 +35,8 @@ def _check_redis() -> None:
 
 def _check_kafka() -> None:
     # A Kafka ApiVersions round trip through kafka-python's own client proves the broker speaks the protocol.
-    from kafka import KafkaAdminClient
-
     # kafka-python 3 names the bootstrap wait bootstrap_timeout_ms (2.x: api_version_auto_timeout_ms).
-    admin = KafkaAdminClient(bootstrap_servers=settings().kafka_bootstrap_servers.split(","),
+    admin = KafkaAdminClient(bootstrap_servers=current_settings().kafka_bootstrap_servers.split(","),
                              request_timeout_ms=3000, bootstrap_timeout_ms=3000,
                              client_id="sampledb-jobs-readyz")
     admin.close()

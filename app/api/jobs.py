@@ -6,17 +6,18 @@ import uuid
 
 from flask.views import MethodView
 
-from app.api.base import BASE_PATH, Blueprint, settings, unit_of_work
+from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import (
     AbortSchema, HistorySchema, JobSchema, JobUpdateSchema, NoArgsSchema, SearchCriteriaSchema, TaskListArgsSchema,
     TaskSchema, TaskUpdateSchema, envelope_schema,
 )
 from app.auth import ANALYZER, USER, VIEWER, current_principal, requires
 from app.errors import envelope
-from app.extensions import db
+from app.extensions import current_settings, db
 from app.jobs import read, service
 from app.jobs.search import Criteria, search_jobs
 from app.jobs.serialize import history_to_dict, job_to_dict, task_to_dict
+from app.unit_of_work import unit_of_work
 
 blp = Blueprint("jobs", __name__, url_prefix=f"{BASE_PATH}/job", description="Analysis jobs")
 
@@ -31,9 +32,9 @@ def _job_list(criteria: Criteria):
 
 def _update_job(update: dict, job_id: uuid.UUID):
     principal = current_principal()
-    with unit_of_work() as session:
-        job = service.update_job(session, settings(), job_id, state=update["state"], message=update.get("message"),
-                                 actor=principal.user, scope=principal.scope)
+    with unit_of_work(db.session) as session:
+        job = service.update_job(session, current_settings(), job_id, state=update["state"],
+                                 message=update.get("message"), actor=principal.user, scope=principal.scope)
     return envelope(job_to_dict(job))
 
 
@@ -95,8 +96,8 @@ class JobItem(MethodView):
         """Request that a job be aborted; optional `reason` in the body or the query"""
         principal = current_principal()
         reason = body.get("reason") if body.get("reason") is not None else query.get("reason")
-        with unit_of_work() as session:
-            job = service.request_abort(session, settings(), job_id, reason=reason, actor=principal.user,
+        with unit_of_work(db.session) as session:
+            job = service.request_abort(session, current_settings(), job_id, reason=reason, actor=principal.user,
                                         scope=principal.scope)
         return envelope(job_to_dict(job))
 
@@ -160,8 +161,8 @@ class JobTaskItem(MethodView):
     def put(self, update: dict, job_id: uuid.UUID, task_id: uuid.UUID):
         """Report a task's progress (analysis worker); it rolls up into the job"""
         principal = current_principal()
-        with unit_of_work() as session:
-            task = service.update_task(session, settings(), job_id, task_id, state=update["state"],
+        with unit_of_work(db.session) as session:
+            task = service.update_task(session, current_settings(), job_id, task_id, state=update["state"],
                                        analyses=update.get("analyses"), message=update.get("message"),
                                        actor=principal.user, scope=principal.scope)
         return envelope(task_to_dict(task))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 
 import marshmallow as ma
 from marshmallow import fields, validate
@@ -12,60 +11,14 @@ from app.jobs.search import MAX_RESULTS, SORT_FIELDS, TIME_FIELDS, Criteria
 from app.jobs.states import JOB_STATES, TASK_STATE_ALIASES, TASK_STATES, TASK_UPDATE_STATES
 from app.jobs.timeexpr import TimeExpressionError, parse_time
 from app.models import now_ms
+from app.wire import NAME_MAX, ApiSchema
 
 MESSAGE_MAX = 4096
-NAME_MAX = 1024
 # Offsets go into SQL as bigint; anything larger is out of range (412), not a database error.
 OFFSET_MAX = 2**63 - 1
 # Customer ids are PostgreSQL integers.
 CUSTOMER_ID_MAX = 2**31 - 1
 SHA256 = validate.Regexp(r"^[0-9a-fA-F]{64}\Z", error="Not a sha256 hash (64 hexadecimal characters)")
-
-
-def camelcase(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _unstorable_text(value) -> bool:
-    """True when some string in `value` (keys included, at any depth) cannot be stored in PostgreSQL:
-    a NUL character or a lone UTF-16 surrogate (both are valid JSON escapes)."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if "\x00" in item:
-                return True
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, Mapping):
-            stack.extend(item.keys())
-            stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return False
-
-
-class ApiSchema(ma.Schema):
-    """Base of every schema: camelCase names in JSON, unknown fields refused."""
-
-    class Meta:
-        unknown = ma.RAISE
-
-    def on_bind_field(self, field_name, field_obj):
-        field_obj.data_key = camelcase(field_obj.data_key or field_name)
-
-    @ma.pre_load
-    def refuse_unstorable_text(self, data, **kwargs):
-        """One FIELD_ERROR per field whose text PostgreSQL cannot hold (instead of a database error)."""
-        if isinstance(data, Mapping):
-            errors = {str(key): ["Text must not contain NUL characters or unpaired surrogates"]
-                      for key in data if _unstorable_text(key) or _unstorable_text(data[key])}
-            if errors:
-                raise ma.ValidationError(errors)
-        return data
 
 
 class OneOrMany(fields.List):

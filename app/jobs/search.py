@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.errors import ApiError
+from app.access import Scope
+from app.domain_errors import TooManyMatches
 from app.jobs import read
-from app.jobs.service import Scope
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job
 
@@ -87,8 +87,8 @@ def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: 
     matching = scope.restrict(sa.select(Job.id).where(*conditions))
     count = session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
     if criteria.limit == 0 and count > MAX_RESULTS:
-        raise ApiError.field("limit", f"limit: 0 asks for every match, but {count} jobs match (at most "
-                                      f"{MAX_RESULTS}); narrow the search or page with limit and offset")
+        raise TooManyMatches("limit", f"0 asks for every match, but {count} jobs match (at most {MAX_RESULTS}); "
+                                      "narrow the search or page with limit and offset")
     if count == 0 or criteria.offset >= count:
         return [], count
 

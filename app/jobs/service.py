@@ -10,7 +10,6 @@ owns the transaction: it commits (or rolls back) the session.
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
@@ -19,7 +18,9 @@ import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app import outbox
+from app.access import EVERYONE, Actor, Scope
 from app.config import Settings
+from app.domain_errors import NotFound
 from app.jobs.serialize import user_info
 from app.jobs.states import (
     JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Move, StateConflict,
@@ -27,32 +28,13 @@ from app.jobs.states import (
 )
 from app.models import AnalysisWorker, Customer, Job, JobHistory, JobTask, now_ms
 
-if TYPE_CHECKING:  # the actor is a snapshot made by app.auth, which imports this module
-    from app.auth import Actor
 
-
-class JobNotFound(LookupError):
+class JobNotFound(NotFound):
     """No such job, or one of a customer the caller may not see (both answer 404)."""
 
 
-class TaskNotFound(LookupError):
+class TaskNotFound(NotFound):
     """The job has no such task."""
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The customers a caller may see; `customer_ids=None` means every customer."""
-
-    customer_ids: frozenset[int] | None = None
-
-    def allows(self, customer_id: int) -> bool:
-        return self.customer_ids is None or customer_id in self.customer_ids
-
-    def restrict(self, stmt: sa.Select) -> sa.Select:
-        return stmt if self.customer_ids is None else stmt.where(Job.customer_id.in_(self.customer_ids))
-
-
-EVERYONE = Scope()
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -88,8 +70,8 @@ def _lock_job(session: so.Session, job_id: uuid.UUID, scope: Scope) -> Job:
 
 # -- creating ----------------------------------------------------------------------------------
 
-def workers_for(session: so.Session, classification: dict, fallback_worker: str) -> list[str]:
-    """Short names of the registered, non-deleted workers that accept this classification (never empty)."""
+def analysis_workers_for(session: so.Session, classification: dict, fallback_worker: str) -> list[str]:
+    """Short names of the registered, non-deleted analysis workers that accept this classification (never empty)."""
     workers = session.scalars(sa.select(AnalysisWorker).where(AnalysisWorker.deleted.is_(False))).all()
     names = sorted(w.short_name for w in workers if w.accepts_classification(classification))
     return names or [fallback_worker]

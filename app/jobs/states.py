@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from app.domain_errors import Conflict
+
 JOB_ACTIVE = ("enqueued", "executing")
 JOB_FINAL = ("done", "failed", "timeout", "aborted")
 JOB_STATES = JOB_ACTIVE + JOB_FINAL
@@ -26,8 +28,8 @@ class Move(enum.Enum):
     REPEAT = "repeat"          # the same final state again: idempotent, nothing changes
 
 
-class StateConflict(Exception):
-    """The move is not allowed from the current state (HTTP 409)."""
+class StateConflict(Conflict):
+    """The move is not allowed from the current state."""
 
 
 def classify_move(kind: str, current: str, target: str) -> Move:

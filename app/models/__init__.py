@@ -2,7 +2,7 @@
 
 from app.models.base import Base, now_ms
 from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
-from app.models.workers import AnalysisWorker
+from app.models.analysis_workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import statistics
@@ -10,7 +9,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import click
@@ -18,85 +16,34 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-CUSTOMERS = ["acme", "globex", "initech", "umbrella", "hooli"]
-# (type, superType, arch, platform, mimeType, file name)
-CLASSIFICATIONS = [
-    ("PE", "executable", "x86", "win", "application/vnd.microsoft.portable-executable", "invoice.exe"),
-    ("PE", "executable", "x86_64", "win", "application/x-dosexec", "setup.exe"),
-    ("DLL", "executable", "x86_64", "win", "application/x-dosexec", "helper.dll"),
-    ("ELF", "executable", "x86_64", "linux", "application/x-executable", "kworker"),
-    ("ELF", "executable", "arm", "linux", "application/x-executable", "mirai.arm7"),
-    ("APK", "archive", None, "android", "application/vnd.android.package-archive", "flashlight.apk"),
-    ("MachO", "executable", "arm64", "macos", "application/x-mach-binary", "Updater"),
-    ("DOCX", "document", None, None, "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
-     "Q3-report.docx"),
-    ("PDF", "document", None, None, "application/pdf", "statement.pdf"),
-    ("JS", "script", None, None, "text/javascript", "payload.js"),
-]
-
-
-def synthetic_submission(rng: random.Random) -> tuple[str, dict]:
-    sha256 = hashlib.sha256(rng.randbytes(32)).hexdigest()
-    file_type, super_type, arch, platform, mime, name = rng.choice(CLASSIFICATIONS)
-    classification = {"type": file_type, "superType": super_type, "meta": {}, "version": "1"}
-    if arch:
-        classification["arch"] = arch
-    if platform:
-        classification["platform"] = platform
-    submission = {
-        "id": str(uuid.uuid4()),
-        "customer": rng.choice(CUSTOMERS),
-        "name": name,
-        "timestamp": int(time.time() * 1000),
-        "mimeType": mime,
-        "metaData": {"source": "sampledb-jobs demo"},
-        "tlp": rng.choice(["white", "green", "amber", "red"]),
-        "acl": [],
-        "userAgent": {"name": "sampledb-jobs-demo", "version": "1"},
-    }
-    return sha256, {"submission": submission, "classification": classification}
-
+from app.dev.kafka import TopicReader
+from app.dev.synthetic import random_submission
 
 class TopicFollower(threading.Thread):
-    """Reads the job topic from its current end (all partitions, by assignment) and notes when each job arrives."""
+    """Reads the job topic from its current end and notes when each job arrives."""
 
     def __init__(self, bootstrap: str, topic: str):
         super().__init__(daemon=True)
-        from kafka import KafkaConsumer, TopicPartition
-
         self.seen: dict[str, float] = {}
         self.stop_event = threading.Event()
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), enable_auto_commit=False,
-                                      group_id=None, consumer_timeout_ms=500)
-        partitions = self.consumer.partitions_for_topic(topic)
-        if not partitions:
-            # Make the topic exist so that no message of the run is missed by a late assignment.
-            from kafka import KafkaProducer
-
-            producer = KafkaProducer(bootstrap_servers=bootstrap.split(","))
-            producer.partitions_for(topic)
-            producer.close()
-            for _ in range(50):
-                partitions = self.consumer.partitions_for_topic(topic)
-                if partitions:
-                    break
-                time.sleep(0.1)
-        assigned = [TopicPartition(topic, p) for p in sorted(partitions or [0])]
-        self.consumer.assign(assigned)
-        self.consumer.seek_to_end(*assigned)
-        for tp in assigned:
-            self.consumer.position(tp)
+        # The topic is made now, so that no message of the run is missed by a late assignment.
+        self.reader = TopicReader(bootstrap, topic, from_end=True, wait=5, create=True,
+                                  client_id="sampledb-jobs-demo")
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            for record in self.consumer.poll(timeout_ms=200).values():
-                for message in record:
-                    try:
-                        job_id = json.loads(message.value)["jobID"]
-                    except (ValueError, KeyError, TypeError):
-                        continue
-                    self.seen.setdefault(job_id, time.monotonic())
-        self.consumer.close()
+            for message in self.reader.poll(0.2):
+                try:
+                    job_id = json.loads(message.value)["jobID"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                self.seen.setdefault(job_id, time.monotonic())
+        self.reader.close()
+
+
+def _demo_submission(rng: random.Random) -> tuple[str, dict]:
+    payload = random_submission(rng, meta_data={"source": "sampledb-jobs demo"}, user_agent="sampledb-jobs-demo")
+    return payload["submission"]["sample"]["id"], payload
 
 
 def _post(api_url: str, key: str, sha256: str, payload: dict) -> tuple[str | None, float]:
@@ -139,7 +86,7 @@ def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str,
         submitting = progress.add_task("submissions", total=submissions)
         announced = progress.add_task("on Kafka", total=submissions)
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
-            futures = [pool.submit(_post, api_url, key, *synthetic_submission(rng)) for _ in range(submissions)]
+            futures = [pool.submit(_post, api_url, key, *_demo_submission(rng)) for _ in range(submissions)]
             for future in futures:
                 job_id, sent = future.result()
                 if job_id is None:

@@ -8,13 +8,14 @@ from flask import Response
 from flask.views import MethodView
 
 from app import analysis_workers as registry
-from app.api.base import BASE_PATH, Blueprint, unit_of_work
+from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import (
     NoArgsSchema, WorkerCreateSchema, WorkerListArgsSchema, WorkerSchema, WorkerUpdateSchema, envelope_schema,
 )
 from app.auth import ANALYZER, VIEWER, current_principal, requires
 from app.errors import ApiError, envelope
 from app.extensions import db
+from app.unit_of_work import unit_of_work
 
 blp = Blueprint("workers", __name__, url_prefix=f"{BASE_PATH}/worker", description="Analysis workers")
 
@@ -38,7 +39,7 @@ class WorkerCollection(MethodView):
     @blp.alt_response(409, response="CONFLICT")
     def post(self, data: dict):
         """Register an analysis worker"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             worker = registry.register_worker(session, data, current_principal().user)
         return envelope(registry.worker_to_dict(worker), 201)
 
@@ -59,7 +60,7 @@ class WorkerItem(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def put(self, data: dict, id_or_short_name: str):
         """Change a worker's names, descriptions, classification filter or result schema"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             worker = registry.update_worker(session, id_or_short_name, data, current_principal().user)
         return envelope(registry.worker_to_dict(worker))
 
@@ -69,7 +70,7 @@ class WorkerItem(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def delete(self, _args, id_or_short_name: str):
         """Mark a worker deleted: new jobs get no task for it"""
-        with unit_of_work() as session:
+        with unit_of_work(db.session) as session:
             worker = registry.delete_worker(session, id_or_short_name, current_principal().user)
         return envelope(registry.worker_to_dict(worker))
 

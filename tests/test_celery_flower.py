@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import base64
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from app.localstack import free_port
+from app.dev import commands
+from app.dev.processes import Child, free_port
 from celeryconfig import TaskNames
-from conftest import submission_payload, wait_for
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ROOT = Path(__file__).resolve().parents[1]
 BASIC_AUTH = "flower-admin:s3cret-for-tests"
@@ -26,13 +26,9 @@ BASIC_AUTH = "flower-admin:s3cret-for-tests"
 def flower(celery_worker, tmp_path):
     """Flower as the Procfile runs it: basic auth on, the worker's broker."""
     port = free_port()
-    log_path = tmp_path / "flower.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower", "--address=127.0.0.1",
-             f"--port={port}", f"--basic-auth={BASIC_AUTH}"],
-            env=celery_worker.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        )
+    process = Child("flower", tmp_path / "flower.log").start(
+        commands.celery("flower", "--address=127.0.0.1", f"--port={port}", f"--basic-auth={BASIC_AUTH}"),
+        env=celery_worker.env, cwd=ROOT)
     base = f"http://127.0.0.1:{port}"
 
     def get(path: str, auth: str | None = BASIC_AUTH, timeout: float = 10):
@@ -42,23 +38,13 @@ def flower(celery_worker, tmp_path):
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read() or b"null")
 
-    def up():
-        if process.poll() is not None:
-            pytest.fail(f"flower exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            get("/api/workers?refresh=false", timeout=2)
-            return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return False
+    def up(left: float) -> bool:
+        get("/api/workers?refresh=false", timeout=2)
+        return True
 
-    wait_for(up, 30, "flower's HTTP API", interval=0.2)
+    process.wait_until(up, 30, "answering on its HTTP API")
     yield get
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
+    process.stop(10)
 
 
 def test_flower_lists_the_worker_and_its_tasks(worker, flower, task_sender, wait_idle):
@@ -67,7 +53,7 @@ def test_flower_lists_the_worker_and_its_tasks(worker, flower, task_sender, wait
     assert refused.value.code == 401
 
     workers = wait_for(lambda: flower("/api/workers?refresh=true"), 30, "the worker in /api/workers", interval=0.5)
-    node = worker.name.replace("%h", "")
+    node = worker.hostname.replace("%h", "")
     (name,) = [n for n in workers if n.startswith(node)]
     queues = {q["name"] for q in workers[name].get("active_queues", [])}
     assert queues == {"ingest", "outbox", "periodic"}

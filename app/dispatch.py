@@ -1,8 +1,9 @@
 """Sending tasks from outside a task: the REST intake and the outbox's after-commit trigger.
 
-Used by the web app as well as the workers, so it imports no task code: tasks are sent
-by their stable names to the broker of the Flask app's settings (one Celery client per
-Redis URL and process, routes and serialisation from celeryconfig).
+Used by the web app as well as the Celery workers, so it imports no task code (nothing of
+`workers/`): tasks are sent by their stable names (app.task_names) to the broker of the
+Flask app's settings (one Celery client per Redis URL and process, routes and
+serialisation from celeryconfig, loaded when the first client is made).
 
 The after-commit trigger is debounced with a Redis flag: the first commit that wrote
 outbox rows sets `RELAY_PENDING_KEY` (SET NX) and sends one `sampledb.relay_outbox`
@@ -25,7 +26,11 @@ import threading
 import time
 
 import redis
-from flask import current_app, has_app_context
+from celery import Celery
+from flask import has_app_context
+
+from app.extensions import current_settings
+from app.task_names import TaskNames
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +57,6 @@ def celery_client(redis_url: str):
     with _lock:
         client = _celery_clients.get(key)
         if client is None:
-            from celery import Celery
-
             client = Celery("sampledb-dispatch", set_as_current=False)
             client.config_from_object("celeryconfig")
             client.conf.broker_url = redis_url
@@ -74,8 +77,6 @@ def redis_client(redis_url: str) -> redis.Redis:
 
 def send_ingest(redis_url: str, payload: dict) -> None:
     """Hand one submission payload to `sampledb.ingest_submission`; BrokerUnavailable if Redis refuses."""
-    from celeryconfig import TaskNames
-
     try:
         celery_client(redis_url).send_task(
             TaskNames.INGEST_SUBMISSION, args=[payload], retry=True,
@@ -86,8 +87,6 @@ def send_ingest(redis_url: str, payload: dict) -> None:
 
 
 def send_relay(redis_url: str, *, triggered: bool = True, countdown: float | None = None) -> None:
-    from celeryconfig import TaskNames
-
     celery_client(redis_url).send_task(TaskNames.RELAY_OUTBOX, kwargs={"triggered": triggered}, retry=False,
                                        countdown=countdown)
 
@@ -96,7 +95,7 @@ def trigger_relay() -> None:
     """After-commit trigger (app.outbox.on_commit_trigger): schedule a relay unless one is pending."""
     if not has_app_context():
         return
-    redis_url = current_app.config["SAMPLEDB"].redis_url
+    redis_url = current_settings().redis_url
     if time.monotonic() < _quiet_until.get(redis_url, 0.0):
         return
     client = redis_client(redis_url)

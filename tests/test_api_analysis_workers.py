@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from conftest import BASE, check_envelope
+from tests.support.api import BASE, check_envelope
 
 DEFAULT_WORKERS = ["document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",
                    "static-analyzer"]

@@ -1,4 +1,4 @@
-"""Real servers from Python packages (app.localstack): PostgreSQL, Redis, Tansu (Kafka)."""
+"""Real servers from Python packages (app.dev): PostgreSQL, Redis, Tansu (Kafka)."""
 
 from __future__ import annotations
 
@@ -16,8 +16,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from app import localstack
-from app.localstack import Server
+from app.dev.kafka import read_topic, start_kafka
+from app.dev.postgres import start_postgres
+from app.dev.redis import start_redis
+from app.dev.servers import Server
+
+pytestmark = pytest.mark.servers  # starts servers of its own
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,9 +58,9 @@ def stack():
     timings: dict[str, float] = {}
     try:
         for name, start in (
-            ("postgresql", lambda: localstack.start_postgres(data_dir)),
-            ("redis", lambda: localstack.start_redis(data_dir)),
-            ("kafka", lambda: localstack.start_kafka(log_dir=data_dir)),
+            ("postgresql", lambda: start_postgres(data_dir)),
+            ("redis", lambda: start_redis(data_dir)),
+            ("kafka", lambda: start_kafka(log_dir=data_dir)),
         ):
             t0 = time.monotonic()
             servers[name] = start()
@@ -73,7 +77,7 @@ def _private_dir() -> Path:
     # Not pytest's tmp_path when root: PostgreSQL runs as another user and needs every
     # parent directory traversable all the time, and each pytest session of root resets
     # /tmp/pytest-of-root to 0700 (which PANICs a running postgres of a concurrent session).
-    return Path(tempfile.mkdtemp(prefix="sampledb-localstack-test-"))
+    return Path(tempfile.mkdtemp(prefix="sampledb-dev-servers-test-"))
 
 
 @pytest.fixture
@@ -111,7 +115,7 @@ def test_postgres_row_survives_restart(stack):
     pg.stop()  # idempotent
 
     t0 = time.monotonic()
-    s["postgresql"] = pg2 = localstack.start_postgres(data_dir)
+    s["postgresql"] = pg2 = start_postgres(data_dir)
     print(f"postgres warm start: {time.monotonic() - t0:.2f}s")
     with psycopg.connect(_pg_conninfo(pg2)) as conn:
         assert conn.execute("SELECT note FROM survivor WHERE id = 1").fetchone() == ("écrit avant l'arrêt",)
@@ -132,7 +136,7 @@ def test_redis_set_get_and_aof_survives_restart(stack):
     tree = _tree(s["redis"])
     s["redis"].stop()
     _assert_stopped(s["redis"], tree)
-    s["redis"] = localstack.start_redis(data_dir)
+    s["redis"] = start_redis(data_dir)
     client = redis.Redis.from_url(s["redis"].url)
     assert client.lrange("celery", 0, -1) == [b"task-1", b"task-2"]
     client.close()
@@ -142,7 +146,7 @@ def test_kafka_idempotent_produce_and_read_back(stack):
     from kafka import KafkaProducer
 
     bootstrap = stack[1]["kafka"].url
-    topic = f"localstack-{uuid.uuid4().hex[:8]}"
+    topic = f"dev-servers-{uuid.uuid4().hex[:8]}"
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
     try:
         futures = [producer.send(topic, key=f"k{i}".encode(), value=f"m{i}".encode()) for i in range(10)]
@@ -154,15 +158,15 @@ def test_kafka_idempotent_produce_and_read_back(stack):
     assert partitions  # auto-created on first produce (Tansu: 4 partitions)
     assert {m.partition for m in metadata} <= partitions
 
-    records = localstack.read_topic(bootstrap, topic, timeout=10, expect=10)
+    records = read_topic(bootstrap, topic, timeout=10, expect=10)
     assert sorted(r.value for r in records) == sorted(f"m{i}".encode() for i in range(10))
     assert {(r.partition, r.offset) for r in records} == {(m.partition, m.offset) for m in metadata}
 
     # expect=None: stops when every partition is read to its high watermark.
     t0 = time.monotonic()
-    assert len(localstack.read_topic(bootstrap, topic, timeout=10)) == 10
+    assert len(read_topic(bootstrap, topic, timeout=10)) == 10
     assert time.monotonic() - t0 < 5
-    assert localstack.read_topic(bootstrap, f"missing-{uuid.uuid4().hex[:8]}", timeout=1) == []
+    assert read_topic(bootstrap, f"missing-{uuid.uuid4().hex[:8]}", timeout=1) == []
 
 
 def test_start_failure_raises_with_log_tail(tmp_path):
@@ -171,7 +175,7 @@ def test_start_failure_raises_with_log_tail(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         with pytest.raises(RuntimeError) as err:
-            localstack.start_redis(tmp_path, port=port)
+            start_redis(tmp_path, port=port)
     message = str(err.value)
     assert "redis exited" in message and str(tmp_path / "redis.log") in message
     assert "Address already in use" in message
@@ -185,9 +189,9 @@ def test_postmaster_left_by_crashed_run_is_stopped(pg_dir):
         import os, sys, threading
         sys.path.insert(0, {str(ROOT)!r})
         from pathlib import Path
-        from app import localstack
+        from app.dev.postgres import start_postgres
         box = {{}}
-        t = threading.Thread(target=lambda: box.update(pg=localstack.start_postgres(Path({str(pg_dir)!r}))))
+        t = threading.Thread(target=lambda: box.update(pg=start_postgres(Path({str(pg_dir)!r}))))
         t.start(); t.join()
         print(box["pg"].process.pid, flush=True)
         os._exit(0)
@@ -198,7 +202,7 @@ def test_postmaster_left_by_crashed_run_is_stopped(pg_dir):
     old = psutil.Process(int(out.stdout.split()[-1]))
     try:
         assert not _gone(old)
-        pg = localstack.start_postgres(pg_dir)
+        pg = start_postgres(pg_dir)
         try:
             assert _gone(old)
             import psycopg

@@ -13,66 +13,26 @@ import fcntl
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import click
 
 from app.config import DEV_ENV_FILE, Settings
+from app.dev import commands
+from app.dev.processes import Child, ChildError
 
 STATE_DIR = DEV_ENV_FILE.parent
 LOG_DIR = STATE_DIR / "logs"
 KEY_FILE = STATE_DIR / "dev.key"
 FLOWER_AUTH_FILE = STATE_DIR / "flower.auth"
 LOCK_FILE = STATE_DIR / "dev.lock"
-LOG_TAIL_LINES = 25
 READY_TIMEOUT = 120
 
 
 class DevStackError(click.ClickException):
     pass
-
-
-@dataclass
-class Child:
-    """A service process of the stack, in its own process group so that its own children stop with it."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    process: subprocess.Popen | None = None
-    log_offset: int = 0
-
-    def start(self, env: dict[str, str]) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.log_offset = log.tell()
-        self.process = subprocess.Popen(self.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
-
-    def exited(self) -> int | None:
-        return self.process.poll() if self.process else None
-
-    def signal(self, sig: int) -> None:
-        if self.process and self.process.poll() is None:
-            try:
-                os.killpg(self.process.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        try:
-            with open(self.log_path, "rb") as log:
-                log.seek(self.log_offset)
-                text = log.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
 
 @dataclass
@@ -88,13 +48,15 @@ class DevStack:
 
     def start_servers(self) -> dict[str, str]:
         """Embedded servers for every URL not given; returns the SAMPLEDB_* URLs in use."""
-        from app import localstack
+        from app.dev.kafka import start_kafka
+        from app.dev.postgres import start_postgres
+        from app.dev.redis import start_redis
 
         embedded = [
-            ("SAMPLEDB_DATABASE_URL", "PostgreSQL", lambda: localstack.start_postgres(STATE_DIR.resolve() / "postgres")),
-            ("SAMPLEDB_REDIS_URL", "Redis", lambda: localstack.start_redis(STATE_DIR.resolve() / "redis")),
+            ("SAMPLEDB_DATABASE_URL", "PostgreSQL", lambda: start_postgres(STATE_DIR.resolve() / "postgres")),
+            ("SAMPLEDB_REDIS_URL", "Redis", lambda: start_redis(STATE_DIR.resolve() / "redis")),
             ("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "Kafka-protocol broker (Tansu, in memory)",
-             lambda: localstack.start_kafka(log_dir=LOG_DIR.resolve())),
+             lambda: start_kafka(log_dir=LOG_DIR.resolve())),
         ]
         urls = {}
         for variable, name, start in embedded:
@@ -108,24 +70,20 @@ class DevStack:
         return urls
 
     def start_children(self, env: dict[str, str], flower_auth: str) -> None:
-        python = sys.executable
-        celery = [python, "-m", "celery", "-A", "workers.celery_app"]
-        self.children = [
-            Child("api", [python, "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "4",
-                          "--bind", f"127.0.0.1:{self.api_port}", "--access-logfile", "-", "app:create_app()"],
-                  LOG_DIR / "api.log"),
-            Child("worker", [*celery, "worker", "--queues", "ingest,outbox,periodic", "--task-events",
-                             "--concurrency", "2", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h"],
-                  LOG_DIR / "worker.log"),
-            Child("beat", [*celery, "beat", "--loglevel", "INFO",
-                           "--schedule", str((STATE_DIR / "celerybeat-schedule").resolve())],
-                  LOG_DIR / "beat.log"),
-            Child("flower", [*celery, "flower", f"--port={self.flower_port}", "--address=127.0.0.1",
-                             f"--basic-auth={flower_auth}"],
-                  LOG_DIR / "flower.log"),
+        planned = [
+            (Child("api", LOG_DIR / "api.log"),
+             commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{self.api_port}", "--access-logfile", "-")),
+            (Child("worker", LOG_DIR / "worker.log"),
+             commands.celery_worker("--task-events", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h")),
+            (Child("beat", LOG_DIR / "beat.log"),
+             commands.celery("beat", "--loglevel", "INFO",
+                             "--schedule", str((STATE_DIR / "celerybeat-schedule").resolve()))),
+            (Child("flower", LOG_DIR / "flower.log"),
+             commands.celery("flower", f"--port={self.flower_port}", "--address=127.0.0.1",
+                             f"--basic-auth={flower_auth}")),
         ]
-        for child in self.children:
-            child.start(env)
+        for child, argv in planned:
+            self.children.append(child.start(argv, env=env))
 
     # -- run -----------------------------------------------------------------------------------
 
@@ -149,31 +107,18 @@ class DevStack:
     def stop(self) -> None:
         self.stopping = True
         for child in self.children:
-            child.signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+            child.signal(signal.SIGTERM)  # all at once: each stops while the others do
         for child in self.children:
-            while child.exited() is None and time.monotonic() < deadline:
-                time.sleep(0.1)
-            child.signal(signal.SIGKILL)  # the group: no pool process or gunicorn worker stays behind
-            if child.process is not None:
-                child.process.wait()
+            child.stop()
         for server in reversed(self.servers):
             server.stop()
 
 
 def _wait_ready(url: str, child: Child, timeout: float = READY_TIMEOUT) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.exited() is not None:
-            raise DevStackError(f"{child.name} exited while starting; its last log lines:\n{child.tail()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.3)
-    raise DevStackError(f"{child.name} did not answer {url} within {timeout:.0f} s; its last log lines:\n{child.tail()}")
+    try:
+        child.wait_until(lambda left: commands.answers(url), timeout, f"answering {url}")
+    except ChildError as err:
+        raise DevStackError(str(err)) from None
 
 
 def _remembered_secret(path: Path, make) -> str:
@@ -194,7 +139,7 @@ def _analyzer_key(settings: Settings) -> str:
     """The stack's all-customers analyzer key: made once, kept in .sampledb/dev.key, re-made if revoked."""
     import sqlalchemy as sa
 
-    from app import create_app
+    from app.factory import create_app
     from app.auth import create_key, hash_key
     from app.extensions import db
     from app.models import ApiKey

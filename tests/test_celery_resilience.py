@@ -10,13 +10,15 @@ import pytest
 import sqlalchemy as sa
 
 from app.extensions import db
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.models import now_ms
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
-from conftest import WORKER_VISIBILITY_TIMEOUT, submission_payload, wait_for
+from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
 
@@ -65,7 +67,7 @@ def test_kafka_outage_during_ingest_loses_nothing_and_sends_each_message_once(
 
 
 def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(worker, task_sender, kafka_broker, sql,
-                                                                         wait_idle, redis_client):
+                                                                         wait_idle, redis_client, app):
     """SIGKILL the worker (main and pool processes at once) while both pool processes are inside an
     ingest transaction and the rest of the burst waits in Redis.
 
@@ -80,7 +82,7 @@ def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(worker, 
     task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
     wait_for(lambda: _count_jobs(sql, job_ids) >= 30, 60, "the burst under way")
 
-    with db.engine.connect() as blocker:
+    with db.engine_of(app).connect() as blocker:
         blocker.execute(sa.text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))  # ingest INSERTs now wait
         stuck = {"seen": 0, "unacked": -1}
 

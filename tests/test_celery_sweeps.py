@@ -7,13 +7,14 @@ import json
 
 import pytest
 
-from app.localstack import read_topic
+from app.dev.kafka import read_topic
 from app.models import now_ms
 from app.submissions import job_id_for
 from celeryconfig import TaskNames
-from conftest import submission_payload, wait_for
+from tests.support.payloads import submission_payload
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.workers
+pytestmark = pytest.mark.celery
 
 ABORT_TOPIC = "Sample.Analysis.Job.Abort.OSL"
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"

@@ -1,0 +1,25 @@
+"""Customers and users: created on first sight, by submission intake and when keys are made."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app.models import Customer, User
+
+
+def ensure_customer(session: so.Session, short_name: str, name: str | None = None) -> Customer:
+    """The customer with this shortName, created on first sight (concurrent callers get the same row)."""
+    session.execute(pg_insert(Customer).values(short_name=short_name, name=name or short_name)
+                    .on_conflict_do_nothing(index_elements=[Customer.short_name]))
+    return session.scalars(sa.select(Customer).where(Customer.short_name == short_name)).one()
+
+
+def ensure_user(session: so.Session, short_name: str, customer: Customer, name: str | None = None) -> User:
+    user = session.scalars(sa.select(User).where(User.short_name == short_name)).one_or_none()
+    if user is None:
+        user = User(short_name=short_name, name=name or short_name, customer_id=customer.id)
+        session.add(user)
+        session.flush()
+    return user

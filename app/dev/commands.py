@@ -1,0 +1,39 @@
+"""The command lines of the service's processes, in one place for the dev stack, the benchmarks and the tests.
+
+The Procfile spells the same options out (it is a file format); a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+
+from celeryconfig import QueueNames
+
+# The API as the Procfile runs it: two processes of four threads each.
+GUNICORN_OPTIONS = ["-w", "2", "-k", "gthread", "--threads", "4"]
+CELERY_APP = "workers.celery_app"
+WORKER_CONCURRENCY = 2  # pool processes of a worker on one machine (the Procfile's worker takes one a core)
+
+
+def gunicorn(target: str, bind: str, *options: str) -> list[str]:
+    return [sys.executable, "-m", "gunicorn", *GUNICORN_OPTIONS, "--bind", bind, *options, target]
+
+
+def celery(*arguments: str, app: str = CELERY_APP) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", app, *arguments]
+
+
+def celery_worker(*options: str, queues: list[str] | None = None, app: str = CELERY_APP) -> list[str]:
+    """A Celery worker consuming every queue of the service (or `queues`)."""
+    return celery("worker", "-Q", ",".join(queues or QueueNames.all()), "-c", str(WORKER_CONCURRENCY), *options,
+                  app=app)
+
+
+def answers(url: str) -> bool:
+    """`url` answers 200 right now."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False

@@ -1,0 +1,21 @@
+"""The Flask app of the service: its settings, its database engine, the HTTP API and the outbox trigger."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from app import outbox
+from app.api import register_api
+from app.config import Settings
+from app.dispatch import trigger_relay
+from app.extensions import SETTINGS_KEY, db
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    app = Flask("app")
+    app.config[SETTINGS_KEY] = settings or Settings.from_env()
+    db.init_app(app)
+    register_api(app)
+    # A commit that wrote outbox rows schedules the relay task.
+    outbox.on_commit_trigger(trigger_relay)
+    return app

@@ -1,0 +1,168 @@
+"""The wire format: the API's JSON conventions and the submission payload (SPEC §6.1).
+
+Shared by the Celery intake and the REST API; marshmallow only, nothing of HTTP. Field
+names are camelCase in JSON and unknown fields are refused.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+from app.models import now_ms
+
+NAME_MAX = 1024
+TLP_LEVELS = ("white", "green", "amber", "red")
+JSON_MAX_BYTES = 64 * 1024
+LIST_MAX = 10_000
+CUSTOMER_NAME_MAX = NAME_MAX  # customers.short_name
+SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def camelcase(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _unstorable_text(value) -> bool:
+    """True when some string in `value` (keys included, at any depth) cannot be stored in PostgreSQL:
+    a NUL character or a lone UTF-16 surrogate (both are valid JSON escapes)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+    return False
+
+
+class ApiSchema(ma.Schema):
+    """Base of every schema: camelCase names in JSON, unknown fields refused."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    def on_bind_field(self, field_name, field_obj):
+        field_obj.data_key = camelcase(field_obj.data_key or field_name)
+
+    @ma.pre_load
+    def refuse_unstorable_text(self, data, **kwargs):
+        """One FIELD_ERROR per field whose text PostgreSQL cannot hold (instead of a database error)."""
+        if isinstance(data, Mapping):
+            errors = {str(key): ["Text must not contain NUL characters or unpaired surrogates"]
+                      for key in data if _unstorable_text(key) or _unstorable_text(data[key])}
+            if errors:
+                raise ma.ValidationError(errors)
+        return data
+
+
+def _json_size(value) -> bool:
+    try:
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:  # NaN and Infinity parse in Python but are not JSON, and PostgreSQL refuses them
+        raise ma.ValidationError("NaN and Infinity are not JSON numbers") from None
+    except RecursionError:
+        raise ma.ValidationError("Nested too deeply") from None
+    if len(text.encode("utf-8")) > JSON_MAX_BYTES:
+        raise ma.ValidationError(f"At most {JSON_MAX_BYTES // 1024} KiB as JSON")
+    return True
+
+
+def _sha256(value: str) -> bool:
+    if not SHA256_PATTERN.fullmatch(value):
+        raise ma.ValidationError("Not a sha256 hash (64 hexadecimal characters)")
+    return True
+
+
+class Timestamp(fields.Integer):
+    """Milliseconds since the epoch: a JSON integer (no fraction, no string, no boolean), not negative."""
+
+    def __init__(self, **kwargs):
+        super().__init__(strict=True, validate=validate.Range(0, 2**63 - 1), **kwargs)
+
+
+def _text(**kwargs) -> fields.String:
+    return fields.String(validate=validate.Length(max=NAME_MAX), **kwargs)
+
+
+def _optional_text() -> fields.String:
+    return _text(allow_none=True, load_default=None)
+
+
+class SampleRefSchema(ApiSchema):
+    id = fields.String(required=True, validate=_sha256)
+
+
+class UserAgentSchema(ApiSchema):
+    name = _optional_text()
+    version = _optional_text()
+
+
+class SubmissionSchema(ApiSchema):
+    id = fields.UUID(required=True)
+    customer = fields.String(required=True, validate=validate.Length(1, CUSTOMER_NAME_MAX),
+                             metadata={"description": "shortName of the customer the sample was seen at"})
+    sample = fields.Nested(SampleRefSchema, required=True)
+    created_by_user = fields.Dict(allow_none=True, load_default=None, validate=_json_size)
+    created_timestamp = Timestamp(load_default=now_ms)
+    name = _optional_text()
+    timestamp = Timestamp(allow_none=True, load_default=None)
+    mime_type = _optional_text()
+    meta_data = fields.Dict(allow_none=True, load_default=dict, validate=_json_size)
+    tlp = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(TLP_LEVELS))
+    acl = fields.List(fields.Raw(), allow_none=True, load_default=list,
+                      validate=[validate.Length(max=LIST_MAX), _json_size])
+    user_agent = fields.Nested(UserAgentSchema, allow_none=True, load_default=None)
+
+    @ma.pre_load
+    def lowercase_tlp(self, data, **kwargs):
+        if isinstance(data, Mapping) and isinstance(data.get("tlp"), str):
+            data = {**data, "tlp": data["tlp"].lower()}
+        return data
+
+
+class ClassificationSchema(ApiSchema):
+    sample = fields.String(allow_none=True, load_default=None, validate=_sha256,
+                           metadata={"description": "The sample's sha256; set to the submission's when absent"})
+    classification_id = fields.UUID(data_key="classificationID", load_default=uuid.uuid4)
+    created_timestamp = Timestamp(load_default=now_ms)
+    version = _optional_text()
+    type = _text(required=True, metadata={"description": "File type, e.g. PE"})
+    super_type = _text(required=True, metadata={"description": "e.g. executable, document"})
+    arch = _optional_text()
+    platform = _optional_text()
+    meta = fields.Dict(allow_none=True, load_default=dict, validate=_json_size)
+
+
+class SubmissionPayloadSchema(ApiSchema):
+    """The payload of `sampledb.ingest_submission`: every submission field the seed shows."""
+
+    submission = fields.Nested(SubmissionSchema, required=True)
+    classification = fields.Nested(ClassificationSchema, required=True)
+
+    @ma.validates_schema
+    def same_sample(self, data, **kwargs):
+        given = data["classification"].get("sample")
+        if given is not None and given.lower() != data["submission"]["sample"]["id"].lower():
+            raise ma.ValidationError({"classification": {"sample": ["Must equal submission.sample.id"]}})
+
+    @ma.post_load
+    def normalise(self, data, **kwargs):
+        sha256 = data["submission"]["sample"]["id"].lower()
+        data["submission"]["sample"]["id"] = sha256
+        data["classification"]["sample"] = sha256
+        return data

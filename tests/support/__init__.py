@@ -1,0 +1,1 @@
+"""Helpers of the test suite (the fixtures stay in tests/conftest.py)."""

@@ -1,0 +1,91 @@
+"""A real Celery worker, a restartable Kafka-protocol broker and a task sender, for the tests marked `celery`.
+
+One worker subprocess per session (prefork, 2 processes, task events on) against the
+session's database, Redis and broker. Tests that go through it commit for real.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from app.dev import commands
+from app.dev.processes import Child
+from celeryconfig import QueueNames
+
+ROOT = Path(__file__).resolve().parents[2]
+# Seconds after which Redis hands the messages of a SIGKILLed worker to the next one.
+WORKER_VISIBILITY_TIMEOUT = 12
+
+
+class CeleryWorker(Child):
+    """`celery -A workers.celery_app worker` on every queue, as a child in its own session."""
+
+    def __init__(self, env: dict, log_path: Path, hostname: str):
+        super().__init__("celery worker", log_path)
+        self.env, self.hostname = env, hostname
+
+    def start(self, timeout: float = 60) -> CeleryWorker:
+        super().start(commands.celery_worker("--pool", "prefork", "-E", "-l", "info", "-n", self.hostname),
+                      env=self.env, cwd=ROOT)
+        self.wait_until(lambda left: " ready." in self.output(), timeout, "ready")
+        return self
+
+
+class KafkaBroker:
+    """An embedded Tansu the tests can stop and start again on the same port (its records are in
+    memory: a restart loses them), or the broker SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed)."""
+
+    def __init__(self, given: str | None):
+        self.server = None
+        self.port = None
+        self.given = given
+        if not given:
+            self.start()
+
+    @property
+    def url(self) -> str:
+        return self.given or f"127.0.0.1:{self.port}"
+
+    @property
+    def restartable(self) -> bool:
+        return not self.given
+
+    def start(self) -> None:
+        from app.dev.kafka import start_kafka
+
+        self.server = start_kafka(port=self.port)
+        self.port = self.server.port
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+
+    def crash(self) -> None:
+        """SIGKILL the broker: an outage from one moment to the next (on SIGTERM Tansu keeps serving
+        its open connections for a few seconds)."""
+        self.server.kill()
+        self.stop()
+
+
+class TaskSender:
+    """Sends tasks by name to the worker's broker, as the sample service and beat do."""
+
+    def __init__(self, redis_url: str):
+        from app.dispatch import celery_client
+
+        self.client = celery_client(redis_url)
+
+    def send(self, name: str, *args, **kwargs):
+        return self.client.send_task(name, args=list(args), kwargs=kwargs)
+
+    def send_many(self, name: str, arg_lists) -> None:
+        with self.client.producer_or_acquire() as producer:
+            for args in arg_lists:
+                self.client.send_task(name, args=list(args), producer=producer)
+
+
+def broker_idle(redis_client) -> bool:
+    """No message waiting in a queue (any priority) and none taken but unacknowledged (running or due later)."""
+    keys = [name + suffix for name in QueueNames.all() for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
+    return all(redis_client.llen(key) == 0 for key in keys) and redis_client.hlen("unacked") == 0

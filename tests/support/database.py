@@ -1,0 +1,63 @@
+"""Isolation of the tests that touch the database.
+
+Most tests run inside one outer transaction that is rolled back afterwards: the app's
+scoped session is bound to that connection with ``join_transaction_mode="create_savepoint"``,
+so a commit of a view, of `make_job` or of the CLI's helpers only releases a savepoint. The
+Flask test client runs in the test's thread, so the views see the same session. Tests
+whose commits are the point (a real Celery worker, subprocesses, several connections or
+threads) are marked `committing` and get the tables truncated after them instead.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import sqlalchemy as sa
+
+RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
+                "users", "customers"]
+
+
+def keep_default_workers(engine: sa.Engine) -> None:
+    """Keep the analysis workers the migrations registered, to restore them after a truncation."""
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_workers AS TABLE analysis_workers"))
+
+
+def truncate(engine: sa.Engine) -> None:
+    """Back to a fresh installation: no jobs, keys or customers; the default workers."""
+    with engine.begin() as conn:
+        conn.execute(sa.text(f"TRUNCATE {', '.join(RESET_TABLES)} RESTART IDENTITY CASCADE"))
+        conn.execute(sa.text("INSERT INTO analysis_workers SELECT * FROM _default_workers"))
+
+
+class RolledBack:
+    """The test's connection, inside an outer transaction that is never committed."""
+
+    def __init__(self, database, engine: sa.Engine):
+        self.database = database
+        self.engine = engine
+        self.connection: sa.Connection | None = None
+
+    def __enter__(self) -> RolledBack:
+        session = self.database.session
+        session.remove()
+        self.connection = self.engine.connect()
+        self.outer = self.connection.begin()
+        self.saved = dict(session.session_factory.kw)
+        session.configure(bind=self.connection, join_transaction_mode="create_savepoint")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        session = self.database.session
+        session.remove()
+        session.session_factory.kw.clear()
+        session.configure(**self.saved)
+        self.outer.rollback()
+        self.connection.close()
+
+    @contextmanager
+    def begin(self):
+        """A savepoint on the test's connection, released at the end (what engine.begin() is elsewhere)."""
+        with self.connection.begin_nested():
+            yield self.connection
