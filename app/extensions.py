@@ -63,12 +63,18 @@ class Database:
     def reader(self) -> sa.Connection:
         """This app context's autocommit connection for reads (returned to the pool when the context ends)."""
         if "db_reader" not in g:
-            g.db_reader = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            bound = self.session.session_factory.kw.get("bind")
+            if isinstance(bound, sa.Connection):
+                # A session bound explicitly (a test's outer transaction): reads see what it wrote.
+                g.db_reader, g.db_reader_owned = bound, False
+            else:
+                g.db_reader = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                g.db_reader_owned = True
         return g.db_reader
 
     def _end_of_context(self, _exc) -> None:
         reader = g.pop("db_reader", None)
-        if reader is not None:
+        if reader is not None and g.pop("db_reader_owned"):
             reader.close()
         self.session.remove()
 

@@ -19,6 +19,8 @@ from app.jobs import service
 from app.jobs.serialize import job_to_dict
 
 BASE = "/sampledb/v2"
+# Committed for real: the reads run on connections of their own (autocommit), as in the service.
+pytestmark = pytest.mark.committing
 
 
 def _orm_answer(app, job_ids: list[str], **list_fields) -> bytes:
@@ -109,7 +111,7 @@ def test_default_list_and_a_scoped_key_answer_the_orm_serializers_bytes(app, cli
     assert client.get(f"{BASE}/job/{jobs['other_customer']}", headers=alice).status_code == 404
 
 
-def test_reads_run_in_autocommit_mode_without_a_transaction(client, make_key, jobs):
+def test_reads_run_in_autocommit_mode_without_a_transaction(app, client, make_key, jobs):
     """A read is its SELECTs alone: psycopg sends no BEGIN (and so no ROLLBACK) on an autocommit connection."""
     viewer = make_key("VIEWER", customer="analysis", user="viewer", all_customers=True)
     client.get(f"{BASE}/job/{jobs['done']}", headers=viewer)  # the key is cached from here on
@@ -118,12 +120,13 @@ def test_reads_run_in_autocommit_mode_without_a_transaction(client, make_key, jo
     def record(conn, cursor, statement, parameters, context, executemany):
         seen.append((statement.split()[0], conn.connection.dbapi_connection.autocommit))
 
-    sa.event.listen(db.engine, "before_cursor_execute", record)
+    engine = db.engine_of(app)
+    sa.event.listen(engine, "before_cursor_execute", record)
     try:
         assert client.get(f"{BASE}/job/{jobs['done']}", headers=viewer).status_code == 200
         assert client.post(f"{BASE}/job/search", headers=viewer, json={"state": []}).status_code == 200
     finally:
-        sa.event.remove(db.engine, "before_cursor_execute", record)
+        sa.event.remove(engine, "before_cursor_execute", record)
     assert seen and all(kind == "SELECT" and autocommit for kind, autocommit in seen), seen
 
 
