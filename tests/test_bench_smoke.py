@@ -98,7 +98,7 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
     assert left == []
 
 
-@pytest.mark.workers
+@pytest.mark.celery
 def test_bench_intake_b7_at_tiny_scale(postgres_server_url, redis_url, kafka_broker, tmp_path):
     """B7 at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis database of its own
     and topics of the run's own site (the test session's worker never sees these submissions)."""
