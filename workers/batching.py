@@ -13,12 +13,14 @@ the worker never ran comes back after Redis' visibility timeout.
 celery-batches does the same, but its releases require Celery < 5.7; this is the part of
 it the service needs. The strategy raises its worker's prefetch by `batch_size` (as Celery
 does for ETA tasks) so that a batch can fill while acks_late keeps messages unacknowledged.
-Messages with an ETA (retries with a countdown) join the next batch once due.
+Messages with an ETA (retries with a countdown) join the next batch once due. Each message
+still has its task events (received, started, succeeded or failed) for Flower.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,11 @@ def run_in_pool(task_name: str, messages: list[Message]) -> Any:
         return celery.tasks[task_name].run_batch(messages)
 
 
+def _events(requests: list, kind: str, **fields) -> None:
+    for request in requests:
+        request.send_event(kind, **fields)
+
+
 def batching_strategy(task, app, consumer, **_kwargs):
     """The worker's handler of the task's messages (Celery calls it once per worker with the task)."""
     Request = create_request_cls(symbol_by_name(task.Request), task, consumer.pool, consumer.hostname,
@@ -69,19 +76,25 @@ def batching_strategy(task, app, consumer, **_kwargs):
             del waiting[:task.batch_size]
             running[0] += 1
             messages = [Message(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries", 0)) for r in batch]
-            pool.apply_async(run_in_pool, (task.name, messages), callback=lambda _r, b=batch: done(b, None),
-                             error_callback=lambda exc, b=batch: done(b, exc), timeout=app.conf.task_time_limit)
+            started = time.monotonic()
+            pool.apply_async(run_in_pool, (task.name, messages),
+                             accept_callback=lambda pid, _at, b=batch: _events(b, "task-started", pid=pid),
+                             callback=lambda _r, b=batch, t=started: done(b, None, t),
+                             error_callback=lambda exc, b=batch, t=started: done(b, exc, t),
+                             timeout=app.conf.task_time_limit)
 
-    def done(batch: list, error) -> None:
+    def done(batch: list, error, started: float) -> None:
         running[0] -= 1
         if error is None:
             for request in batch:
                 request.acknowledge()
+            _events(batch, "task-succeeded", result="None", runtime=time.monotonic() - started)
         else:
             # run_batch raised, or its pool process died or hit the time limit: the batch runs again.
             log.error("batch of %d %s messages failed in the pool: %r; requeued", len(batch), task.name, error)
             for request in batch:
                 request.reject(requeue=True)
+            _events(batch, "task-failed", exception=repr(error), traceback="")
         dispatch()
 
     def due(request) -> None:
@@ -102,6 +115,12 @@ def batching_strategy(task, app, consumer, **_kwargs):
         request = Request(message, on_ack=ack, on_reject=reject, app=app, hostname=consumer.hostname,
                           eventer=consumer.event_dispatcher, task=task, connection_errors=consumer.connection_errors,
                           body=body, headers=headers, decoded=decoded, utc=utc)
+        # Task events for Flower, as Celery's own strategy sends them: each message is still a task.
+        request.send_event("task-received", name=request.name, args=request.argsrepr, kwargs=request.kwargsrepr,
+                           root_id=request.root_id, parent_id=request.parent_id,
+                           retries=request.request_dict.get("retries", 0),
+                           eta=request.eta and request.eta.isoformat(),
+                           expires=request.expires and request.expires.isoformat())
         if request.eta:
             eta = to_timestamp(timezone.to_system(request.eta)) if request.utc else to_timestamp(request.eta,
                                                                                                  app.timezone)
