@@ -13,6 +13,7 @@ from app.config import WORKER_SHORT_NAME_PATTERN
 from app.domain_errors import NotFound, WorkerExists
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker, now_ms
+from app.policy import store as policy_store
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}
 
@@ -92,6 +93,7 @@ def register_worker(session: so.Session, data: dict, actor: Actor | None) -> Ana
             session.flush()
     except IntegrityError:
         raise WorkerExists(f"An analysis worker named {data['short_name']} already exists") from None
+    policy_store.include_worker(session, worker.short_name)
     return worker
 
 
@@ -124,5 +126,6 @@ def delete_worker(session: so.Session, id_or_short_name: str, actor: Actor | Non
 
 def _follow_user_ids(session: so.Session, worker: AnalysisWorker) -> None:
     """Make the *_by_user relationships show the user ids just set (they were loaded before)."""
+    policy_store.changed(session)  # the worker's filter or its being deleted decides new jobs' tasks
     session.flush()
     session.expire(worker, ["last_updated_by_user", "deleted_by_user"])

@@ -124,6 +124,14 @@ class Settings:
     api_key_cache_seconds: int = _setting(
         "SAMPLEDB_API_KEY_CACHE_SECONDS", "10", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
     )
+    # Policy, rules and the worker registry are read once per this many seconds per process (0 = every job).
+    policy_cache_seconds: int = _setting(
+        "SAMPLEDB_POLICY_CACHE_SECONDS", "5", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
+    )
+    # A customer's submission of a sample it had a job for this recently makes no new job (0 = off).
+    duplicate_window_seconds: int = _setting(
+        "SAMPLEDB_DUPLICATE_WINDOW_SECONDS", "0", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
+    )
     celery_visibility_timeout_seconds: int = _setting("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300", _seconds)
     fallback_worker: str = _setting("SAMPLEDB_FALLBACK_WORKER", "static-analyzer", _worker_name)
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)

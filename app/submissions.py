@@ -28,7 +28,9 @@ from app.accounts import ensure_customer
 from app.config import Settings
 from app.domain_errors import InvalidArgument, InvalidRequest
 from app.jobs import service
-from app.models import Customer, now_ms
+from app.models import Customer, Job, now_ms
+from app.models.jobs import INGESTED
+from app.policy import store as policy_store
 from app.wire import SHA256_PATTERN, SubmissionPayloadSchema
 
 # Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
@@ -117,51 +119,113 @@ class IngestResult:
     submission_id: str | None
     job_id: uuid.UUID | None = None
     created: bool = False
+    duplicate: bool = False  # the customer had a job for the sample within the duplicate window: no job made
     errors: dict | None = None  # the payload was invalid and dropped
 
 
-class _Lookups:
-    """Customers and matching analysis workers, looked up once per transaction."""
+class _Customers:
+    """Customers by shortName, looked up once per transaction."""
 
-    def __init__(self, session: so.Session, settings: Settings):
-        self.session, self.settings = session, settings
+    def __init__(self, session: so.Session):
+        self.session = session
         self._customers: dict[str, Customer] = {}
-        self._analysis_workers: dict[tuple, list[str]] = {}
 
-    def customer(self, short_name: str) -> Customer:
-        if short_name not in self._customers:
-            # Usually known: one SELECT; ensure_customer (INSERT ... ON CONFLICT) creates a new one race-free.
-            known = self.session.scalars(sa.select(Customer).where(Customer.short_name == short_name)).one_or_none()
-            self._customers[short_name] = known or ensure_customer(self.session, short_name)
+    def __getitem__(self, short_name: str) -> Customer:
         return self._customers[short_name]
 
-    def load_customers(self, short_names: set[str]) -> None:
+    def load(self, short_names: set[str]) -> None:
         """Look up many customers in one SELECT; the new ones are created in shortName order."""
         found = self.session.scalars(sa.select(Customer).where(Customer.short_name.in_(short_names - set(self._customers))))
         self._customers.update((c.short_name, c) for c in found)
         for short_name in sorted(short_names - set(self._customers)):
             self._customers[short_name] = ensure_customer(self.session, short_name)
 
-    def analysis_workers(self, classification: dict) -> list[str]:
-        key = tuple(classification.get(c) for c in ("type", "superType", "arch", "platform"))
-        if key not in self._analysis_workers:
-            self._analysis_workers[key] = service.analysis_workers_for(self.session, classification,
-                                                                       self.settings.fallback_worker)
-        return self._analysis_workers[key]
+
+def _pair(data: dict, customers: _Customers) -> tuple[str, int]:
+    return data["submission"]["sample"]["id"], customers[data["submission"]["customer"]].id
 
 
-def _make_job(session: so.Session, settings: Settings, data: dict, lookups: _Lookups) -> tuple[uuid.UUID, bool]:
-    submission, classification = data["submission"], data["classification"]
-    return service.create_job(
-        session, settings, submission=submission, classification=classification,
-        customer=lookups.customer(submission["customer"]), workers=lookups.analysis_workers(classification),
-        job_id=job_id_for(submission["id"]),
-    )
+def _recent_pairs(session: so.Session, settings: Settings, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
+    """The (sample, customer) pairs with a job enqueued within the duplicate window."""
+    cutoff = now_ms() - settings.duplicate_window_seconds * 1000
+    rows = session.execute(sa.select(Job.sample_sha256, Job.customer_id).where(
+        Job.sample_sha256.in_({sha256 for sha256, _ in pairs}), Job.enqueued_timestamp >= cutoff)).all()
+    return {tuple(row) for row in rows} & pairs
 
 
-def ingest(session: so.Session, settings: Settings, payload) -> tuple[uuid.UUID, bool]:
+def _made_into_jobs(session: so.Session, submission_ids: list[str]) -> set[str]:
+    rows = session.scalars(sa.select(Job.submission_id).where(Job.submission_id.in_(submission_ids), sa.text(INGESTED)))
+    return {str(r) for r in rows}
+
+
+def _recently_seen(session: so.Session, settings: Settings, valid: list[dict], customers: _Customers) -> list[bool]:
+    """Which submissions the duplicate window drops, under a lock per (sample, customer).
+
+    Under the locks, a submission already made into a job is a repeat (its job is returned as
+    ever), and the first new submission of a pair in the batch may make a job, the rest not.
+    """
+    if not settings.duplicate_window_seconds or not valid:
+        return [False] * len(valid)
+    pairs = {_pair(data, customers) for data in valid}
+    for sha256, customer_id in sorted(pairs):  # one order for every transaction: no deadlock
+        service.lock_sample_for_customer(session, sha256, customer_id)
+    ids = [data["submission"]["id"] for data in valid]
+    seen, repeats = _recent_pairs(session, settings, pairs), _made_into_jobs(session, ids)
+    dropped, kept = [], set()
+    for data, submission_id in zip(valid, ids):
+        pair = _pair(data, customers)
+        duplicate = submission_id not in repeats and submission_id not in kept and pair in seen
+        if not duplicate:
+            kept.add(submission_id)
+            seen.add(pair)
+        dropped.append(duplicate)
+    return dropped
+
+
+def recently_seen(session: so.Session, settings: Settings, payload: dict) -> bool:
+    """Whether the duplicate window drops this (complete) payload; the REST intake's check before queuing.
+
+    Without a lock: two simultaneous uploads may both pass here; ingest checks again under its lock,
+    and drops the second one as a duplicate then.
+    """
+    if not settings.duplicate_window_seconds:
+        return False
+    submission = payload["submission"]
+    customer_id = session.scalar(sa.select(Customer.id).where(Customer.short_name == submission["customer"]))
+    if customer_id is None or _made_into_jobs(session, [submission["id"]]):
+        return False  # a customer never seen has no job; a retried upload gets its job as ever
+    return bool(_recent_pairs(session, settings, {(submission["sample"]["id"], customer_id)}))
+
+
+def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> list[IngestResult]:
+    """Make the jobs of valid payloads (the analysis policy decides their tasks); results in input order."""
+    customers = _Customers(session)
+    customers.load({data["submission"]["customer"] for data in valid})
+    dropped = _recently_seen(session, settings, valid, customers)
+    kept = [data for data, duplicate in zip(valid, dropped) if not duplicate]
+    new_jobs = [
+        service.NewJob(submission=data["submission"], classification=data["classification"],
+                       customer_id=customers[data["submission"]["customer"]].id,
+                       plan=policy_store.plan_for(session, settings, customers[data["submission"]["customer"]].id,
+                                                  data["submission"], data["classification"]),
+                       job_id=job_id_for(data["submission"]["id"]))
+        for data in kept
+    ]
+    made = iter(service.create_jobs(session, settings, new_jobs))
+    results = []
+    for data, duplicate in zip(valid, dropped):
+        submission_id = data["submission"]["id"]
+        if duplicate:
+            results.append(IngestResult(submission_id=submission_id, duplicate=True))
+        else:
+            job_id, created = next(made)
+            results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
+    return results
+
+
+def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
     """Make the job of one submission (or find the one it already made). The caller commits."""
-    return _make_job(session, settings, validate_payload(payload), _Lookups(session, settings))
+    return _make_jobs(session, settings, [validate_payload(payload)])[0]
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
@@ -177,18 +241,7 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
             valid.append(validate_payload(payload))
         except InvalidSubmission as err:
             results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
-    lookups = _Lookups(session, settings)
-    lookups.load_customers({data["submission"]["customer"] for data in valid})
-    new_jobs = [
-        service.NewJob(submission=data["submission"], classification=data["classification"],
-                       customer_id=lookups.customer(data["submission"]["customer"]).id,
-                       workers=tuple(lookups.analysis_workers(data["classification"])),
-                       job_id=job_id_for(data["submission"]["id"]))
-        for data in valid
-    ]
-    for data, (job_id, created) in zip(valid, service.create_jobs(session, settings, new_jobs)):
-        results.append(IngestResult(submission_id=data["submission"]["id"], job_id=job_id, created=created))
-    return results
+    return results + _make_jobs(session, settings, valid)
 
 
 def submission_id_of(payload) -> str | None:

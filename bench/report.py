@@ -202,6 +202,17 @@ def _details(results: dict) -> list[str]:
                     f"{_ms(r.get('p99_ms'))} | {_ms(r.get('intake_to_commit_p50_ms'))} / "
                     f"{_ms(r.get('intake_to_commit_p99_ms'))} | {_ms(r.get('commit_to_relay_p50_ms'))} / "
                     f"{_ms(r.get('commit_to_relay_p99_ms'))} | {_ms(r.get('relay_to_seen_p50_ms'))} | {cores} |")
+        if "policy_evaluation" in b3:
+            per_submission_us = 1e6 / b3["sustained"]["per_s"] if b3["sustained"].get("per_s") else None
+            out += ["", "Deciding a job's tasks and options (analysis policy and rules, snapshot cached; "
+                        "`bench/policy.py`):", "",
+                    "| live rules | µs per submission | share of B3's cost per submission | SQL statements per decision "
+                    "(cached / read afresh) | per ingest of one submission (cached / afresh) |", "|---|---|---|---|---|"]
+            for r in b3["policy_evaluation"]["by_rules"]:
+                share = f"{r['us_per_submission'] / per_submission_us:.1%}" if per_submission_us else "—"
+                out.append(f"| {r['rules']} | {r['us_per_submission']} | {share} | {r['statements_cached']} / "
+                           f"{r['statements_read_afresh']} | {r['ingest_statements_cached']} / "
+                           f"{r['ingest_statements_read_afresh']} |")
     if "B7" in results and "error" not in results["B7"]:
         b7 = results["B7"]
         out += _section(f"B7: REST intake (gunicorn {b7['gunicorn']}; worker: `{b7['worker']}`)",

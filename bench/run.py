@@ -21,7 +21,7 @@ import sqlalchemy.orm as so
 
 from app.auth import create_key
 from app.models import now_ms
-from bench import api_load, dataset, ingest, intake, machine, report, searches, sweep
+from bench import api_load, dataset, ingest, intake, machine, policy, report, searches, sweep
 from bench.stack import Databases, Servers, bench_settings, start_servers
 
 log = logging.getLogger("bench")
@@ -123,10 +123,10 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
                                                 warmup=d["b2_warmup"])),
         "B1": ("GET /job/{id} under load", lambda: api_load.run(settings, key, workdir, duration=d["b1_duration"],
                                                                  runs=d["b1_runs"], warmup=d["b1_warmup"])),
-        "B3": ("ingest", lambda: ingest.run(
+        "B3": ("ingest", lambda: {**ingest.run(
             settings, workdir, servers.pids(), duration=d["b3_duration"], bulk_duration=d["b3_bulk_duration"],
             latency_duration=d["b3_latency_duration"], baseline_duration=d["b3_baseline_duration"],
-            noop_tasks=d["b3_noop_tasks"], runs=runs)),
+            noop_tasks=d["b3_noop_tasks"], runs=runs), "policy_evaluation": policy.run(settings)}),
         "B7": ("REST intake", lambda: intake.run(settings, workdir, servers.pids(), duration=d["b7_duration"],
                                                  latency_duration=d["b7_latency_duration"], runs=runs)),
         "B4": ("sweep", lambda: _sweep_sizes(servers, dbs, config, settings, main_db.url)),

@@ -107,7 +107,9 @@ def kafka_bootstrap(kafka_broker) -> str:
 
 
 def make_settings(database_url: str, **overrides: str) -> Settings:
-    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": "OSL", **overrides}
+    # Tests change the analysis policy between jobs: every job reads it afresh.
+    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": "OSL", "SAMPLEDB_POLICY_CACHE_SECONDS": "0",
+               **overrides}
     return Settings.from_env(environ)
 
 
@@ -187,8 +189,7 @@ def make_job(app, settings):
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
                 session, settings, submission=payload["submission"], classification=payload["classification"],
-                customer=owner, workers=service.analysis_workers_for(session, payload["classification"],
-                                                            settings.fallback_worker),
+                customer=owner,
             )
             session.commit()
         return str(job_id)
@@ -248,7 +249,7 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
         SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
-        SAMPLEDB_SWEEP_BATCH_SIZE="20", PYTHONUNBUFFERED="1",
+        SAMPLEDB_SWEEP_BATCH_SIZE="20", SAMPLEDB_POLICY_CACHE_SECONDS="0", PYTHONUNBUFFERED="1",
     )
     worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
                           f"sampledb-test-{uuid.uuid4().hex[:6]}@%h").start()

@@ -8,6 +8,7 @@ from tests.support.api import check_envelope
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 JOB_KEYS = {"id", "state", "flags", "site", "analysedSample", "customer", "submission", "classification", "tasks",
+            "options",
             "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp", "lastUpdatedByUser",
             "abortRequestedTimestamp", "abortRequestedByUser", "abortReason", "message"}
 TASK_KEYS = {"id", "worker", "state", "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp",

@@ -98,6 +98,18 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
     assert left == []
 
 
+def test_policy_evaluation_figures(settings):
+    """bench/policy.py (part of B3) at a tiny scale: with the snapshot cached, deciding a job's tasks runs no SQL."""
+    from bench import policy
+
+    figures = policy.run(settings, submissions_per_count=50)
+    assert [r["rules"] for r in figures["by_rules"]] == list(policy.RULE_COUNTS)
+    for row in figures["by_rules"]:
+        assert (row["statements_cached"], row["statements_read_afresh"]) == (0, 3)
+        assert row["ingest_statements_read_afresh"] - row["ingest_statements_cached"] == 3
+        assert _is_positive_number(row["us_per_submission"])
+
+
 @pytest.mark.celery
 def test_bench_intake_b7_at_tiny_scale(postgres_server_url, redis_url, kafka_broker, tmp_path):
     """B7 at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis database of its own

@@ -65,6 +65,8 @@ def test_rest_submission_makes_a_job_and_announces_it(worker, live_api, make_key
         "submission": submission,
         "classification": seed["classification"],
         "tasks": [{"id": t["id"], "worker": t["worker"]} for t in job["tasks"]],
+        "options": [],
+        "reanalysis": False,
     }
     assert set(message["submission"]) == set(seed["submission"])  # every field of the seed's example
     assert message["submission"]["createdByUser"]["shortName"] == "uploader-kim"

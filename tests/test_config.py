@@ -20,6 +20,8 @@ BAD_VALUES = {
     "SAMPLEDB_ABORT_GRACE_SECONDS": SECONDS,
     "SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS": SECONDS,
     "SAMPLEDB_API_KEY_CACHE_SECONDS": ["abc", "-1", "2.5", "9" * 5000],
+    "SAMPLEDB_POLICY_CACHE_SECONDS": ["abc", "-1", "2.5", "", "99999999999"],
+    "SAMPLEDB_DUPLICATE_WINDOW_SECONDS": ["abc", "-1", "2.5", "", "99999999999"],
     "SAMPLEDB_SWEEP_INTERVAL_SECONDS": SECONDS,
     "SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS": SECONDS,
     "SAMPLEDB_SWEEP_BATCH_SIZE": ["abc", "0", "-1", "2.5", "9" * 5000],
@@ -50,6 +52,7 @@ def test_defaults():
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.redis_url.startswith("redis://")
     assert settings.fallback_worker == "static-analyzer"
+    assert (settings.policy_cache_seconds, settings.duplicate_window_seconds) == (5, 0)
     assert (settings.job_topic, settings.abort_topic, settings.event_topic) == (
         "Sample.Analysis.Job.OSL", "Sample.Analysis.Job.Abort.OSL", "Sample.Analysis.Job.Event.OSL")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = ("app", "workers", "celeryconfig", "wsgi")
 # The domain: business rules on a session and settings, callable from a view, a task or a shell.
-DOMAIN = ("app.jobs", "app.submissions", "app.wire", "app.analysis_workers", "app.accounts", "app.access",
+DOMAIN = ("app.jobs", "app.policy", "app.submissions", "app.wire", "app.analysis_workers", "app.accounts", "app.access",
           "app.domain_errors", "app.outbox", "app.unit_of_work", "app.models", "app.config", "app.task_names")
 HTTP_PACKAGES = ("flask", "flask_smorest", "webargs", "werkzeug")
 HTTP_MODULES = ("app.api", "app.errors")

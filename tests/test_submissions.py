@@ -131,7 +131,8 @@ def test_ingest_is_idempotent_on_the_submission_id(app, settings):
     with app.app_context():
         results = []
         for _ in range(3):
-            results.append(submissions.ingest(db.session, settings, copy.deepcopy(payload)))
+            result = submissions.ingest(db.session, settings, copy.deepcopy(payload))
+            results.append((result.job_id, result.created))
             db.session.commit()
         job_id = submissions.job_id_for(payload["submission"]["id"])
         assert results == [(job_id, True), (job_id, False), (job_id, False)]
@@ -167,7 +168,7 @@ def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
 def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql):
     sql("UPDATE analysis_workers SET deleted = true")
     with app.app_context():
-        job_id, _ = submissions.ingest(db.session, settings, submission_payload())
+        job_id = submissions.ingest(db.session, settings, submission_payload()).job_id
         db.session.commit()
         assert [t.worker for t in db.session.get(Job, job_id).tasks] == [settings.fallback_worker]
 

@@ -66,11 +66,14 @@ def ingest_submission(payload) -> dict:
     A worker runs these messages through `run_batch`; this body serves direct and eager calls."""
     try:
         with unit_of_work(db.session) as session:
-            job_id, created = submissions.ingest(session, current_settings(), payload)
+            result = submissions.ingest(session, current_settings(), payload)
     except submissions.InvalidSubmission as err:
         log.error("dropping invalid submission %s: %s", submissions.submission_id_of(payload), err.messages)
         return {"dropped": True, "errors": err.messages}
-    return {"jobID": str(job_id), "created": created}
+    if result.duplicate:
+        log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
@@ -78,11 +81,13 @@ def ingest_submissions(payloads) -> dict:
     """Make the jobs of a list of submissions in one transaction (bulk intake); invalid ones are dropped."""
     if not isinstance(payloads, list):
         log.error("dropping a bulk ingest whose argument is not a list: %s", type(payloads).__name__)
-        return {"dropped": 1, "created": 0, "existing": 0}
+        return {"dropped": 1, "created": 0, "existing": 0, "duplicate": 0}
     results = _ingest_batch(payloads)
     dropped = _log_dropped(results)
     created = sum(1 for r in results if r.created)
-    return {"created": created, "existing": len(results) - dropped - created, "dropped": dropped}
+    duplicate = sum(1 for r in results if r.duplicate)
+    return {"created": created, "existing": len(results) - dropped - created - duplicate,
+            "duplicate": duplicate, "dropped": dropped}
 
 
 def _ingest_batch(payloads: list) -> list[submissions.IngestResult]:

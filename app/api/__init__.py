@@ -7,7 +7,7 @@ from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
 from werkzeug.exceptions import HTTPException
 
-from app.api import analysis_workers, health, jobs, submissions
+from app.api import analysis_workers, health, jobs, policy, submissions
 from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
 from app.domain_errors import Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
@@ -88,7 +88,7 @@ def register_api(app: Flask) -> None:
     # Errors are documented as what they are: the envelope with data null and the messages.
     api.ERROR_SCHEMA = envelope_schema(None)
     api.init_app(app)
-    for blueprint in (jobs.blp, analysis_workers.blp, submissions.blp):
+    for blueprint in (jobs.blp, analysis_workers.blp, submissions.blp, policy.blp):
         api.register_blueprint(blueprint)
     app.register_blueprint(health.blp)
 

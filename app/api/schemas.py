@@ -221,6 +221,11 @@ class TaskSchema(ma.Schema):
     message = fields.String(allow_none=True)
 
 
+class OptionSchema(ma.Schema):
+    key = fields.String(metadata={"description": "e.g. meta.sampledb.allowInternetAccess"})
+    value = fields.String(metadata={"description": "The option's value, as a string"})
+
+
 class JobSchema(ma.Schema):
     id = fields.UUID()
     state = fields.String(validate=validate.OneOf(JOB_STATES))
@@ -231,6 +236,7 @@ class JobSchema(ma.Schema):
     submission = fields.Dict()
     classification = fields.Dict()
     tasks = fields.List(fields.Nested(TaskSchema))
+    options = fields.List(fields.Nested(OptionSchema), metadata={"description": "Options the workers must respect"})
     enqueuedTimestamp = fields.Integer()
     startTimestamp = fields.Integer(allow_none=True)
     endTimestamp = fields.Integer(allow_none=True)

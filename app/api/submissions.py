@@ -1,4 +1,4 @@
-"""/sample/{sha256}/submission: submission intake over REST; a worker makes the job."""
+"""/sample/{sha256}: submission intake over REST (a worker makes the job) and reanalysis."""
 
 from __future__ import annotations
 
@@ -8,15 +8,21 @@ from marshmallow import fields, validate
 
 from app import dispatch, submissions
 from app.api.base import BASE_PATH, Blueprint
-from app.api.schemas import envelope_schema
-from app.auth import UPLOADER, current_principal, requires
+from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
+from app.auth import UPLOADER, USER, current_principal, requires
 from app.errors import ApiError, envelope
 from app.extensions import current_settings, db
+from app.jobs.reanalysis import reanalyse
+from app.jobs.serialize import job_to_dict
+from app.unit_of_work import unit_of_work
 from app.wire import (
-    CUSTOMER_NAME_MAX, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
+    CUSTOMER_NAME_MAX, SHA256_PATTERN, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
 )
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
+
+# Argus' answer to a submission of a sample the customer sent recently: accepted, not stored, no job.
+RECENTLY_SEEN = 220
 
 
 class UploadSubmissionSchema(SubmissionSchema):
@@ -43,19 +49,53 @@ class SubmissionAcceptedSchema(ma.Schema):
     jobID = fields.UUID(metadata={"description": "The job the submission makes (once a worker has made it)"})
 
 
+class SubmissionRateLimitedSchema(ma.Schema):
+    sampleSha256 = fields.String(metadata={"description": "The sample for which the submission was uploaded"})
+
+
+class ReanalyseArgsSchema(ApiSchema):
+    customer = CustomerRef(metadata={"description": "Customer id or shortName, when the key sees the sample at "
+                                                    "several customers (default: the latest submission's)"})
+
+
 @blp.route("/<sha256>/submission")
 class SampleSubmission(MethodView):
     @requires(UPLOADER)
     @blp.arguments(UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
+    @blp.alt_response(RECENTLY_SEEN, schema=envelope_schema(SubmissionRateLimitedSchema),
+                      description="The customer sent this sample within SAMPLEDB_DUPLICATE_WINDOW_SECONDS: "
+                                  "the submission is not stored and makes no job")
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample; the job appears once a worker has made it"""
         principal = current_principal()
         payload = submissions.prepare_upload(db.session, sha256=sha256, body=body, user=principal.user,
                                              scope=principal.scope)
+        if submissions.recently_seen(db.session, current_settings(), payload):
+            return envelope({"sampleSha256": payload["submission"]["sample"]["id"]}, RECENTLY_SEEN)
         try:
             dispatch.send_ingest(current_settings().redis_url, payload)
         except dispatch.BrokerUnavailable as err:
             raise ApiError.action(503, f"Submission not accepted, retry later: {err}") from None
         submission = payload["submission"]
         return envelope({"submission": submission, "jobID": str(submissions.job_id_for(submission["id"]))}, 202)
+
+
+@blp.route("/<sha256>/reanalyse")
+class SampleReanalysis(MethodView):
+    @requires(USER)
+    @blp.arguments(ReanalyseArgsSchema, location="query")
+    @blp.arguments(NoArgsSchema)
+    @blp.response(200, envelope_schema(JobSchema))
+    @blp.alt_response(404, response="NOT_FOUND")
+    def put(self, query: dict, _body: dict, sha256: str):
+        """Analyse a sample again from its latest submission, under the analysis policy as it is now.
+
+        Answers the sample's active job of that customer instead, if it has one."""
+        principal = current_principal()
+        if not SHA256_PATTERN.fullmatch(sha256):
+            raise ApiError.field("sha256", "sha256: Not a sha256 hash (64 hexadecimal characters)")
+        with unit_of_work(db.session) as session:
+            job, _created = reanalyse(session, current_settings(), sha256.lower(), customer=query.get("customer"),
+                                      actor=principal.user, scope=principal.scope)
+        return envelope(job_to_dict(job))

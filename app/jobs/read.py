@@ -23,7 +23,7 @@ from app.models import Customer, Job, JobTask, User
 
 _jobs, _tasks = Job.__table__, JobTask.__table__
 JOB_FIELDS = ("id", "state", "abort_requested", "site", "sample_sha256", "sample_size", "submission",
-              "classification", "enqueued_timestamp", "start_timestamp", "end_timestamp", "last_updated_timestamp",
+              "classification", "options", "enqueued_timestamp", "start_timestamp", "end_timestamp", "last_updated_timestamp",
               "abort_requested_timestamp", "abort_reason", "message")
 CUSTOMER_FIELDS = ("id", "short_name", "name", "domain_id", "domain_name")  # the arguments of Customer.info
 USER_FIELDS = ("id", "short_name", "name")  # the arguments of User.info before the customer

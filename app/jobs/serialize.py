@@ -49,6 +49,7 @@ def job_view(job, *, customer: dict, tasks: list[dict], last_updated_by: dict | 
         "submission": job.submission,
         "classification": job.classification,
         "tasks": tasks,
+        "options": job.options or [],
         "enqueuedTimestamp": job.enqueued_timestamp,
         "startTimestamp": job.start_timestamp,
         "endTimestamp": job.end_timestamp,

@@ -9,9 +9,10 @@ owns the transaction: it commits (or rolls back) the session.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -26,7 +27,10 @@ from app.jobs.states import (
     JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Move, StateConflict,
     classify_move,
 )
-from app.models import AnalysisWorker, Customer, Job, JobHistory, JobTask, now_ms
+from app.models import Customer, Job, JobHistory, JobTask, now_ms
+from app.models.jobs import INGESTED
+from app.policy import store as policy_store
+from app.policy.evaluate import JobPlan
 
 
 class JobNotFound(NotFound):
@@ -35,6 +39,10 @@ class JobNotFound(NotFound):
 
 class TaskNotFound(NotFound):
     """The job has no such task."""
+
+
+# Advisory lock class of the per-sample-and-customer locks ("SDBS" as a 32-bit integer).
+SAMPLE_LOCK_CLASS = 0x53444253
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -70,23 +78,28 @@ def _lock_job(session: so.Session, job_id: uuid.UUID, scope: Scope) -> Job:
 
 # -- creating ----------------------------------------------------------------------------------
 
-def analysis_workers_for(session: so.Session, classification: dict, fallback_worker: str) -> list[str]:
-    """Short names of the registered, non-deleted analysis workers that accept this classification (never empty)."""
-    workers = session.scalars(sa.select(AnalysisWorker).where(AnalysisWorker.deleted.is_(False))).all()
-    names = sorted(w.short_name for w in workers if w.accepts_classification(classification))
-    return names or [fallback_worker]
-
-
 @dataclass(frozen=True)
 class NewJob:
-    """What create_jobs needs to make one job; `job_id=None` draws a random id."""
+    """What create_jobs needs to make one job; `job_id=None` draws a random id.
+
+    `plan` holds the tasks and options the analysis policy decided (app.policy.store.plan_for).
+    """
 
     submission: dict
     classification: dict
     customer_id: int
-    workers: tuple[str, ...]
+    plan: JobPlan
     job_id: uuid.UUID | None = None
     sample_size: int | None = None
+    reanalysis: bool = False
+
+
+def lock_sample_for_customer(session: so.Session, sha256: str, customer_id: int) -> None:
+    """Serialise, until the transaction ends, whoever decides whether a customer's sample gets a new job."""
+    digest = hashlib.blake2b(f"{customer_id}/{sha256.lower()}".encode(), digest_size=4).digest()
+    # The two-key form: its lock space is apart from the one-key locks (the outbox relay's).
+    session.execute(sa.select(sa.func.pg_advisory_xact_lock(
+        SAMPLE_LOCK_CLASS, int.from_bytes(digest, "big", signed=True))))
 
 
 def create_job(
@@ -96,7 +109,7 @@ def create_job(
     submission: dict,
     classification: dict,
     customer: Customer,
-    workers: Iterable[str],
+    plan: JobPlan | None = None,
     sample_size: int | None = None,
     actor: Actor | None = None,
     job_id: uuid.UUID | None = None,
@@ -107,9 +120,11 @@ def create_job(
     NOTHING): a repeated submission returns the existing job's id and `False`.
     `job_id` lets the caller choose the id: submission intake derives it from the
     submission id (app.submissions.job_id_for) so the REST answer can name the job
-    before a worker has made it.
+    before a worker has made it. Without a `plan`, the analysis policy as it is now decides.
     """
-    new = NewJob(submission, classification, customer.id, tuple(workers), job_id, sample_size)
+    if plan is None:
+        plan = policy_store.plan_for(session, settings, customer.id, submission, classification)
+    new = NewJob(submission, classification, customer.id, plan, job_id, sample_size)
     return create_jobs(session, settings, [new], actor=actor)[0]
 
 
@@ -132,12 +147,14 @@ def create_jobs(
     inserted: set[uuid.UUID] = set()
     if ordered:
         inserted.update(session.connection().execute(
-            pg_insert(Job.__table__).on_conflict_do_nothing(index_elements=["submission_id"])
+            pg_insert(Job.__table__).on_conflict_do_nothing(index_elements=["submission_id"],
+                                                            index_where=sa.text(INGESTED))
             .returning(Job.__table__.c.submission_id),
             [dict(id=job_ids[submission_id], state="enqueued", abort_requested=False, site=settings.site,
                   sample_sha256=new.submission["sample"]["id"].lower(), sample_size=new.sample_size,
                   customer_id=new.customer_id, submission_id=submission_id,
                   submission=new.submission, classification=new.classification,
+                  options=new.plan.options_as_json(), reanalysis=new.reanalysis,
                   enqueued_timestamp=now, last_updated_timestamp=now,
                   last_updated_by_user_id=actor.id if actor else None)
              for submission_id, new in ordered],
@@ -145,14 +162,14 @@ def create_jobs(
     existing = [submission_id for submission_id, _ in ordered if submission_id not in inserted]
     if existing:
         job_ids.update(session.execute(
-            sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing))).all())
+            sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing), sa.text(INGESTED))).all())
 
     task_rows = []
     for submission_id, new in ordered:
         if submission_id not in inserted:
             continue
         job_id = job_ids[submission_id]
-        tasks = [{"id": uuid.uuid4(), "worker": name} for name in new.workers]
+        tasks = [{"id": uuid.uuid4(), "worker": name} for name in new.plan.workers]
         task_rows.extend(
             {"id": t["id"], "job_id": job_id, "worker": t["worker"], "state": "enqueued", "enqueued_timestamp": now,
              "last_updated_timestamp": now, "analyses": []}
@@ -164,9 +181,12 @@ def create_jobs(
             "submission": new.submission,
             "classification": new.classification,
             "tasks": [{"id": str(t["id"]), "worker": t["worker"]} for t in tasks],
+            "options": new.plan.options_as_json(),
+            "reanalysis": new.reanalysis,
         })
-        _record(session, settings, job_id, None, "enqueued", actor,
-                f"Job created from submission {new.submission['id']}", now)
+        origin = "reanalysis of submission" if new.reanalysis else "submission"
+        _record(session, settings, job_id, None, "enqueued", actor, f"Job created from {origin} {new.submission['id']}",
+                now)
     if task_rows:
         session.execute(sa.insert(JobTask), task_rows)
     results = []

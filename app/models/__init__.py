@@ -5,8 +5,9 @@ from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
 from app.models.analysis_workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
+from app.models.policy import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule
 
 __all__ = [
-    "AnalysisWorker", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "Job", "JobHistory",
+    "AnalysisPolicy", "AnalysisRule", "AnalysisWorker", "DEFAULT_POLICY_ID", "ApiKey", "ApiKeyCustomer", "Base", "Customer", "Job", "JobHistory",
     "JobTask", "OutboxMessage", "User", "now_ms",
 ]

@@ -10,7 +10,8 @@ from app.models.base import Base
 
 
 class AnalysisWorker(Base):
-    """A registered analysis worker; a job gets one task per worker whose filter accepts its sample."""
+    """A registered analysis worker; a job gets a task for it when the analysis policy names it and its filter
+    accepts the sample (app.policy.evaluate)."""
 
     __tablename__ = "analysis_workers"
 
@@ -33,9 +34,3 @@ class AnalysisWorker(Base):
     last_updated_by_user = so.relationship("User", foreign_keys=[last_updated_by_user_id], lazy="joined")
     deleted_by_user = so.relationship("User", foreign_keys=[deleted_by_user_id], lazy="joined")
 
-    def accepts_classification(self, classification: dict) -> bool:
-        for criterion in ("type", "superType", "arch", "platform"):
-            wanted = (self.accepts or {}).get(criterion) or []
-            if wanted and classification.get(criterion) not in wanted:
-                return False
-        return True

@@ -9,6 +9,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from app.models.base import Base
 
 ACTIVE = "state IN ('enqueued', 'executing')"
+INGESTED = "NOT reanalysis"
 
 
 class Job(Base):
@@ -23,8 +24,10 @@ class Job(Base):
     sample_sha256: so.Mapped[str] = so.mapped_column(sa.String(64))
     sample_size: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
     customer_id: so.Mapped[int] = so.mapped_column(sa.ForeignKey("customers.id"))
-    # A database constraint makes ingest idempotent: a redelivered submission cannot make a second job.
-    submission_id: so.Mapped[uuid.UUID] = so.mapped_column(sa.Uuid, unique=True)
+    # A database constraint makes ingest idempotent: a redelivered submission cannot make a second job
+    # (ix_jobs_submission_id_ingested). A reanalysis job repeats the id of the submission it re-runs.
+    submission_id: so.Mapped[uuid.UUID] = so.mapped_column(sa.Uuid)
+    reanalysis: so.Mapped[bool] = so.mapped_column(sa.Boolean, default=False, server_default=sa.false())
     submission: so.Mapped[dict] = so.mapped_column(JSONB)
     classification: so.Mapped[dict] = so.mapped_column(JSONB)
     enqueued_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
@@ -36,6 +39,8 @@ class Job(Base):
     abort_requested_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
     abort_reason: so.Mapped[str | None] = so.mapped_column(sa.Text)
     message: so.Mapped[str | None] = so.mapped_column(sa.Text)
+    # The options the analysis policy gave the job: [{"key": ..., "value": ...}]
+    options: so.Mapped[list] = so.mapped_column(JSONB, default=list, server_default=sa.text("'[]'::jsonb"))
 
     customer = so.relationship("Customer", lazy="joined")
     last_updated_by_user = so.relationship("User", foreign_keys=[last_updated_by_user_id], lazy="joined")
@@ -63,6 +68,12 @@ class Job(Base):
         sa.Index("ix_jobs_state_end", "state", "end_timestamp"),
         sa.Index("ix_jobs_state_last_updated", "state", "last_updated_timestamp"),
         sa.Index("ix_jobs_sample_sha256", "sample_sha256"),
+        sa.Index("ix_jobs_submission_id_ingested", "submission_id", unique=True,
+                 postgresql_where=sa.text(INGESTED)),
+        # At most one active reanalysis job per sample and customer, whatever the callers do. Not over all
+        # jobs: ingest may make several active jobs for one sample and customer from different submissions.
+        sa.Index("ix_jobs_active_reanalysis", "sample_sha256", "customer_id", unique=True,
+                 postgresql_where=sa.text(f"reanalysis AND {ACTIVE}")),
         sa.CheckConstraint(
             "state IN ('enqueued', 'executing', 'done', 'failed', 'timeout', 'aborted')", name="state"
         ),

@@ -14,21 +14,23 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_workers",
-                "users", "customers"]
+RESET_TABLES = ["outbox", "job_history", "job_tasks", "jobs", "api_key_customers", "api_keys", "analysis_rules",
+                "analysis_policy", "analysis_workers", "users", "customers"]
 
 
 def keep_default_workers(engine: sa.Engine) -> None:
-    """Keep the analysis workers the migrations registered, to restore them after a truncation."""
+    """Keep the analysis workers and the policy the migrations made, to restore them after a truncation."""
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_workers AS TABLE analysis_workers"))
+        conn.execute(sa.text("CREATE TABLE IF NOT EXISTS _default_policy AS TABLE analysis_policy"))
 
 
 def truncate(engine: sa.Engine) -> None:
-    """Back to a fresh installation: no jobs, keys or customers; the default workers."""
+    """Back to a fresh installation: no jobs, keys, customers or rules; the default workers and policy."""
     with engine.begin() as conn:
         conn.execute(sa.text(f"TRUNCATE {', '.join(RESET_TABLES)} RESTART IDENTITY CASCADE"))
         conn.execute(sa.text("INSERT INTO analysis_workers SELECT * FROM _default_workers"))
+        conn.execute(sa.text("INSERT INTO analysis_policy SELECT * FROM _default_policy"))
 
 
 class RolledBack:
