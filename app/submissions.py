@@ -229,19 +229,22 @@ def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
-    """Make the jobs of many submissions in the caller's transaction; invalid payloads are reported, not raised.
+    """Make the jobs of many submissions in the caller's transaction, one result per payload in their order;
+    invalid payloads are reported, not raised.
 
     New customers are created in shortName order (and jobs in submission-id order by the job
     service), so two batches with overlapping submissions wait for each other instead of deadlocking.
     """
-    results: list[IngestResult] = []
-    valid: list[dict] = []
-    for payload in payloads:
+    results: dict[int, IngestResult] = {}
+    valid: list[tuple[int, dict]] = []
+    for n, payload in enumerate(payloads):
         try:
-            valid.append(validate_payload(payload))
+            valid.append((n, validate_payload(payload)))
         except InvalidSubmission as err:
-            results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages))
-    return results + _make_jobs(session, settings, valid)
+            results[n] = IngestResult(submission_id=submission_id_of(payload), errors=err.messages)
+    made = _make_jobs(session, settings, [data for _, data in valid])
+    results.update((n, result) for (n, _), result in zip(valid, made))
+    return [results[n] for n in range(len(payloads))]  # in the payloads' order
 
 
 def submission_id_of(payload) -> str | None:

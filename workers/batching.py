@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from celery.app.trace import LOG_SUCCESS
+from celery.app.trace import logger as trace_log
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import timezone
 from celery.worker.request import create_request_cls
@@ -46,7 +48,8 @@ class Message:
 def run_in_pool(task_name: str, messages: list[Message]) -> Any:
     """The pool side: the registered task's run_batch, in the Flask app context as FlaskTask runs tasks.
 
-    run_batch returning means every message is dealt with (acknowledged); raising puts them all back.
+    run_batch returning means every message is dealt with (acknowledged), with a list of one return value
+    per message (logged and announced as each task's result) or None; raising puts them all back.
     """
     from workers.celery_app import celery, flask_app
 
@@ -79,16 +82,21 @@ def batching_strategy(task, app, consumer, **_kwargs):
             started = time.monotonic()
             pool.apply_async(run_in_pool, (task.name, messages),
                              accept_callback=lambda pid, _at, b=batch: _events(b, "task-started", pid=pid),
-                             callback=lambda _r, b=batch, t=started: done(b, None, t),
-                             error_callback=lambda exc, b=batch, t=started: done(b, exc, t),
+                             callback=lambda values, b=batch, t=started: done(b, values, None, t),
+                             error_callback=lambda exc, b=batch, t=started: done(b, None, exc, t),
                              timeout=app.conf.task_time_limit)
 
-    def done(batch: list, error, started: float) -> None:
+    def done(batch: list, values, error, started: float) -> None:
         running[0] -= 1
         if error is None:
-            for request in batch:
+            runtime = time.monotonic() - started
+            values = values if isinstance(values, list) and len(values) == len(batch) else [None] * len(batch)
+            for request, value in zip(batch, values):
                 request.acknowledge()
-            _events(batch, "task-succeeded", result="None", runtime=time.monotonic() - started)
+                # What Celery logs and announces for a task that succeeded, per message.
+                trace_log.info(LOG_SUCCESS, {"id": request.id, "name": request.name, "return_value": value,
+                                             "runtime": runtime})
+                request.send_event("task-succeeded", result=repr(value), runtime=runtime)
         else:
             # run_batch raised, or its pool process died or hit the time limit: the batch runs again.
             log.error("batch of %d %s messages failed in the pool: %r; requeued", len(batch), task.name, error)

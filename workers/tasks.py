@@ -44,19 +44,31 @@ class _IngestInBatches(FlaskTask):
     Strategy = "workers.batching:batching_strategy"
     batch_size = INGEST_BATCH_SIZE
 
-    def run_batch(self, messages: list[batching.Message]) -> None:
+    def run_batch(self, messages: list[batching.Message]) -> list[dict] | None:
+        """Each message's outcome, as ingest_submission returns it (None: the batch is retried later)."""
         payloads = [m.args[0] if len(m.args) == 1 and not m.kwargs else m.kwargs.get("payload") for m in messages]
         try:
-            _log_dropped(_ingest_batch(payloads))
+            results = _ingest_batch(payloads)
         except Exception as err:
             if not isinstance(err, TRANSIENT_ERRORS):  # as for a failed task: logged, acknowledged, not retried
                 log.exception("ingest of %d submissions failed; dropping them", len(messages))
-                return
+                return None
             # As autoretry would: each message again later, with its own back-off; these are acknowledged.
             log.warning("ingest of %d submissions failed; retrying them later", len(messages), exc_info=True)
             for message, payload in zip(messages, payloads):
                 self.apply_async(args=[payload], retries=message.retries + 1,
                                  countdown=get_exponential_backoff_interval(1, message.retries + 1, 60, True))
+            return None
+        _log_dropped(results)
+        return [_outcome(result) for result in results]
+
+
+def _outcome(result: submissions.IngestResult) -> dict:
+    if result.errors is not None:
+        return {"dropped": True, "errors": result.errors}
+    if result.duplicate:
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSION, base=_IngestInBatches, max_retries=None, **RETRY)
@@ -72,8 +84,7 @@ def ingest_submission(payload) -> dict:
         return {"dropped": True, "errors": err.messages}
     if result.duplicate:
         log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
-        return {"duplicate": True, "submissionID": result.submission_id}
-    return {"jobID": str(result.job_id), "created": result.created}
+    return _outcome(result)
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, max_retries=None, **RETRY)
