@@ -6,9 +6,10 @@ Flask app's settings (one Celery client per Redis URL and process, routes and
 serialisation from celeryconfig, loaded when the first client is made).
 
 The after-commit trigger is debounced with a Redis flag: the first commit that wrote
-outbox rows sets `RELAY_PENDING_KEY` (SET NX) and sends one `sampledb.relay_outbox`,
-due `RELAY_COALESCE_SECONDS` later; later commits see the flag and send nothing,
-because that relay has not started yet and will read their rows. The relay clears the
+outbox rows sets `RELAY_PENDING_KEY` (SET NX) and sends one `sampledb.relay_outbox`
+at once (no coalescing delay: on the hot path a submission's announcement waits for
+nothing but that relay); later commits see the flag and send nothing, because that
+relay has not started yet and will read their rows. The relay clears the
 flag once it holds the relay lock and before it reads the outbox, so every commit after
 that point sends a relay again. A burst of commits thus costs a few relays a second,
 each sending many rows, instead of one relay per commit.
@@ -36,7 +37,6 @@ log = logging.getLogger(__name__)
 RELAY_PENDING_KEY = "sampledb:outbox-relay-pending"
 RELAY_PENDING_TTL_MS = 10_000
 RELAY_RETRY_KEY = "sampledb:outbox-relay-retry"
-RELAY_COALESCE_SECONDS = 0.2
 # After the broker failed, triggers skip it for this long instead of each waiting on it.
 QUIET_AFTER_FAILURE_SECONDS = 2.0
 REDIS_TIMEOUT_SECONDS = 0.5
@@ -102,7 +102,7 @@ def trigger_relay() -> None:
     try:
         if client.set(RELAY_PENDING_KEY, "1", nx=True, px=RELAY_PENDING_TTL_MS):
             try:
-                send_relay(redis_url, countdown=RELAY_COALESCE_SECONDS)
+                send_relay(redis_url)
             except Exception:
                 client.delete(RELAY_PENDING_KEY)
                 raise

@@ -11,7 +11,7 @@ import weakref
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from flask import Flask, current_app
+from flask import Flask, current_app, g
 
 from app.config import Settings
 
@@ -35,8 +35,15 @@ class _AppSession(so.Session):
         return self.bind if self.bind is not None else db.engine
 
 
+POOL_RECYCLE_SECONDS = 300
+
+
 class Database:
-    """An engine per app and a session per thread, removed when the app context ends."""
+    """An engine per app and a session per thread, removed when the app context ends.
+
+    Read-only views use `reader()` instead of the session: a connection in autocommit mode
+    (the same pool), so a read is its statements alone, with no BEGIN and ROLLBACK around them.
+    """
 
     def __init__(self) -> None:
         self.session = so.scoped_session(so.sessionmaker(class_=_AppSession, expire_on_commit=False))
@@ -46,13 +53,33 @@ class Database:
         if _ENGINE_KEY in app.extensions:
             raise RuntimeError("the database of this app is already set up")
         settings = settings_of(app)
-        # A connection that fails with a disconnect error makes SQLAlchemy drop the whole pool,
-        # so the first request after the database is back opens fresh connections.
-        engine = sa.create_engine(settings.database_url, pool_pre_ping=True, pool_size=10, max_overflow=20,
+        # No pre-ping (a SELECT 1 round trip per checkout): a connection the server dropped fails its
+        # request once (503), SQLAlchemy sees the disconnect and invalidates the whole pool, the next
+        # checkouts reconnect; pool_recycle replaces idle connections before servers or proxies drop them.
+        engine = sa.create_engine(settings.database_url, pool_size=10, max_overflow=20,
+                                  pool_recycle=POOL_RECYCLE_SECONDS,
                                   connect_args=connect_arguments(settings, workers=app.config[WORKERS_KEY]))
         app.extensions[_ENGINE_KEY] = engine
         self._engines.add(engine)
-        app.teardown_appcontext(lambda exc: self.session.remove())
+        app.teardown_appcontext(self._end_of_context)
+
+    def reader(self) -> sa.Connection:
+        """This app context's autocommit connection for reads (returned to the pool when the context ends)."""
+        if "db_reader" not in g:
+            bound = self.session.session_factory.kw.get("bind")
+            if isinstance(bound, sa.Connection):
+                # A session bound explicitly (a test's outer transaction): reads see what it wrote.
+                g.db_reader, g.db_reader_owned = bound, False
+            else:
+                g.db_reader = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+                g.db_reader_owned = True
+        return g.db_reader
+
+    def _end_of_context(self, _exc) -> None:
+        reader = g.pop("db_reader", None)
+        if reader is not None and g.pop("db_reader_owned"):
+            reader.close()
+        self.session.remove()
 
     @staticmethod
     def engine_of(app: Flask) -> sa.Engine:

@@ -349,24 +349,26 @@ def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
 
 
 def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
-    """Make the jobs of many submissions in the caller's transaction; invalid payloads are reported, not raised.
+    """Make the jobs of many submissions in the caller's transaction, one result per payload in their order;
+    invalid payloads are reported, not raised.
 
     New customers are created in shortName order (and jobs in submission-id order by the job
     service), so two batches with overlapping submissions wait for each other instead of deadlocking.
     """
-    results: list[IngestResult] = []
-    valid: list[tuple[object, dict]] = []
-    for payload in payloads:
+    results: dict[int, IngestResult] = {}
+    valid: list[tuple[int, dict]] = []
+    for n, payload in enumerate(payloads):
         try:
-            valid.append((payload, validate_payload(payload)))
+            valid.append((n, validate_payload(payload)))
         except InvalidSubmission as err:
-            results.append(IngestResult(submission_id=submission_id_of(payload), errors=err.messages, payload=payload))
+            results[n] = IngestResult(submission_id=submission_id_of(payload), errors=err.messages, payload=payload)
     metrics.count_submissions(session, "invalid", len(results))
     # A REST submission waiting to be made is done with (made or refused) in this transaction; its row
     # is locked before any job row, in the order the safety net locks them too, so the two never deadlock.
     _forget_pending(session, [submission_id_of(payload) for payload in payloads])
     made = _make_jobs(session, settings, [data for _, data in valid])
-    return results + [dataclasses.replace(result, payload=payload) for (payload, _), result in zip(valid, made)]
+    results.update((n, dataclasses.replace(result, payload=payloads[n])) for (n, _), result in zip(valid, made))
+    return [results[n] for n in range(len(payloads))]  # in the payloads' order
 
 
 def _made_for_another_customer(session: so.Session, existing: list[tuple[service.NewJob, uuid.UUID]]) -> set:

@@ -152,7 +152,7 @@ class CpuMeter:
                 for name, group in self.groups.items()}
 
 
-def _start_worker(app_module: str, queues: list[str] | None, env: dict, log_path: Path) -> Child:
+def start_worker(app_module: str, queues: list[str] | None, env: dict, log_path: Path) -> Child:
     argv = commands.celery_worker("--loglevel", "WARNING", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h",
                                   queues=queues, app=app_module)
     return start_child(f"celery {app_module}", argv, env, log_path)
@@ -172,11 +172,11 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
 
     sender = noop_worker.celery
     sender.conf.broker_url = settings.redis_url  # celeryconfig read this process's environment, not the bench's
-    worker = _start_worker("bench.noop_worker", [noop_worker.NOOP_QUEUE], env, workdir / "celery-noop.log")
+    worker = start_worker("bench.noop_worker", [noop_worker.NOOP_QUEUE], env, workdir / "celery-noop.log")
     client = redis.Redis.from_url(settings.redis_url)
     runs = []
     try:
-        _wait_worker_ready(settings.redis_url, worker)
+        wait_worker_ready(settings.redis_url, worker)
         cpu = CpuMeter({"worker main": (worker.pid, "self"), "worker pool": (worker.pid, "children"),
                         **{name: (pid, "tree") for name, pid in servers_pids.items() if name == "redis"},
                         "bench sender": (os.getpid(), "self")})
@@ -196,7 +196,7 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
     return summarize_runs(runs, ("per_s",))
 
 
-def _wait_worker_ready(redis_url: str, worker: Child, timeout: float = 60) -> None:
+def wait_worker_ready(redis_url: str, worker: Child, timeout: float = 60) -> None:
     from app.dispatch import celery_client
 
     control = celery_client(redis_url).control
@@ -304,7 +304,7 @@ def _open_loop(send, follower: Follower, customers: list[str], rate: float, dura
             "stopped_early_at_s": stopped_at, "sender_max_behind_s": round(behind, 3)}, sent
 
 
-def _enqueued_at(database_url: str, submission_ids: list[str]) -> dict[str, int]:
+def enqueued_at(database_url: str, submission_ids: list[str]) -> dict[str, int]:
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT submission_id::text, enqueued_timestamp FROM jobs "
@@ -313,7 +313,7 @@ def _enqueued_at(database_url: str, submission_ids: list[str]) -> dict[str, int]
     return dict(rows)
 
 
-def _latency_figures(sent: dict[str, float], seen: dict[str, tuple[float, int]], enqueued: dict[str, int]) -> dict:
+def latency_figures(sent: dict[str, float], seen: dict[str, tuple[float, int]], enqueued: dict[str, int]) -> dict:
     total, to_commit, to_relay, to_seen = [], [], [], []
     for submission_id, sent_at in sent.items():
         if submission_id not in seen:
@@ -349,10 +349,10 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks, servers_pids)
 
     customers = [f"bench-customer-{k:02d}" for k in range(1, 21)]
-    worker = _start_worker(commands.CELERY_APP, None, env, workdir / "celery-ingest.log")
+    worker = start_worker(commands.CELERY_APP, None, env, workdir / "celery-ingest.log")
     follower = None
     try:
-        _wait_worker_ready(settings.redis_url, worker)
+        wait_worker_ready(settings.redis_url, worker)
         follower = Follower(settings.kafka_bootstrap_servers, settings.job_topic)
         send = lambda body: send_ingest(settings.redis_url, body)  # noqa: E731
         send_bulk = lambda bodies: celery_client(settings.redis_url).send_task(  # noqa: E731
@@ -392,8 +392,8 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     by_kind: dict[str, list] = {"sustained": [], "sustained_bulk": [], "latency": []}
     latency_samples = []
     for kind, info, sent in phases:
-        enqueued = _enqueued_at(settings.database_url, list(sent))
-        figures, total = _latency_figures(sent, seen, enqueued)
+        enqueued = enqueued_at(settings.database_url, list(sent))
+        figures, total = latency_figures(sent, seen, enqueued)
         end = info["started"] + info["duration"]
         in_window = sum(1 for s in sent if s in seen and seen[s][0] <= end)
         by_kind[kind].append({**{k: v for k, v in info.items() if k != "started"}, **figures,

@@ -1,7 +1,7 @@
-"""The whole benchmark run: servers, data set, B2, B1, B3, B4, then the results, table and charts.
+"""The whole benchmark run: servers, data set, B2, B1, B3, B7, B4, then the results, table and charts.
 
-Order matters: B3 adds jobs to the big database and B4 changes 10,000 of its jobs and
-leaves their events in the outbox, so B3 runs after the read benchmarks and before B4.
+Order matters: B3 and B7 add jobs to the big database and B4 changes 10,000 of its jobs and
+leaves their events in the outbox, so B3 and B7 run after the read benchmarks and before B4.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import sqlalchemy.orm as so
 
 from app.auth import create_key
 from app.models import now_ms
-from bench import api_load, dataset, ingest, machine, policy, purge, report, searches, sweep
+from bench import api_load, dataset, ingest, intake, machine, policy, purge, report, searches, sweep
 from bench.stack import Databases, Servers, bench_settings, start_servers
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("B1", "B2", "B3", "B4", "B6")
+ALL = ("B1", "B2", "B3", "B4", "B7", "B6")
 
 
 @dataclass
@@ -51,12 +51,12 @@ class Config:
 
 def durations(quick: bool) -> dict:
     if quick:
-        return {"b1_duration": 1, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
+        return {"b1_duration": 1, "b1_runs": 3, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
                 "b3_bulk_duration": 3, "b3_latency_duration": 2, "b3_baseline_duration": 0.5, "b3_noop_tasks": 100,
-                "b6_chunk": 1, "b6_scrapes": 20, "runs": 3}
-    return {"b1_duration": 10, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
+                "b7_duration": 1, "b7_latency_duration": 1, "b6_chunk": 1, "b6_scrapes": 20, "runs": 3}
+    return {"b1_duration": 3, "b1_runs": 7, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
             "b3_bulk_duration": 30, "b3_latency_duration": 20, "b3_baseline_duration": 5, "b3_noop_tasks": 3000,
-            "b6_chunk": 5, "b6_scrapes": 300, "runs": 3}
+            "b7_duration": 10, "b7_latency_duration": 20, "b6_chunk": 5, "b6_scrapes": 300, "runs": 3}
 
 
 def _viewer_key(database_url: str) -> str:
@@ -117,16 +117,18 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
     timings["load"] = round(time.perf_counter() - started, 1)
     key = _viewer_key(main_db.url)
 
-    # B3 adds jobs to the big database and B4 changes 10,000 of them: both after the read benchmarks.
+    # B3 and B7 add jobs to the big database and B4 changes 10,000 of them: all after the read benchmarks.
     benchmarks = {
         "B2": ("searches", lambda: searches.run(settings, key, requests=d["b2_requests"], rounds=runs,
                                                 warmup=d["b2_warmup"])),
         "B1": ("GET /job/{id} under load", lambda: api_load.run(settings, key, workdir, duration=d["b1_duration"],
-                                                                 runs=runs, warmup=d["b1_warmup"])),
+                                                                 runs=d["b1_runs"], warmup=d["b1_warmup"])),
         "B3": ("ingest", lambda: {**ingest.run(
             settings, workdir, servers.pids(), duration=d["b3_duration"], bulk_duration=d["b3_bulk_duration"],
             latency_duration=d["b3_latency_duration"], baseline_duration=d["b3_baseline_duration"],
             noop_tasks=d["b3_noop_tasks"], runs=runs), "policy_evaluation": policy.run(settings)}),
+        "B7": ("REST intake", lambda: intake.run(settings, workdir, servers.pids(), duration=d["b7_duration"],
+                                                 latency_duration=d["b7_latency_duration"], runs=runs)),
         "B4": ("sweep", lambda: _sweep_sizes(servers, dbs, config, settings, main_db.url)),
         # Deletes jobs of the big database: last.
         "B6": ("retention and metrics", lambda: purge.run(
@@ -164,7 +166,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="sampledb-bench-run-"))
     log.info("BENCH_JOBS=%d%s; logs of gunicorn and Celery in %s", config.jobs,
              " BENCH_QUICK" if config.quick else "", workdir)
-    servers = start_servers(need_workers="B3" in config.only)
+    servers = start_servers(need_workers=bool({"B3", "B7"} & set(config.only)))
     dbs = Databases(servers.postgres_url, servers.run_id)
     try:
         results = run_benchmarks(servers, dbs, config, workdir)

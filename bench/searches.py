@@ -1,7 +1,7 @@
 """B2: six searches, timed in-process through the Flask test client, against the same SQL run directly.
 
 For each search the statements `search_jobs` issues (customer lookup, count, page, the
-tasks' selectin load) are captured at the cursor, rendered with literal values
+page's tasks) are captured at the cursor, rendered with literal values
 (psycopg's client-side mogrify) and run directly on a psycopg connection: that is the
 baseline. One EXPLAIN (ANALYZE, BUFFERS) of each gives the plan and the indexes it uses.
 """
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import psycopg
 import sqlalchemy as sa
-import sqlalchemy.orm as so
 
 from app.api.schemas import SearchCriteriaSchema
 from app.config import Settings
@@ -70,8 +69,9 @@ def capture_statements(database_url: str, search: Search) -> list[str]:
     captured: list[tuple[str, object]] = []
     sa.event.listen(engine, "before_cursor_execute",
                     lambda conn, cursor, statement, parameters, context, many: captured.append((statement, parameters)))
-    with so.Session(engine) as session:
-        search_jobs(session, criteria, EVERYONE)
+    # As the API runs it: on an autocommit connection (app.extensions.Database.reader).
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as reader:
+        search_jobs(reader, criteria, EVERYONE)
         with engine.connect() as conn:
             raw = conn.connection.dbapi_connection
             mogrify = psycopg.ClientCursor(raw).mogrify

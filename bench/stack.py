@@ -82,7 +82,7 @@ def start_servers(need_workers: bool = True) -> Servers:
         redis_was_empty = False
         if need_workers:
             if given_redis:
-                redis_url = _empty_redis_database(given_redis)
+                redis_url = empty_redis_database(given_redis)
                 redis_was_empty = True
             else:
                 server = start_redis(temp_dir / "redis")
@@ -103,7 +103,7 @@ def start_servers(need_workers: bool = True) -> Servers:
                    _redis_was_empty=redis_was_empty)
 
 
-def _empty_redis_database(url: str) -> str:
+def empty_redis_database(url: str) -> str:
     """The same Redis server with the highest-numbered database that holds no keys (ours for the run)."""
     import redis
 

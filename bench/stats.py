@@ -25,3 +25,11 @@ def summarize_runs(runs: list[dict], keys: Iterable[str]) -> dict:
     """{key: median over runs} for each key, plus the runs themselves."""
     return {**{key: round(median(run[key] for run in runs), 3) for key in keys}, "runs": runs}
 
+
+
+def spread(values: Iterable[float]) -> dict:
+    """min / median / max of a non-empty sample: how far apart the runs of one figure were."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("spread of no values")
+    return {"min": round(ordered[0], 3), "median": round(median(ordered), 3), "max": round(ordered[-1], 3)}

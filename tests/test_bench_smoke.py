@@ -1,8 +1,9 @@
-"""The benchmark harness (`make bench`) at a tiny scale: loader, B1, B2, B4, B6 and the report.
+"""The benchmark harness (`make bench`) at a tiny scale: loader, B1, B2, B4, B6, B7 and the report.
 
 Runs the harness's own functions on the test session's PostgreSQL server (in databases
 the harness creates and drops), so a change to the schema or the search code that breaks
-the benchmarks shows up here. B3 needs a Celery worker and Kafka; it is left to `make bench`.
+the benchmarks shows up here. B7 starts its own gunicorn and Celery worker on the session's
+Redis (in a database of its own) and Kafka broker. B3 is left to `make bench`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import sqlalchemy as sa
 from app.extensions import db
 from bench import report
 from bench.run import Config, durations, run_benchmarks
-from bench.stack import Databases, Servers
+from bench.stack import Databases, Servers, empty_redis_database
 
 pytestmark = pytest.mark.committing  # the harness commits in databases of its own
 
@@ -55,9 +56,14 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
     b1 = data["B1"]
     assert b1["load_generator"].startswith(generator)
     for side in ("target", "baseline"):
-        assert all(_is_positive_number(b1[side][k]) for k in ("rps", "p50_ms", "p99_ms")), b1[side]
+        assert all(_is_positive_number(b1[side][k]) for k in ("rps", "p50_ms", "p99_ms", "cpu_ms")), b1[side]
         assert len(b1[side]["runs"]) == 3
-    assert _is_positive_number(b1["ratio_rps"])
+        rps = b1[side]["spread"]["rps"]
+        assert rps["min"] <= b1[side]["rps"] == rps["median"] <= rps["max"]
+    # CPU per request counts the target's PostgreSQL backends (the embedded server runs here).
+    assert b1["postgresql_cpu_readable"] is True
+    assert _is_positive_number(b1["target"]["spread"]["cpu_ms_per_request"]["postgresql"]["median"])
+    assert _is_positive_number(b1["ratio_rps"]) and _is_positive_number(b1["ratio_cpu_per_request"])
     assert _is_positive_number(b1["api_worker_rss"]["peak_rss_mb"])
 
     assert set(data["B2"]["searches"]) == SEARCHES
@@ -112,3 +118,33 @@ def test_policy_evaluation_figures(settings):
         assert (row["statements_cached"], row["statements_read_afresh"]) == (0, 3)
         assert row["ingest_statements_read_afresh"] - row["ingest_statements_cached"] == 3
         assert _is_positive_number(row["us_per_submission"])
+
+
+@pytest.mark.celery
+def test_bench_intake_b7_at_tiny_scale(postgres_server_url, redis_url, kafka_broker, tmp_path):
+    """B7 at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis database of its own
+    and topics of the run's own site (the test session's worker never sees these submissions)."""
+    servers = Servers(postgres_server_url, redis_url=empty_redis_database(redis_url),
+                      kafka_bootstrap=kafka_broker.url, _redis_was_empty=True)
+    dbs = Databases(postgres_server_url, servers.run_id)
+    config = Config(jobs=1000, quick=True, only=("B7",), durations=durations(quick=True))
+    try:
+        results = run_benchmarks(servers, dbs, config, tmp_path)
+    finally:
+        dbs.drop_all()
+        servers.stop()
+    paths = report.write(results, results_dir=tmp_path / "results", docs_dir=tmp_path / "docs")
+    data = json.loads(paths[0].read_text())
+
+    assert data["errors"] == {}
+    b7 = data["B7"]
+    assert len(b7["accepted"]["runs"]) == 3
+    assert all(_is_positive_number(b7["accepted"][k]) for k in ("per_s", "p50_ms", "p99_ms")), b7["accepted"]
+    for run in b7["latency_at_rate"]["runs"]:
+        # Every submission the intake accepted became a job whose creation message reached Kafka.
+        assert run["accepted"] >= 1 and run["missing"] == 0 and run["seen"] == run["accepted"], run
+        assert _is_positive_number(run["p99_ms"]) and _is_positive_number(run["accepted_p99_ms"]), run
+    assert {row["id"] for row in data["goals"]} == {"B7"}
+    assert len(data["goals"]) == 3 and all(isinstance(row["met"], bool) for row in data["goals"])
+    assert "| B7 |" in (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert (tmp_path / "docs" / "bench-intake-latency.png").stat().st_size > 0

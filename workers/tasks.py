@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 
 from app import dead_submissions, dispatch, retention, submissions, sweep_runs
 from app.db_errors import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
@@ -23,8 +24,8 @@ from app.jobs import service
 from app.models import now_ms
 from app.task_names import TaskNames
 from app.unit_of_work import unit_of_work
-from workers import deliveries, relay
-from workers.celery_app import celery
+from workers import batching, deliveries, relay
+from workers.celery_app import FlaskTask, celery
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,12 @@ log = logging.getLogger(__name__)
 # (Only errors app.db_errors calls transient reach autoretry; the others are handled in the task.)
 RETRY = {"autoretry_for": (*TRANSIENT_ERROR_CLASSES, SoftTimeLimitExceeded), "retry_backoff": 1,
          "retry_backoff_max": 60, "retry_jitter": True}
+# Submissions one ingest transaction takes at most; the worker's prefetch grows by as many.
+INGEST_BATCH_SIZE = 100
 RELAY_BUDGET_SECONDS = 10.0
-RELAY_BUSY_RETRY_SECONDS = 0.5
+# A relay that finds another one mid-batch tries again this soon: rows committed after that one read the
+# outbox wait for it, and on the hot path that wait is their latency.
+RELAY_BUSY_RETRY_SECONDS = 0.05
 # Well inside the soft time limit; what is left waits for the next run.
 PURGE_BUDGET_SECONDS = 40.0
 
@@ -91,18 +96,101 @@ def _counted(task, payloads: list, work):
     delivery = deliveries.count(settings.redis_url, task.request)
     try:
         if delivery > settings.ingest_max_deliveries:
-            _bury(payloads, dead_submissions.REDELIVERED,
-                  f"delivered {delivery} times: its Celery worker process died at each of the first "
-                  f"{delivery - 1} (killed, out of memory or crashed)", attempts=delivery - 1)
+            _bury_redelivered(payloads, delivery)
             return {"dead": len(payloads)}
         return work()
     finally:
         deliveries.forget(settings.redis_url, task.request)
 
 
-@celery.task(name=TaskNames.INGEST_SUBMISSION, bind=True, max_retries=None, **RETRY)
+def _bury_redelivered(payloads: list, delivery: int) -> None:
+    _bury(payloads, dead_submissions.REDELIVERED,
+          f"delivered {delivery} times: its Celery worker process died at each of the first "
+          f"{delivery - 1} (killed, out of memory or crashed)", attempts=delivery - 1)
+
+
+def _worth_retrying(error: BaseException) -> bool:
+    return isinstance(error, SoftTimeLimitExceeded) or is_transient(error)
+
+
+class _IngestInBatches(FlaskTask):
+    """sampledb.ingest_submission: one payload per message, the messages a worker takes ingested together."""
+
+    Strategy = "workers.batching:batching_strategy"
+    batch_size = INGEST_BATCH_SIZE
+
+    def run_batch(self, messages: list[batching.Message]) -> list[dict]:
+        """Each message's outcome, as ingest_submission returns it; returning acknowledges them all.
+
+        Deliveries are counted first, where a dying process cannot lose the count. A message
+        delivered again was in a batch whose pool process died: it is ingested alone, so a payload
+        that kills its process takes no batch-mate down a second time, and is stored dead once it
+        has been delivered more than SAMPLEDB_INGEST_MAX_DELIVERIES times.
+        """
+        settings = current_settings()
+        counts = [deliveries.count(settings.redis_url, message) for message in messages]
+        try:
+            outcomes = {n: self._ingest_redelivered(messages[n], count, settings.ingest_max_deliveries)
+                        for n, count in enumerate(counts) if count > 1}
+            fresh = [n for n, count in enumerate(counts) if count == 1]
+            if fresh:
+                outcomes.update(zip(fresh, self._ingest_together([messages[n] for n in fresh])))
+            return [outcomes[n] for n in range(len(messages))]
+        finally:
+            for message in messages:
+                deliveries.forget(settings.redis_url, message)
+
+    def _ingest_together(self, messages: list[batching.Message]) -> list[dict]:
+        payloads = [_payload_of(message) for message in messages]
+        try:
+            results = _ingest_batch(payloads)
+        except Exception as err:
+            return self._after_failure(err, messages, payloads)
+        _tally(results)
+        return [_outcome(result) for result in results]
+
+    def _ingest_redelivered(self, message: batching.Message, delivery: int, max_deliveries: int) -> dict:
+        payload = _payload_of(message)
+        if delivery > max_deliveries:
+            _bury_redelivered([payload], delivery)
+            return {"dead": 1}
+        try:
+            return _ingest_one(payload)
+        except Exception as err:
+            return self._after_failure(err, [message], [payload])[0]
+
+    def _after_failure(self, error: Exception, messages: list[batching.Message], payloads: list) -> list[dict]:
+        """A database away or a time limit: each message again later with its own back-off, as autoretry
+        would (these deliveries are acknowledged). Anything else is stored dead: never dropped, never looped."""
+        if _worth_retrying(error):
+            log.warning("ingest of %d submissions failed; retrying them later", len(messages), exc_info=True)
+            for message, payload in zip(messages, payloads):
+                self.apply_async(args=[payload], retries=message.retries + 1,
+                                 countdown=get_exponential_backoff_interval(1, message.retries + 1, 60, True))
+            return [{"retried": True}] * len(messages)
+        log.exception("ingest of %d submissions failed", len(messages))
+        _bury(payloads, dead_submissions.REFUSED, f"ingest failed: {error!r}"[:4000])
+        return [{"dead": 1}] * len(messages)
+
+
+def _payload_of(message: batching.Message):
+    return message.args[0] if len(message.args) == 1 and not message.kwargs else message.kwargs.get("payload")
+
+
+def _outcome(result: submissions.IngestResult) -> dict:
+    """One submission's outcome, as ingest_submission returns it."""
+    if result.errors is not None or result.refusal is not None:
+        return {"dead": 1}
+    if result.duplicate:
+        return {"duplicate": True, "submissionID": result.submission_id}
+    return {"jobID": str(result.job_id), "created": result.created}
+
+
+@celery.task(name=TaskNames.INGEST_SUBMISSION, base=_IngestInBatches, bind=True, max_retries=None, **RETRY)
 def ingest_submission(self, payload) -> dict:
-    """Make the job of one submission (the sample service's contract: one payload argument)."""
+    """Make the job of one submission (the sample service's contract: one payload argument).
+
+    A worker runs these messages through `run_batch`; this body serves direct and eager calls."""
     return _counted(self, [payload], lambda: _ingest_one(payload))
 
 
@@ -120,8 +208,7 @@ def _ingest_one(payload) -> dict:
         return {"dead": 1}
     if result.duplicate:
         log.info("submission %s: its sample was seen recently, no job made", result.submission_id)
-        return {"duplicate": True, "submissionID": result.submission_id}
-    return {"jobID": str(result.job_id), "created": result.created}
+    return _outcome(result)
 
 
 @celery.task(name=TaskNames.INGEST_SUBMISSIONS, bind=True, max_retries=None, **RETRY)
@@ -130,22 +217,21 @@ def ingest_submissions(self, payloads) -> dict:
     if not isinstance(payloads, list):
         _bury([payloads], dead_submissions.INVALID, "The argument of a bulk ingest is a list of submission payloads")
         return {"created": 0, "existing": 0, "duplicate": 0, "dead": 1}
-    return _counted(self, payloads, lambda: _ingest_many(payloads))
+    return _counted(self, payloads, lambda: _tally(_ingest_batch(payloads)))
 
 
-def _ingest_many(payloads: list) -> dict:
+def _ingest_batch(payloads: list) -> list[submissions.IngestResult]:
+    """Ingest in one transaction; if PostgreSQL refuses something validation let through, one transaction
+    per submission, so only the culprit dies, not its batch. Transient errors propagate."""
     try:
         with _transaction() as session:
-            results = submissions.ingest_many(session, current_settings(), payloads)
+            return submissions.ingest_many(session, current_settings(), payloads)
     except sa_exc.DBAPIError as err:
         if is_transient(err):
             raise
-        # PostgreSQL refused something validation let through: one transaction per submission,
-        # so only the culprit dies, not its batch.
         log.warning("bulk ingest of %d submissions refused (%s); ingesting them one by one", len(payloads),
                     refusal_text(err)[:200])
-        results = [result for payload in payloads for result in _ingest_alone(payload)]
-    return _tally(results)
+        return [result for payload in payloads for result in _ingest_alone(payload)]
 
 
 def _tally(results: list[submissions.IngestResult]) -> dict:
@@ -206,7 +292,7 @@ def relay_outbox(self, triggered: bool = False) -> dict:
     if outcome.busy and triggered:
         # Another relay is mid-batch; it may finish before reading the rows that triggered us.
         try:
-            raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=120)
+            raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=round(60 / RELAY_BUSY_RETRY_SECONDS))
         except MaxRetriesExceededError:
             log.warning("relay lock busy for a minute; beat's safety net takes over")
     try:

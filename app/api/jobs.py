@@ -14,7 +14,7 @@ from app.api.schemas import (
 from app.auth import ANALYZER, USER, VIEWER, current_principal, requires
 from app.errors import envelope
 from app.extensions import current_settings, db
-from app.jobs import service
+from app.jobs import read, service
 from app.jobs.search import Criteria, search_jobs
 from app.jobs.serialize import history_to_dict, job_to_dict, task_to_dict
 from app.unit_of_work import unit_of_work
@@ -26,8 +26,8 @@ JobListEnvelope = envelope_schema(JobSchema, many=True)
 
 
 def _job_list(criteria: Criteria):
-    jobs, count = search_jobs(db.session, criteria, current_principal().scope)
-    return envelope([job_to_dict(j) for j in jobs], count=count, limit=criteria.limit, offset=criteria.offset)
+    jobs, count = search_jobs(db.reader(), criteria, current_principal().scope)
+    return envelope(jobs, count=count, limit=criteria.limit, offset=criteria.offset)
 
 
 def _update_job(update: dict, job_id: uuid.UUID):
@@ -66,7 +66,7 @@ class JobItem(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, job_id: uuid.UUID):
         """Fetch one job with its tasks"""
-        return envelope(job_to_dict(service.get_job(db.session, job_id, current_principal().scope)))
+        return envelope(read.read_job(db.reader(), job_id, current_principal().scope))
 
     @requires(ANALYZER)
     @blp.arguments(JobUpdateSchema)

@@ -9,6 +9,7 @@ import sqlalchemy.orm as so
 
 from app.access import Scope
 from app.domain_errors import TooManyMatches
+from app.jobs import read
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job
 
@@ -59,7 +60,7 @@ def _time_condition(criteria: Criteria):
     return sa.or_(*per_field) if criteria.time_match_strategy == "any" else sa.and_(*per_field)
 
 
-def _customer_ids(session: so.Session, refs: list[str | int]) -> list[int]:
+def _customer_ids(session: so.Session | sa.Connection, refs: list[str | int]) -> list[int]:
     ids = {r for r in refs if isinstance(r, int)}
     names = [str(r) for r in refs if not isinstance(r, int)]
     ids |= {int(n) for n in names if n.isdigit() and len(n) < 10}
@@ -68,8 +69,9 @@ def _customer_ids(session: so.Session, refs: list[str | int]) -> list[int]:
     return sorted(ids)
 
 
-def search_jobs(session: so.Session, criteria: Criteria, scope: Scope) -> tuple[list[Job], int]:
-    """The page of jobs matching `criteria` that `scope` may see, and the total number of matches."""
+def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: Scope) -> tuple[list[dict], int]:
+    """The page of jobs matching `criteria` that `scope` may see, as the API shows them, and the total number
+    of matches."""
     conditions = []
     if criteria.state:
         conditions.append(Job.state.in_(criteria.state))
@@ -104,5 +106,5 @@ def search_jobs(session: so.Session, criteria: Criteria, scope: Scope) -> tuple[
     page = page.subquery("page")
     outer_order = [page.c[f"sort_{i}"].desc() if name.startswith("-") else page.c[f"sort_{i}"].asc()
                    for i, name in enumerate(criteria.sort_by)]
-    stmt = sa.select(Job).join(page, page.c.id == Job.id).order_by(*outer_order, page.c.id.asc())
-    return list(session.scalars(stmt).unique()), count
+    stmt = read.JOBS.join(page, page.c.id == Job.id).order_by(*outer_order, page.c.id.asc())
+    return read.job_dicts(session, stmt), count

@@ -12,6 +12,7 @@ def user_info(user) -> dict | None:
 
 
 def task_to_dict(task: JobTask) -> dict:
+    """`task` is a JobTask or anything with its column attributes (a Core row of app.jobs.read)."""
     return {
         "id": str(task.id),
         "worker": task.worker,
@@ -30,24 +31,32 @@ def job_flags(job: Job) -> list[str]:
 
 
 def job_to_dict(job: Job) -> dict:
+    return job_view(job, customer=job.customer.to_info(), tasks=[task_to_dict(t) for t in job.tasks],
+                    last_updated_by=user_info(job.last_updated_by_user),
+                    abort_requested_by=user_info(job.abort_requested_by_user))
+
+
+def job_view(job, *, customer: dict, tasks: list[dict], last_updated_by: dict | None,
+             abort_requested_by: dict | None) -> dict:
+    """The API's job: `job` is a Job or anything with its column attributes (a Core row of app.jobs.read)."""
     return {
         "id": str(job.id),
         "state": job.state,
         "flags": job_flags(job),
         "site": job.site,
         "analysedSample": {"id": job.sample_sha256, "size": job.sample_size},
-        "customer": job.customer.to_info(),
+        "customer": customer,
         "submission": job.submission,
         "classification": job.classification,
-        "tasks": [task_to_dict(t) for t in job.tasks],
+        "tasks": tasks,
         "options": job.options or [],
         "enqueuedTimestamp": job.enqueued_timestamp,
         "startTimestamp": job.start_timestamp,
         "endTimestamp": job.end_timestamp,
         "lastUpdatedTimestamp": job.last_updated_timestamp,
-        "lastUpdatedByUser": user_info(job.last_updated_by_user),
+        "lastUpdatedByUser": last_updated_by,
         "abortRequestedTimestamp": job.abort_requested_timestamp,
-        "abortRequestedByUser": user_info(job.abort_requested_by_user),
+        "abortRequestedByUser": abort_requested_by,
         "abortReason": job.abort_reason,
         "message": job.message,
     }

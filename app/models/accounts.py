@@ -16,8 +16,13 @@ class Customer(Base):
     domain_name: so.Mapped[str | None] = so.mapped_column(sa.String(255))
 
     def to_info(self) -> dict:
-        domain = {"id": self.domain_id, "name": self.domain_name} if self.domain_id is not None else None
-        return {"id": self.id, "shortName": self.short_name, "name": self.name, "domain": domain}
+        return self.info(self.id, self.short_name, self.name, self.domain_id, self.domain_name)
+
+    @staticmethod
+    def info(id_: int, short_name: str, name: str, domain_id: int | None, domain_name: str | None) -> dict:
+        """A customer as the API shows it, from its column values (also for rows read without the ORM)."""
+        domain = {"id": domain_id, "name": domain_name} if domain_id is not None else None
+        return {"id": id_, "shortName": short_name, "name": name, "domain": domain}
 
 
 class User(Base):
@@ -31,7 +36,12 @@ class User(Base):
     customer: so.Mapped[Customer] = so.relationship(lazy="joined")
 
     def to_info(self) -> dict:
-        return {"id": self.id, "shortName": self.short_name, "name": self.name, "customer": self.customer.to_info()}
+        return self.info(self.id, self.short_name, self.name, self.customer.to_info())
+
+    @staticmethod
+    def info(id_: int, short_name: str, name: str, customer: dict) -> dict:
+        """A user as the API shows it, from its column values and its customer's info."""
+        return {"id": id_, "shortName": short_name, "name": name, "customer": customer}
 
 
 class ApiKey(Base):
