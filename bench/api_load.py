@@ -238,6 +238,14 @@ def _side_summary(runs: list[dict]) -> dict:
             "cpu_ms": summary["cpu_ms_per_request"]["total"]["median"], "spread": summary, "runs": runs}
 
 
+def job_load(use_wrk: bool):
+    """load(base, prefix, ids, key, duration, workdir, start) -> figures: GET prefix + id over the ids."""
+    if use_wrk:
+        return _wrk
+    return lambda base, prefix, ids, key, duration, workdir, start: python_load(
+        base, functools.partial(get_request, [prefix + i for i in ids]), {"Argus-API-Key": key}, duration)
+
+
 def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3, runs: int = 7,
         warmup: float = 2) -> dict:
     """B1: requests/s, p50/p99 and CPU per request of GET /job/{id} vs the baseline route, `runs` short
@@ -245,8 +253,7 @@ def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3,
     ids = _sample_ids(settings.database_url)
     env = settings_env(settings)
     use_wrk = load_generator() == "wrk"
-    load = _wrk if use_wrk else (lambda base, prefix, ids, key, duration, workdir, start: python_load(
-        base, functools.partial(get_request, [prefix + i for i in ids]), {"Argus-API-Key": key}, duration))
+    load = job_load(use_wrk)
     target, target_url = start_gunicorn("wsgi:app", env, workdir / "gunicorn-api.log", HEALTH_PATH)
     baseline = None
     meters: list[ServingCpu] = []

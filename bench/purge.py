@@ -160,9 +160,7 @@ def run(settings: Settings, api_key: str, workdir: Path, *, outbox_rows: int, ex
             expired = {str(i) for i in conn.scalars(sa.text("SELECT id FROM bench_expired"))}
         ids = [i for i in ids if i not in expired]
         generator = api_load.load_generator()
-        load = api_load._wrk if generator == "wrk" else (
-            lambda base, prefix, ids, key, duration, workdir, start: api_load._python_load(
-                base, prefix, ids, key, duration))
+        load = api_load.job_load(generator == "wrk")
         server, base = start_gunicorn("wsgi:app", settings_env(settings), workdir / "gunicorn-b6.log",
                                       api_load.HEALTH_PATH)
         try:

@@ -272,22 +272,19 @@ def test_web_metrics_under_gunicorn_sum_both_workers(worker_settings, database_u
         server.wait(30)
 
 
-def test_parked_rows_and_dead_submissions_are_counted_once_the_schema_has_them(
-        database_url, quiet_redis_url, make_job, sql):
+def test_parked_rows_and_dead_submissions_are_counted(database_url, quiet_redis_url, make_job, sql):
     app = create_app(make_settings(database_url, SAMPLEDB_REDIS_URL=quiet_redis_url,
                                    SAMPLEDB_METRICS_CACHE_SECONDS="0"))
     make_job()
-    assert scrape_client(app.test_client()).value("sampledb_outbox_parked") == 0
-    try:
-        sql("ALTER TABLE outbox ADD COLUMN parked_timestamp bigint")
-        sql("CREATE TABLE dead_submissions (id bigint PRIMARY KEY)")
-        sql("UPDATE outbox SET parked_timestamp = 1 WHERE id IN (SELECT min(id) FROM outbox)")
-        sql("INSERT INTO dead_submissions VALUES (1), (2)")
-        scrape = scrape_client(app.test_client())
-        assert (scrape.value("sampledb_outbox_parked"), scrape.value("sampledb_dead_submissions")) == (1, 2)
-    finally:
-        sql("DROP TABLE IF EXISTS dead_submissions")
-        sql("ALTER TABLE outbox DROP COLUMN IF EXISTS parked_timestamp")
+    make_job()
+    scrape = scrape_client(app.test_client())
+    assert (scrape.value("sampledb_outbox_parked"), scrape.value("sampledb_dead_submissions")) == (0, 0)
+    sql("UPDATE outbox SET parked_timestamp = 1 WHERE id IN (SELECT min(id) FROM outbox)")
+    for error in ("first", "second"):
+        sql("INSERT INTO dead_submissions (payload, reason, error, attempts, first_seen, last_seen) "
+            "VALUES ('{}'::jsonb, 'invalid', :error, 1, 1, 1)", error=error)
+    scrape = scrape_client(app.test_client())
+    assert (scrape.value("sampledb_outbox_parked"), scrape.value("sampledb_dead_submissions")) == (1, 2)
 
 
 def test_a_stale_reading_is_answered_at_once_and_read_again_in_the_background():
