@@ -10,7 +10,8 @@ from marshmallow import fields, validate
 
 from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import (
-    MESSAGE_MAX, OFFSET_MAX, CustomerInfoSchema, NoArgsSchema, OptionSchema, UserInfoSchema, WholeNumber,
+    MESSAGE_MAX, OFFSET_MAX, AuditedSchema, CustomerInfoSchema, NoArgsSchema, OptionSchema, UserInfoSchema,
+    WholeNumber,
     envelope_schema,
 )
 from app.auth import ANALYZER, VIEWER, current_principal, requires
@@ -159,19 +160,13 @@ class ActionResponseSchema(ma.Schema):
     options = fields.Nested(OptionsActionResponseSchema)
 
 
-class RuleSchema(ma.Schema):
+class RuleSchema(AuditedSchema):
     id = fields.UUID()
     name = fields.String()
     description = fields.String()
     match = fields.Nested(MatchResponseSchema)
     action = fields.Nested(ActionResponseSchema)
     flags = fields.List(fields.String(validate=validate.OneOf(["deleted"])))
-    createdTimestamp = fields.Integer()
-    createdByUser = fields.Nested(UserInfoSchema, allow_none=True)
-    lastUpdatedTimestamp = fields.Integer()
-    lastUpdatedByUser = fields.Nested(UserInfoSchema, allow_none=True)
-    deletedTimestamp = fields.Integer(allow_none=True)
-    deletedByUser = fields.Nested(UserInfoSchema, allow_none=True)
 
 
 PolicyEnvelope = envelope_schema(PolicySchema)

@@ -259,7 +259,18 @@ class HistorySchema(ma.Schema):
     message = fields.String(allow_none=True)
 
 
-class WorkerSchema(ma.Schema):
+class AuditedSchema(ma.Schema):
+    """Who made, last changed and deleted a registry entry (an analysis worker, a policy rule), and when."""
+
+    createdTimestamp = fields.Integer()
+    createdByUser = fields.Nested(UserInfoSchema, allow_none=True)
+    lastUpdatedTimestamp = fields.Integer()
+    lastUpdatedByUser = fields.Nested(UserInfoSchema, allow_none=True)
+    deletedTimestamp = fields.Integer(allow_none=True)
+    deletedByUser = fields.Nested(UserInfoSchema, allow_none=True)
+
+
+class WorkerSchema(AuditedSchema):
     id = fields.UUID()
     shortName = fields.String()
     localizedName = fields.String()
@@ -269,12 +280,6 @@ class WorkerSchema(ma.Schema):
     accepts = fields.Dict()
     schema = fields.Dict(allow_none=True, metadata={"description": "JSON schema of the worker's results"})
     flags = fields.List(fields.String())
-    createdTimestamp = fields.Integer()
-    createdByUser = fields.Nested(UserInfoSchema, allow_none=True)
-    lastUpdatedTimestamp = fields.Integer()
-    lastUpdatedByUser = fields.Nested(UserInfoSchema, allow_none=True)
-    deletedTimestamp = fields.Integer(allow_none=True)
-    deletedByUser = fields.Nested(UserInfoSchema, allow_none=True)
 
 
 _ENVELOPES: dict[tuple, type[ma.Schema]] = {}

@@ -21,3 +21,28 @@ class Base(so.DeclarativeBase):
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class Audited:
+    """A registry entry (an analysis worker, a policy rule) that is soft-deleted, and who made, last
+    changed and deleted it, and when."""
+
+    deleted: so.Mapped[bool] = so.mapped_column(sa.Boolean, default=False)
+    created_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    created_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
+    last_updated_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
+    last_updated_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
+    deleted_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
+    deleted_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
+
+    @so.declared_attr
+    def created_by_user(cls):
+        return so.relationship("User", foreign_keys=[cls.created_by_user_id], lazy="joined")
+
+    @so.declared_attr
+    def last_updated_by_user(cls):
+        return so.relationship("User", foreign_keys=[cls.last_updated_by_user_id], lazy="joined")
+
+    @so.declared_attr
+    def deleted_by_user(cls):
+        return so.relationship("User", foreign_keys=[cls.deleted_by_user_id], lazy="joined")

@@ -6,7 +6,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import JSONB
 
-from app.models.base import Base
+from app.models.base import Audited, Base
 
 DEFAULT_POLICY_ID = 1
 
@@ -28,7 +28,7 @@ class AnalysisPolicy(Base):
     last_updated_by_user = so.relationship("User", lazy="joined")
 
 
-class AnalysisRule(Base):
+class AnalysisRule(Audited, Base):
     """A rule of the default policy: when its match clause fits a submission, its action changes workers/options."""
 
     __tablename__ = "analysis_rules"
@@ -43,17 +43,6 @@ class AnalysisRule(Base):
     match: so.Mapped[dict] = so.mapped_column(JSONB)
     # {"workers": {"set"|"add"|"remove": [shortName, ...]}, "options": {"set"|"add": [{key, value}], "remove": [key]}}
     action: so.Mapped[dict] = so.mapped_column(JSONB)
-    deleted: so.Mapped[bool] = so.mapped_column(sa.Boolean, default=False)
-    created_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
-    created_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
-    last_updated_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
-    last_updated_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
-    deleted_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
-    deleted_by_user_id: so.Mapped[int | None] = so.mapped_column(sa.ForeignKey("users.id"))
-
-    created_by_user = so.relationship("User", foreign_keys=[created_by_user_id], lazy="joined")
-    last_updated_by_user = so.relationship("User", foreign_keys=[last_updated_by_user_id], lazy="joined")
-    deleted_by_user = so.relationship("User", foreign_keys=[deleted_by_user_id], lazy="joined")
 
     __table_args__ = (
         # Job creation reads the live rules in order.
