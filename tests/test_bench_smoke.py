@@ -14,6 +14,7 @@ import shutil
 import pytest
 import sqlalchemy as sa
 
+from app.dev.redis import start_redis
 from app.extensions import db
 from bench import report
 from bench.run import Config, durations, run_benchmarks
@@ -121,10 +122,12 @@ def test_policy_evaluation_figures(settings):
 
 
 @pytest.mark.celery
-def test_bench_intake_b7_at_tiny_scale(postgres_server_url, redis_url, kafka_broker, tmp_path):
-    """B7 at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis database of its own
-    and topics of the run's own site (the test session's worker never sees these submissions)."""
-    servers = Servers(postgres_server_url, redis_url=empty_redis_database(redis_url),
+def test_bench_intake_b7_at_tiny_scale(postgres_server_url, kafka_broker, tmp_path):
+    """B7 at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis server of its own
+    (the session's Redis holds the other tests' keys) and topics of the run's own site (the test
+    session's worker never sees these submissions)."""
+    redis_server = start_redis(tmp_path / "redis")
+    servers = Servers(postgres_server_url, redis_url=empty_redis_database(redis_server.url),
                       kafka_bootstrap=kafka_broker.url, _redis_was_empty=True)
     dbs = Databases(postgres_server_url, servers.run_id)
     config = Config(jobs=1000, quick=True, only=("B7",), durations=durations(quick=True))
@@ -133,6 +136,7 @@ def test_bench_intake_b7_at_tiny_scale(postgres_server_url, redis_url, kafka_bro
     finally:
         dbs.drop_all()
         servers.stop()
+        redis_server.stop()
     paths = report.write(results, results_dir=tmp_path / "results", docs_dir=tmp_path / "docs")
     data = json.loads(paths[0].read_text())
 

@@ -167,16 +167,20 @@ def test_purge_command_prints_per_table_counts_and_dry_run_deletes_nothing(make_
 
 
 def test_the_purge_finds_its_rows_through_indexes(database_url):
-    """The cost follows the rows deleted: the batches reach them through ix_outbox_sent and ix_jobs_state_end."""
+    """The cost follows the rows deleted: the batches reach them through an index, never a scan of the
+    table (sent outbox rows through ix_outbox_sent; final jobs through an index on their state, which at
+    scale is ix_jobs_state_end: B6 measures the purge at a million jobs)."""
     engine = sa.create_engine(database_url)
     statements = {
-        "ix_outbox_sent": sa.select(OutboxMessage.id).where(retention._expired_outbox(now_ms())).limit(3),
-        "ix_jobs_state_end": sa.select(Job.id).where(retention._expired_jobs(now_ms())).limit(3),
+        ("ix_outbox_sent",): sa.select(OutboxMessage.id).where(retention._expired_outbox(now_ms())).limit(3),
+        # On the test's tiny tables the planner's costs of the two (state, ...) indexes tie.
+        ("ix_jobs_state_end", "ix_jobs_state_start"): sa.select(Job.id).where(
+            retention._expired_jobs(now_ms())).limit(3),
     }
     with engine.connect() as conn:
         conn.execute(sa.text("SET enable_seqscan = off"))  # the test tables are tiny: ask which index can serve
-        for index, statement in statements.items():
+        for indexes, statement in statements.items():
             sql_text = str(statement.compile(engine, compile_kwargs={"literal_binds": True}))
             plan = "\n".join(row[0] for row in conn.execute(sa.text("EXPLAIN " + sql_text)))
-            assert index in plan, plan
+            assert "Seq Scan" not in plan and any(index in plan for index in indexes), plan
     engine.dispose()

@@ -84,7 +84,17 @@ def batching_strategy(task, app, consumer, **_kwargs):
                              accept_callback=lambda pid, _at, b=batch: _events(b, "task-started", pid=pid),
                              callback=lambda values, b=batch, t=started: done(b, values, None, t),
                              error_callback=lambda exc, b=batch, t=started: done(b, None, exc, t),
-                             timeout=app.conf.task_time_limit)
+                             timeout_callback=lambda soft, timeout, b=batch: timed_out(b, soft, timeout),
+                             soft_timeout=app.conf.task_soft_time_limit, timeout=app.conf.task_time_limit)
+
+    def timed_out(batch: list, soft: bool, limit: float) -> None:
+        # Logged per message as Celery logs a task's; past the soft limit run_batch retries its messages
+        # (a hung database), past the hard one its process is killed and the batch requeued.
+        for request in batch:
+            if soft:
+                log.warning("Soft time limit (%ss) exceeded for %s[%s]", limit, request.name, request.id)
+            else:
+                log.error("Hard time limit (%ss) exceeded for %s[%s]", limit, request.name, request.id)
 
     def done(batch: list, values, error, started: float) -> None:
         running[0] -= 1
