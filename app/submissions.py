@@ -413,9 +413,12 @@ def accept_upload(session: so.Session, payload: dict) -> None:
 
 
 def _owner_of(session: so.Session, submission_id: uuid.UUID) -> str | None:
-    """The customer shortName of the job or waiting REST submission that has this id, if any."""
+    """The customer shortName of the job or waiting REST submission that has this id, if any.
+
+    Only the ingested job counts (a reanalysis job repeats its original's id and customer); saying so is
+    also what lets PostgreSQL use the partial unique index on submission_id instead of scanning jobs."""
     made = (sa.select(Customer.short_name).join(Job, Job.customer_id == Customer.id)
-            .where(Job.submission_id == submission_id))
+            .where(Job.submission_id == submission_id, sa.text(INGESTED)))
     waiting = sa.select(PendingSubmission.customer).where(PendingSubmission.submission_id == submission_id)
     return session.scalars(sa.union_all(made, waiting).limit(1)).first()
 

@@ -308,7 +308,7 @@ def enqueued_at(database_url: str, submission_ids: list[str]) -> dict[str, int]:
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT submission_id::text, enqueued_timestamp FROM jobs "
-                                    "WHERE submission_id = ANY(CAST(:ids AS uuid[]))"), {"ids": submission_ids}).all()
+                                    "WHERE submission_id = ANY(CAST(:ids AS uuid[])) AND NOT reanalysis"), {"ids": submission_ids}).all()
     engine.dispose()
     return dict(rows)
 

@@ -348,3 +348,37 @@ def test_the_celery_path_refuses_a_submission_id_of_another_customer(app, settin
     owners = sql("SELECT j.id, c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id "
                  "WHERE j.submission_id = :s", s=payload["submission"]["id"])
     assert owners == [(made.job_id, "acme")]
+
+
+def test_the_intake_reaches_jobs_through_indexes(app, settings, api, make_key, queued):
+    """Every statement a REST submission and its ingest send to the jobs table can use an index: the
+    idempotency lookup by submission id must not scan a table of a million jobs per request (the partial
+    unique index on submission_id serves only queries that say NOT reanalysis)."""
+    statements = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith("SELECT") and "jobs" in statement:
+            statements.append((statement, parameters))
+
+    engine = db.engine_of(app)
+    headers = make_key("UPLOADER")
+    sa.event.listen(engine, "before_cursor_execute", capture)
+    try:
+        body = {**_body(), "submission": {"id": str(uuid.uuid4())}}
+        api.post(_path(), 202, headers=headers, json=body)
+        api.post(_path(), 202, headers=headers, json=body)  # the retry finds it waiting
+        with app.app_context():
+            submissions.ingest(db.session, settings, queued[0])
+            db.session.flush()
+            api.post(_path(), 202, headers=headers, json=body)  # and once its job is made
+            db.session.rollback()
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", capture)
+    assert any("submission_id" in statement for statement, _ in statements), statements
+    with engine.connect() as conn:
+        conn.exec_driver_sql("SET enable_seqscan = off")  # the test tables are tiny: ask whether an index can serve
+        for statement, parameters in statements:
+            plan = "\n".join(r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, parameters))
+            # A full index scan that filters every row is a table scan by another name.
+            filtered = [line for line in plan.splitlines() if "Filter:" in line and "submission_id" in line]
+            assert "Seq Scan on jobs" not in plan and not filtered, f"{statement}\n{plan}"
