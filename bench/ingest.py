@@ -66,10 +66,12 @@ def _follow(bootstrap: str, topic: str, ready, stop, seen_count, out) -> None:
     logging.getLogger("kafka").setLevel(logging.ERROR)
     reader = TopicReader(bootstrap, topic, wait=120, client_id="sampledb-bench-follower", fetch_max_wait_ms=20)
     seen: dict[str, tuple[float, int]] = {}
+    parent = os.getppid()
     try:
         if reader.partitions:
             ready.set()
-            while not stop.is_set():
+            # A bench killed by a signal leaves no one to set `stop`: end with it rather than poll on.
+            while not stop.is_set() and os.getppid() == parent:
                 records = reader.poll(0.05)
                 now = time.time()
                 for record in records:
@@ -117,7 +119,9 @@ class Follower:
 class CpuMeter:
     """Cores busy on average, per named group of processes, between start() and stop().
 
-    A group is (pid, what): "self" the process alone, "children" its descendants, "tree" both.
+    A group is (pid, what): "self" the process alone, "children" its descendants, "tree" both, "reaped"
+    the process with the children it has waited for (a load generator's pool processes, which are gone
+    by the time stop() reads them; its live children, servers and workers, are groups of their own).
     """
 
     def __init__(self, groups: dict[str, tuple[int, str]]):
@@ -140,6 +144,12 @@ class CpuMeter:
                 total += times.user + times.system
             except psutil.Error:
                 pass
+        if what == "reaped":
+            try:
+                times = root.cpu_times()
+                total = times.user + times.system + times.children_user + times.children_system
+            except psutil.Error:
+                return 0.0
         return total
 
     def start(self) -> None:

@@ -136,7 +136,8 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         cpu = ingest.CpuMeter({"gunicorn": (api.pid, "tree"), "worker main": (worker.pid, "self"),
                                "worker pool": (worker.pid, "children"),
                                **{name: (pid, "tree") for name, pid in servers_pids.items()},
-                               "bench": (os.getpid(), "tree")})
+                               "bench load": (os.getpid(), "reaped"),
+                               "bench follower": (follower.process.pid, "self")})
         for _ in range(runs):
             cpu.start()
             figures = python_load(base, submission_request, headers, duration)
