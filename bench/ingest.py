@@ -64,7 +64,9 @@ def _follow(bootstrap: str, topic: str, ready, stop, seen_count, out) -> None:
     import logging
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
-    reader = TopicReader(bootstrap, topic, wait=120, client_id="sampledb-bench-follower", fetch_max_wait_ms=20)
+    # From the end: an earlier benchmark's messages on this topic (B3 before B7) are not this one's to count.
+    reader = TopicReader(bootstrap, topic, from_end=True, create=True, wait=120, client_id="sampledb-bench-follower",
+                         fetch_max_wait_ms=20)
     seen: dict[str, tuple[float, int]] = {}
     parent = os.getppid()
     try:
@@ -364,12 +366,14 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     try:
         wait_worker_ready(settings.redis_url, worker)
         follower = Follower(settings.kafka_bootstrap_servers, settings.job_topic)
+        if not follower.ready.wait(90):  # reads from the topic's end: nothing may be sent before it is there
+            raise RuntimeError("the topic follower could not read the job topic")
         send = lambda body: send_ingest(settings.redis_url, body)  # noqa: E731
         send_bulk = lambda bodies: celery_client(settings.redis_url).send_task(  # noqa: E731
             TaskNames.INGEST_SUBMISSIONS, args=[bodies])
         for n in range(20):  # warm-up: makes the topic, the worker's producer and its connections
             send(payload(n, customers[n % len(customers)]))
-        if not follower.ready.wait(90) or not follower.wait_for(20, 90):
+        if not follower.wait_for(20, 90):
             raise RuntimeError(f"no creation message reached Kafka:\n{worker.tail()}")
         memory = PeakRss(worker.pid, include_root=True)
         memory.start()

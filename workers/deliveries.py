@@ -26,18 +26,31 @@ def _key(task_request) -> str:
 
 def count(redis_url: str, task_request) -> int:
     """This delivery's number (1 for the first); 1 when Redis cannot count (the work goes ahead)."""
+    return count_many(redis_url, [task_request])[0]
+
+
+def count_many(redis_url: str, task_requests: list) -> list[int]:
+    """count() of each message of a batch, in one round trip to Redis."""
     try:
         pipe = dispatch.redis_client(redis_url).pipeline(transaction=False)
-        pipe.incr(_key(task_request))
-        pipe.expire(_key(task_request), COUNTER_TTL_SECONDS)
-        return int(pipe.execute()[0])
-    except Exception:  # the broker just delivered this task, so Redis is rarely away; never block the work
-        log.warning("could not count the delivery of task %s", task_request.id, exc_info=True)
-        return 1
+        for task_request in task_requests:
+            pipe.incr(_key(task_request))
+            pipe.expire(_key(task_request), COUNTER_TTL_SECONDS)
+        return [int(n) for n in pipe.execute()[::2]]
+    except Exception:  # the broker just delivered these tasks, so Redis is rarely away; never block the work
+        log.warning("could not count the delivery of tasks %s", [r.id for r in task_requests], exc_info=True)
+        return [1] * len(task_requests)
 
 
 def forget(redis_url: str, task_request) -> None:
+    forget_many(redis_url, [task_request])
+
+
+def forget_many(redis_url: str, task_requests: list) -> None:
+    if not task_requests:
+        return
     try:
-        dispatch.redis_client(redis_url).delete(_key(task_request))
-    except Exception:  # it expires on its own
-        log.debug("could not remove the delivery counter of task %s", task_request.id, exc_info=True)
+        dispatch.redis_client(redis_url).delete(*(_key(task_request) for task_request in task_requests))
+    except Exception:  # they expire on their own
+        log.debug("could not remove the delivery counters of tasks %s", [r.id for r in task_requests],
+                  exc_info=True)

@@ -128,7 +128,7 @@ class _IngestInBatches(FlaskTask):
         has been delivered more than SAMPLEDB_INGEST_MAX_DELIVERIES times.
         """
         settings = current_settings()
-        counts = [deliveries.count(settings.redis_url, message) for message in messages]
+        counts = deliveries.count_many(settings.redis_url, messages)
         try:
             outcomes = {n: self._ingest_redelivered(messages[n], count, settings.ingest_max_deliveries)
                         for n, count in enumerate(counts) if count > 1}
@@ -137,8 +137,7 @@ class _IngestInBatches(FlaskTask):
                 outcomes.update(zip(fresh, self._ingest_together([messages[n] for n in fresh])))
             return [outcomes[n] for n in range(len(messages))]
         finally:
-            for message in messages:
-                deliveries.forget(settings.redis_url, message)
+            deliveries.forget_many(settings.redis_url, messages)
 
     def _ingest_together(self, messages: list[batching.Message]) -> list[dict]:
         payloads = [_payload_of(message) for message in messages]

@@ -28,3 +28,9 @@ class StrictParser(FlaskParser):
 
 class Blueprint(flask_smorest.Blueprint):
     ARGUMENTS_PARSER = StrictParser()
+
+    def arguments(self, schema, *args, **kwargs):
+        # One instance per view, made here: given a class, webargs makes a new schema for every request, and
+        # a marshmallow schema's construction (a deep copy of its fields) costs more than loading a small
+        # request. The schemas keep no state between loads.
+        return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)

@@ -164,7 +164,7 @@ def create_jobs(
         job_ids.update(session.execute(
             sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing), sa.text(INGESTED))).all())
 
-    task_rows = []
+    task_rows, history_rows = [], []
     for submission_id, new in ordered:
         if submission_id not in inserted:
             continue
@@ -185,10 +185,14 @@ def create_jobs(
             "reanalysis": new.reanalysis,
         })
         origin = "reanalysis of submission" if new.reanalysis else "submission"
-        _record(session, settings, job_id, None, "enqueued", actor, f"Job created from {origin} {new.submission['id']}",
-                now)
+        message = f"Job created from {origin} {new.submission['id']}"
+        history_rows.append(_history_row(job_id, None, "enqueued", actor, message, now))
+        _announce(session, settings, job_id, None, "enqueued", actor, message, now)
+    # Core executemany, not ORM objects: nothing in this transaction reads these rows back.
     if task_rows:
-        session.execute(sa.insert(JobTask), task_rows)
+        session.connection().execute(sa.insert(JobTask.__table__), task_rows)
+    if history_rows:
+        session.connection().execute(sa.insert(JobHistory.__table__), history_rows)
     results = []
     for new in new_jobs:
         submission_id = uuid.UUID(str(new.submission["id"]))
@@ -396,14 +400,25 @@ def _record(session: so.Session, settings: Settings, job_id: uuid.UUID, from_sta
             actor: Actor | None, message: str | None, now: int, *, task_id: uuid.UUID | None = None,
             announce: bool = True) -> None:
     """Write a history entry; a job state change is also announced on the event topic."""
-    session.add(JobHistory(job_id=job_id, task_id=task_id, timestamp=now, user_id=actor.id if actor else None,
-                           from_state=from_state, to_state=to_state, message=message))
+    session.add(JobHistory(**_history_row(job_id, task_id, to_state, actor, message, now, from_state=from_state)))
     if announce and task_id is None:
-        outbox.add_message(session, settings.event_topic, str(job_id), {
-            "jobID": str(job_id),
-            "fromState": from_state,
-            "toState": to_state,
-            "timestamp": now,
-            "user": user_info(actor),
-            "message": message,
-        })
+        _announce(session, settings, job_id, from_state, to_state, actor, message, now)
+
+
+def _history_row(job_id: uuid.UUID, task_id: uuid.UUID | None, to_state: str, actor: Actor | None,
+                 message: str | None, now: int, *, from_state: str | None = None) -> dict:
+    return dict(job_id=job_id, task_id=task_id, timestamp=now, user_id=actor.id if actor else None,
+                from_state=from_state, to_state=to_state, message=message)
+
+
+def _announce(session: so.Session, settings: Settings, job_id: uuid.UUID, from_state: str | None, to_state: str,
+              actor: Actor | None, message: str | None, now: int) -> None:
+    """The event-topic message of a job's state change, in the outbox of the change's transaction."""
+    outbox.add_message(session, settings.event_topic, str(job_id), {
+        "jobID": str(job_id),
+        "fromState": from_state,
+        "toState": to_state,
+        "timestamp": now,
+        "user": user_info(actor),
+        "message": message,
+    })
