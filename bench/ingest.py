@@ -10,7 +10,7 @@ notes when each creation message arrives.
 * sustained: offer as fast as the pipeline takes them, at most WINDOW submissions in flight
   (offered but not yet on Kafka), for `duration` s; the figure is creation messages per second.
 * latency: offer 400 submissions/s open-loop; latency = creation message seen - task sent,
-  split into intake -> job committed (jobs.enqueued_timestamp) -> relayed (the record's
+  split into intake -> job committed (PostgreSQL's commit timestamp, COMMIT_CLOCKS) -> relayed (the record's
   CreateTime, set by the relay's producer) -> seen by the follower.
 * baselines: a no-op Celery task on the same broker and worker options (bench.noop_worker),
   single-row INSERT + COMMIT on one connection, and the relay's own producer
@@ -316,25 +316,38 @@ def _open_loop(send, follower: Follower, customers: list[str], rate: float, dura
             "stopped_early_at_s": stopped_at, "sender_max_behind_s": round(behind, 3)}, sent
 
 
-def enqueued_at(database_url: str, submission_ids: list[str]) -> dict[str, int]:
+COMMIT_CLOCKS = {
+    "commit": "the job row's commit time (pg_xact_commit_timestamp)",
+    "enqueued": "the job's enqueuedTimestamp, taken before its batch's INSERTs (track_commit_timestamp is off)",
+}
+
+
+def committed_at(database_url: str, submission_ids: list[str]) -> tuple[dict[str, int], str]:
+    """When each submission's job was committed (ms), and which clock says so (a key of COMMIT_CLOCKS):
+    PostgreSQL's commit timestamp where track_commit_timestamp is on (the bench's own server), else the
+    job's enqueuedTimestamp, which is earlier by the batch's own transaction."""
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
-        rows = conn.execute(sa.text("SELECT submission_id::text, enqueued_timestamp FROM jobs "
-                                    "WHERE submission_id = ANY(CAST(:ids AS uuid[])) AND NOT reanalysis"), {"ids": submission_ids}).all()
+        clock = "commit" if conn.scalar(sa.text("SHOW track_commit_timestamp")) == "on" else "enqueued"
+        when = ("(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint" if clock == "commit"
+                else "enqueued_timestamp")
+        rows = conn.execute(sa.text(f"SELECT submission_id::text, {when} FROM jobs "
+                                    "WHERE submission_id = ANY(CAST(:ids AS uuid[])) AND NOT reanalysis"),
+                            {"ids": submission_ids}).all()
     engine.dispose()
-    return dict(rows)
+    return {submission_id: at for submission_id, at in rows if at is not None}, clock
 
 
-def latency_figures(sent: dict[str, float], seen: dict[str, tuple[float, int]], enqueued: dict[str, int]) -> dict:
+def latency_figures(sent: dict[str, float], seen: dict[str, tuple[float, int]], committed: dict[str, int]) -> dict:
     total, to_commit, to_relay, to_seen = [], [], [], []
     for submission_id, sent_at in sent.items():
         if submission_id not in seen:
             continue
         seen_at, produced_ms = seen[submission_id]
         total.append((seen_at - sent_at) * 1000)
-        if submission_id in enqueued:
-            to_commit.append(enqueued[submission_id] - sent_at * 1000)
-            to_relay.append(produced_ms - enqueued[submission_id])
+        if submission_id in committed:
+            to_commit.append(committed[submission_id] - sent_at * 1000)
+            to_relay.append(produced_ms - committed[submission_id])
         to_seen.append(seen_at * 1000 - produced_ms)
     figures = {"seen": len(total), "missing": len(sent) - len(total)}
     for name, values in (("", total), ("intake_to_commit_", to_commit), ("commit_to_relay_", to_relay),
@@ -406,13 +419,14 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     by_kind: dict[str, list] = {"sustained": [], "sustained_bulk": [], "latency": []}
     latency_samples = []
     for kind, info, sent in phases:
-        enqueued = enqueued_at(settings.database_url, list(sent))
-        figures, total = latency_figures(sent, seen, enqueued)
+        committed, clock = committed_at(settings.database_url, list(sent))
+        results["commit_clock"] = COMMIT_CLOCKS[clock]
+        figures, total = latency_figures(sent, seen, committed)
         end = info["started"] + info["duration"]
         in_window = sum(1 for s in sent if s in seen and seen[s][0] <= end)
         by_kind[kind].append({**{k: v for k, v in info.items() if k != "started"}, **figures,
                               "announced_in_window": in_window, "per_s": round(in_window / info["duration"], 1),
-                              "created": len(enqueued)})
+                              "created": len(committed)})
         if kind == "latency":
             latency_samples.append([round(ms, 1) for ms in sorted(total)])
     results["sustained"] = summarize_runs(by_kind["sustained"], ("per_s", "p50_ms", "p99_ms"))

