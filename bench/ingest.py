@@ -128,40 +128,41 @@ class CpuMeter:
 
     def __init__(self, groups: dict[str, tuple[int, str]]):
         self.groups = groups
-        self.before: dict[str, float] = {}
+        self.before: dict[str, dict[int, float]] = {}
         self.started = 0.0
 
     @staticmethod
-    def _cpu(pid: int, what: str) -> float:
+    def _cpu(pid: int, what: str) -> dict[int, float]:
+        """CPU seconds so far of each process of the group, by pid."""
         try:
             root = psutil.Process(pid)
-            processes = ([root] if what in ("self", "tree") else []) + (
+            processes = ([root] if what in ("self", "tree", "reaped") else []) + (
                 root.children(recursive=True) if what in ("children", "tree") else [])
         except psutil.Error:
-            return 0.0
-        total = 0.0
+            return {}
+        seconds = {}
         for proc in processes:
             try:
                 times = proc.cpu_times()
-                total += times.user + times.system
+                seconds[proc.pid] = times.user + times.system + (
+                    times.children_user + times.children_system if what == "reaped" else 0.0)
             except psutil.Error:
                 pass
-        if what == "reaped":
-            try:
-                times = root.cpu_times()
-                total = times.user + times.system + times.children_user + times.children_system
-            except psutil.Error:
-                return 0.0
-        return total
+        return seconds
 
     def start(self) -> None:
         self.before = {name: self._cpu(*group) for name, group in self.groups.items()}
         self.started = time.perf_counter()
 
     def stop(self) -> dict:
+        """Per group, the CPU its processes used since start() ÷ the seconds since. A process that ended in
+        between (a PostgreSQL backend closed mid-run) is not counted at all, rather than subtracted."""
         seconds = time.perf_counter() - self.started
-        return {name: round((self._cpu(*group) - self.before[name]) / seconds, 2)
-                for name, group in self.groups.items()}
+        busy = {}
+        for name, group in self.groups.items():
+            before = self.before.get(name, {})
+            busy[name] = round(sum(cpu - before.get(pid, 0.0) for pid, cpu in self._cpu(*group).items()) / seconds, 2)
+        return busy
 
 
 def start_worker(app_module: str, queues: list[str] | None, env: dict, log_path: Path) -> Child:
