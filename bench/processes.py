@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -57,7 +58,9 @@ class PeakRss(threading.Thread):
         for proc in processes:
             try:
                 rss = proc.memory_info().rss
-                self.names.setdefault(proc.pid, " ".join(proc.cmdline()[:6]))
+                # The program by its name alone: the results say which process, not where it is installed.
+                argv = proc.cmdline()[:6]
+                self.names.setdefault(proc.pid, " ".join([os.path.basename(argv[0]), *argv[1:]] if argv else []))
             except psutil.Error:
                 continue
             self.peaks[proc.pid] = max(rss, self.peaks.get(proc.pid, 0))
