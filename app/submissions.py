@@ -400,24 +400,28 @@ def accept_upload(session: so.Session, payload: dict) -> None:
     submission_id = uuid.UUID(str(payload["submission"]["id"]))
     customer = payload["submission"]["customer"]
     conn = session.connection()
-    owner = conn.execute(_OWNER, {"submission_id": submission_id}).scalar()
+    owner = _owner_of(conn, submission_id)
     if owner is None:
         stored = conn.execute(_STORE_PENDING, {"submission_id": submission_id, "customer": customer,
                                                "payload": payload, "received_timestamp": now_ms()}).scalar()
         if stored is not None:
             return
-        # A concurrent request with this id committed first.
-        owner = conn.execute(_OWNER, {"submission_id": submission_id}).scalar()
+        owner = _owner_of(conn, submission_id)  # a concurrent request with this id committed first
     if owner != customer:
         raise SubmissionIdTaken()
+
+
+def _owner_of(conn: sa.Connection, submission_id: uuid.UUID) -> str | None:
+    """The customer shortName of the job or waiting REST submission that has this id, if any."""
+    return conn.execute(_OWNER, {"submission_id": submission_id}).scalar()
 
 
 # The intake's two statements, built once: Core on the tables (no ORM execution), so each request pays
 # neither building them nor SQLAlchemy's cache key of a new statement.
 _jobs, _customers, _pending = Job.__table__, Customer.__table__, PendingSubmission.__table__
-# The customer shortName of the job or waiting REST submission that has this id. Only the ingested job
-# counts (a reanalysis job repeats its original's id and customer); saying so is also what lets PostgreSQL
-# use the partial unique index on submission_id instead of scanning jobs.
+# _owner_of's statement. Only the ingested job counts (a reanalysis job repeats its original's id and
+# customer); saying so is also what lets PostgreSQL use the partial unique index on submission_id
+# instead of scanning jobs.
 _OWNER = sa.union_all(
     sa.select(_customers.c.short_name).join(_jobs, _jobs.c.customer_id == _customers.c.id)
     .where(_jobs.c.submission_id == sa.bindparam("submission_id"), sa.text(INGESTED)),

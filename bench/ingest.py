@@ -86,7 +86,10 @@ def _follow(bootstrap: str, topic: str, ready, stop, seen_count, out) -> None:
 
 
 class Follower:
-    def __init__(self, bootstrap: str, topic: str):
+    """A process following `topic` from its current end; made once it reads (RuntimeError if it cannot
+    within `timeout`), so that nothing sent after it is missed."""
+
+    def __init__(self, bootstrap: str, topic: str, timeout: float = 90):
         context = multiprocessing.get_context("spawn")
         self.ready, self.stop_event = context.Event(), context.Event()
         self.count = context.Value("l", 0)
@@ -94,6 +97,9 @@ class Follower:
         self.process = context.Process(target=_follow, args=(bootstrap, topic, self.ready, self.stop_event,
                                                              self.count, self.out), daemon=True)
         self.process.start()
+        if not self.ready.wait(timeout):
+            self.process.terminate()
+            raise RuntimeError(f"the topic follower could not read {topic}")
 
     def seen(self) -> int:
         return self.count.value
@@ -380,8 +386,6 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     try:
         wait_worker_ready(settings.redis_url, worker)
         follower = Follower(settings.kafka_bootstrap_servers, settings.job_topic)
-        if not follower.ready.wait(90):  # reads from the topic's end: nothing may be sent before it is there
-            raise RuntimeError("the topic follower could not read the job topic")
         send = lambda body: send_ingest(settings.redis_url, body)  # noqa: E731
         send_bulk = lambda bodies: celery_client(settings.redis_url).send_task(  # noqa: E731
             TaskNames.INGEST_SUBMISSIONS, args=[bodies])

@@ -186,7 +186,7 @@ def create_jobs(
         })
         origin = "reanalysis of submission" if new.reanalysis else "submission"
         message = f"Job created from {origin} {new.submission['id']}"
-        history_rows.append(_history_row(job_id, None, "enqueued", actor, message, now))
+        history_rows.append(_history_row(job_id, None, None, "enqueued", actor, message, now))
         _announce(session, settings, job_id, None, "enqueued", actor, message, now)
     # Core executemany, not ORM objects: nothing in this transaction reads these rows back.
     if task_rows:
@@ -400,13 +400,13 @@ def _record(session: so.Session, settings: Settings, job_id: uuid.UUID, from_sta
             actor: Actor | None, message: str | None, now: int, *, task_id: uuid.UUID | None = None,
             announce: bool = True) -> None:
     """Write a history entry; a job state change is also announced on the event topic."""
-    session.add(JobHistory(**_history_row(job_id, task_id, to_state, actor, message, now, from_state=from_state)))
+    session.add(JobHistory(**_history_row(job_id, task_id, from_state, to_state, actor, message, now)))
     if announce and task_id is None:
         _announce(session, settings, job_id, from_state, to_state, actor, message, now)
 
 
-def _history_row(job_id: uuid.UUID, task_id: uuid.UUID | None, to_state: str, actor: Actor | None,
-                 message: str | None, now: int, *, from_state: str | None = None) -> dict:
+def _history_row(job_id: uuid.UUID, task_id: uuid.UUID | None, from_state: str | None, to_state: str,
+                 actor: Actor | None, message: str | None, now: int) -> dict:
     return dict(job_id=job_id, task_id=task_id, timestamp=now, user_id=actor.id if actor else None,
                 from_state=from_state, to_state=to_state, message=message)
 
