@@ -11,14 +11,15 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from analyzer.command import Connection, analyzer_group
-from app import dead_submissions, retention
-from app import outbox as outbox_rows
-from app import status as health
-from app.auth import create_key
+from app.intake import dead_submissions
+from app.operations import retention
+from app.outbox import store as outbox_rows
+from app.operations import status as health
+from app.accounts.keys import create_key
 from app.config import ConfigError, Settings
 from app.extensions import db as database
 from app.factory import create_app
-from app.migrate import upgrade
+from app.operations.migrate import upgrade
 
 
 class _Command(click.Group):

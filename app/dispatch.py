@@ -97,7 +97,7 @@ def send_relay(redis_url: str, *, triggered: bool = True, countdown: float | Non
 
 
 def trigger_relay() -> None:
-    """After-commit trigger (app.outbox.on_commit_trigger): schedule a relay unless one is pending."""
+    """After-commit trigger (app.outbox.store.on_commit_trigger): schedule a relay unless one is pending."""
     if not has_app_context():
         return
     redis_url = current_settings().redis_url

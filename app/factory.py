@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import outbox
+from app.outbox import store as outbox
 from app.api import register_api
 from app.config import Settings
 from app.dispatch import trigger_relay

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from app.metrics import MULTIPROC_ENV, mark_process_dead
+from app.operations.metrics import MULTIPROC_ENV, mark_process_dead
 
 workers = 2
 worker_class = "gthread"

@@ -13,7 +13,7 @@ import json
 import os
 
 from app.factory import create_app
-from app.errors import envelope
+from app.api.envelope import envelope
 from bench.api_load import FIXED_JOB_PATH
 
 app = create_app()

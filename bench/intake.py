@@ -25,7 +25,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.auth import create_key
+from app.accounts.keys import create_key
 from app.config import Settings
 from app.dev import commands
 from app.dev.commands import GUNICORN_OPTIONS

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy import event
 
-from app import submissions
+from app.intake import submissions
 from app.config import Settings
-from app.accounts import ensure_customer
+from app.accounts.customers import ensure_customer
 from app.policy import store
 from bench.ingest import payload
 

@@ -2,7 +2,7 @@
 
 - The purge: `outbox_rows` sent outbox rows two days old (1,000,000 at N = 1M) and
   `expired_jobs` final jobs past retention (100,000) with their tasks and three history
-  entries each, deleted by app.retention.purge as the beat task does; rows/s per table.
+  entries each, deleted by app.operations.retention.purge as the beat task does; rows/s per table.
 - GET /job/{id} p99 under load (B1's load generator, gunicorn as the Procfile runs it) in
   chunks while the purge runs, against the same number of chunks without it, in one run.
 - GET /metrics p99 at N jobs, with the gauges read on every scrape (cache 0) and with the
@@ -22,7 +22,7 @@ from pathlib import Path
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app import retention
+from app.operations import retention
 from app.config import Settings
 from app.models import now_ms
 from bench import api_load

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from app.api.schemas import SearchCriteriaSchema
 from app.config import Settings
 from app.jobs.search import search_jobs
-from app.access import EVERYONE
+from app.accounts.access import EVERYONE
 from bench.stack import app_bound_to
 from bench.stats import median, percentile
 

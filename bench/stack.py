@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from app.config import Settings
 from app.extensions import db
 from app.factory import create_app
-from app.migrate import upgrade
+from app.operations.migrate import upgrade
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,12 @@ import pytest
 import sqlalchemy as sa
 
 from app.factory import create_app
-from app.accounts import ensure_customer
-from app.auth import create_key
+from app.accounts.customers import ensure_customer
+from app.accounts.keys import create_key
 from app.config import Settings
 from app.extensions import db
 from app.jobs import service
-from app.migrate import upgrade
+from app.operations.migrate import upgrade
 from tests.support.api import Api
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, broker_idle
 from tests.support.database import RolledBack, keep_default_workers, truncate

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from app.auth import hash_key
+from app.accounts.keys import hash_key
 from tests.support.api import BASE, check_envelope
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import celeryconfig
-from app.sweep_runs import periodic_intervals
+from app.operations.sweep_runs import periodic_intervals
 from celeryconfig import QueueNames, TaskNames
 from workers.celery_app import celery
 from workers.relay import BACKOFF_CAP_MS, backoff_ms
@@ -113,7 +113,7 @@ def test_relay_backoff_doubles_up_to_a_cap():
 def test_ingest_retries_transient_errors_with_backoff_and_never_retries_bad_payloads():
     import sqlalchemy.exc as sa_exc
 
-    from app.submissions import InvalidSubmission
+    from app.intake.submissions import InvalidSubmission
     from workers import tasks
 
     for task in (tasks.ingest_submission, tasks.ingest_submissions):

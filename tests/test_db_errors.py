@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
-from app.db_errors import is_transient, refusal_text
+from app.errors.database import is_transient, refusal_text
 from app.extensions import db
 
 

@@ -11,11 +11,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = ("app", "workers", "celeryconfig", "wsgi")
 # The domain: business rules on a session and settings, callable from a view, a task or a shell.
-DOMAIN = ("app.jobs", "app.policy", "app.submissions", "app.wire", "app.analysis_workers", "app.accounts", "app.access",
-          "app.domain_errors", "app.outbox", "app.unit_of_work", "app.models", "app.config", "app.task_names",
-          "app.dead_submissions", "app.db_errors", "app.field_errors")
+DOMAIN = ("app.jobs", "app.policy", "app.intake.submissions", "app.intake.wire", "app.policy.analysis_workers", "app.accounts.customers", "app.accounts.access",
+          "app.errors.domain", "app.outbox.store", "app.unit_of_work", "app.models", "app.config", "app.task_names",
+          "app.intake.dead_submissions", "app.errors.database", "app.errors.fields")
 HTTP_PACKAGES = ("flask", "flask_smorest", "webargs", "werkzeug")
-HTTP_MODULES = ("app.api", "app.errors")
+HTTP_MODULES = ("app.api", "app.api.envelope")
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -48,7 +48,7 @@ def import_graph(root: Path, top_level: tuple[str, ...]) -> tuple[dict[str, set[
                 if node.level:  # relative: `from . import x` in package a.b names a.b.x
                     parents = package.split(".")[:len(package.split(".")) - node.level + 1]
                     base = ".".join(parents + ([base] if base else []))
-                # `from app import outbox` imports the module app.outbox; `from app.x import y` imports app.x.
+                # `from app import outbox` imports the module app.outbox.store; `from app.x import y` imports app.x.
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
             else:
                 continue
@@ -119,7 +119,7 @@ GRAPH, EXTERNAL = import_graph(ROOT, FIRST_PARTY)
 def test_the_graph_sees_the_code():
     assert {"app.jobs.service", "app.api.jobs", "workers.tasks", "app.dispatch"} <= set(GRAPH)
     assert "app.jobs.states" in GRAPH["app.jobs.service"]
-    assert "app.outbox" in GRAPH["app.jobs.service"]  # `from app import outbox` names the module
+    assert "app.outbox.store" in GRAPH["app.jobs.service"]  # `from app import outbox` names the module
     assert "app.factory" in GRAPH["workers.celery_app"]
     assert "flask" in EXTERNAL["app.api.base"]
 
@@ -142,7 +142,7 @@ def test_only_the_factory_imports_the_http_api():
 
 def test_the_domain_loads_nothing_of_http():
     domain = [name for name in GRAPH if _within(name, DOMAIN)]
-    assert {"app.jobs.service", "app.jobs.search", "app.submissions", "app.analysis_workers"} <= set(domain)
+    assert {"app.jobs.service", "app.jobs.search", "app.intake.submissions", "app.policy.analysis_workers"} <= set(domain)
     problems = {}
     for name in domain:
         loaded = loaded_by(name, GRAPH)
@@ -155,9 +155,9 @@ def test_the_domain_loads_nothing_of_http():
 
 def test_importing_the_domain_really_loads_no_http_package():
     # The same rule, checked on the interpreter itself: third-party imports are followed too.
-    code = ("import sys; import app.jobs.service, app.jobs.search, app.submissions, app.analysis_workers, "
-            "app.accounts, app.wire; print(sorted({m.split('.')[0] for m in sys.modules} & {%r, %r, %r, %r}"
-            " | {m for m in sys.modules if m.startswith(('app.api', 'app.errors'))}))" % HTTP_PACKAGES)
+    code = ("import sys; import app.jobs.service, app.jobs.search, app.intake.submissions, app.policy.analysis_workers, "
+            "app.accounts.customers, app.intake.wire; print(sorted({m.split('.')[0] for m in sys.modules} & {%r, %r, %r, %r}"
+            " | {m for m in sys.modules if m.startswith(('app.api', 'app.api.envelope'))}))" % HTTP_PACKAGES)
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

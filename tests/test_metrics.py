@@ -291,8 +291,8 @@ def test_a_stale_reading_is_answered_at_once_and_read_again_in_the_background():
     """The service gauges' cache (a unit test of the collector, with a counting reader)."""
     import threading
 
-    from app.metrics import ServiceGauges
-    from app.vitals import Vitals
+    from app.operations.metrics import ServiceGauges
+    from app.operations.vitals import Vitals
 
     reads, release = [], threading.Event()
 

@@ -31,8 +31,8 @@ from app.dev.kafka import read_topic
 from app.dev.postgres import start_postgres
 from app.dev.processes import Child, free_port
 from app.dev.redis import start_redis
-from app.migrate import upgrade
-from app.submissions import job_id_for
+from app.operations.migrate import upgrade
+from app.intake.submissions import job_id_for
 from app.task_names import TaskNames
 from tests.support.celery_worker import CeleryWorker, TaskSender
 from tests.support.payloads import submission_payload

@@ -13,7 +13,7 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app.errors import envelope
+from app.api.envelope import envelope
 from app.extensions import db
 from app.jobs import service
 from app.jobs.serialize import job_to_dict

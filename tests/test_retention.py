@@ -9,7 +9,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from click.testing import CliRunner
 
-from app import retention
+from app.operations import retention
 from app.cli import main
 from app.models import Job, OutboxMessage, now_ms
 from tests.support.settings import make_settings

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from app.cli import main
 from app.models import now_ms
 from app.config import Settings
-from app.sweep_runs import periodic_intervals
+from app.operations.sweep_runs import periodic_intervals
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.committing  # status reads through an engine of its own
@@ -136,8 +136,8 @@ def test_beat_marks_the_periodic_tasks_expected_when_it_starts(database_url, red
 
 
 def test_parked_rows_dead_submissions_and_a_silent_redis_are_named():
-    from app import status as health
-    from app.vitals import Vitals
+    from app.operations import status as health
+    from app.operations.vitals import Vitals
 
     now = now_ms()
     fresh = [health.PeriodicRun(name, interval, now, now, 0) for name, interval in PERIODIC_INTERVALS.items()]

@@ -9,7 +9,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app import dispatch, submissions
+from app import dispatch
+from app.intake import submissions
 from app.extensions import db
 from app.models import Job, JobHistory, OutboxMessage
 from tests.support.payloads import SAMPLE_SHA256, submission_payload

@@ -16,7 +16,7 @@ import threading
 from celery import Celery, Task, signals
 from flask import Flask
 
-from app import sweep_runs
+from app.operations import sweep_runs
 from app.config import Settings
 from app.extensions import current_settings, db
 from app.factory import create_app

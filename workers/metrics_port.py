@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 
-from app import metrics
+from app.operations import metrics
 from app.config import Settings
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ import kafka.errors as kafka_errors
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app import metrics
+from app.operations import metrics
 from app.config import Settings
 from app.models import OutboxMessage, now_ms
 from app.unit_of_work import unit_of_work

@@ -17,8 +17,12 @@ import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
-from app import dead_submissions, dispatch, retention, submissions, sweep_runs
-from app.db_errors import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
+from app import dispatch
+from app.intake import dead_submissions
+from app.operations import retention
+from app.intake import submissions
+from app.operations import sweep_runs
+from app.errors.database import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
 from app.extensions import current_settings, db
 from app.jobs import service
 from app.models import now_ms
@@ -31,7 +35,7 @@ log = logging.getLogger(__name__)
 
 # The database went away, a connection broke, a statement or lock timed out, a deadlock or
 # serialisation failure, or the task outlived its soft time limit (a hung database): try again later.
-# (Only errors app.db_errors calls transient reach autoretry; the others are handled in the task.)
+# (Only errors app.errors.database calls transient reach autoretry; the others are handled in the task.)
 RETRY = {"autoretry_for": (*TRANSIENT_ERROR_CLASSES, SoftTimeLimitExceeded), "retry_backoff": 1,
          "retry_backoff_max": 60, "retry_jitter": True}
 # Submissions one ingest transaction takes at most; the worker's prefetch grows by as many.

@@ -12,8 +12,8 @@ from app.api import analysis_workers, health, jobs, policy, submissions
 from app.api.metrics import register_metrics
 from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
-from app.domain_errors import ArgumentConflict, Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
-from app.errors import (
+from app.errors.domain import ArgumentConflict, Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
+from app.api.envelope import (
     ARGUMENT_ERROR, DATABASE_UNAVAILABLE, ApiError, handle_api_error, handle_database_unavailable,
     handle_http_exception, handle_unexpected,
 )

@@ -7,13 +7,14 @@ import json
 from flask import Response
 from flask.views import MethodView
 
-from app import analysis_workers as registry
+from app.policy import analysis_workers as registry
 from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import (
     NoArgsSchema, WorkerCreateSchema, WorkerListArgsSchema, WorkerSchema, WorkerUpdateSchema, envelope_schema,
 )
-from app.auth import ANALYZER, VIEWER, current_principal, requires
-from app.errors import ApiError, envelope
+from app.api.auth import current_principal, requires
+from app.accounts.keys import ANALYZER, VIEWER
+from app.api.envelope import ApiError, envelope
 from app.extensions import db
 from app.unit_of_work import unit_of_work
 

@@ -13,7 +13,7 @@ from marshmallow import fields
 
 from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import envelope_schema
-from app.errors import envelope, message
+from app.api.envelope import envelope, message
 from app.extensions import current_settings, db
 
 blp = Blueprint("health", __name__, url_prefix=BASE_PATH, description="Liveness and readiness")

@@ -11,8 +11,9 @@ from app.api.schemas import (
     AbortSchema, HistorySchema, JobSchema, JobUpdateSchema, NoArgsSchema, SearchCriteriaSchema, TaskListArgsSchema,
     TaskSchema, TaskUpdateSchema, envelope_schema,
 )
-from app.auth import ANALYZER, USER, VIEWER, current_principal, requires
-from app.errors import envelope
+from app.api.auth import current_principal, requires
+from app.accounts.keys import ANALYZER, USER, VIEWER
+from app.api.envelope import envelope
 from app.extensions import current_settings, db
 from app.jobs import read, service
 from app.jobs.search import Criteria, search_jobs

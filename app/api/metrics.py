@@ -10,8 +10,8 @@ import time
 
 from flask import Flask, Response, g, request
 
-from app import metrics
-from app.vitals import read_vitals
+from app.operations import metrics
+from app.operations.vitals import read_vitals
 
 METRICS_PATH = "/metrics"
 

@@ -14,14 +14,15 @@ from app.api.schemas import (
     WholeNumber,
     envelope_schema,
 )
-from app.auth import ANALYZER, VIEWER, current_principal, requires
+from app.api.auth import current_principal, requires
+from app.accounts.keys import ANALYZER, VIEWER
 from app.config import WORKER_SHORT_NAME_PATTERN
-from app.errors import envelope
+from app.api.envelope import envelope
 from app.extensions import db
 from app.jobs.search import MAX_RESULTS
 from app.policy import store
 from app.unit_of_work import unit_of_work
-from app.wire import NAME_MAX, ApiSchema
+from app.intake.wire import NAME_MAX, ApiSchema
 
 blp = Blueprint("policy", __name__, url_prefix=f"{BASE_PATH}/policy/default",
                 description="The default analysis policy and its rules: which workers a new job gets, with which options")

@@ -11,7 +11,7 @@ from app.jobs.search import MAX_RESULTS, SORT_FIELDS, TIME_FIELDS, Criteria
 from app.jobs.states import JOB_STATES, TASK_STATE_ALIASES, TASK_STATES, TASK_UPDATE_STATES
 from app.jobs.timeexpr import TimeExpressionError, parse_time
 from app.models import now_ms
-from app.wire import NAME_MAX, ApiSchema
+from app.intake.wire import NAME_MAX, ApiSchema
 
 MESSAGE_MAX = 4096
 # Offsets go into SQL as bigint; anything larger is out of range (412), not a database error.

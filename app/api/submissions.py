@@ -12,16 +12,18 @@ import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from app import dispatch, submissions
+from app import dispatch
+from app.intake import submissions
 from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
-from app.auth import UPLOADER, USER, current_principal, requires
-from app.errors import ApiError, envelope
+from app.api.auth import current_principal, requires
+from app.accounts.keys import UPLOADER, USER
+from app.api.envelope import ApiError, envelope
 from app.extensions import current_settings, db
 from app.jobs.reanalysis import reanalyse
 from app.jobs.serialize import job_to_dict
 from app.unit_of_work import unit_of_work
-from app.wire import (
+from app.intake.wire import (
     CUSTOMER_NAME_MAX, SHA256_PATTERN, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
 )
 

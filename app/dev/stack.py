@@ -148,7 +148,7 @@ def _analyzer_key(settings: Settings) -> str:
     import sqlalchemy as sa
 
     from app.factory import create_app
-    from app.auth import create_key, hash_key
+    from app.accounts.keys import create_key, hash_key
     from app.extensions import db
     from app.models import ApiKey
 
@@ -204,7 +204,7 @@ def run() -> int:
         env = {**os.environ, **given, **urls, "PYTHONUNBUFFERED": "1"}
         settings = Settings.from_env(env)
         click.echo("applying migrations ...")
-        from app.migrate import upgrade
+        from app.operations.migrate import upgrade
 
         upgrade(settings.database_url)
         key = _analyzer_key(settings)

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 
 from app.jobs.serialize import job_view, task_to_dict
-from app.access import EVERYONE, Scope
+from app.accounts.access import EVERYONE, Scope
 from app.jobs.service import JobNotFound
 from app.models import Customer, Job, JobTask, User
 

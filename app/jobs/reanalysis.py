@@ -8,9 +8,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.config import Settings
-from app.domain_errors import NotFound
+from app.errors.domain import NotFound
 from app.jobs import service
-from app.access import EVERYONE, Actor, Scope
+from app.accounts.access import EVERYONE, Actor, Scope
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job
 from app.policy import store as policy_store

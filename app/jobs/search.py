@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.access import Scope
-from app.domain_errors import TooManyMatches
+from app.accounts.access import Scope
+from app.errors.domain import TooManyMatches
 from app.jobs import read
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job

@@ -7,7 +7,7 @@ from app.models import Job, JobHistory, JobTask
 
 
 def user_info(user) -> dict | None:
-    """A User row or an app.access.Actor snapshot, as the API shows users."""
+    """A User row or an app.accounts.access.Actor snapshot, as the API shows users."""
     return user.to_info() if user is not None else None
 
 

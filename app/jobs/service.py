@@ -18,10 +18,11 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import metrics, outbox
-from app.access import EVERYONE, Actor, Scope
+from app.operations import metrics
+from app.outbox import store as outbox
+from app.accounts.access import EVERYONE, Actor, Scope
 from app.config import Settings
-from app.domain_errors import NotFound
+from app.errors.domain import NotFound
 from app.jobs.serialize import user_info
 from app.jobs.states import (
     JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Move, StateConflict,
@@ -119,7 +120,7 @@ def create_job(
     Idempotent on the submission id through a unique constraint (INSERT ... ON CONFLICT DO
     NOTHING): a repeated submission returns the existing job's id and `False`.
     `job_id` lets the caller choose the id: submission intake derives it from the
-    submission id (app.submissions.job_id_for) so the REST answer can name the job
+    submission id (app.intake.submissions.job_id_for) so the REST answer can name the job
     before a worker has made it. Without a `plan`, the analysis policy as it is now decides.
     """
     if plan is None:

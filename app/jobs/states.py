@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from app.domain_errors import Conflict
+from app.errors.domain import Conflict
 
 JOB_ACTIVE = ("enqueued", "executing")
 JOB_FINAL = ("done", "failed", "timeout", "aborted")

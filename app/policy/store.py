@@ -17,9 +17,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy import event
 
-from app.access import Actor
+from app.accounts.access import Actor
 from app.config import Settings
-from app.domain_errors import Conflict, InvalidArgument, NotFound
+from app.errors.domain import Conflict, InvalidArgument, NotFound
 from app.jobs.serialize import user_info
 from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer, now_ms
 from app.policy.evaluate import JobPlan, PolicySnapshot, Rule, plan_job

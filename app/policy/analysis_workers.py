@@ -8,9 +8,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.exc import IntegrityError
 
-from app.access import Actor
+from app.accounts.access import Actor
 from app.config import WORKER_SHORT_NAME_PATTERN
-from app.domain_errors import NotFound, WorkerExists
+from app.errors.domain import NotFound, WorkerExists
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker, now_ms
 from app.policy import store as policy_store

@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app import metrics
+from app.operations import metrics
 from app.config import Settings
 from app.jobs.states import JOB_FINAL
 from app.models import Job, JobHistory, JobTask, OutboxMessage, now_ms

@@ -1,37 +1,26 @@
-"""API keys, roles and customer scope.
-
-Keys are random, shown once when made and stored only as their SHA-256; a request's key is
-looked up by its hash and the hashes compared in constant time. Roles are ordered
-VIEWER < UPLOADER < USER < ANALYZER and "X or higher" follows that order.
+"""Authentication of a request: its API key's principal (user, role, customer scope) and the
+decorator that guards a view. Keys themselves are made in app.accounts.keys; a request's key is
+looked up by its hash and the hashes compared in constant time.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import hmac
-import secrets
 import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
-import sqlalchemy.orm as so
 from flask import g, request
 
-from app.errors import ApiError
+from app.api.envelope import ApiError
 from app.extensions import current_settings, db
-from app.access import Actor, Scope
-from app.accounts import ensure_customer, ensure_user
-from app.models import ApiKey, ApiKeyCustomer, now_ms
+from app.accounts.access import Actor, Scope
+from app.accounts.keys import ROLES, hash_key
+from app.models import ApiKey, now_ms
 
 API_KEY_HEADER = "Argus-API-Key"
-ROLES = ("SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER")
-VIEWER, UPLOADER, USER, ANALYZER = ROLES
-
-
-def hash_key(key: str) -> str:
-    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -114,27 +103,3 @@ def requires(role: str):
 
 def current_principal() -> Principal:
     return g.principal
-
-
-# -- making keys (CLI and tests) ---------------------------------------------------------------
-
-def create_key(
-    session: so.Session, *, user: str, customer: str, role: str, grant_customers: tuple[str, ...] = (),
-    all_customers: bool = False, expires_in: int | None = None,
-) -> str:
-    """Make a key (and its user and customers when new); returns the secret, which is stored only hashed."""
-    if role not in ROLES:
-        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
-    owner = ensure_user(session, user, ensure_customer(session, customer))
-    secret = secrets.token_urlsafe(32)
-    now = now_ms()
-    api_key = ApiKey(
-        key_hash=hash_key(secret), user_id=owner.id, role=role, all_customers=all_customers, disabled=False,
-        created_timestamp=now, expires_timestamp=now + expires_in * 1000 if expires_in is not None else None,
-    )
-    session.add(api_key)
-    session.flush()
-    for short_name in grant_customers:
-        session.add(ApiKeyCustomer(api_key_id=api_key.id, customer_id=ensure_customer(session, short_name).id))
-    session.flush()
-    return secret

@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from app.config import Settings
 from app.models import now_ms
-from app.sweep_runs import all_runs, periodic_intervals
-from app.vitals import Vitals, read_vitals
+from app.operations.sweep_runs import all_runs, periodic_intervals
+from app.operations.vitals import Vitals, read_vitals
 
 # A periodic task not run for this many of its intervals is overdue.
 OVERDUE_INTERVALS = 3

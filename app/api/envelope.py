@@ -9,7 +9,7 @@ import sqlalchemy.exc as sa_exc
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
-from app.field_errors import flatten
+from app.errors.fields import flatten
 from app.models import now_ms
 
 log = logging.getLogger(__name__)

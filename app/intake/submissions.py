@@ -27,16 +27,16 @@ import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from marshmallow import fields
 
-from app import metrics
-from app.access import Actor, Scope
-from app.accounts import ensure_customer
+from app.operations import metrics
+from app.accounts.access import Actor, Scope
+from app.accounts.customers import ensure_customer
 from app.config import Settings
-from app.domain_errors import ArgumentConflict, InvalidArgument, InvalidRequest
+from app.errors.domain import ArgumentConflict, InvalidArgument, InvalidRequest
 from app.jobs import service
 from app.models import Customer, Job, PendingSubmission, now_ms
 from app.models.jobs import INGESTED
 from app.policy import store as policy_store
-from app.wire import SHA256_PATTERN, SubmissionPayloadSchema, json_size, unstorable_text
+from app.intake.wire import SHA256_PATTERN, SubmissionPayloadSchema, json_size, unstorable_text
 
 log = logging.getLogger(__name__)
 

@@ -20,13 +20,14 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import metrics, submissions
+from app.operations import metrics
+from app.intake import submissions
 from app.config import Settings
-from app.db_errors import is_transient, refusal_text
-from app.field_errors import flatten
+from app.errors.database import is_transient, refusal_text
+from app.errors.fields import flatten
 from app.models import DeadSubmission, Job, now_ms
 from app.models.jobs import INGESTED
-from app.wire import unstorable_text
+from app.intake.wire import unstorable_text
 
 INVALID = "invalid"
 REFUSED = "refused"

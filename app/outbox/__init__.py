@@ -1,0 +1,1 @@
+"""The transactional outbox: Kafka messages stored with the change they announce, and parked rows."""
