@@ -17,6 +17,7 @@ from app.outbox import store as outbox_rows
 from app.operations import status as health
 from app.accounts.keys import create_key
 from app.config import ConfigError, Settings
+from app.unit_of_work import unit_of_work
 from app.extensions import db as database
 from app.factory import create_app
 from app.operations.migrate import upgrade
@@ -66,11 +67,9 @@ def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str,
                 expires_in: int | None) -> None:
     """Make an API key; it is printed alone on the last line and never shown again."""
     app = create_app(Settings.from_env())
-    with app.app_context():
-        session = database.session
+    with app.app_context(), unit_of_work(database.session) as session:
         secret = create_key(session, user=user, customer=customer, role=role, grant_customers=grant_customers,
                             all_customers=all_customers, expires_in=expires_in)
-        session.commit()
     click.echo(f"API key for {user} ({role}" + (", all customers" if all_customers else "") + "):")
     click.echo(secret)
 
@@ -131,9 +130,8 @@ def outbox_retry(row_id: int | None, every: bool) -> None:
     """Put parked messages back in line, with fresh attempts."""
     ids = _selection(row_id, every)
     app, database = _app_session()
-    with app.app_context():
-        released = outbox_rows.retry_parked(database.session, ids)
-        database.session.commit()
+    with app.app_context(), unit_of_work(database.session) as session:
+        released = outbox_rows.retry_parked(session, ids)
     if ids is not None and not released:
         raise click.ClickException(f"no parked outbox message {row_id}")
     click.echo(f"{len(released)} outbox messages back in line" + (f": {', '.join(map(str, released))}" if released else ""))

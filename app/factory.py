@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, has_app_context
 
 from app.outbox import store as outbox
 from app.api import register_api
 from app.config import Settings
-from app.dispatch import trigger_relay
-from app.extensions import SETTINGS_KEY, WORKERS_KEY, db
+from app.extensions import SETTINGS_KEY, WORKERS_KEY, current_settings, db
+from app.outbox.trigger import trigger_relay
 
 
 def create_app(settings: Settings | None = None, *, workers: bool = False) -> Flask:
@@ -19,5 +19,11 @@ def create_app(settings: Settings | None = None, *, workers: bool = False) -> Fl
     db.init_app(app)
     register_api(app)
     # A commit that wrote outbox rows schedules the relay task.
-    outbox.on_commit_trigger(trigger_relay)
+    outbox.on_commit_trigger(_trigger_relay_of_current_app)
     return app
+
+
+def _trigger_relay_of_current_app() -> None:
+    """The relay trigger on the broker of the app whose context committed (a shell without one relays by beat)."""
+    if has_app_context():
+        trigger_relay(current_settings().redis_url)

@@ -5,7 +5,7 @@ are added (0, 20, 200 of them, of every match kind; four of them fit some of B3'
 submissions, the rest name other customers, types and keys), then `app.policy.store.plan_for` decides
 the tasks of 5,000 submissions of B3's kinds, timed in-process (median of 3 passes) with the snapshot cached as in
 the steady state; SQL statements are counted (SQLAlchemy's before_cursor_execute) for one
-decision with the snapshot cached and read afresh, and for a whole `submissions.ingest` of one
+decision with the snapshot cached and read afresh, and for a whole `ingest.ingest` of one
 submission. The baseline is B3's own cost per submission (1 / sustained jobs per second).
 """
 
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy import event
 
-from app.intake import submissions
+from app.intake import ingest
 from app.config import Settings
 from app.accounts.customers import ensure_customer
 from app.policy import store
@@ -97,11 +97,11 @@ def run(settings: Settings, *, submissions_per_count: int = 5000) -> dict:
                 one["submission"]["id"] = str(uuid.uuid4())
                 # Flushed inside the count: the statements its commit sends are the ingest's too.
                 with StatementCounter(engine) as ingest_warm:
-                    submissions.ingest(session, cached, one)
+                    ingest.ingest(session, cached, one)
                     session.flush()
                 one["submission"]["id"] = str(uuid.uuid4())
                 with StatementCounter(engine) as ingest_cold:
-                    submissions.ingest(session, uncached, one)
+                    ingest.ingest(session, uncached, one)
                     session.flush()
                 results["by_rules"].append({
                     "rules": rules, "us_per_submission": round(elapsed / len(payloads) * 1e6, 1),

@@ -24,7 +24,7 @@ import sqlalchemy.orm as so
 
 from app.operations import retention
 from app.config import Settings
-from app.models import now_ms
+from app.clock import now_ms
 from bench import api_load
 from bench.processes import start_gunicorn
 from bench.stack import settings_env

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.accounts.keys import create_key
-from app.models import now_ms
+from app.clock import now_ms
 from bench import api_load, dataset, ingest, intake, machine, policy, purge, report, searches, sweep
 from bench.stack import Databases, Servers, bench_settings, start_servers
 

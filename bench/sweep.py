@@ -17,7 +17,7 @@ import sqlalchemy.orm as so
 
 from app.config import Settings
 from app.jobs import service
-from app.models import now_ms
+from app.clock import now_ms
 from bench.stats import median, summarize_runs
 
 CHOOSE = """

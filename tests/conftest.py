@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from app import clock as service_clock
 from app.factory import create_app
 from app.accounts.customers import ensure_customer
 from app.accounts.keys import create_key
@@ -29,6 +30,7 @@ from app.config import Settings
 from app.extensions import db
 from app.jobs import service
 from app.operations.migrate import upgrade
+from app.unit_of_work import unit_of_work
 from tests.support.api import Api
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, broker_idle
 from tests.support.database import RolledBack, keep_default_workers, truncate
@@ -163,10 +165,9 @@ def make_key(app):
     """make_key(role, customer="acme", ...) -> request headers carrying a new key."""
 
     def make(role: str = "SAMPLEDB-ANALYZER", customer: str = "acme", user: str | None = None, **options) -> dict:
-        with app.app_context():
-            key = create_key(db.session, user=user or f"user-{uuid.uuid4().hex[:8]}", customer=customer,
+        with app.app_context(), unit_of_work(db.session) as session:
+            key = create_key(session, user=user or f"user-{uuid.uuid4().hex[:8]}", customer=customer,
                              role=f"SAMPLEDB-{role}" if not role.startswith("SAMPLEDB-") else role, **options)
-            db.session.commit()
         return {"Argus-API-Key": key}
 
     return make
@@ -178,17 +179,22 @@ def make_job(app, settings):
 
     def make(customer: str = "acme", sha256: str = SAMPLE_SHA256, **classification) -> str:
         payload = submission_payload(customer, sha256, **classification)
-        with app.app_context():
-            session = db.session
+        with app.app_context(), unit_of_work(db.session) as session:
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
                 session, settings, submission=payload["submission"], classification=payload["classification"],
                 customer=owner,
             )
-            session.commit()
         return str(job_id)
 
     return make
+
+
+@pytest.fixture
+def clock():
+    """The service's clock, moved by the test instead of sleeping: `clock.shift(seconds)`; undone after."""
+    with service_clock.shifted():
+        yield service_clock
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from analyzer import Analyzer, Runner
-from app.intake.submissions import job_id_for
+from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.analyzers import (
     ApiServer, Recording, claims_per_task, client_env, running, sweep_execution_timeouts,

@@ -99,9 +99,9 @@ def test_duplicate_short_name_is_409(api, analyzer):
     assert api.get("/worker", headers=analyzer, query_string={"includeDeleted": "true"})["count"] == 7
 
 
-def test_update_a_worker(api, analyzer, make_key):
+def test_update_a_worker(api, analyzer, make_key, clock):
     created = api.post("/worker", 201, headers=analyzer, json=worker_body())["data"]
-    time.sleep(0.005)
+    clock.shift(1)  # the update's lastUpdatedTimestamp is later than the creation's
     other = make_key("ANALYZER", user="maintainer")
     updated = api.put("/worker/yara-scanner", headers=other, json={
         "localizedNames": {"english": "YARA"}, "localizedDescriptions": {"english": "Rules", "norwegian": "Regler"},

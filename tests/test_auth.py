@@ -94,10 +94,10 @@ def test_missing_unknown_expired_and_disabled_keys_are_401(client, make_key, sql
     assert _accepted(_status(client, method, path, body, target, {"Argus-API-Key": valid}), ok)
 
 
-def test_key_with_expires_in_stops_working_when_it_expires(api, make_key):
+def test_key_with_expires_in_stops_working_when_it_expires(api, make_key, clock):
     headers = make_key("VIEWER", expires_in=1)
     api.get("/job", headers=headers)
-    time.sleep(1.1)
+    clock.shift(1.1)
     body = api.get("/job", 401, headers=headers)
     assert "expired" in body["messages"][0]["message"]
 
@@ -225,14 +225,14 @@ def test_abort_and_update_recorded_with_the_keys_user(api, make_key, make_job):
     assert job["lastUpdatedByUser"]["customer"]["shortName"] == "analysis"
 
 
-def test_a_disabled_key_stops_working_once_the_key_cache_expires(app, client, make_key, sql, monkeypatch):
+def test_a_disabled_key_stops_working_once_the_key_cache_expires(app, client, make_key, sql, monkeypatch, clock):
     # Keys are cached per process for SAMPLEDB_API_KEY_CACHE_SECONDS; disabling one takes effect within that time.
     monkeypatch.setitem(app.config, "SAMPLEDB", dataclasses.replace(app.config["SAMPLEDB"], api_key_cache_seconds=1))
     headers = make_key("VIEWER")
     assert client.get("/sampledb/v2/job", headers=headers).status_code == 200
     sql("UPDATE api_keys SET disabled = true WHERE key_hash = :h", h=hash_key(headers["Argus-API-Key"]))
     assert client.get("/sampledb/v2/job", headers=headers).status_code == 200  # still cached
-    time.sleep(1.1)
+    clock.shift(1.1)
     response = client.get("/sampledb/v2/job", headers=headers)
     assert response.status_code == 401
     assert response.json["messages"][0]["message"] == "API key is disabled"

@@ -113,7 +113,7 @@ def test_relay_backoff_doubles_up_to_a_cap():
 def test_ingest_retries_transient_errors_with_backoff_and_never_retries_bad_payloads():
     import sqlalchemy.exc as sa_exc
 
-    from app.intake.submissions import InvalidSubmission
+    from app.intake.validation import InvalidSubmission
     from workers import tasks
 
     for task in (tasks.ingest_submission, tasks.ingest_submissions):

@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.dev.kafka import read_topic
-from app.intake.submissions import job_id_for
+from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.waiting import wait_for

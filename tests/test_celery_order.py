@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from app.dev.kafka import read_topic
-from app.intake.submissions import job_id_for
+from app.intake.ingest import job_id_for
 from app.task_names import TaskNames
 from tests.support.celery_worker import CeleryWorker, broker_idle
 from tests.support.payloads import submission_payload

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from app.intake.submissions import job_id_for
+from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.payloads import submission_payload
 from tests.test_api_analysis_workers import worker_body

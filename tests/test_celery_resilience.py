@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from app.extensions import db
 from app.dev.kafka import read_topic
-from app.models import now_ms
-from app.intake.submissions import job_id_for
+from app.clock import now_ms
+from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT
 from tests.support.payloads import submission_payload

@@ -8,8 +8,8 @@ import json
 import pytest
 
 from app.dev.kafka import read_topic
-from app.models import now_ms
-from app.intake.submissions import job_id_for
+from app.clock import now_ms
+from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.payloads import submission_payload
 from tests.support.waiting import wait_for

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 
 import pytest
 from click.testing import CliRunner
@@ -65,12 +64,12 @@ def test_keys_create_makes_customers_and_grants(run, api, make_job):
     assert api.put(f"/job/{initech}", headers=headers, json={"state": "executing"})["data"]["state"] == "executing"
 
 
-def test_keys_create_with_expiry(run, api):
+def test_keys_create_with_expiry(run, api, clock):
     result = run("keys", "create", "--user", "dave", "--customer", "acme", "--role", "SAMPLEDB-VIEWER",
                  "--expires-in", "1")
     headers = {"Argus-API-Key": last_line(result)}
     api.get("/job", headers=headers)
-    time.sleep(1.1)
+    clock.shift(1.1)
     api.get("/job", 401, headers=headers)
 
 

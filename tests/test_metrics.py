@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.dev import commands
 from app.dev.processes import free_port
 from app.factory import create_app
-from app.models import now_ms
+from app.clock import now_ms
 from celeryconfig import TaskNames
 from tests.support.api import check_envelope
 from tests.support.payloads import SAMPLE_SHA256, submission_payload

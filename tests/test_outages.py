@@ -32,7 +32,7 @@ from app.dev.postgres import start_postgres
 from app.dev.processes import Child, free_port
 from app.dev.redis import start_redis
 from app.operations.migrate import upgrade
-from app.intake.submissions import job_id_for
+from app.intake.ingest import job_id_for
 from app.task_names import TaskNames
 from tests.support.celery_worker import CeleryWorker, TaskSender
 from tests.support.payloads import submission_payload

@@ -9,9 +9,11 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from click.testing import CliRunner
 
+from app.jobs import service
 from app.operations import retention
 from app.cli import main
-from app.models import Job, OutboxMessage, now_ms
+from app.models import Job, OutboxMessage
+from app.clock import now_ms
 from tests.support.settings import make_settings
 
 pytestmark = pytest.mark.committing  # the purge runs on connections of its own, two of them at once
@@ -175,7 +177,7 @@ def test_the_purge_finds_its_rows_through_indexes(database_url):
         ("ix_outbox_sent",): sa.select(OutboxMessage.id).where(retention._expired_outbox(now_ms())).limit(3),
         # On the test's tiny tables the planner's costs of the two (state, ...) indexes tie.
         ("ix_jobs_state_end", "ix_jobs_state_start"): sa.select(Job.id).where(
-            retention._expired_jobs(now_ms())).limit(3),
+            service.ended_before(now_ms())).limit(3),
     }
     with engine.connect() as conn:
         conn.execute(sa.text("SET enable_seqscan = off"))  # the test tables are tiny: ask which index can serve

@@ -90,12 +90,12 @@ def test_active_to_every_final_state(api, analyzer, make_job, job, history, star
 
 
 @pytest.mark.parametrize("final", JOB_FINAL)
-def test_same_final_state_again_is_an_idempotent_no_op(api, analyzer, make_job, job, history, final):
+def test_same_final_state_again_is_an_idempotent_no_op(api, analyzer, make_job, job, history, final, clock):
     job_id = make_job()
     put_job(api, analyzer, job_id, "executing")
     put_job(api, analyzer, job_id, final, message="first")
     before, entries = job(job_id), history(job_id)
-    time.sleep(0.005)
+    clock.shift(1)  # a repeat that wrote anything would show a later timestamp
     again = put_job(api, analyzer, job_id, final, message="second")["data"]
     assert again == before  # unchanged: not even lastUpdatedTimestamp or the message
     assert history(job_id) == entries
@@ -188,12 +188,12 @@ def test_successful_is_accepted_as_success(api, analyzer, make_job, tasks):
 
 
 @pytest.mark.parametrize("final", TASK_FINAL_ON_UPDATE)
-def test_task_final_state_repeat_and_conflict(api, analyzer, make_job, tasks, history, final):
+def test_task_final_state_repeat_and_conflict(api, analyzer, make_job, tasks, history, final, clock):
     job_id = make_job()
     task_id = tasks(job_id)["static-analyzer"]
     first = put_task(api, analyzer, job_id, task_id, final)["data"]
     entries = history(job_id)
-    time.sleep(0.005)
+    clock.shift(1)  # a repeat that wrote anything would show a later timestamp
     assert put_task(api, analyzer, job_id, task_id, final, message="again")["data"] == first
     assert history(job_id) == entries
     for other in ["executing", *TASK_FINAL_ON_UPDATE]:
@@ -238,11 +238,11 @@ def test_any_task_update_refreshes_the_jobs_last_updated(api, analyzer, make_job
     assert refreshed["state"] == "executing" and refreshed["lastUpdatedTimestamp"] >= now_ms() - 5_000
 
 
-def test_task_list_sort_limit_offset(api, analyzer, make_job, tasks):
+def test_task_list_sort_limit_offset(api, analyzer, make_job, tasks, clock):
     job_id = make_job(platform="win", super_type="document")  # static, sandbox-windows, document
     ids = tasks(job_id)
     put_task(api, analyzer, job_id, ids["sandbox-windows"], "executing")
-    time.sleep(0.003)
+    clock.shift(1)  # the two tasks' startTimestamps differ
     put_task(api, analyzer, job_id, ids["document-analyzer"], "executing")
     body = api.get(f"/job/{job_id}/tasks", headers=analyzer)
     assert [t["worker"] for t in body["data"]] == ["document-analyzer", "sandbox-windows", "static-analyzer"]

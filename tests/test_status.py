@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from app.cli import main
-from app.models import now_ms
+from app.clock import now_ms
 from app.config import Settings
 from app.operations.sweep_runs import periodic_intervals
 from tests.support.waiting import wait_for

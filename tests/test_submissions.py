@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import dispatch
-from app.intake import submissions
+from app.intake import ingest, validation
 from app.extensions import db
 from app.models import Job, JobHistory, OutboxMessage
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
@@ -23,8 +23,8 @@ SEED_CLASSIFICATION_KEYS = {"sample", "classificationID", "createdTimestamp", "v
 
 
 def _errors(payload) -> dict:
-    with pytest.raises(submissions.InvalidSubmission) as caught:
-        submissions.validate_payload(payload)
+    with pytest.raises(validation.InvalidSubmission) as caught:
+        validation.validate_payload(payload)
     return caught.value.messages
 
 
@@ -32,7 +32,7 @@ def _errors(payload) -> dict:
 
 def test_a_seed_shaped_payload_is_kept_as_received():
     payload = submission_payload()
-    assert submissions.validate_payload(copy.deepcopy(payload)) == payload
+    assert validation.validate_payload(copy.deepcopy(payload)) == payload
 
 
 def test_optional_fields_are_filled_in():
@@ -40,7 +40,7 @@ def test_optional_fields_are_filled_in():
         "submission": {"id": str(uuid.uuid4()), "customer": "acme", "sample": {"id": SAMPLE_SHA256.upper()}},
         "classification": {"type": "PE", "superType": "executable"},
     }
-    data = submissions.validate_payload(payload)
+    data = validation.validate_payload(payload)
     assert set(data["submission"]) == SEED_SUBMISSION_KEYS
     assert set(data["classification"]) == SEED_CLASSIFICATION_KEYS
     assert data["submission"]["sample"]["id"] == SAMPLE_SHA256  # lower case
@@ -98,7 +98,7 @@ def test_fields_the_service_does_not_know_are_kept_as_received():
     payload["submission"]["sample"]["md5"] = "d41d8cd98f00b204e9800998ecf8427e"
     payload["classification"]["confidence"] = 0.93
     payload["envelopeVersion"] = 3  # beside submission and classification: no place in a job
-    data = submissions.validate_payload(copy.deepcopy(payload))
+    data = validation.validate_payload(copy.deepcopy(payload))
     del payload["envelopeVersion"]
     assert data == payload
 
@@ -123,20 +123,20 @@ def test_not_a_payload(payload):
 def test_tlp_is_case_insensitive():
     payload = submission_payload()
     payload["submission"]["tlp"] = "AMBER"
-    assert submissions.validate_payload(payload)["submission"]["tlp"] == "amber"
+    assert validation.validate_payload(payload)["submission"]["tlp"] == "amber"
 
 
 def test_metadata_may_be_64_kib():
     payload = submission_payload()
     payload["submission"]["metaData"] = {"blob": "x" * (64 * 1024 - 20)}
-    submissions.validate_payload(payload)
+    validation.validate_payload(payload)
 
 
 def test_job_id_is_derived_from_the_submission_id():
     submission_id = uuid.uuid4()
-    assert submissions.job_id_for(submission_id) == submissions.job_id_for(str(submission_id).upper())
-    assert submissions.job_id_for(submission_id) != submissions.job_id_for(uuid.uuid4())
-    assert submissions.job_id_for(submission_id).version == 5
+    assert ingest.job_id_for(submission_id) == ingest.job_id_for(str(submission_id).upper())
+    assert ingest.job_id_for(submission_id) != ingest.job_id_for(uuid.uuid4())
+    assert ingest.job_id_for(submission_id).version == 5
 
 
 # -- ingest (in process) -----------------------------------------------------------------------
@@ -146,10 +146,10 @@ def test_ingest_is_idempotent_on_the_submission_id(app, settings):
     with app.app_context():
         results = []
         for _ in range(3):
-            result = submissions.ingest(db.session, settings, copy.deepcopy(payload))
+            result = ingest.ingest(db.session, settings, copy.deepcopy(payload))
             results.append((result.job_id, result.created))
             db.session.commit()
-        job_id = submissions.job_id_for(payload["submission"]["id"])
+        job_id = ingest.job_id_for(payload["submission"]["id"])
         assert results == [(job_id, True), (job_id, False), (job_id, False)]
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 1
         creation = db.session.scalars(sa.select(OutboxMessage).where(OutboxMessage.topic == settings.job_topic)).all()
@@ -166,14 +166,14 @@ def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
     payloads.append(copy.deepcopy(payloads[0]))  # a repeat within the batch
     payloads.append({"submission": {"id": "broken"}})
     with app.app_context():
-        results = submissions.ingest_many(db.session, settings, payloads)
+        results = ingest.ingest_many(db.session, settings, payloads)
         db.session.commit()
-        again = submissions.ingest_many(db.session, settings, payloads[:5])
+        again = ingest.ingest_many(db.session, settings, payloads[:5])
         db.session.commit()
         assert sum(r.created for r in results) == 20
         assert [r.errors is not None for r in results].count(True) == 1
         assert not any(r.created for r in again)
-        assert {r.job_id for r in again} == {submissions.job_id_for(p["submission"]["id"]) for p in payloads[:5]}
+        assert {r.job_id for r in again} == {ingest.job_id_for(p["submission"]["id"]) for p in payloads[:5]}
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 20
         assert db.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)
                                  .where(OutboxMessage.topic == settings.job_topic)) == 20
@@ -183,7 +183,7 @@ def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
 def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql):
     sql("UPDATE analysis_workers SET deleted = true")
     with app.app_context():
-        job_id = submissions.ingest(db.session, settings, submission_payload()).job_id
+        job_id = ingest.ingest(db.session, settings, submission_payload()).job_id
         db.session.commit()
         assert [t.worker for t in db.session.get(Job, job_id).tasks] == [settings.fallback_worker]
 
@@ -211,7 +211,7 @@ def test_upload_fills_the_submission_and_answers_the_job_id(api, make_key, queue
     body = api.post(_path(SAMPLE_SHA256.upper()), 202, headers=headers, json=_body())
     data = body["data"]
     submission = data["submission"]
-    assert data["jobID"] == str(submissions.job_id_for(submission["id"]))
+    assert data["jobID"] == str(ingest.job_id_for(submission["id"]))
     assert submission["customer"] == "acme"
     assert submission["sample"] == {"id": SAMPLE_SHA256}
     assert submission["createdByUser"]["shortName"] == "uploader-1"
@@ -222,7 +222,7 @@ def test_upload_fills_the_submission_and_answers_the_job_id(api, make_key, queue
     assert queued[0]["submission"] == submission
     assert queued[0]["classification"]["sample"] == SAMPLE_SHA256
     assert set(queued[0]["classification"]) == SEED_CLASSIFICATION_KEYS
-    submissions.validate_payload(queued[0])  # what the task will accept
+    validation.validate_payload(queued[0])  # what the task will accept
 
 
 def test_upload_retry_with_the_same_submission_id_gets_the_same_job_id(api, make_key, queued):
@@ -232,7 +232,7 @@ def test_upload_retry_with_the_same_submission_id_gets_the_same_job_id(api, make
                                       "metaData": {"k": "v"}, "userAgent": {"name": "curl", "version": "8"}}}
     first = api.post(_path(), 202, headers=headers, json=body)["data"]
     second = api.post(_path(), 202, headers=headers, json=body)["data"]
-    assert first["jobID"] == second["jobID"] == str(submissions.job_id_for(submission_id))
+    assert first["jobID"] == second["jobID"] == str(ingest.job_id_for(submission_id))
     assert first["submission"]["id"] == submission_id
     assert first["submission"]["name"] == "a.exe" and first["submission"]["tlp"] == "green"
     assert len(queued) == 2
@@ -323,7 +323,7 @@ def test_a_submission_id_sent_for_another_customer_is_409_and_reveals_nothing(ap
 
     waiting = refused()  # while the submission waits for a worker
     with app.app_context():
-        submissions.ingest(db.session, settings, queued[0])
+        ingest.ingest(db.session, settings, queued[0])
         db.session.commit()
     made = refused()  # and once its job is made: the same answer
     assert waiting["messages"][0]["message"] == made["messages"][0]["message"]
@@ -338,12 +338,12 @@ def test_the_celery_path_refuses_a_submission_id_of_another_customer(app, settin
     payload = submission_payload(customer="acme")
     foreign = {**payload, "submission": {**payload["submission"], "customer": "globex"}}
     with app.app_context():
-        made = submissions.ingest(db.session, settings, payload)
+        made = ingest.ingest(db.session, settings, payload)
         db.session.commit()
-        with pytest.raises(submissions.SubmissionIdTaken):
-            submissions.ingest(db.session, settings, foreign)
+        with pytest.raises(ingest.SubmissionIdTaken):
+            ingest.ingest(db.session, settings, foreign)
         db.session.rollback()
-        results = submissions.ingest_many(db.session, settings, [foreign, submission_payload(customer="globex")])
+        results = ingest.ingest_many(db.session, settings, [foreign, submission_payload(customer="globex")])
         db.session.commit()
     assert made.created and results[0].id_taken and results[0].job_id is None and results[1].created
     owners = sql("SELECT j.id, c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id "
@@ -369,7 +369,7 @@ def test_the_intake_reaches_jobs_through_indexes(app, settings, api, make_key, q
         api.post(_path(), 202, headers=headers, json=body)
         api.post(_path(), 202, headers=headers, json=body)  # the retry finds it waiting
         with app.app_context():
-            submissions.ingest(db.session, settings, queued[0])
+            ingest.ingest(db.session, settings, queued[0])
             db.session.flush()
             api.post(_path(), 202, headers=headers, json=body)  # and once its job is made
             db.session.rollback()

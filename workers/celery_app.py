@@ -20,7 +20,7 @@ from app.operations import sweep_runs
 from app.config import Settings
 from app.extensions import current_settings, db
 from app.factory import create_app
-from app.models import now_ms
+from app.clock import now_ms
 from app.unit_of_work import unit_of_work
 from workers import kafka, metrics_port
 

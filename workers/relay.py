@@ -33,7 +33,8 @@ import sqlalchemy.orm as so
 
 from app.operations import metrics
 from app.config import Settings
-from app.models import OutboxMessage, now_ms
+from app.models import OutboxMessage
+from app.clock import now_ms
 from app.unit_of_work import unit_of_work
 from workers import kafka
 

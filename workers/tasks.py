@@ -2,10 +2,12 @@
 
 Every task is idempotent (acks_late re-delivers it when a worker dies): ingest through
 the job's unique submission id, the relay through row claims and the sweeps through
-SKIP LOCKED and their state conditions. A database that is away is retried with
-back-off. A submission that cannot be ingested otherwise (invalid, refused by
-PostgreSQL, or delivered too often because it keeps killing its worker process) is
-stored as a dead submission and acknowledged: never retried in a loop, never dropped.
+SKIP LOCKED and their state conditions. What a failure means is decided in one place
+(app.errors.database by SQLSTATE, `_failure_outcome` here): a database that is away,
+busy or read-only is retried with back-off; a submission that cannot be ingested
+otherwise (invalid, refused by PostgreSQL, or delivered too often because it keeps
+killing its worker process) is stored as a dead submission and acknowledged: never
+retried in a loop, never dropped. Any other error is a bug and propagates.
 """
 
 from __future__ import annotations
@@ -17,15 +19,15 @@ import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
-from app import dispatch
+from app.outbox import trigger
 from app.intake import dead_submissions
 from app.operations import retention
-from app.intake import submissions
+from app.intake import ingest, validation
 from app.operations import sweep_runs
-from app.errors.database import TRANSIENT_ERROR_CLASSES, is_transient, refusal_text
+from app.errors.database import TRANSIENT_ERROR_CLASSES, Outcome, outcome_of, refusal_text
 from app.extensions import current_settings, db
 from app.jobs import service
-from app.models import now_ms
+from app.clock import now_ms
 from app.task_names import TaskNames
 from app.unit_of_work import unit_of_work
 from workers import batching, deliveries, relay
@@ -85,13 +87,13 @@ def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
     try:
         store(as_text=False)
     except sa_exc.DBAPIError as err:
-        if is_transient(err):
+        if outcome_of(err) is not Outcome.REFUSED:
             raise
         # PostgreSQL refused the payload as JSONB in a way the check before did not foresee: keep its text.
         log.warning("storing a dead submission as JSONB failed (%s); storing its JSON text", refusal_text(err)[:200])
         store(as_text=True)
     for payload in payloads:
-        log.error("dead submission %s (%s): %s", submissions.submission_id_of(payload), reason, error[:500])
+        log.error("dead submission %s (%s): %s", validation.submission_id_of(payload), reason, error[:500])
 
 
 def _counted(task, payloads: list, work):
@@ -113,8 +115,11 @@ def _bury_redelivered(payloads: list, delivery: int) -> None:
           f"{delivery - 1} (killed, out of memory or crashed)", attempts=delivery - 1)
 
 
-def _worth_retrying(error: BaseException) -> bool:
-    return isinstance(error, SoftTimeLimitExceeded) or is_transient(error)
+def _failure_outcome(error: BaseException) -> Outcome | None:
+    """The one classification of a task's failure: RETRY (the database away, busy or read-only, or the
+    task's time limit struck: a hung database), REFUSED (PostgreSQL refused the data for good: the
+    submissions become dead), None (a bug of ours: it propagates)."""
+    return Outcome.RETRY if isinstance(error, SoftTimeLimitExceeded) else outcome_of(error)
 
 
 class _IngestInBatches(FlaskTask):
@@ -164,15 +169,20 @@ class _IngestInBatches(FlaskTask):
 
     def _after_failure(self, error: Exception, messages: list[batching.Message], payloads: list) -> list[dict]:
         """A database away or a time limit: each message again later with its own back-off, as autoretry
-        would (these deliveries are acknowledged). Anything else is stored dead: never dropped, never looped."""
-        if _worth_retrying(error):
+        would (these deliveries are acknowledged). Data PostgreSQL refused is stored dead. Any other error
+        is a bug of ours and propagates: the batch is requeued, its messages ingested alone when
+        redelivered, and a message that keeps failing is stored dead as redelivered, never as refused."""
+        outcome = _failure_outcome(error)
+        if outcome is Outcome.RETRY:
             log.warning("ingest of %d submissions failed; retrying them later", len(messages), exc_info=True)
             for message, payload in zip(messages, payloads):
                 self.apply_async(args=[payload], retries=message.retries + 1,
                                  countdown=get_exponential_backoff_interval(1, message.retries + 1, 60, True))
             return [{"retried": True}] * len(messages)
-        log.exception("ingest of %d submissions failed", len(messages))
-        _bury(payloads, dead_submissions.REFUSED, f"ingest failed: {error!r}"[:4000])
+        if outcome is None:
+            raise error
+        log.error("ingest of %d submissions refused: %s", len(messages), refusal_text(error)[:500])
+        _bury(payloads, dead_submissions.REFUSED, refusal_text(error))
         return [{"dead": 1}] * len(messages)
 
 
@@ -180,7 +190,7 @@ def _payload_of(message: batching.Message):
     return message.args[0] if len(message.args) == 1 and not message.kwargs else message.kwargs.get("payload")
 
 
-def _outcome(result: submissions.IngestResult) -> dict:
+def _outcome(result: ingest.IngestResult) -> dict:
     """One submission's outcome, as ingest_submission returns it."""
     if result.errors is not None or result.refusal is not None:
         return {"dead": 1}
@@ -200,12 +210,12 @@ def ingest_submission(self, payload) -> dict:
 def _ingest_one(payload) -> dict:
     try:
         with _transaction() as session:
-            result = submissions.ingest(session, current_settings(), payload)
-    except submissions.InvalidSubmission as err:
+            result = ingest.ingest(session, current_settings(), payload)
+    except validation.InvalidSubmission as err:
         _bury([payload], dead_submissions.INVALID, dead_submissions.invalid_error(err.messages))
         return {"dead": 1}
     except sa_exc.DBAPIError as err:
-        if is_transient(err):
+        if outcome_of(err) is not Outcome.REFUSED:
             raise
         _bury([payload], dead_submissions.REFUSED, refusal_text(err))
         return {"dead": 1}
@@ -223,21 +233,21 @@ def ingest_submissions(self, payloads) -> dict:
     return _counted(self, payloads, lambda: _tally(_ingest_batch(payloads)))
 
 
-def _ingest_batch(payloads: list) -> list[submissions.IngestResult]:
+def _ingest_batch(payloads: list) -> list[ingest.IngestResult]:
     """Ingest in one transaction; if PostgreSQL refuses something validation let through, one transaction
     per submission, so only the culprit dies, not its batch. Transient errors propagate."""
     try:
         with _transaction() as session:
-            return submissions.ingest_many(session, current_settings(), payloads)
+            return ingest.ingest_many(session, current_settings(), payloads)
     except sa_exc.DBAPIError as err:
-        if is_transient(err):
+        if outcome_of(err) is not Outcome.REFUSED:
             raise
         log.warning("bulk ingest of %d submissions refused (%s); ingesting them one by one", len(payloads),
                     refusal_text(err)[:200])
         return [result for payload in payloads for result in _ingest_alone(payload)]
 
 
-def _tally(results: list[submissions.IngestResult]) -> dict:
+def _tally(results: list[ingest.IngestResult]) -> dict:
     """Store the submissions that cannot be made into jobs as dead; count what was made, found and died."""
     dead = [result for result in results if result.errors is not None or result.refusal is not None]
     for result in dead:
@@ -260,9 +270,9 @@ def ingest_pending() -> dict:
     outcome: dict[str, int] = {}
     while True:
         with _transaction() as session:
-            payloads = submissions.pending_payloads(session, received_before=received_before,
+            payloads = ingest.pending_payloads(session, received_before=received_before,
                                                     limit=settings.sweep_batch_size)
-            taken, results = len(payloads), submissions.ingest_many(session, settings, payloads)
+            taken, results = len(payloads), ingest.ingest_many(session, settings, payloads)
         for key, value in _tally(results).items():
             outcome[key] = outcome.get(key, 0) + value
         if taken < settings.sweep_batch_size:
@@ -273,14 +283,14 @@ def ingest_pending() -> dict:
     return outcome
 
 
-def _ingest_alone(payload) -> list[submissions.IngestResult]:
+def _ingest_alone(payload) -> list[ingest.IngestResult]:
     try:
         with _transaction() as session:
-            return submissions.ingest_many(session, current_settings(), [payload])
+            return ingest.ingest_many(session, current_settings(), [payload])
     except sa_exc.DBAPIError as err:
-        if is_transient(err):
+        if outcome_of(err) is not Outcome.REFUSED:
             raise
-        return [submissions.IngestResult(submission_id=submissions.submission_id_of(payload), refusal=refusal_text(err),
+        return [ingest.IngestResult(submission_id=validation.submission_id_of(payload), refusal=refusal_text(err),
                                          payload=payload)]
 
 
@@ -291,7 +301,7 @@ def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
     settings = current_settings()
     outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
-                                 on_first_lock=lambda: dispatch.relay_started(settings.redis_url))
+                                 on_first_lock=lambda: trigger.relay_started(settings.redis_url))
     if outcome.busy and triggered:
         # Another relay is mid-batch; it may finish before reading the rows that triggered us.
         try:
@@ -300,11 +310,11 @@ def relay_outbox(self, triggered: bool = False) -> dict:
             log.warning("relay lock busy for a minute; beat's safety net takes over")
     try:
         if outcome.more:
-            dispatch.send_relay(settings.redis_url)
+            trigger.send_relay(settings.redis_url)
         elif outcome.failed:
             due_in = relay.next_attempt_in_ms(db.session)
             if due_in is not None:
-                dispatch.schedule_relay_retry(settings.redis_url, countdown=max(0.1, due_in / 1000))
+                trigger.schedule_relay_retry(settings.redis_url, countdown=max(0.1, due_in / 1000))
     except Exception:  # the rows wait in the outbox; beat's safety net relays them
         log.warning("could not schedule the next relay", exc_info=True)
     if outcome.sent or outcome.failed:

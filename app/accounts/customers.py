@@ -23,3 +23,21 @@ def ensure_user(session: so.Session, short_name: str, customer: Customer, name: 
         session.add(user)
         session.flush()
     return user
+
+
+class CustomerCache:
+    """Customers by shortName, looked up once per transaction."""
+
+    def __init__(self, session: so.Session):
+        self.session = session
+        self._customers: dict[str, Customer] = {}
+
+    def __getitem__(self, short_name: str) -> Customer:
+        return self._customers[short_name]
+
+    def load(self, short_names: set[str]) -> None:
+        """Look up many customers in one SELECT; the new ones are created in shortName order."""
+        found = self.session.scalars(sa.select(Customer).where(Customer.short_name.in_(short_names - set(self._customers))))
+        self._customers.update((c.short_name, c) for c in found)
+        for short_name in sorted(short_names - set(self._customers)):
+            self._customers[short_name] = ensure_customer(self.session, short_name)

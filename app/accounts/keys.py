@@ -12,7 +12,8 @@ import secrets
 import sqlalchemy.orm as so
 
 from app.accounts.customers import ensure_customer, ensure_user
-from app.models import ApiKey, ApiKeyCustomer, now_ms
+from app.models import ApiKey, ApiKeyCustomer
+from app.clock import now_ms
 
 ROLES = ("SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER")
 VIEWER, UPLOADER, USER, ANALYZER = ROLES

@@ -14,7 +14,7 @@ from app.api.base import BASE_PATH, api
 from app.api.schemas import envelope_schema
 from app.errors.domain import ArgumentConflict, Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
 from app.api.envelope import (
-    ARGUMENT_ERROR, DATABASE_UNAVAILABLE, ApiError, handle_api_error, handle_database_unavailable,
+    ARGUMENT_ERROR, DATABASE_ERRORS, ApiError, handle_api_error, handle_database_error,
     handle_http_exception, handle_unexpected,
 )
 
@@ -123,6 +123,6 @@ def register_api(app: Flask) -> None:
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(ApiError, handle_api_error)
     app.register_error_handler(DomainError, lambda error: handle_api_error(as_api_error(error)))
-    for unavailable in DATABASE_UNAVAILABLE:
-        app.register_error_handler(unavailable, handle_database_unavailable)
+    for database_error in DATABASE_ERRORS:
+        app.register_error_handler(database_error, handle_database_error)
     app.register_error_handler(Exception, handle_unexpected)

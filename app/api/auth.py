@@ -8,17 +8,18 @@ from __future__ import annotations
 import copy
 import functools
 import hmac
-import time
 from dataclasses import dataclass
 
 import sqlalchemy as sa
 from flask import g, request
 
+from app import clock
 from app.api.envelope import ApiError
 from app.extensions import current_settings, db
 from app.accounts.access import Actor, Scope
 from app.accounts.keys import ROLES, hash_key
-from app.models import ApiKey, now_ms
+from app.models import ApiKey
+from app.clock import now_ms
 
 API_KEY_HEADER = "Argus-API-Key"
 
@@ -63,7 +64,7 @@ def authenticate() -> Principal:
         raise ApiError.action(401, f"Missing {API_KEY_HEADER} header")
     digest = hash_key(key)
     ttl = current_settings().api_key_cache_seconds
-    now = time.monotonic()
+    now = clock.monotonic()
     cached = _principals.get(digest)
     if cached is not None and now - cached[0] < ttl:
         principal = cached[1]

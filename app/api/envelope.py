@@ -9,8 +9,9 @@ import sqlalchemy.exc as sa_exc
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+from app.errors.database import Outcome, outcome_of, refusal_text
 from app.errors.fields import flatten
-from app.models import now_ms
+from app.clock import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +112,29 @@ def handle_api_error(error: ApiError) -> Response:
 
 # Seconds a client should wait before retrying a request the database could not serve.
 RETRY_AFTER_SECONDS = 5
-# The database is unreachable, dropped the connection, cancelled a statement at its statement or
-# lock timeout, or the pool had no connection to give: a moment later the same request can succeed.
-DATABASE_UNAVAILABLE = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError)
+# Every error the database layer raises (the pool's TimeoutError is not a DBAPIError).
+DATABASE_ERRORS = (sa_exc.DBAPIError, sa_exc.TimeoutError)
 
 
-def handle_database_unavailable(error: Exception) -> Response:
-    """503 with Retry-After: the database could not serve the request now (never a 500)."""
+def handle_database_error(error: Exception) -> Response:
+    """The one mapping of database errors to answers (app.errors.database decides by SQLSTATE):
+    503 with Retry-After when the same request can succeed later (the database is unreachable,
+    read-only after a failover, dropped the connection, cancelled a statement at its timeout, or
+    the pool had no connection to give); 412 when PostgreSQL refused a value of the request for
+    good (retrying cannot help); anything else is ours, a 500."""
+    outcome = outcome_of(error)
     cause = getattr(error, "orig", None) or error
     first_line = next(iter(str(cause).strip().splitlines()), "")
-    log.warning("database unavailable: %s: %s", type(cause).__name__, first_line)
-    return error_response(503, [message("ACTION_ERROR", "The database is unavailable or too slow right now; "
-                                                         "retry later")],
-                          [("Retry-After", str(RETRY_AFTER_SECONDS))])
+    if outcome is Outcome.RETRY:
+        log.warning("database unavailable: %s: %s", type(cause).__name__, first_line)
+        return error_response(503, [message("ACTION_ERROR", "The database is unavailable or too slow right now; "
+                                                             "retry later")],
+                              [("Retry-After", str(RETRY_AFTER_SECONDS))])
+    if outcome is Outcome.REFUSED:
+        log.warning("database refused a request's value: %s", refusal_text(error)[:500])
+        return error_response(ARGUMENT_ERROR, [message("ACTION_ERROR", "The request holds a value the database "
+                                                                       f"cannot store: {first_line[:200]}")])
+    return handle_unexpected(error)
 
 
 def handle_unexpected(error: Exception) -> Response:

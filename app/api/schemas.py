@@ -8,9 +8,9 @@ import marshmallow as ma
 from marshmallow import fields, validate
 
 from app.jobs.search import MAX_RESULTS, SORT_FIELDS, TIME_FIELDS, Criteria
-from app.jobs.states import JOB_STATES, TASK_STATE_ALIASES, TASK_STATES, TASK_UPDATE_STATES
+from app.jobs.states import JOB_ACTIVE, JOB_STATES, TASK_STATE_ALIASES, TASK_STATES, TASK_UPDATE_STATES
 from app.jobs.timeexpr import TimeExpressionError, parse_time
-from app.models import now_ms
+from app.clock import now_ms
 from app.intake.wire import NAME_MAX, ApiSchema
 
 MESSAGE_MAX = 4096
@@ -82,7 +82,7 @@ class SearchCriteriaSchema(ApiSchema):
     offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf(SORT_CHOICES)), load_default=lambda: ["enqueuedTimestamp"])
     state = _list_of(fields.String(validate=validate.OneOf(JOB_STATES)),
-                     load_default=lambda: ["enqueued", "executing"],
+                     load_default=lambda: [str(state) for state in JOB_ACTIVE],
                      metadata={"description": "Default: the active states; an explicit empty list means every state"})
     sample_sha256 = _list_of(fields.String(validate=SHA256))
     customer = _list_of(CustomerRef(), metadata={"description": "Customer ids or shortNames"})

@@ -1,19 +1,12 @@
-"""/sample/{sha256}: submission intake over REST, and reanalysis.
-
-A submission is committed in PostgreSQL (pending_submissions) before the 202; a worker then
-makes the job, from the task sent right after the commit or, if that task is lost with Redis,
-from beat's safety net `sampledb.ingest_pending`."""
+"""/sample/{sha256}: submission intake over REST (its sequence is app.intake.upload.submit), and reanalysis."""
 
 from __future__ import annotations
-
-import logging
 
 import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from app import dispatch
-from app.intake import submissions
+from app.intake import upload
 from app.api.base import BASE_PATH, Blueprint
 from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
 from app.api.auth import current_principal, requires
@@ -26,8 +19,6 @@ from app.unit_of_work import unit_of_work
 from app.intake.wire import (
     CUSTOMER_NAME_MAX, SHA256_PATTERN, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
 )
-
-log = logging.getLogger(__name__)
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
 
@@ -80,19 +71,11 @@ class SampleSubmission(MethodView):
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample: stored before the 202; the job appears once a worker has made it"""
         principal = current_principal()
-        with unit_of_work(db.session) as session:
-            payload = submissions.prepare_upload(session, sha256=sha256, body=body, user=principal.user,
-                                                 scope=principal.scope)
-            if submissions.recently_seen(session, current_settings(), payload):
-                return envelope({"sampleSha256": payload["submission"]["sample"]["id"]}, RECENTLY_SEEN)
-            submissions.accept_upload(session, payload)
-        try:
-            dispatch.send_ingest(current_settings().redis_url, payload)
-        except dispatch.BrokerUnavailable:
-            # Committed already: beat's safety net (sampledb.ingest_pending) makes the job once Redis is back.
-            log.warning("submission %s stored; its ingest task waits for the broker", payload["submission"]["id"])
-        submission = payload["submission"]
-        return envelope({"submission": submission, "jobID": str(submissions.job_id_for(submission["id"]))}, 202)
+        outcome = upload.submit(db.session, current_settings(), sha256=sha256, body=body, user=principal.user,
+                                scope=principal.scope)
+        if isinstance(outcome, upload.RecentlySeen):
+            return envelope({"sampleSha256": outcome.sha256}, RECENTLY_SEEN)
+        return envelope({"submission": outcome.submission, "jobID": str(outcome.job_id)}, 202)
 
 
 @blp.route("/<sha256>/reanalyse")

@@ -21,13 +21,15 @@ import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.operations import metrics
-from app.intake import submissions
+from app.intake import ingest, validation
 from app.config import Settings
-from app.errors.database import is_transient, refusal_text
+from app.errors.database import Outcome, outcome_of, refusal_text
 from app.errors.fields import flatten
-from app.models import DeadSubmission, Job, now_ms
+from app.models import DeadSubmission, Job
+from app.clock import now_ms
 from app.models.jobs import INGESTED
 from app.intake.wire import unstorable_text
+from app.unit_of_work import unit_of_work
 
 INVALID = "invalid"
 REFUSED = "refused"
@@ -85,37 +87,39 @@ class RetryResult:
 
 
 def retry(session: so.Session, settings: Settings, dead: DeadSubmission) -> RetryResult:
-    """Ingest a dead submission again, in a transaction of its own (committed here).
+    """Ingest a dead submission again, in a unit of work of its own (committed here).
 
-    A transient database error is raised (nothing changed); any other failure counts
-    another attempt on the dead row and is returned.
+    A database error that is not a refusal of the data (transient, or a bug) is raised with nothing
+    changed; an invalid payload or a refusal counts another attempt on the dead row and is returned.
     """
     payload = payload_of(dead)
-    if dead.submission_id is not None:
-        # Its submission was made into a job meanwhile (the sender sent it again, corrected): nothing to do.
-        made = session.scalar(sa.select(Job.id).where(Job.submission_id == dead.submission_id, sa.text(INGESTED)))
-        if made is not None:
-            session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))
-            session.commit()
-            return RetryResult(dead.id, job_id=made)
     try:
-        # A duplicate (the duplicate window drops it) is settled too: the customer's recent job stands for it.
-        result = submissions.ingest(session, settings, payload)
-        session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))
-        session.commit()
+        with unit_of_work(session):
+            if dead.submission_id is not None:
+                # Made into a job meanwhile (the sender sent it again, corrected): nothing to do.
+                made = session.scalar(sa.select(Job.id).where(Job.submission_id == dead.submission_id,
+                                                              sa.text(INGESTED)))
+                if made is not None:
+                    _forget(session, dead)
+                    return RetryResult(dead.id, job_id=made)
+            # A duplicate (the duplicate window drops it) is settled too: the customer's recent job stands for it.
+            result = ingest.ingest(session, settings, payload)
+            _forget(session, dead)
         return RetryResult(dead.id, job_id=result.job_id, duplicate=result.duplicate)
-    except submissions.InvalidSubmission as err:
-        session.rollback()
+    except validation.InvalidSubmission as err:
         reason, error = INVALID, invalid_error(err.messages)
     except sa.exc.DBAPIError as err:
-        session.rollback()
-        if is_transient(err):
+        if outcome_of(err) is not Outcome.REFUSED:
             raise
         reason, error = REFUSED, refusal_text(err)
-    session.execute(sa.update(DeadSubmission).where(DeadSubmission.id == dead.id).values(
-        reason=reason, error=_storable(error), attempts=DeadSubmission.attempts + 1, last_seen=now_ms()))
-    session.commit()
+    with unit_of_work(session):
+        session.execute(sa.update(DeadSubmission).where(DeadSubmission.id == dead.id).values(
+            reason=reason, error=_storable(error), attempts=DeadSubmission.attempts + 1, last_seen=now_ms()))
     return RetryResult(dead.id, error=error)
+
+
+def _forget(session: so.Session, dead: DeadSubmission) -> None:
+    session.execute(sa.delete(DeadSubmission).where(DeadSubmission.id == dead.id))
 
 
 def _storable(text: str) -> str:

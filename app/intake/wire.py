@@ -14,7 +14,7 @@ from collections.abc import Mapping
 import marshmallow as ma
 from marshmallow import fields, validate
 
-from app.models import now_ms
+from app.clock import now_ms
 
 NAME_MAX = 1024
 TLP_LEVELS = ("white", "green", "amber", "red")

@@ -22,9 +22,10 @@ years 1..9999, the range :class:`datetime.datetime` can represent.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+
+from app import clock
 
 from dateutil.relativedelta import relativedelta
 
@@ -104,8 +105,7 @@ def parse_time(expr: int | str, now_ms: int | None = None) -> int:
     if _ISO_START.match(text):
         return _parse_iso(text)
     if now_ms is None:
-        # time_ns avoids the float rounding of time.time() * 1000.
-        now_ms = time.time_ns() // 1_000_000
+        now_ms = clock.now_ms()
     elif isinstance(now_ms, bool) or not isinstance(now_ms, int):
         raise TypeError(f"now_ms must be an int, not {type(now_ms).__name__}")
     elif not _MIN_MS <= now_ms <= _MAX_MS:

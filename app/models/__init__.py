@@ -1,6 +1,6 @@
 """SQLAlchemy models. Timestamps are integer milliseconds since the epoch (UTC), as in the API."""
 
-from app.models.base import Base, now_ms
+from app.models.base import Base
 from app.models.accounts import ApiKey, ApiKeyCustomer, Customer, User
 from app.models.analysis_workers import AnalysisWorker
 from app.models.jobs import Job, JobHistory, JobTask
@@ -13,5 +13,5 @@ from app.models.sweeps import SweepRun
 __all__ = [
     "AnalysisPolicy", "AnalysisRule", "AnalysisWorker", "DEFAULT_POLICY_ID", "ApiKey", "ApiKeyCustomer", "Base",
     "Customer", "DeadSubmission", "Job", "JobHistory", "JobTask", "OutboxMessage", "PendingSubmission", "SweepRun",
-    "User", "now_ms",
+    "User"
 ]

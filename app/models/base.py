@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import time
-
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
@@ -17,10 +15,6 @@ NAMING_CONVENTION = {
 
 class Base(so.DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Audited:

@@ -23,30 +23,20 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import sqlalchemy.orm as so
-from sqlalchemy import event
+from app.jobs.states import JOB_TRANSITIONS
+from app.unit_of_work import after_commit
 
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUBMISSION_OUTCOMES = ("created", "existing", "duplicate", "invalid", "dead")
-TRANSITION_CAUSES = ("api", "task", "sweep", "abort")
 PURGED_TABLES = ("outbox", "jobs", "job_tasks", "job_history")
-# The transitions each cause can make, shown from zero: an analyzer may set any state, tasks roll up,
-# the sweeps time out or abort, an abort request ends an enqueued job at once.
-KNOWN_TRANSITIONS = (
-    [(f, t, "api") for f in ("enqueued", "executing") for t in ("executing", "done", "failed", "timeout", "aborted")
-     if f != t]
-    + [("enqueued", "executing", "task")] + [("executing", t, "task") for t in ("done", "failed", "aborted")]
-    + [("enqueued", "timeout", "sweep"), ("executing", "timeout", "sweep"), ("executing", "aborted", "sweep"),
-       ("enqueued", "aborted", "abort")]
-)
 # A request that matched no URL rule (404, 405) is counted under this route, never under its raw path.
 UNMATCHED_ROUTE = "unmatched"
 _CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
-_PENDING = "sampledb_metrics_pending"
 
 
 @dataclass(frozen=True)
@@ -87,7 +77,7 @@ def series() -> _Series:
             # Every outcome, transition and table from zero, so a rate() sees the first event.
             for outcome in SUBMISSION_OUTCOMES:
                 _series.submissions.labels(outcome)
-            for transition in KNOWN_TRANSITIONS:
+            for transition in JOB_TRANSITIONS:
                 _series.job_transitions.labels(*transition)
             for table in PURGED_TABLES:
                 _series.purged_rows.labels(table)
@@ -130,22 +120,6 @@ def process_registry():
 
 # -- counting ----------------------------------------------------------------------------------
 
-def count_on_commit(session: so.Session, count: Callable[[], None]) -> None:
-    """Count once the session's transaction commits; a rollback forgets it."""
-    session.info.setdefault(_PENDING, []).append(count)
-
-
-@event.listens_for(so.Session, "after_commit")
-def _after_commit(session: so.Session) -> None:
-    for count in session.info.pop(_PENDING, ()):
-        count()
-
-
-@event.listens_for(so.Session, "after_rollback")
-def _after_rollback(session: so.Session) -> None:
-    session.info.pop(_PENDING, None)
-
-
 def count_submissions(session: so.Session | None, outcome: str, amount: int = 1) -> None:
     """`amount` submissions with this outcome; counted at commit when a session is given."""
     if amount <= 0:
@@ -154,12 +128,12 @@ def count_submissions(session: so.Session | None, outcome: str, amount: int = 1)
     if session is None:
         counter.inc(amount)
     else:
-        count_on_commit(session, lambda: counter.inc(amount))
+        after_commit(session, lambda: counter.inc(amount))
 
 
 def count_transition(session: so.Session, from_state: str, to_state: str, cause: str) -> None:
     counter = series().job_transitions.labels(from_state, to_state, cause)
-    count_on_commit(session, counter.inc)
+    after_commit(session, counter.inc)
 
 
 def count_relayed(sent: int, failed: int) -> None:

@@ -4,7 +4,7 @@ Each batch is one transaction that picks at most `batch_size` rows through an in
 (`ix_outbox_sent` for sent rows by sent time, `ix_jobs_state_end` for final jobs by end
 time), so the cost follows the rows deleted, not the table. Rows are claimed with
 FOR UPDATE SKIP LOCKED: two purges at once split the rows between them, and a job being
-changed right now is left for the next run. Unsent (or parked) outbox rows have no sent
+changed right now is left for the next run. Jobs are deleted by the job service (`purge_jobs`). Unsent (or parked) outbox rows have no sent
 time and active jobs no final state, so neither is ever selected, however old.
 A purged job's tasks and history are deleted with it, in the same transaction.
 """
@@ -19,13 +19,13 @@ import sqlalchemy.orm as so
 
 from app.operations import metrics
 from app.config import Settings
-from app.jobs.states import JOB_FINAL
-from app.models import Job, JobHistory, JobTask, OutboxMessage, now_ms
+from app.jobs import service
+from app.models import Job, JobHistory, JobTask, OutboxMessage
+from app.clock import now_ms
 from app.unit_of_work import unit_of_work
 
 HOUR_MS = 3600 * 1000
 DAY_MS = 24 * HOUR_MS
-FINAL_STATES = sorted(JOB_FINAL)
 
 
 @dataclass
@@ -67,10 +67,6 @@ def _expired_outbox(horizon: int) -> sa.ColumnElement[bool]:
     return sa.and_(OutboxMessage.sent_timestamp.is_not(None), OutboxMessage.sent_timestamp < horizon)
 
 
-def _expired_jobs(horizon: int) -> sa.ColumnElement[bool]:
-    return sa.and_(Job.state.in_(FINAL_STATES), Job.end_timestamp < horizon)
-
-
 def purge_outbox_batch(session: so.Session, horizon: int, limit: int) -> Purged:
     """Delete up to `limit` sent outbox rows older than `horizon`, oldest first. The caller commits."""
     claimed = (sa.select(OutboxMessage.id).where(_expired_outbox(horizon)).order_by(OutboxMessage.sent_timestamp)
@@ -81,19 +77,9 @@ def purge_outbox_batch(session: so.Session, horizon: int, limit: int) -> Purged:
 
 
 def purge_jobs_batch(session: so.Session, horizon: int, limit: int) -> Purged:
-    """Delete up to `limit` final jobs that ended before `horizon`, with their tasks and history. The caller commits."""
-    job_ids = session.scalars(sa.select(Job.id).where(_expired_jobs(horizon)).limit(limit)
-                              .with_for_update(skip_locked=True)).all()
-    if not job_ids:
-        return Purged()
-    # Children first, explicitly: the counts are exact (the foreign keys would cascade silently).
-    tasks = session.execute(sa.delete(JobTask).where(JobTask.job_id.in_(job_ids))
-                            .execution_options(synchronize_session=False)).rowcount
-    history = session.execute(sa.delete(JobHistory).where(JobHistory.job_id.in_(job_ids))
-                              .execution_options(synchronize_session=False)).rowcount
-    jobs = session.execute(sa.delete(Job).where(Job.id.in_(job_ids))
-                           .execution_options(synchronize_session=False)).rowcount
-    return Purged(jobs=jobs, job_tasks=tasks, job_history=history)
+    """Delete up to `limit` final jobs that ended before `horizon`, with their tasks and history (through the
+    job service, the one code that changes jobs). The caller commits."""
+    return Purged(**service.purge_jobs(session, horizon, limit))
 
 
 def purge(session: so.Session, settings: Settings, *, budget_seconds: float | None = None) -> Purged:
@@ -125,7 +111,7 @@ def would_purge(session: so.Session, settings: Settings) -> Purged:
     horizons = Horizons.at(settings, now_ms())
     counts = Purged(outbox=session.scalar(sa.select(sa.func.count()).where(_expired_outbox(horizons.outbox))))
     if horizons.jobs is not None:
-        expired = sa.select(Job.id).where(_expired_jobs(horizons.jobs))
+        expired = sa.select(Job.id).where(service.ended_before(horizons.jobs))
         counts.jobs = session.scalar(sa.select(sa.func.count()).select_from(expired.subquery()))
         counts.job_tasks = session.scalar(sa.select(sa.func.count()).where(JobTask.job_id.in_(expired)))
         counts.job_history = session.scalar(sa.select(sa.func.count()).where(JobHistory.job_id.in_(expired)))

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import sqlalchemy as sa
 
 from app.config import Settings
-from app.models import now_ms
+from app.clock import now_ms
 from app.operations.sweep_runs import all_runs, periodic_intervals
 from app.operations.vitals import Vitals, read_vitals
 

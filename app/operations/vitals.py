@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import redis
 import sqlalchemy as sa
 
-from app.models import now_ms
+from app.clock import now_ms
 from app.task_names import QueueNames
 
 # kombu's Redis transport keeps messages of priority 3, 6 and 9 in lists of their own.

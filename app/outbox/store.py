@@ -1,8 +1,9 @@
 """The transactional outbox: Kafka messages written in the same transaction as the change they announce.
 
 `add_message` stages a row in the caller's session; nothing reaches Kafka unless that
-transaction commits. After a commit that wrote outbox rows, the registered relay
-trigger runs (the workers register one that schedules `sampledb.relay_outbox`).
+transaction commits. After a unit of work that wrote outbox rows commits, the registered
+relay trigger runs (the app factory registers app.outbox.trigger's, which schedules
+`sampledb.relay_outbox`).
 
 Parked rows (SPEC 10.1: the broker will never take them as they are, or they failed too
 often) are listed and put back in line here, for `sampledb-jobs outbox parked|retry`.
@@ -15,13 +16,13 @@ from typing import Callable, Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from sqlalchemy import event
 
-from app.models import OutboxMessage, now_ms
+from app.clock import now_ms
+from app.models import OutboxMessage
+from app.unit_of_work import after_commit
 
 log = logging.getLogger(__name__)
 
-_PENDING_FLAG = "sampledb_outbox_written"
 _relay_triggers: list[Callable[[], None]] = []
 
 
@@ -29,7 +30,7 @@ def add_message(session: so.Session, topic: str, key: str, value: dict) -> Outbo
     message = OutboxMessage(topic=topic, key=key, value=value, created_timestamp=now_ms(), attempts=0,
                             next_attempt_timestamp=0)
     session.add(message)
-    session.info[_PENDING_FLAG] = True
+    after_commit(session, _trigger_relay, once=_trigger_relay)
     return message
 
 
@@ -51,27 +52,19 @@ def retry_parked(session: so.Session, ids: Sequence[int] | None = None) -> list[
         .returning(OutboxMessage.id).execution_options(synchronize_session=False)
     ).all()
     if released:
-        session.info[_PENDING_FLAG] = True
+        after_commit(session, _trigger_relay, once=_trigger_relay)
     return sorted(released)
 
 
 def on_commit_trigger(trigger: Callable[[], None]) -> None:
-    """Run `trigger` after every commit that wrote outbox rows (registered once per process)."""
+    """Run `trigger` after every unit of work that wrote outbox rows (registered once per process)."""
     if trigger not in _relay_triggers:
         _relay_triggers.append(trigger)
 
 
-@event.listens_for(so.Session, "after_commit")
-def _after_commit(session: so.Session) -> None:
-    if not session.info.pop(_PENDING_FLAG, False):
-        return
+def _trigger_relay() -> None:
     for trigger in _relay_triggers:
         try:
             trigger()
         except Exception:  # the beat safety net relays the rows later; the commit itself stands
             log.warning("could not trigger the outbox relay; beat will relay later", exc_info=True)
-
-
-@event.listens_for(so.Session, "after_rollback")
-def _after_rollback(session: so.Session) -> None:
-    session.info.pop(_PENDING_FLAG, None)

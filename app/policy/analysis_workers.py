@@ -12,7 +12,8 @@ from app.accounts.access import Actor
 from app.config import WORKER_SHORT_NAME_PATTERN
 from app.errors.domain import NotFound, WorkerExists
 from app.jobs.serialize import user_info
-from app.models import AnalysisWorker, now_ms
+from app.models import AnalysisWorker
+from app.clock import now_ms
 from app.policy import store as policy_store
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}

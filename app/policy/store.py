@@ -10,22 +10,22 @@ processes see it within the cache lifetime.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
-from sqlalchemy import event
 
+from app import clock
 from app.accounts.access import Actor
 from app.config import Settings
 from app.errors.domain import Conflict, InvalidArgument, NotFound
 from app.jobs.serialize import user_info
-from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer, now_ms
+from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer
+from app.clock import now_ms
+from app.unit_of_work import after_commit
 from app.policy.evaluate import JobPlan, PolicySnapshot, Rule, plan_job
 
 
-_CHANGED_FLAG = "sampledb_policy_changed"
 
 
 class RuleNotFound(NotFound):
@@ -63,7 +63,7 @@ def load_snapshot(session: so.Session) -> PolicySnapshot:
 def snapshot(session: so.Session, settings: Settings) -> PolicySnapshot:
     """The policy snapshot, from this process's cache while it is younger than the cache lifetime."""
     key = settings.database_url
-    now = time.monotonic()
+    now = clock.monotonic()
     with _snapshots_lock:
         cached = _snapshots.get(key)
     if cached is not None and now - cached[0] < settings.policy_cache_seconds:
@@ -83,23 +83,12 @@ def plan_for(session: so.Session, settings: Settings, customer_id: int, submissi
 
 def changed(session: so.Session) -> None:
     """Policy, rules or the worker registry changed in this transaction: drop the snapshot once it commits."""
-    session.info[_CHANGED_FLAG] = True
+    after_commit(session, forget_snapshots, once=forget_snapshots)
 
 
 def forget_snapshots() -> None:
     with _snapshots_lock:
         _snapshots.clear()
-
-
-@event.listens_for(so.Session, "after_commit")
-def _forget_snapshot(session: so.Session) -> None:
-    if session.info.pop(_CHANGED_FLAG, False):
-        forget_snapshots()
-
-
-@event.listens_for(so.Session, "after_rollback")
-def _keep_snapshot(session: so.Session) -> None:
-    session.info.pop(_CHANGED_FLAG, None)
 
 
 # -- references: workers by id or shortName, customers by id or shortName --------------------------

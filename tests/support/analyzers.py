@@ -16,7 +16,7 @@ from app.dev import commands
 from app.dev.processes import Child, free_port
 from app.extensions import db
 from app.jobs import service
-from app.models import now_ms
+from app.clock import now_ms
 from app.unit_of_work import unit_of_work
 
 ROOT = Path(__file__).resolve().parents[2]

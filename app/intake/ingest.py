@@ -1,0 +1,173 @@
+"""Ingest: valid submissions become analysis jobs, one by one or many in one transaction.
+
+A payload `{"submission": {...}, "classification": {...}}` (SPEC §6.1, shaped as the
+seed's creation message) arrives through the Celery task `sampledb.ingest_submission`
+or through `POST /sample/{sha256}/submission`. It is validated here, the optional
+fields are filled in, and `ingest` makes the job through the job service.
+
+Ingest is idempotent on the submission id without any check-then-insert: the job's
+unique submission id decides (INSERT ... ON CONFLICT DO NOTHING in create_job), so a
+redelivered or repeated submission returns the job the first one made. The job id
+is derived from the submission id (uuid5), so the REST intake can answer with the
+job's id before a worker has made the job, and a client's retry gets the same id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+import sqlalchemy.orm as so
+
+from app.accounts.customers import CustomerCache
+from app.config import Settings
+from app.errors.domain import ArgumentConflict
+from app.intake import duplicates
+from app.intake.validation import InvalidSubmission, submission_id_of, validate_payload
+from app.jobs import service
+from app.models import Job, PendingSubmission
+from app.operations import metrics
+from app.policy import store as policy_store
+
+log = logging.getLogger(__name__)
+
+# Job ids are uuid5(JOB_ID_NAMESPACE, str(submission id)); never change it.
+JOB_ID_NAMESPACE = uuid.UUID("6f1d7f3e-5b0c-5b8e-9a57-2f5e0c1c9d41")
+
+
+class SubmissionIdTaken(InvalidSubmission, ArgumentConflict):
+    """The submission id belongs to a submission of another customer (ids are idempotency keys of one customer).
+
+    The message says nothing of the other submission: not its job, not its customer."""
+
+    def __init__(self):
+        text = "Already used by another submission; choose another id"
+        Exception.__init__(self, text)
+        self.field = "submission.id"
+        self.messages = {"submission": {"id": [text]}}
+
+
+def job_id_for(submission_id: uuid.UUID | str) -> uuid.UUID:
+    """The id of the job a submission makes."""
+    return uuid.uuid5(JOB_ID_NAMESPACE, str(uuid.UUID(str(submission_id))))
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    submission_id: str | None
+    job_id: uuid.UUID | None = None  # None: no job was made (see duplicate, errors and refusal)
+    created: bool = False
+    duplicate: bool = False  # the customer had a job for the sample within the duplicate window: no job made
+    errors: dict | None = None  # the payload is invalid: what is wrong, by field
+    id_taken: bool = False  # its id made a job of another customer (errors says so)
+    refusal: str | None = None  # PostgreSQL refused it
+    payload: object = None  # as received (ingest_many: a dead submission keeps it)
+
+
+def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> list[IngestResult]:
+    """Make the jobs of valid payloads (the analysis policy decides their tasks); results in input order."""
+    customers = CustomerCache(session)
+    customers.load({data["submission"]["customer"] for data in valid})
+    dropped = duplicates.dropped_in_batch(session, settings, valid, customers)
+    kept = [data for data, duplicate in zip(valid, dropped) if not duplicate]
+    new_jobs = [
+        service.NewJob(submission=data["submission"], classification=data["classification"],
+                       customer_id=customers[data["submission"]["customer"]].id,
+                       plan=policy_store.plan_for(session, settings, customers[data["submission"]["customer"]].id,
+                                                  data["submission"], data["classification"]),
+                       job_id=job_id_for(data["submission"]["id"]))
+        for data in kept
+    ]
+    made = service.create_jobs(session, settings, new_jobs)
+    foreign = _made_for_another_customer(session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made)
+                                                    if not created])
+    made = iter(made)
+    results = []
+    for data, duplicate in zip(valid, dropped):
+        submission_id = data["submission"]["id"]
+        if duplicate:
+            results.append(IngestResult(submission_id=submission_id, duplicate=True))
+            continue
+        job_id, created = next(made)
+        if job_id in foreign:
+            results.append(IngestResult(submission_id=submission_id, errors=SubmissionIdTaken().messages,
+                                        id_taken=True))
+        else:
+            results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
+    created = sum(1 for r in results if r.created)
+    duplicate = sum(1 for r in results if r.duplicate)
+    refused = sum(1 for r in results if r.id_taken)  # another customer's id: refused like an invalid one
+    for outcome, amount in (("created", created), ("duplicate", duplicate), ("invalid", refused),
+                            ("existing", len(results) - created - duplicate - refused)):
+        metrics.count_submissions(session, outcome, amount)
+    return results
+
+
+def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
+    """Make the job of one submission (or find the one it already made). The caller commits.
+
+    InvalidSubmission for a payload that is not a submission; SubmissionIdTaken (one of them)
+    when its id already made a job of another customer."""
+    try:
+        data = validate_payload(payload)
+    except InvalidSubmission:
+        metrics.count_submissions(None, "invalid")
+        raise
+    _forget_pending(session, [data["submission"]["id"]])
+    result = _make_jobs(session, settings, [data])[0]
+    if result.id_taken:
+        raise SubmissionIdTaken()
+    return result
+
+
+def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list[IngestResult]:
+    """Make the jobs of many submissions in the caller's transaction, one result per payload in their order;
+    invalid payloads are reported, not raised.
+
+    New customers are created in shortName order (and jobs in submission-id order by the job
+    service), so two batches with overlapping submissions wait for each other instead of deadlocking.
+    """
+    results: dict[int, IngestResult] = {}
+    valid: list[tuple[int, dict]] = []
+    for n, payload in enumerate(payloads):
+        try:
+            valid.append((n, validate_payload(payload)))
+        except InvalidSubmission as err:
+            results[n] = IngestResult(submission_id=submission_id_of(payload), errors=err.messages, payload=payload)
+    metrics.count_submissions(session, "invalid", len(results))
+    # A REST submission waiting to be made is done with (made or refused) in this transaction; its row
+    # is locked before any job row, in the order the safety net locks them too, so the two never deadlock.
+    _forget_pending(session, [submission_id_of(payload) for payload in payloads])
+    made = _make_jobs(session, settings, [data for _, data in valid])
+    results.update((n, dataclasses.replace(result, payload=payloads[n])) for (n, _), result in zip(valid, made))
+    return [results[n] for n in range(len(payloads))]  # in the payloads' order
+
+
+def _made_for_another_customer(session: so.Session, existing: list[tuple[service.NewJob, uuid.UUID]]) -> set:
+    """Ids of the existing jobs whose submission id came back under another customer (never merged)."""
+    if not existing:
+        return set()
+    owners = dict(session.execute(sa.select(Job.id, Job.customer_id).where(Job.id.in_([j for _, j in existing]))).all())
+    return {job_id for new, job_id in existing if owners.get(job_id) != new.customer_id}
+
+
+def _forget_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+    ids = set()
+    for submission_id in submission_ids:
+        try:
+            ids.add(uuid.UUID(str(submission_id)))
+        except ValueError:  # an invalid payload's id is not an id; no REST submission waits under it
+            continue
+    if ids:
+        session.execute(sa.delete(PendingSubmission).where(PendingSubmission.submission_id.in_(sorted(ids))))
+
+
+def pending_payloads(session: so.Session, *, received_before: int, limit: int) -> list[dict]:
+    """REST submissions committed before `received_before` and not yet made into jobs, oldest first,
+    locked (SKIP LOCKED: two safety nets at once take different rows)."""
+    return list(session.scalars(
+        sa.select(PendingSubmission.payload).where(PendingSubmission.received_timestamp < received_before)
+        .order_by(PendingSubmission.received_timestamp).limit(limit).with_for_update(skip_locked=True)))
