@@ -13,7 +13,6 @@ from kombu import Exchange, Queue
 from app.config import Settings
 from app.task_names import QueueNames, TaskNames
 
-
 _settings = Settings.from_env()
 
 # A message a worker took but never acknowledged (the worker was SIGKILLed, the machine
@@ -78,20 +77,25 @@ enable_utc = True
 
 def _every(seconds: int, task: str, queue: str, **kwargs) -> dict:
     # A beat entry that waited longer than its interval is stale: the next one does the same work.
-    return {"task": task, "schedule": float(seconds), "kwargs": kwargs,
-            "options": {"queue": queue, "expires": float(seconds)}}
+    return {
+        "task": task,
+        "schedule": float(seconds),
+        "kwargs": kwargs,
+        "options": {"queue": queue, "expires": float(seconds)},
+    }
 
 
 beat_schedule = {
     "relay-outbox": _every(_settings.outbox_relay_interval_seconds, TaskNames.RELAY_OUTBOX, QueueNames.OUTBOX),
-    "ingest-pending": _every(
-        _settings.pending_ingest_interval_seconds, TaskNames.INGEST_PENDING, QueueNames.PERIODIC),
+    "ingest-pending": _every(_settings.pending_ingest_interval_seconds, TaskNames.INGEST_PENDING, QueueNames.PERIODIC),
     "sweep-execution-timeouts": _every(
-        _settings.sweep_interval_seconds, TaskNames.SWEEP_EXECUTION_TIMEOUTS, QueueNames.PERIODIC),
+        _settings.sweep_interval_seconds, TaskNames.SWEEP_EXECUTION_TIMEOUTS, QueueNames.PERIODIC
+    ),
     "sweep-enqueued-timeouts": _every(
-        _settings.sweep_interval_seconds, TaskNames.SWEEP_ENQUEUED_TIMEOUTS, QueueNames.PERIODIC),
+        _settings.sweep_interval_seconds, TaskNames.SWEEP_ENQUEUED_TIMEOUTS, QueueNames.PERIODIC
+    ),
     "sweep-unconfirmed-aborts": _every(
-        _settings.sweep_interval_seconds, TaskNames.SWEEP_UNCONFIRMED_ABORTS, QueueNames.PERIODIC),
+        _settings.sweep_interval_seconds, TaskNames.SWEEP_UNCONFIRMED_ABORTS, QueueNames.PERIODIC
+    ),
     "purge": _every(_settings.purge_interval_seconds, TaskNames.PURGE, QueueNames.PERIODIC),
 }
-

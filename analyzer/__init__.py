@@ -11,10 +11,17 @@ import importlib
 
 # Resolved on first use, so that `sampledb-jobs --help` does not pay for importing kafka-python.
 _EXPORTS = {
-    "AnalysisFailed": "analyzer.base", "Analyzer": "analyzer.base", "Job": "analyzer.base", "Result": "analyzer.base",
-    "ApiError": "analyzer.client", "ApiUnavailable": "analyzer.client", "Client": "analyzer.client",
+    "AnalysisFailed": "analyzer.base",
+    "Analyzer": "analyzer.base",
+    "Job": "analyzer.base",
+    "Result": "analyzer.base",
+    "ApiError": "analyzer.client",
+    "ApiUnavailable": "analyzer.client",
+    "Client": "analyzer.client",
     "NotAllowed": "analyzer.client",
-    "Runner": "analyzer.runner", "STOPPED_MESSAGE": "analyzer.runner", "serve": "analyzer.runner",
+    "Runner": "analyzer.runner",
+    "STOPPED_MESSAGE": "analyzer.runner",
+    "serve": "analyzer.runner",
 }
 __all__ = sorted(_EXPORTS)
 

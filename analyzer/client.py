@@ -48,7 +48,7 @@ def clip(message: str | None) -> str | None:
     """A message the API accepts: at most MESSAGE_LIMIT characters, the end kept (it says the most)."""
     if message is None or len(message) <= MESSAGE_LIMIT:
         return message
-    return "…" + message[-(MESSAGE_LIMIT - 1):]
+    return "…" + message[-(MESSAGE_LIMIT - 1) :]
 
 
 def _retry_after(header: str | None) -> float | None:
@@ -73,8 +73,15 @@ class Client:
     and raised at once as ApiError (NotAllowed for 401/403).
     """
 
-    def __init__(self, api_url: str, api_key: str, *, retry_seconds: float = 300.0,
-                 user_agent: str = "sampledb-jobs-analyzer", stopping: threading.Event | None = None):
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        *,
+        retry_seconds: float = 300.0,
+        user_agent: str = "sampledb-jobs-analyzer",
+        stopping: threading.Event | None = None,
+    ):
         self.api_url = api_url.rstrip("/")
         self.api_key = api_key
         self.retry_seconds = retry_seconds
@@ -90,8 +97,16 @@ class Client:
     def job_history(self, job_id: str) -> list[dict]:
         return self.request("GET", f"/job/{job_id}/history")
 
-    def update_task(self, job_id: str, task_id: str, state: str, *, message: str | None = None,
-                    analyses: list[str] | None = None, retry_seconds: float | None = None) -> dict:
+    def update_task(
+        self,
+        job_id: str,
+        task_id: str,
+        state: str,
+        *,
+        message: str | None = None,
+        analyses: list[str] | None = None,
+        retry_seconds: float | None = None,
+    ) -> dict:
         body: dict = {"state": state}
         if message is not None:
             body["message"] = clip(message)
@@ -110,8 +125,15 @@ class Client:
 
     # -- the transport ----------------------------------------------------------------------
 
-    def request(self, method: str, path: str, *, body: dict | None = None, query: dict | None = None,
-                retry_seconds: float | None = None):
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict | None = None,
+        query: dict | None = None,
+        retry_seconds: float | None = None,
+    ):
         """The envelope's `data` of a successful answer."""
         url = f"{self.api_url}{BASE_PATH}{path}"
         if query:

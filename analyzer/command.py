@@ -13,7 +13,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import click
 
@@ -90,8 +91,14 @@ class CommandAnalyzer(Analyzer):
     def analyse(self, job: Job) -> Result:
         argv = [a.replace("{jobID}", job.id).replace("{sha256}", job.sha256) for a in self.argv]
         try:
-            process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       start_new_session=True, preexec_fn=_die_with_runner(os.getpid()))
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=_die_with_runner(os.getpid()),
+            )
         except OSError as err:
             raise AnalysisFailed(f"cannot run {argv[0]}: {err}") from None
         stdout, stderr = _Tail(process.stdout), _Tail(process.stderr)
@@ -155,20 +162,46 @@ def analyzer_group(connect: Callable[[str | None, str | None, str | None], Conne
 
     @analyzer.command("run", context_settings={"ignore_unknown_options": True})
     @click.option("--worker", required=True, help="the analysis worker's shortName (also the consumer group)")
-    @click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
-                  help="jobs analysed at once")
-    @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-                  help="seconds after which the command is killed and the task fails")
-    @click.option("--heartbeat", type=click.FloatRange(min=0, min_open=True), default=60, show_default=True,
-                  help="seconds between heartbeats of a running task (under the service's execution timeout)")
+    @click.option(
+        "--concurrency", type=click.IntRange(1, 256), default=1, show_default=True, help="jobs analysed at once"
+    )
+    @click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="seconds after which the command is killed and the task fails",
+    )
+    @click.option(
+        "--heartbeat",
+        type=click.FloatRange(min=0, min_open=True),
+        default=60,
+        show_default=True,
+        help="seconds between heartbeats of a running task (under the service's execution timeout)",
+    )
     @click.option("--api-url", envvar="SAMPLEDB_API_URL", default=None, help="default: the dev stack's API")
-    @click.option("--api-key", envvar="SAMPLEDB_API_KEY", default=None,
-                  help="an ANALYZER key that sees every customer; default: the dev stack's key")
-    @click.option("--bootstrap-servers", envvar="SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", default=None,
-                  help="Kafka host:port list; default: the dev stack's broker")
+    @click.option(
+        "--api-key",
+        envvar="SAMPLEDB_API_KEY",
+        default=None,
+        help="an ANALYZER key that sees every customer; default: the dev stack's key",
+    )
+    @click.option(
+        "--bootstrap-servers",
+        envvar="SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS",
+        default=None,
+        help="Kafka host:port list; default: the dev stack's broker",
+    )
     @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-    def run(worker: str, concurrency: int, timeout: float | None, heartbeat: float, api_url: str | None,
-            api_key: str | None, bootstrap_servers: str | None, command: tuple[str, ...]) -> None:
+    def run(
+        worker: str,
+        concurrency: int,
+        timeout: float | None,
+        heartbeat: float,
+        api_url: str | None,
+        api_key: str | None,
+        bootstrap_servers: str | None,
+        command: tuple[str, ...],
+    ) -> None:
         """Run COMMAND for every job with a task for WORKER: the job's JSON on its standard input,
         {jobID} and {sha256} replaced in its arguments; exit 0 reports success, anything else failed.
 
@@ -180,13 +213,20 @@ def analyzer_group(connect: Callable[[str | None, str | None, str | None], Conne
             # Checked once here: a missing program would otherwise fail every job it is given.
             raise click.ClickException(f"{command[0]}: no such program")
 
-        logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        )
         logging.getLogger("kafka").setLevel(logging.WARNING)  # its INFO lines narrate every connection
         target = connect(api_url, api_key, bootstrap_servers)
-        runner = Runner(CommandAnalyzer(worker, list(command), timeout), api_url=target.api_url,
-                        api_key=target.api_key, bootstrap_servers=target.bootstrap_servers, site=target.site,
-                        concurrency=concurrency, heartbeat_seconds=heartbeat)
+        runner = Runner(
+            CommandAnalyzer(worker, list(command), timeout),
+            api_url=target.api_url,
+            api_key=target.api_key,
+            bootstrap_servers=target.bootstrap_servers,
+            site=target.site,
+            concurrency=concurrency,
+            heartbeat_seconds=heartbeat,
+        )
         from kafka.errors import KafkaError
 
         try:

@@ -47,7 +47,7 @@ class _Claim:
 
     job: Job
     record: tuple  # (partition, offset, token) of the job record, for the offset commit
-    claimed: bool = False      # our PUT made the enqueued -> executing move
+    claimed: bool = False  # our PUT made the enqueued -> executing move
     stop_state: str | None = None  # what to report when job.stop is set; None: nothing (the task is gone)
     reported: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,9 +79,20 @@ class Runner:
     the worker's shortName, so that instances of one worker share the jobs.
     """
 
-    def __init__(self, analyzer: Analyzer, *, api_url: str, api_key: str, bootstrap_servers: str, site: str = "OSL",
-                 concurrency: int = 1, heartbeat_seconds: float = 60.0, stop_grace_seconds: float = 30.0,
-                 retry_seconds: float = 300.0, group_id: str | None = None):
+    def __init__(
+        self,
+        analyzer: Analyzer,
+        *,
+        api_url: str,
+        api_key: str,
+        bootstrap_servers: str,
+        site: str = "OSL",
+        concurrency: int = 1,
+        heartbeat_seconds: float = 60.0,
+        stop_grace_seconds: float = 30.0,
+        retry_seconds: float = 300.0,
+        group_id: str | None = None,
+    ):
         if not analyzer.worker:
             raise ValueError(f"{type(analyzer).__name__}.worker must name an analysis worker")
         if concurrency < 1 or heartbeat_seconds <= 0:
@@ -97,8 +108,13 @@ class Runner:
         self.instance = f"{self.worker} on {socket.gethostname()} pid {os.getpid()} #{uuid.uuid4().hex[:8]}"
         self.claim_message = f"Claimed by analyzer {self.instance}"
         self._stopping = threading.Event()
-        self.client = Client(api_url, api_key, retry_seconds=retry_seconds, stopping=self._stopping,
-                             user_agent=f"sampledb-jobs-analyzer/{self.worker}")
+        self.client = Client(
+            api_url,
+            api_key,
+            retry_seconds=retry_seconds,
+            stopping=self._stopping,
+            user_agent=f"sampledb-jobs-analyzer/{self.worker}",
+        )
         self.joined = threading.Event()  # set once the group gave this instance its partitions
         self.counts: collections.Counter = collections.Counter()
         self.error: Exception | None = None
@@ -123,10 +139,13 @@ class Runner:
         """Consume and analyse until stopped; 0 after a clean stop, 1 if the API refused the key."""
         client_id = f"sampledb-analyzer-{self.worker}"
         follower = AbortFollower(self.bootstrap, abort_topic(self.site), self._on_abort, client_id)
-        self._consumer = group_consumer(self.bootstrap, job_topic(self.site), self.group_id, _Rebalance(self),
-                                        client_id)
-        threads = [threading.Thread(target=self._analyse_records, name=f"analyse-{self.worker}-{n}", daemon=True)
-                   for n in range(self.concurrency)]
+        self._consumer = group_consumer(
+            self.bootstrap, job_topic(self.site), self.group_id, _Rebalance(self), client_id
+        )
+        threads = [
+            threading.Thread(target=self._analyse_records, name=f"analyse-{self.worker}-{n}", daemon=True)
+            for n in range(self.concurrency)
+        ]
         heartbeat = threading.Thread(target=self._heartbeats, name=f"heartbeat-{self.worker}", daemon=True)
         for thread in [follower, heartbeat, *threads]:
             thread.start()
@@ -279,8 +298,14 @@ class Runner:
             log.warning("job %s task %s: report %s refused: %s", job.id, job.task_id, state, err)
             self._count("refused")
         except ApiUnavailable as err:
-            log.error("job %s task %s: report %s not delivered (%s); it stays executing until the "
-                      "service's execution timeout", job.id, job.task_id, state, err)
+            log.error(
+                "job %s task %s: report %s not delivered (%s); it stays executing until the "
+                "service's execution timeout",
+                job.id,
+                job.task_id,
+                state,
+                err,
+            )
             self._count("undelivered")
 
     def _forget(self, task_id: str) -> None:
@@ -386,6 +411,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
 def serve(runner: Runner) -> int:
     """Run in the main thread until SIGTERM or SIGINT, which stop it cleanly."""
+
     def handle(signum, _frame):
         log.info("analyzer %s: %s, stopping", runner.instance, signal.Signals(signum).name)
         runner.stop()

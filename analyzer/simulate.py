@@ -27,7 +27,7 @@ HOLD_SECONDS = 120.0
 class SimulatedAnalyzer(Analyzer):
     """Sleeps a random while (ending early if stopped) and succeeds; the held job waits for its abort."""
 
-    def __init__(self, worker: str, simulation: "Simulation"):
+    def __init__(self, worker: str, simulation: Simulation):
         self.worker = worker
         self.simulation = simulation
 
@@ -43,8 +43,18 @@ class SimulatedAnalyzer(Analyzer):
 class Simulation:
     """Runners for every analysis worker, started at once; `submitted` names candidate jobs to abort."""
 
-    def __init__(self, api_url: str, api_key: str, bootstrap: str, site: str, *, concurrency: int = 16,
-                 seconds: tuple[float, float] = (0.05, 0.5), seed: int | None = None, join_timeout: float = 60):
+    def __init__(
+        self,
+        api_url: str,
+        api_key: str,
+        bootstrap: str,
+        site: str,
+        *,
+        concurrency: int = 16,
+        seconds: tuple[float, float] = (0.05, 0.5),
+        seed: int | None = None,
+        join_timeout: float = 60,
+    ):
         self.client = Client(api_url, api_key, retry_seconds=60)
         self.rng = random.Random(seed)
         self.seconds = seconds
@@ -53,9 +63,18 @@ class Simulation:
         self._started: set[str] = set()
         self._lock = threading.Lock()
         workers = sorted(w["shortName"] for w in self.client.workers())
-        self.runners = [Runner(SimulatedAnalyzer(name, self), api_url=api_url, api_key=api_key,
-                               bootstrap_servers=bootstrap, site=site, concurrency=concurrency, heartbeat_seconds=5)
-                        for name in workers]
+        self.runners = [
+            Runner(
+                SimulatedAnalyzer(name, self),
+                api_url=api_url,
+                api_key=api_key,
+                bootstrap_servers=bootstrap,
+                site=site,
+                concurrency=concurrency,
+                heartbeat_seconds=5,
+            )
+            for name in workers
+        ]
         self.threads = [threading.Thread(target=r.run, name=f"simulated-{r.worker}", daemon=True) for r in self.runners]
         for thread in self.threads:
             thread.start()
@@ -103,8 +122,12 @@ class Simulation:
             ("time to done p50", f"{_percentile(done, 50):.0f} ms"),
             ("time to done p99", f"{_percentile(done, 99):.0f} ms"),
         ]
-        ok = (aborted_in_time and victim_state == "aborted" and len(jobs) == len(job_ids)
-              and all(j["state"] == "done" for i, j in jobs.items() if i != self.victim))
+        ok = (
+            aborted_in_time
+            and victim_state == "aborted"
+            and len(jobs) == len(job_ids)
+            and all(j["state"] == "done" for i, j in jobs.items() if i != self.victim)
+        )
         return rows, ok
 
     def _wait_final(self, job_ids: list[str], wait_seconds: float, on_progress) -> dict[str, dict]:

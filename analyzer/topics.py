@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -31,7 +31,9 @@ def abort_topic(site: str) -> str:
 def group_consumer(bootstrap: str, topic: str, group_id: str, listener, client_id: str) -> KafkaConsumer:
     """The job topic in the worker's consumer group; offsets committed by hand, after the final report."""
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","), group_id=group_id, client_id=client_id,
+        bootstrap_servers=bootstrap.split(","),
+        group_id=group_id,
+        client_id=client_id,
         enable_auto_commit=False,
         # A new group starts at the beginning: jobs announced before the first analyzer ran are analysed too.
         auto_offset_reset="earliest",
@@ -53,7 +55,7 @@ class OffsetTracker:
         # redelivered after its partition came back is a new start, which a late finish of the old one
         # must not end.
         self._pending: dict[TopicPartition, dict[int, object]] = {}
-        self._next: dict[TopicPartition, int] = {}   # one past the highest record seen
+        self._next: dict[TopicPartition, int] = {}  # one past the highest record seen
         self._committed: dict[TopicPartition, int] = {}
 
     def started(self, tp: TopicPartition, offset: int) -> object:
@@ -102,8 +104,13 @@ class AbortFollower(threading.Thread):
         super().__init__(name="abort-follower", daemon=True)
         self.on_abort = on_abort
         self.stop_event = threading.Event()
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, client_id=client_id,
-                                      enable_auto_commit=False, fetch_max_wait_ms=200)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            group_id=None,
+            client_id=client_id,
+            enable_auto_commit=False,
+            fetch_max_wait_ms=200,
+        )
         partitions = _partitions(self.consumer, bootstrap, topic)
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         self.consumer.assign(assigned)
@@ -121,8 +128,9 @@ class AbortFollower(threading.Thread):
                             request = json.loads(record.value)
                             job_id, reason = str(request["jobID"]), request.get("reason")
                         except (ValueError, TypeError, KeyError):
-                            log.warning("ignoring an unreadable abort request at %s:%s", record.partition,
-                                        record.offset)
+                            log.warning(
+                                "ignoring an unreadable abort request at %s:%s", record.partition, record.offset
+                            )
                             continue
                         self.on_abort(job_id, reason)
         finally:

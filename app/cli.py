@@ -11,16 +11,16 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from analyzer.command import Connection, analyzer_group
-from app.intake import dead_submissions
-from app.operations import retention
-from app.outbox import store as outbox_rows
-from app.operations import status as health
 from app.accounts.keys import create_key
 from app.config import ConfigError, Settings
-from app.unit_of_work import unit_of_work
 from app.extensions import db as database
 from app.factory import create_app
+from app.intake import dead_submissions
+from app.operations import retention
+from app.operations import status as health
 from app.operations.migrate import upgrade
+from app.outbox import store as outbox_rows
+from app.unit_of_work import unit_of_work
 
 
 class _Command(click.Group):
@@ -58,18 +58,29 @@ def keys() -> None:
 @keys.command("create")
 @click.option("--user", "user", required=True, help="shortName of the key's user (created when new)")
 @click.option("--customer", required=True, help="shortName of the user's customer (created when new)")
-@click.option("--role", required=True, type=click.Choice(
-    ["SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER"]))
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER"]),
+)
 @click.option("--grant-customer", "grant_customers", multiple=True, help="another customer the key may see")
 @click.option("--all-customers", is_flag=True, help="the key sees every customer (the analysis system)")
 @click.option("--expires-in", type=click.IntRange(min=1), default=None, help="seconds until the key expires")
-def keys_create(user: str, customer: str, role: str, grant_customers: tuple[str, ...], all_customers: bool,
-                expires_in: int | None) -> None:
+def keys_create(
+    user: str, customer: str, role: str, grant_customers: tuple[str, ...], all_customers: bool, expires_in: int | None
+) -> None:
     """Make an API key; it is printed alone on the last line and never shown again."""
     app = create_app(Settings.from_env())
     with app.app_context(), unit_of_work(database.session) as session:
-        secret = create_key(session, user=user, customer=customer, role=role, grant_customers=grant_customers,
-                            all_customers=all_customers, expires_in=expires_in)
+        secret = create_key(
+            session,
+            user=user,
+            customer=customer,
+            role=role,
+            grant_customers=grant_customers,
+            all_customers=all_customers,
+            expires_in=expires_in,
+        )
     click.echo(f"API key for {user} ({role}" + (", all customers" if all_customers else "") + "):")
     click.echo(secret)
 
@@ -82,15 +93,17 @@ def _app_session():
 def _when(ms: int | None) -> str:
     if ms is None:
         return "-"
-    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(ms / 1000, datetime.UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _one_or_all(what: str):
     """The arguments of a retry command: one ID, or --all."""
+
     def decorate(command):
         command = click.option("--all", "every", is_flag=True, help=f"every {what}")(command)
         return click.argument("row_id", metavar="[ID]", type=int, required=False)(command)
+
     return decorate
 
 
@@ -119,9 +132,15 @@ def outbox() -> None:
 @outbox.command("parked")
 def outbox_parked() -> None:
     """List the parked messages: they and the later messages of their job wait."""
-    _print_rows(outbox_rows.parked_messages, "parked outbox messages", lambda row: (
-        f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} created={_when(row.created_timestamp)} "
-        f"parked={_when(row.parked_timestamp)} error={row.last_error}"))
+    _print_rows(
+        outbox_rows.parked_messages,
+        "parked outbox messages",
+        lambda row: (
+            f"id={row.id} key={row.key} topic={row.topic} attempts={row.attempts} "
+            f"created={_when(row.created_timestamp)} "
+            f"parked={_when(row.parked_timestamp)} error={row.last_error}"
+        ),
+    )
 
 
 @outbox.command("retry")
@@ -134,7 +153,9 @@ def outbox_retry(row_id: int | None, every: bool) -> None:
         released = outbox_rows.retry_parked(session, ids)
     if ids is not None and not released:
         raise click.ClickException(f"no parked outbox message {row_id}")
-    click.echo(f"{len(released)} outbox messages back in line" + (f": {', '.join(map(str, released))}" if released else ""))
+    click.echo(
+        f"{len(released)} outbox messages back in line" + (f": {', '.join(map(str, released))}" if released else "")
+    )
 
 
 @main.group("submissions")
@@ -145,9 +166,14 @@ def submissions_group() -> None:
 @submissions_group.command("dead")
 def submissions_dead() -> None:
     """List the dead submissions with their error and attempts."""
-    _print_rows(dead_submissions.listing, "dead submissions", lambda row: (
-        f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
-        f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}"))
+    _print_rows(
+        dead_submissions.listing,
+        "dead submissions",
+        lambda row: (
+            f"id={row.id} submission={row.submission_id or '-'} reason={row.reason} attempts={row.attempts} "
+            f"first_seen={_when(row.first_seen)} last_seen={_when(row.last_seen)} error={row.error}"
+        ),
+    )
 
 
 @submissions_group.command("retry")
@@ -167,7 +193,9 @@ def submissions_retry(row_id: int | None, every: bool) -> None:
             if result.job_id is not None:
                 click.echo(f"id={row.id} submission={row.submission_id or '-'}: job {result.job_id}")
             elif result.duplicate:
-                click.echo(f"id={row.id} submission={row.submission_id or '-'}: a duplicate of a recent job, no job made")
+                click.echo(
+                    f"id={row.id} submission={row.submission_id or '-'}: a duplicate of a recent job, no job made"
+                )
             else:
                 still_dead += 1
                 click.echo(f"id={row.id} submission={row.submission_id or '-'}: still dead: {result.error}")
@@ -194,16 +222,20 @@ def purge(dry_run: bool) -> None:
 
 
 @main.command()
-@click.option("--watch", "watch_seconds", type=click.FloatRange(min=0.5), default=None,
-              help="refresh in place every SECONDS until Ctrl-C")
+@click.option(
+    "--watch",
+    "watch_seconds",
+    type=click.FloatRange(min=0.5),
+    default=None,
+    help="refresh in place every SECONDS until Ctrl-C",
+)
 def status(watch_seconds: float | None) -> None:
     """Show the running service's health; exit 1 naming the reason when a threshold is crossed."""
     from rich.console import Console
     from rich.live import Live
 
     settings = Settings.from_env()
-    engine = sa.create_engine(settings.database_url, pool_pre_ping=True,
-                              connect_args={"connect_timeout": 5})
+    engine = sa.create_engine(settings.database_url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
 
     def look():
         snapshot = health.take_snapshot(engine, settings)
@@ -239,26 +271,63 @@ def dev() -> None:
 
 
 @main.command()
-@click.option("--submissions", "count", type=click.IntRange(min=1), default=100, show_default=True,
-              help="how many synthetic submissions to send")
+@click.option(
+    "--submissions",
+    "count",
+    type=click.IntRange(min=1),
+    default=100,
+    show_default=True,
+    help="how many synthetic submissions to send",
+)
 @click.option("--api-url", envvar="SAMPLEDB_API_URL", default=None, help="default: the dev stack's API")
-@click.option("--api-key", envvar="SAMPLEDB_API_KEY", default=None,
-              help="an UPLOADER-or-higher key that sees every customer; default: the dev stack's key")
+@click.option(
+    "--api-key",
+    envvar="SAMPLEDB_API_KEY",
+    default=None,
+    help="an UPLOADER-or-higher key that sees every customer; default: the dev stack's key",
+)
 @click.option("--concurrency", type=click.IntRange(1, 64), default=8, show_default=True)
-@click.option("--wait", "wait_seconds", type=float, default=120, show_default=True,
-              help="seconds to wait for the last creation messages")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=float,
+    default=120,
+    show_default=True,
+    help="seconds to wait for the last creation messages",
+)
 @click.option("--seed", type=int, default=None, help="random seed, for a repeatable run")
-@click.option("--analyze", is_flag=True, help="also run simulated analyzers, follow every job to its end "
-              "and abort one mid-analysis")
-def demo(count: int, api_url: str | None, api_key: str | None, concurrency: int, wait_seconds: float,
-         seed: int | None, analyze: bool) -> None:
+@click.option(
+    "--analyze",
+    is_flag=True,
+    help="also run simulated analyzers, follow every job to its end and abort one mid-analysis",
+)
+def demo(
+    count: int,
+    api_url: str | None,
+    api_key: str | None,
+    concurrency: int,
+    wait_seconds: float,
+    seed: int | None,
+    analyze: bool,
+) -> None:
     """Feed synthetic submissions through the running service and follow them to Kafka."""
     from app.dev import demo as demo_run
 
     api_url, api_key, settings = service_api(api_url, api_key)
-    sys.exit(demo_run.run(submissions=count, api_url=api_url, key=api_key, bootstrap=settings.kafka_bootstrap_servers,
-                          topic=settings.job_topic, concurrency=concurrency, wait_seconds=wait_seconds, seed=seed,
-                          analyze=analyze, site=settings.site))
+    sys.exit(
+        demo_run.run(
+            submissions=count,
+            api_url=api_url,
+            key=api_key,
+            bootstrap=settings.kafka_bootstrap_servers,
+            topic=settings.job_topic,
+            concurrency=concurrency,
+            wait_seconds=wait_seconds,
+            seed=seed,
+            analyze=analyze,
+            site=settings.site,
+        )
+    )
 
 
 def service_api(api_url: str | None, api_key: str | None) -> tuple[str, str, Settings]:
@@ -270,8 +339,10 @@ def service_api(api_url: str | None, api_key: str | None) -> tuple[str, str, Set
     api_url = (api_url or read_dev_env().get("SAMPLEDB_API_URL") or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
     if api_key is None:
         if not KEY_FILE.is_file():
-            raise click.ClickException("no API key: pass --api-key (or SAMPLEDB_API_KEY), or run this in the "
-                                       "directory of a running `sampledb-jobs dev`")
+            raise click.ClickException(
+                "no API key: pass --api-key (or SAMPLEDB_API_KEY), or run this in the "
+                "directory of a running `sampledb-jobs dev`"
+            )
         api_key = KEY_FILE.read_text().strip()
     return api_url, api_key, settings
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Mapping
 
 DEV_ENV_FILE = Path(".sampledb") / "dev.env"
 
@@ -67,9 +67,9 @@ def _port(name: str, raw: str) -> int:
 def _database_url(name: str, raw: str) -> str:
     url = _text(name, raw)
     if url.startswith("postgres://"):
-        url = "postgresql+psycopg://" + url[len("postgres://"):]
+        url = "postgresql+psycopg://" + url[len("postgres://") :]
     elif url.startswith("postgresql://"):
-        url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
     if not url.startswith("postgresql+psycopg://"):
         raise ConfigError(f"{name} must be a postgresql:// URL, got {raw!r}")
     return url
@@ -84,6 +84,7 @@ def _redis_url(name: str, raw: str) -> str:
 
 def _bootstrap(name: str, raw: str) -> str:
     servers = [s.strip() for s in raw.split(",") if s.strip()]
+
     def valid(server: str) -> bool:
         return bool(re.fullmatch(r"[^\s:]+:[0-9]{1,5}", server, re.ASCII)) and 0 < int(server.rsplit(":", 1)[1]) < 65536
 
@@ -121,7 +122,9 @@ def _setting(env: str, default: str, parse: Callable[[str, str], object]):
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str = _setting("SAMPLEDB_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sampledb", _database_url)
+    database_url: str = _setting(
+        "SAMPLEDB_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sampledb", _database_url
+    )
     redis_url: str = _setting("SAMPLEDB_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
     kafka_bootstrap_servers: str = _setting("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", _bootstrap)
     site: str = _setting("SAMPLEDB_SITE", "OSL", _site)
@@ -148,15 +151,18 @@ class Settings:
     celery_visibility_timeout_seconds: int = _setting("SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS", "300", _seconds)
     # Retention (§9.1): sent outbox rows and final jobs older than these are purged by beat.
     outbox_retention_hours: int = _setting(
-        "SAMPLEDB_OUTBOX_RETENTION_HOURS", "24", lambda n, r: _whole(n, r, unit=" of hours"))
+        "SAMPLEDB_OUTBOX_RETENTION_HOURS", "24", lambda n, r: _whole(n, r, unit=" of hours")
+    )
     job_retention_days: int = _setting(
-        "SAMPLEDB_JOB_RETENTION_DAYS", "0", lambda n, r: _whole(n, r, unit=" of days", allow_zero=True))
+        "SAMPLEDB_JOB_RETENTION_DAYS", "0", lambda n, r: _whole(n, r, unit=" of days", allow_zero=True)
+    )
     purge_interval_seconds: int = _setting("SAMPLEDB_PURGE_INTERVAL_SECONDS", "300", _seconds)
     purge_batch_size: int = _setting("SAMPLEDB_PURGE_BATCH_SIZE", "1000", _count)
     # Metrics (§9.2): the web app's /metrics and the Celery worker's own port.
     metrics_enabled: bool = _setting("SAMPLEDB_METRICS_ENABLED", "true", _switch)
     metrics_cache_seconds: int = _setting(
-        "SAMPLEDB_METRICS_CACHE_SECONDS", "5", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True))
+        "SAMPLEDB_METRICS_CACHE_SECONDS", "5", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
+    )
     worker_metrics_port: int = _setting("SAMPLEDB_WORKER_METRICS_PORT", "9808", _port)
     status_outbox_max_age_seconds: int = _setting("SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS", "60", _seconds)
     # Every API request runs under these (a stalled database answers 503 instead of holding the request).
@@ -183,7 +189,7 @@ class Settings:
     flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every setting; unset URLs fall back to a local dev stack's dev.env, then to defaults."""
         env = dict(os.environ if environ is None else environ)
         if environ is None:

@@ -45,8 +45,9 @@ def redis_client(redis_url: str) -> redis.Redis:
     with _lock:
         client = _redis_clients.get(key)
         if client is None:
-            client = redis.Redis.from_url(redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS,
-                                          socket_connect_timeout=REDIS_TIMEOUT_SECONDS)
+            client = redis.Redis.from_url(
+                redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+            )
             _redis_clients[key] = client
         return client
 
@@ -59,7 +60,9 @@ def send_ingest(redis_url: str, payload: dict) -> None:
         # send and repeats the customer's metadata in every event.
         submission = payload.get("submission") if isinstance(payload, dict) else None
         celery_client(redis_url).send_task(
-            TaskNames.INGEST_SUBMISSION, args=[payload], retry=True,
+            TaskNames.INGEST_SUBMISSION,
+            args=[payload],
+            retry=True,
             argsrepr=f"[submission {submission.get('id')}]" if isinstance(submission, dict) else None,
             retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
         )

@@ -56,9 +56,13 @@ class Database:
         # No pre-ping (a SELECT 1 round trip per checkout): a connection the server dropped fails its
         # request once (503), SQLAlchemy sees the disconnect and invalidates the whole pool, the next
         # checkouts reconnect; pool_recycle replaces idle connections before servers or proxies drop them.
-        engine = sa.create_engine(settings.database_url, pool_size=10, max_overflow=20,
-                                  pool_recycle=POOL_RECYCLE_SECONDS,
-                                  connect_args=connect_arguments(settings, workers=app.config[WORKERS_KEY]))
+        engine = sa.create_engine(
+            settings.database_url,
+            pool_size=10,
+            max_overflow=20,
+            pool_recycle=POOL_RECYCLE_SECONDS,
+            connect_args=connect_arguments(settings, workers=app.config[WORKERS_KEY]),
+        )
         app.extensions[_ENGINE_KEY] = engine
         self._engines.add(engine)
         app.teardown_appcontext(self._end_of_context)
@@ -98,10 +102,15 @@ class Database:
 
 def connect_arguments(settings: Settings, *, workers: bool) -> dict:
     """libpq options of every connection: the statement and lock timeouts of the API or of the workers."""
-    statement, lock = ((settings.worker_statement_timeout_ms, settings.worker_lock_timeout_ms) if workers
-                       else (settings.api_statement_timeout_ms, settings.api_lock_timeout_ms))
-    return {"options": f"-c statement_timeout={statement} -c lock_timeout={lock}",
-            "connect_timeout": settings.database_connect_timeout_seconds}
+    statement, lock = (
+        (settings.worker_statement_timeout_ms, settings.worker_lock_timeout_ms)
+        if workers
+        else (settings.api_statement_timeout_ms, settings.api_lock_timeout_ms)
+    )
+    return {
+        "options": f"-c statement_timeout={statement} -c lock_timeout={lock}",
+        "connect_timeout": settings.database_connect_timeout_seconds,
+    }
 
 
 db = Database()

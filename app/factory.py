@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from flask import Flask, has_app_context
 
-from app.outbox import store as outbox
 from app.api import register_api
 from app.config import Settings
 from app.extensions import SETTINGS_KEY, WORKERS_KEY, current_settings, db
+from app.outbox import store as outbox
 from app.outbox.trigger import trigger_relay
 
 

@@ -84,19 +84,41 @@ def _sample_ids(database_url: str, count: int = ID_COUNT) -> list[str]:
 
 def _wrk(base: str, prefix: str, ids: list[str], key: str, duration: float, workdir: Path, start: int) -> dict:
     script = workdir / "bench-b1.lua"
-    script.write_text(WRK_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "prefix": prefix,
-                                    "start": start})
+    script.write_text(
+        WRK_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "prefix": prefix, "start": start}
+    )
     out = subprocess.run(
-        ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-         "-s", str(script), base], capture_output=True, text=True, timeout=duration + 60, check=True,
+        [
+            "wrk",
+            f"-t{WRK_THREADS}",
+            f"-c{CONNECTIONS}",
+            f"-d{max(1, round(duration))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            base,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
     ).stdout
-    line = next(l for l in out.splitlines() if l.startswith("BENCH_RESULT "))
-    raw = json.loads(line[len("BENCH_RESULT "):])
+    line = next(text for text in out.splitlines() if text.startswith("BENCH_RESULT "))
+    raw = json.loads(line[len("BENCH_RESULT ") :])
     seconds = raw["duration_us"] / 1e6
-    return {"requests": raw["requests"], "seconds": round(seconds, 3), "rps": round(raw["requests"] / seconds, 1),
-            "p50_ms": raw["p50_us"] / 1000, "p90_ms": raw["p90_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
-            "max_ms": raw["max_us"] / 1000, "errors": raw["errors"], "non_2xx": raw["non_2xx"],
-            "bytes_per_request": round(raw["bytes"] / max(1, raw["requests"]))}
+    return {
+        "requests": raw["requests"],
+        "seconds": round(seconds, 3),
+        "rps": round(raw["requests"] / seconds, 1),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+        "errors": raw["errors"],
+        "non_2xx": raw["non_2xx"],
+        "bytes_per_request": round(raw["bytes"] / max(1, raw["requests"])),
+    }
 
 
 def get_request(paths: list[str], i: int) -> tuple[str, str, bytes | None]:
@@ -154,13 +176,22 @@ def python_load(base: str, request_for, headers: dict, duration: float, processe
     requests answered, req/s and latency percentiles; `non_2xx` counts failures."""
     host, port = base.removeprefix("http://").split(":")
     with multiprocessing.get_context("spawn").Pool(processes) as pool:
-        parts = pool.map(_python_worker, [(host, int(port), request_for, headers, CONNECTIONS // processes,
-                                           duration)] * processes)
+        parts = pool.map(
+            _python_worker, [(host, int(port), request_for, headers, CONNECTIONS // processes, duration)] * processes
+        )
     latencies = [ms for _, _, part in parts for ms in part]
     errors = sum(e for _, e, _ in parts)
-    return {"requests": len(latencies), "seconds": duration, "rps": round(len(latencies) / duration, 1),
-            "p50_ms": percentile(latencies, 50), "p90_ms": percentile(latencies, 90),
-            "p99_ms": percentile(latencies, 99), "max_ms": max(latencies), "errors": 0, "non_2xx": errors}
+    return {
+        "requests": len(latencies),
+        "seconds": duration,
+        "rps": round(len(latencies) / duration, 1),
+        "p50_ms": percentile(latencies, 50),
+        "p90_ms": percentile(latencies, 90),
+        "p99_ms": percentile(latencies, 99),
+        "max_ms": max(latencies),
+        "errors": 0,
+        "non_2xx": errors,
+    }
 
 
 def _get_json(url: str, key: str) -> dict:
@@ -181,8 +212,12 @@ class ServingCpu:
 
     def _backends(self) -> list[psutil.Process]:
         with self.engine.connect() as conn:
-            pids = conn.scalars(sa.text("SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-                                        "AND backend_type = 'client backend' AND pid <> pg_backend_pid()")).all()
+            pids = conn.scalars(
+                sa.text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+            ).all()
         found = []
         for pid in pids:
             try:
@@ -231,11 +266,16 @@ def _measured(load, meter: ServingCpu, *args) -> dict:
 
 def _side_summary(runs: list[dict]) -> dict:
     summary = {key: spread(r[key] for r in runs) for key in ("rps", "p50_ms", "p99_ms")}
-    summary["cpu_ms_per_request"] = {group: spread(r["cpu_ms_per_request"][group] for r in runs)
-                                     for group in runs[0]["cpu_ms_per_request"]}
+    summary["cpu_ms_per_request"] = {
+        group: spread(r["cpu_ms_per_request"][group] for r in runs) for group in runs[0]["cpu_ms_per_request"]
+    }
     # The medians at the top level, as every other benchmark reports them.
-    return {**{key: summary[key]["median"] for key in ("rps", "p50_ms", "p99_ms")},
-            "cpu_ms": summary["cpu_ms_per_request"]["total"]["median"], "spread": summary, "runs": runs}
+    return {
+        **{key: summary[key]["median"] for key in ("rps", "p50_ms", "p99_ms")},
+        "cpu_ms": summary["cpu_ms_per_request"]["total"]["median"],
+        "spread": summary,
+        "runs": runs,
+    }
 
 
 def job_load(use_wrk: bool):
@@ -243,11 +283,13 @@ def job_load(use_wrk: bool):
     if use_wrk:
         return _wrk
     return lambda base, prefix, ids, key, duration, workdir, start: python_load(
-        base, functools.partial(get_request, [prefix + i for i in ids]), {"Argus-API-Key": key}, duration)
+        base, functools.partial(get_request, [prefix + i for i in ids]), {"Argus-API-Key": key}, duration
+    )
 
 
-def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3, runs: int = 7,
-        warmup: float = 2) -> dict:
+def run(
+    settings: Settings, api_key: str, workdir: Path, *, duration: float = 3, runs: int = 7, warmup: float = 2
+) -> dict:
     """B1: requests/s, p50/p99 and CPU per request of GET /job/{id} vs the baseline route, `runs` short
     runs each, alternating; B5: the API workers' peak RSS."""
     ids = _sample_ids(settings.database_url)
@@ -261,8 +303,12 @@ def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3,
         job = _get_json(target_url + JOB_PATH + ids[0], api_key)["data"]
         fixed = workdir / "fixed-job.json"
         fixed.write_text(json.dumps(job))
-        baseline, baseline_url = start_gunicorn("bench.baseline_app:app", {**env, "BENCH_FIXED_JOB_FILE": str(fixed)},
-                                                workdir / "gunicorn-baseline.log", FIXED_JOB_PATH)
+        baseline, baseline_url = start_gunicorn(
+            "bench.baseline_app:app",
+            {**env, "BENCH_FIXED_JOB_FILE": str(fixed)},
+            workdir / "gunicorn-baseline.log",
+            FIXED_JOB_PATH,
+        )
         target_prefix, baseline_prefix = JOB_PATH, FIXED_JOB_PATH + "?job="
         load(target_url, target_prefix, ids, api_key, warmup, workdir, 0)
         load(baseline_url, baseline_prefix, ids, api_key, warmup, workdir, 0)
@@ -272,10 +318,12 @@ def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3,
         memory.start()
         target_runs, baseline_runs = [], []
         for n in range(runs):
-            target_runs.append(_measured(load, target_cpu, target_url, target_prefix, ids, api_key, duration,
-                                         workdir, (n + 1) * 2749))
-            baseline_runs.append(_measured(load, baseline_cpu, baseline_url, baseline_prefix, ids, api_key, duration,
-                                           workdir, 0))
+            target_runs.append(
+                _measured(load, target_cpu, target_url, target_prefix, ids, api_key, duration, workdir, (n + 1) * 2749)
+            )
+            baseline_runs.append(
+                _measured(load, baseline_cpu, baseline_url, baseline_prefix, ids, api_key, duration, workdir, 0)
+            )
         rss = memory.stop()
     finally:
         for meter in meters:
@@ -292,9 +340,14 @@ def run(settings: Settings, api_key: str, workdir: Path, *, duration: float = 3,
     return {
         "load_generator": f"wrk -t{WRK_THREADS} -c{CONNECTIONS}" if use_wrk else f"python ({CONNECTIONS} connections)",
         "gunicorn": " ".join(GUNICORN_OPTIONS),
-        "duration_s": duration, "runs": runs, "job_ids": len(ids), "response_bytes": len(json.dumps(job)),
-        "target": target_summary, "baseline": baseline_summary,
-        "ratio_rps": round(median(pair_ratios), 3), "ratio_rps_spread": spread(pair_ratios),
+        "duration_s": duration,
+        "runs": runs,
+        "job_ids": len(ids),
+        "response_bytes": len(json.dumps(job)),
+        "target": target_summary,
+        "baseline": baseline_summary,
+        "ratio_rps": round(median(pair_ratios), 3),
+        "ratio_rps_spread": spread(pair_ratios),
         "ratio_cpu_per_request": round(target_summary["cpu_ms"] / baseline_summary["cpu_ms"], 3),
         "postgresql_cpu_readable": target_cpu.postgresql_readable,
         "api_worker_rss": rss,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 
-from app.factory import create_app
 from app.api.envelope import envelope
+from app.factory import create_app
 from bench.api_load import FIXED_JOB_PATH
 
 app = create_app()

@@ -32,15 +32,56 @@ LOADED_TABLES = ("jobs", "job_tasks")
 # kind: (cumulative probability, type, superType, arch, platform, mime type, extension, task workers)
 KINDS = [
     (0.40, "PE", "executable", "x86", "win", "application/x-dosexec", "exe", ["static-analyzer", "sandbox-windows"]),
-    (0.55, "PE64", "executable", "x86_64", "win", "application/x-dosexec", "exe", ["static-analyzer", "sandbox-windows"]),
-    (0.65, "ELF", "executable", "x86_64", "linux", "application/x-executable", "elf", ["static-analyzer", "sandbox-linux"]),
-    (0.73, "APK", "executable", "arm", "android", "application/vnd.android.package-archive", "apk",
-     ["static-analyzer", "sandbox-android"]),
-    (0.78, "MachO", "executable", "x86_64", "macos", "application/x-mach-binary", "macho",
-     ["static-analyzer", "sandbox-macos"]),
-    (0.88, "DOCX", "document", None, None,
-     "application/vnd.openxmlformats-officedocument.wordprocessingml.document", "docx",
-     ["document-analyzer", "static-analyzer"]),
+    (
+        0.55,
+        "PE64",
+        "executable",
+        "x86_64",
+        "win",
+        "application/x-dosexec",
+        "exe",
+        ["static-analyzer", "sandbox-windows"],
+    ),
+    (
+        0.65,
+        "ELF",
+        "executable",
+        "x86_64",
+        "linux",
+        "application/x-executable",
+        "elf",
+        ["static-analyzer", "sandbox-linux"],
+    ),
+    (
+        0.73,
+        "APK",
+        "executable",
+        "arm",
+        "android",
+        "application/vnd.android.package-archive",
+        "apk",
+        ["static-analyzer", "sandbox-android"],
+    ),
+    (
+        0.78,
+        "MachO",
+        "executable",
+        "x86_64",
+        "macos",
+        "application/x-mach-binary",
+        "macho",
+        ["static-analyzer", "sandbox-macos"],
+    ),
+    (
+        0.88,
+        "DOCX",
+        "document",
+        None,
+        None,
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "docx",
+        ["document-analyzer", "static-analyzer"],
+    ),
     (0.95, "PDF", "document", None, None, "application/pdf", "pdf", ["document-analyzer", "static-analyzer"]),
     (1.00, "JS", "script", None, None, "text/javascript", "js", ["static-analyzer"]),
 ]
@@ -158,34 +199,45 @@ FROM (
 
 def _statements() -> tuple[str, str, str]:
     cumulative = " ".join(f"WHEN rk < {k[0]} THEN {n}" for n, k in enumerate(KINDS[:-1], start=1))
-    generate = GENERATE.format(kind=f"CASE {cumulative} ELSE {len(KINDS)} END", hour=HOUR_MS, minute=MINUTE_MS,
-                               day=DAY_MS)
+    generate = GENERATE.format(
+        kind=f"CASE {cumulative} ELSE {len(KINDS)} END", hour=HOUR_MS, minute=MINUTE_MS, day=DAY_MS
+    )
     jobs = INSERT_JOBS.format(
-        type=_kind_case(lambda k: _sql_text(k[1])), super_type=_kind_case(lambda k: _sql_text(k[2])),
-        arch=_kind_case(lambda k: _sql_text(k[3])), platform=_kind_case(lambda k: _sql_text(k[4])),
-        mime=_kind_case(lambda k: _sql_text(k[5])), ext=_kind_case(lambda k: _sql_text(k[6])),
+        type=_kind_case(lambda k: _sql_text(k[1])),
+        super_type=_kind_case(lambda k: _sql_text(k[2])),
+        arch=_kind_case(lambda k: _sql_text(k[3])),
+        platform=_kind_case(lambda k: _sql_text(k[4])),
+        mime=_kind_case(lambda k: _sql_text(k[5])),
+        ext=_kind_case(lambda k: _sql_text(k[6])),
     )
     tasks = INSERT_TASKS.format(
-        workers=_kind_case(lambda k: "ARRAY[" + ", ".join(_sql_text(w) for w in k[7]) + "]::text[]"))
+        workers=_kind_case(lambda k: "ARRAY[" + ", ".join(_sql_text(w) for w in k[7]) + "]::text[]")
+    )
     return generate, jobs, tasks
 
 
 def _secondary_objects(conn: sa.Connection) -> tuple[list[tuple[str, str]], list[tuple[str, str, str]]]:
     """(index name, CREATE INDEX ...) of the loaded tables' plain indexes and (table, name, definition)
     of their foreign keys: what the load drops and makes again."""
-    indexes = conn.execute(sa.text("""
+    indexes = conn.execute(
+        sa.text("""
         SELECT i.relname, pg_get_indexdef(x.indexrelid)
         FROM pg_index x JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid
         WHERE t.relname = ANY(:tables) AND t.relnamespace = 'public'::regnamespace
           AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conindid = x.indexrelid)
         ORDER BY i.relname
-    """), {"tables": list(LOADED_TABLES)}).all()
-    foreign_keys = conn.execute(sa.text("""
+    """),
+        {"tables": list(LOADED_TABLES)},
+    ).all()
+    foreign_keys = conn.execute(
+        sa.text("""
         SELECT t.relname, c.conname, pg_get_constraintdef(c.oid)
         FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
         WHERE t.relname = ANY(:tables) AND t.relnamespace = 'public'::regnamespace AND c.contype = 'f'
         ORDER BY c.conname
-    """), {"tables": list(LOADED_TABLES)}).all()
+    """),
+        {"tables": list(LOADED_TABLES)},
+    ).all()
     return [tuple(r) for r in indexes], [tuple(r) for r in foreign_keys]
 
 
@@ -206,10 +258,13 @@ def load_jobs(database_url: str, n: int, now_ms: int, *, site: str, seed: float 
         conn.execute(sa.text("SET maintenance_work_mem = '512MB'"))
         conn.execute(sa.text("SET work_mem = '256MB'"))
         conn.execute(sa.text("SELECT setseed(:seed)"), {"seed": seed})
-        conn.execute(sa.text(
-            "INSERT INTO customers (short_name, name) SELECT format('bench-customer-%s', lpad(k::text, 2, '0')), "
-            "format('Benchmark customer %s', k) FROM generate_series(1, :c) k ON CONFLICT (short_name) DO NOTHING"
-        ), {"c": CUSTOMERS})
+        conn.execute(
+            sa.text(
+                "INSERT INTO customers (short_name, name) SELECT format('bench-customer-%s', lpad(k::text, 2, '0')), "
+                "format('Benchmark customer %s', k) FROM generate_series(1, :c) k ON CONFLICT (short_name) DO NOTHING"
+            ),
+            {"c": CUSTOMERS},
+        )
         indexes, foreign_keys = _secondary_objects(conn)
         for table, name, _ in foreign_keys:
             conn.execute(sa.text(f'ALTER TABLE {table} DROP CONSTRAINT "{name}"'))
@@ -239,13 +294,22 @@ def load_jobs(database_url: str, n: int, now_ms: int, *, site: str, seed: float 
         conn.execute(sa.text("ANALYZE"))
         t = phase("vacuum_analyze", t)
         states = dict(conn.execute(sa.text("SELECT state, count(*) FROM jobs GROUP BY state ORDER BY 1")).all())
-        sizes = dict(conn.execute(sa.text(
-            "SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname = ANY(:t)"
-        ), {"t": list(LOADED_TABLES)}).all())
+        sizes = dict(
+            conn.execute(
+                sa.text("SELECT relname, pg_total_relation_size(oid) FROM pg_class WHERE relname = ANY(:t)"),
+                {"t": list(LOADED_TABLES)},
+            ).all()
+        )
     engine.dispose()
     return {
-        "jobs": jobs, "tasks": tasks, "tasks_per_job": round(tasks / jobs, 2) if jobs else 0,
-        "customers": CUSTOMERS, "states": states, "total_bytes": sizes,
-        "seconds": round(time.perf_counter() - started, 2), "phases": phases,
-        "rebuilt_indexes": [name for name, _ in indexes], "rebuilt_foreign_keys": [name for _, name, _ in foreign_keys],
+        "jobs": jobs,
+        "tasks": tasks,
+        "tasks_per_job": round(tasks / jobs, 2) if jobs else 0,
+        "customers": CUSTOMERS,
+        "states": states,
+        "total_bytes": sizes,
+        "seconds": round(time.perf_counter() - started, 2),
+        "phases": phases,
+        "rebuilt_indexes": [name for name, _ in indexes],
+        "rebuilt_foreign_keys": [name for _, name, _ in foreign_keys],
     }

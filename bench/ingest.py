@@ -46,27 +46,45 @@ BULK_BATCH = 50  # submissions per sampledb.ingest_submissions task
 OPEN_LOOP_MAX_IN_FLIGHT = 2000
 PRODUCE_IN_FLIGHT = 1000
 PAYLOAD_KINDS = [
-    ("PE", "executable", "x86", "win"), ("ELF", "executable", "x86_64", "linux"),
-    ("DOCX", "document", None, None), ("APK", "executable", "arm", "android"),
+    ("PE", "executable", "x86", "win"),
+    ("ELF", "executable", "x86_64", "linux"),
+    ("DOCX", "document", None, None),
+    ("APK", "executable", "arm", "android"),
 ]
 
 
 def payload(n: int, customer: str) -> dict:
     """A submission shaped as the seed's creation message shows it."""
     file_type, super_type, arch, platform = PAYLOAD_KINDS[n % len(PAYLOAD_KINDS)]
-    return submission_payload(customer, file_type=file_type, super_type=super_type, arch=arch, platform=platform,
-                              name=f"sample-{n}.bin", tlp="amber", meta_data={"source": "mail-gateway", "key": "value"})
+    return submission_payload(
+        customer,
+        file_type=file_type,
+        super_type=super_type,
+        arch=arch,
+        platform=platform,
+        name=f"sample-{n}.bin",
+        tlp="amber",
+        meta_data={"source": "mail-gateway", "key": "value"},
+    )
 
 
 # -- the follower: a process reading the job topic ----------------------------------------------
+
 
 def _follow(bootstrap: str, topic: str, ready, stop, seen_count, out) -> None:
     import logging
 
     logging.getLogger("kafka").setLevel(logging.ERROR)
     # From the end: an earlier benchmark's messages on this topic (B3 before B7) are not this one's to count.
-    reader = TopicReader(bootstrap, topic, from_end=True, create=True, wait=120, client_id="sampledb-bench-follower",
-                         fetch_max_wait_ms=20)
+    reader = TopicReader(
+        bootstrap,
+        topic,
+        from_end=True,
+        create=True,
+        wait=120,
+        client_id="sampledb-bench-follower",
+        fetch_max_wait_ms=20,
+    )
     seen: dict[str, tuple[float, int]] = {}
     parent = os.getppid()
     try:
@@ -94,8 +112,9 @@ class Follower:
         self.ready, self.stop_event = context.Event(), context.Event()
         self.count = context.Value("l", 0)
         self.out = context.Queue()
-        self.process = context.Process(target=_follow, args=(bootstrap, topic, self.ready, self.stop_event,
-                                                             self.count, self.out), daemon=True)
+        self.process = context.Process(
+            target=_follow, args=(bootstrap, topic, self.ready, self.stop_event, self.count, self.out), daemon=True
+        )
         self.process.start()
         if not self.ready.wait(timeout):
             self.process.terminate()
@@ -117,12 +136,15 @@ class Follower:
         try:
             seen = self.out.get(timeout=60)
         except queue.Empty:
-            raise RuntimeError(f"the topic follower ended without its results (exit code {self.process.exitcode})")
+            raise RuntimeError(
+                f"the topic follower ended without its results (exit code {self.process.exitcode})"
+            ) from None
         self.process.join(10)
         return seen
 
 
 # -- helpers -------------------------------------------------------------------------------------
+
 
 class CpuMeter:
     """Cores busy on average, per named group of processes, between start() and stop().
@@ -143,15 +165,19 @@ class CpuMeter:
         try:
             root = psutil.Process(pid)
             processes = ([root] if what in ("self", "tree", "reaped") else []) + (
-                root.children(recursive=True) if what in ("children", "tree") else [])
+                root.children(recursive=True) if what in ("children", "tree") else []
+            )
         except psutil.Error:
             return {}
         seconds = {}
         for proc in processes:
             try:
                 times = proc.cpu_times()
-                seconds[proc.pid] = times.user + times.system + (
-                    times.children_user + times.children_system if what == "reaped" else 0.0)
+                seconds[proc.pid] = (
+                    times.user
+                    + times.system
+                    + (times.children_user + times.children_system if what == "reaped" else 0.0)
+                )
             except psutil.Error:
                 pass
         return seconds
@@ -172,8 +198,9 @@ class CpuMeter:
 
 
 def start_worker(app_module: str, queues: list[str] | None, env: dict, log_path: Path) -> Child:
-    argv = commands.celery_worker("--loglevel", "WARNING", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h",
-                                  queues=queues, app=app_module)
+    argv = commands.celery_worker(
+        "--loglevel", "WARNING", "--hostname", f"bench-{uuid.uuid4().hex[:6]}@%h", queues=queues, app=app_module
+    )
     return start_child(f"celery {app_module}", argv, env, log_path)
 
 
@@ -182,6 +209,7 @@ def _queue_drained(client, queue: str) -> bool:
 
 
 # -- baselines ----------------------------------------------------------------------------------
+
 
 def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_pids: dict[str, int]) -> dict:
     """No-op tasks per second through Redis and a `-c 2` worker: sent as fast as possible, until drained."""
@@ -196,9 +224,14 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
     runs = []
     try:
         wait_worker_ready(settings.redis_url, worker)
-        cpu = CpuMeter({"worker main": (worker.pid, "self"), "worker pool": (worker.pid, "children"),
-                        **{name: (pid, "tree") for name, pid in servers_pids.items() if name == "redis"},
-                        "bench sender": (os.getpid(), "self")})
+        cpu = CpuMeter(
+            {
+                "worker main": (worker.pid, "self"),
+                "worker pool": (worker.pid, "children"),
+                **{name: (pid, "tree") for name, pid in servers_pids.items() if name == "redis"},
+                "bench sender": (os.getpid(), "self"),
+            }
+        )
         for _ in range(3):
             cpu.start()
             started = time.perf_counter()
@@ -207,8 +240,14 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
             while not _queue_drained(client, noop_worker.NOOP_QUEUE):
                 time.sleep(0.005)
             seconds = time.perf_counter() - started
-            runs.append({"tasks": tasks, "seconds": round(seconds, 3), "per_s": round(tasks / seconds, 1),
-                         "cpu_cores": cpu.stop()})
+            runs.append(
+                {
+                    "tasks": tasks,
+                    "seconds": round(seconds, 3),
+                    "per_s": round(tasks / seconds, 1),
+                    "cpu_cores": cpu.stop(),
+                }
+            )
     finally:
         worker.stop()
         client.close()
@@ -252,8 +291,13 @@ def produce_rate(settings: Settings, duration: float) -> dict:
     from workers import kafka
 
     topic = f"bench-produce-{uuid.uuid4().hex[:8]}"
-    value = json.dumps({"jobID": str(uuid.uuid4()), **payload(0, "bench-customer-01"),
-                        "tasks": [{"id": str(uuid.uuid4()), "worker": "static-analyzer"}]}).encode()
+    value = json.dumps(
+        {
+            "jobID": str(uuid.uuid4()),
+            **payload(0, "bench-customer-01"),
+            "tasks": [{"id": str(uuid.uuid4()), "worker": "static-analyzer"}],
+        }
+    ).encode()
     value = value + b" " * max(0, 1536 - len(value))
     producer = kafka.producer(settings.kafka_bootstrap_servers)
     producer.send(topic, key=b"warmup", value=value).get(timeout=30)  # the topic exists before we time
@@ -279,6 +323,7 @@ def produce_rate(settings: Settings, duration: float) -> dict:
 
 
 # -- the pipeline -------------------------------------------------------------------------------
+
 
 def _sustained(send, follower: Follower, customers: list[str], duration: float, batch: int = 1) -> tuple[dict, dict]:
     """Offer submissions as fast as the pipeline takes them: at most WINDOW offered and not yet on Kafka.
@@ -319,8 +364,14 @@ def _open_loop(send, follower: Follower, customers: list[str], rate: float, dura
         body = payload(n, customers[n % len(customers)])
         sent[body["submission"]["id"]] = time.time()
         send(body)
-    return {"offered": len(sent), "started": started, "duration": stopped_at or duration, "rate": rate,
-            "stopped_early_at_s": stopped_at, "sender_max_behind_s": round(behind, 3)}, sent
+    return {
+        "offered": len(sent),
+        "started": started,
+        "duration": stopped_at or duration,
+        "rate": rate,
+        "stopped_early_at_s": stopped_at,
+        "sender_max_behind_s": round(behind, 3),
+    }, sent
 
 
 COMMIT_CLOCKS = {
@@ -336,11 +387,18 @@ def committed_at(database_url: str, submission_ids: list[str]) -> tuple[dict[str
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
         clock = "commit" if conn.scalar(sa.text("SHOW track_commit_timestamp")) == "on" else "enqueued"
-        when = ("(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint" if clock == "commit"
-                else "enqueued_timestamp")
-        rows = conn.execute(sa.text(f"SELECT submission_id::text, {when} FROM jobs "
-                                    "WHERE submission_id = ANY(CAST(:ids AS uuid[])) AND NOT reanalysis"),
-                            {"ids": submission_ids}).all()
+        when = (
+            "(extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000)::bigint"
+            if clock == "commit"
+            else "enqueued_timestamp"
+        )
+        rows = conn.execute(
+            sa.text(
+                f"SELECT submission_id::text, {when} FROM jobs "
+                "WHERE submission_id = ANY(CAST(:ids AS uuid[])) AND NOT reanalysis"
+            ),
+            {"ids": submission_ids},
+        ).all()
     engine.dispose()
     return {submission_id: at for submission_id, at in rows if at is not None}, clock
 
@@ -357,25 +415,42 @@ def latency_figures(sent: dict[str, float], seen: dict[str, tuple[float, int]], 
             to_relay.append(produced_ms - committed[submission_id])
         to_seen.append(seen_at * 1000 - produced_ms)
     figures = {"seen": len(total), "missing": len(sent) - len(total)}
-    for name, values in (("", total), ("intake_to_commit_", to_commit), ("commit_to_relay_", to_relay),
-                         ("relay_to_seen_", to_seen)):
+    for name, values in (
+        ("", total),
+        ("intake_to_commit_", to_commit),
+        ("commit_to_relay_", to_relay),
+        ("relay_to_seen_", to_seen),
+    ):
         if values:
             figures[f"{name}p50_ms"] = round(percentile(values, 50), 1)
             figures[f"{name}p99_ms"] = round(percentile(values, 99), 1)
     return figures, total
 
 
-def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, duration: float = 60,
-        bulk_duration: float = 30, latency_duration: float = 20, baseline_duration: float = 5, noop_tasks: int = 3000, runs: int = 3) -> dict:
+def run(
+    settings: Settings,
+    workdir: Path,
+    servers_pids: dict[str, int],
+    *,
+    duration: float = 60,
+    bulk_duration: float = 30,
+    latency_duration: float = 20,
+    baseline_duration: float = 5,
+    noop_tasks: int = 3000,
+    runs: int = 3,
+) -> dict:
     """B3 and B5 (Celery worker): baselines, then the sustained and the 400/s latency runs, `runs` each."""
-    from celeryconfig import TaskNames
     from app.dispatch import celery_client, send_ingest
+    from celeryconfig import TaskNames
 
     env = settings_env(settings)
     env["PYTHONPATH"] = str(REPO)
-    results: dict = {"offered_through": "Celery task sampledb.ingest_submission (app.dispatch.send_ingest)",
-                     "worker": " ".join(["celery", *commands.celery_worker()[3:]]),
-                     "window": WINDOW, "bulk_batch": BULK_BATCH}
+    results: dict = {
+        "offered_through": "Celery task sampledb.ingest_submission (app.dispatch.send_ingest)",
+        "worker": " ".join(["celery", *commands.celery_worker()[3:]]),
+        "window": WINDOW,
+        "bulk_batch": BULK_BATCH,
+    }
     results["baseline_produce"] = produce_rate(settings, baseline_duration)
     results["baseline_insert_commit"] = insert_commit_rate(settings, baseline_duration)
     results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks, servers_pids)
@@ -388,7 +463,8 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         follower = Follower(settings.kafka_bootstrap_servers, settings.job_topic)
         send = lambda body: send_ingest(settings.redis_url, body)  # noqa: E731
         send_bulk = lambda bodies: celery_client(settings.redis_url).send_task(  # noqa: E731
-            TaskNames.INGEST_SUBMISSIONS, args=[bodies])
+            TaskNames.INGEST_SUBMISSIONS, args=[bodies]
+        )
         for n in range(20):  # warm-up: makes the topic, the worker's producer and its connections
             send(payload(n, customers[n % len(customers)]))
         if not follower.wait_for(20, 90):
@@ -396,13 +472,21 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         memory = PeakRss(worker.pid, include_root=True)
         memory.start()
         # What each part of the pipeline costs: the worker's main process does the broker I/O for its pool.
-        cpu = CpuMeter({"worker main": (worker.pid, "self"), "worker pool": (worker.pid, "children"),
-                        **{name: (pid, "tree") for name, pid in servers_pids.items()},
-                        "bench sender": (os.getpid(), "self"), "bench follower": (follower.process.pid, "self")})
+        cpu = CpuMeter(
+            {
+                "worker main": (worker.pid, "self"),
+                "worker pool": (worker.pid, "children"),
+                **{name: (pid, "tree") for name, pid in servers_pids.items()},
+                "bench sender": (os.getpid(), "self"),
+                "bench follower": (follower.process.pid, "self"),
+            }
+        )
         phases = []
         expected = 20
-        for kind, sender, batch, seconds in [("sustained", send, 1, duration),
-                                             ("sustained_bulk", send_bulk, BULK_BATCH, bulk_duration)]:
+        for kind, sender, batch, seconds in [
+            ("sustained", send, 1, duration),
+            ("sustained_bulk", send_bulk, BULK_BATCH, bulk_duration),
+        ]:
             for _ in range(runs):
                 cpu.start()
                 info, sent = _sustained(sender, follower, customers, seconds, batch)
@@ -429,9 +513,15 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         figures, total = latency_figures(sent, seen, committed)
         end = info["started"] + info["duration"]
         in_window = sum(1 for s in sent if s in seen and seen[s][0] <= end)
-        by_kind[kind].append({**{k: v for k, v in info.items() if k != "started"}, **figures,
-                              "announced_in_window": in_window, "per_s": round(in_window / info["duration"], 1),
-                              "created": len(committed)})
+        by_kind[kind].append(
+            {
+                **{k: v for k, v in info.items() if k != "started"},
+                **figures,
+                "announced_in_window": in_window,
+                "per_s": round(in_window / info["duration"], 1),
+                "created": len(committed),
+            }
+        )
         if kind == "latency":
             latency_samples.append([round(ms, 1) for ms in sorted(total)])
     results["sustained"] = summarize_runs(by_kind["sustained"], ("per_s", "p50_ms", "p99_ms"))
@@ -441,4 +531,3 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
     results["ratio_to_produce"] = round(results["sustained"]["per_s"] / results["baseline_produce"]["per_s"], 3)
     results["celery_worker_rss"] = rss
     return results
-

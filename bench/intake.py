@@ -45,10 +45,22 @@ def submission_request(i: int, submission_id: str | None = None) -> tuple[str, s
     """The i-th REST submission: a new sample, the classification a sample service would send."""
     sha256 = uuid.uuid4().hex + uuid.uuid4().hex
     kind = ingest.PAYLOAD_KINDS[i % len(ingest.PAYLOAD_KINDS)]
-    body = {"classification": {"type": kind[0], "superType": kind[1], "arch": kind[2], "platform": kind[3],
-                               "version": "1", "meta": {}},
-            "submission": {"name": f"sample-{i}.bin", "mimeType": "application/octet-stream", "tlp": "amber",
-                           "metaData": {"source": "bench"}}}
+    body = {
+        "classification": {
+            "type": kind[0],
+            "superType": kind[1],
+            "arch": kind[2],
+            "platform": kind[3],
+            "version": "1",
+            "meta": {},
+        },
+        "submission": {
+            "name": f"sample-{i}.bin",
+            "mimeType": "application/octet-stream",
+            "tlp": "amber",
+            "metaData": {"source": "bench"},
+        },
+    }
     if submission_id is not None:
         body["submission"]["id"] = submission_id
     return "POST", SUBMISSION_PATH.format(sha256=sha256), json.dumps(body).encode()
@@ -57,8 +69,9 @@ def submission_request(i: int, submission_id: str | None = None) -> tuple[str, s
 def _uploader_key(database_url: str) -> str:
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with so.Session(engine) as session:
-        key = create_key(session, user="bench-uploader", customer=CUSTOMER, role="SAMPLEDB-UPLOADER",
-                         all_customers=True)
+        key = create_key(
+            session, user="bench-uploader", customer=CUSTOMER, role="SAMPLEDB-UPLOADER", all_customers=True
+        )
         session.commit()
     engine.dispose()
     return key
@@ -109,13 +122,27 @@ def _open_loop(base: str, headers: dict, rate: float, duration: float) -> tuple[
         t.start()
     for t in threads:
         t.join()
-    info = {"offered": total, "accepted": len(sent), "failed": failures[0], "rate": rate, "duration": duration,
-            "started": started, "sender_max_behind_s": round(behind[0], 3)}
+    info = {
+        "offered": total,
+        "accepted": len(sent),
+        "failed": failures[0],
+        "rate": rate,
+        "duration": duration,
+        "started": started,
+        "sender_max_behind_s": round(behind[0], 3),
+    }
     return info, sent, answered
 
 
-def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, duration: float = 10,
-        latency_duration: float = 20, runs: int = 3) -> dict:
+def run(
+    settings: Settings,
+    workdir: Path,
+    servers_pids: dict[str, int],
+    *,
+    duration: float = 10,
+    latency_duration: float = 20,
+    runs: int = 3,
+) -> dict:
     """B7: submissions/s accepted with CONNECTIONS connections and the 202 latency (closed loop), then the
     202 and submission → Kafka latency at LATENCY_RATE submissions/s offered (open loop); `runs` each."""
     env = settings_env(settings)
@@ -133,11 +160,16 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         accepted = warm["requests"] - warm["non_2xx"]  # every accepted submission reaches Kafka, in the end
         if not follower.wait_for(1, 90):
             raise RuntimeError(f"no creation message reached Kafka:\n{worker.log_tail()}")
-        cpu = ingest.CpuMeter({"gunicorn": (api.pid, "tree"), "worker main": (worker.pid, "self"),
-                               "worker pool": (worker.pid, "children"),
-                               **{name: (pid, "tree") for name, pid in servers_pids.items()},
-                               "bench load": (os.getpid(), "reaped"),
-                               "bench follower": (follower.process.pid, "self")})
+        cpu = ingest.CpuMeter(
+            {
+                "gunicorn": (api.pid, "tree"),
+                "worker main": (worker.pid, "self"),
+                "worker pool": (worker.pid, "children"),
+                **{name: (pid, "tree") for name, pid in servers_pids.items()},
+                "bench load": (os.getpid(), "reaped"),
+                "bench follower": (follower.process.pid, "self"),
+            }
+        )
         for _ in range(runs):
             cpu.start()
             figures = python_load(base, submission_request, headers, duration)
@@ -164,15 +196,27 @@ def run(settings: Settings, workdir: Path, servers_pids: dict[str, int], *, dura
         committed, clock = ingest.committed_at(settings.database_url, list(sent))
         figures, total = ingest.latency_figures(sent, seen, committed)
         if not total:
-            raise RuntimeError(f"none of the {len(sent)} submissions accepted at {info['rate']}/s "
-                               f"({info['failed']} refused) reached Kafka within 120 s of the run's end")
-        open_runs.append({**{k: v for k, v in info.items() if k != "started"}, **figures,
-                          "accepted_p50_ms": round(percentile(answered, 50), 1) if answered else None,
-                          "accepted_p99_ms": round(percentile(answered, 99), 1) if answered else None})
-        samples.append({"kafka_ms": [round(ms, 1) for ms in sorted(total)],
-                        "accepted_ms": [round(ms, 1) for ms in sorted(answered)]})
+            raise RuntimeError(
+                f"none of the {len(sent)} submissions accepted at {info['rate']}/s "
+                f"({info['failed']} refused) reached Kafka within 120 s of the run's end"
+            )
+        open_runs.append(
+            {
+                **{k: v for k, v in info.items() if k != "started"},
+                **figures,
+                "accepted_p50_ms": round(percentile(answered, 50), 1) if answered else None,
+                "accepted_p99_ms": round(percentile(answered, 99), 1) if answered else None,
+            }
+        )
+        samples.append(
+            {
+                "kafka_ms": [round(ms, 1) for ms in sorted(total)],
+                "accepted_ms": [round(ms, 1) for ms in sorted(answered)],
+            }
+        )
     return {
-        "gunicorn": " ".join(GUNICORN_OPTIONS), "connections": CONNECTIONS,
+        "gunicorn": " ".join(GUNICORN_OPTIONS),
+        "connections": CONNECTIONS,
         "worker": " ".join(["celery", *commands.celery_worker()[3:]]),
         "accepted": summarize_runs(closed, ("per_s", "p50_ms", "p99_ms")),
         "latency_at_rate": summarize_runs(open_runs, ("p50_ms", "p99_ms", "accepted_p50_ms", "accepted_p99_ms")),

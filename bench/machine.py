@@ -11,10 +11,28 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-LIBRARIES = ["Flask", "flask-smorest", "marshmallow", "SQLAlchemy", "psycopg", "celery", "kombu", "redis",
-             "kafka-python", "gunicorn"]
-POSTGRES_SETTINGS = ["server_version", "shared_buffers", "work_mem", "effective_cache_size", "max_connections",
-                     "synchronous_commit", "jit", "random_page_cost"]
+LIBRARIES = [
+    "Flask",
+    "flask-smorest",
+    "marshmallow",
+    "SQLAlchemy",
+    "psycopg",
+    "celery",
+    "kombu",
+    "redis",
+    "kafka-python",
+    "gunicorn",
+]
+POSTGRES_SETTINGS = [
+    "server_version",
+    "shared_buffers",
+    "work_mem",
+    "effective_cache_size",
+    "max_connections",
+    "synchronous_commit",
+    "jit",
+    "random_page_cost",
+]
 
 
 def cpu_model() -> str:
@@ -44,11 +62,16 @@ def load_average() -> list[float]:
 def describe(database_url: str, redis_url: str | None, kafka_bootstrap: str | None, embedded: set[str]) -> dict:
     """`embedded`: the names of the servers the run started itself (postgresql, redis, kafka)."""
     info: dict = {
-        "cores": os.cpu_count(), "cpu_model": cpu_model(), "memory_gib": memory_gib(),
-        "kernel": platform.release(), "python": platform.python_version(),
+        "cores": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "memory_gib": memory_gib(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
         "libraries": {name: _version(name) for name in LIBRARIES},
-        "servers": {name: "embedded (app.dev)" if name in embedded else "given by a SAMPLEDB_* URL"
-                    for name in ("postgresql", "redis", "kafka")},
+        "servers": {
+            name: "embedded (app.dev)" if name in embedded else "given by a SAMPLEDB_* URL"
+            for name in ("postgresql", "redis", "kafka")
+        },
     }
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
@@ -71,6 +94,7 @@ def describe(database_url: str, redis_url: str | None, kafka_bootstrap: str | No
 
 def code_version(repo: Path) -> dict:
     """The commit the service code was measured at, and its paths that differed from it at the start."""
+
     def git(*args: str) -> str:
         try:
             return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=10).stdout
@@ -78,8 +102,10 @@ def code_version(repo: Path) -> dict:
             return ""
 
     changed = git("status", "--porcelain", "--", "app", "workers", "migrations", "celeryconfig.py", "wsgi.py")
-    return {"commit": git("rev-parse", "--short", "HEAD").strip() or None,
-            "uncommitted_service_changes": [line[3:] for line in changed.splitlines()]}
+    return {
+        "commit": git("rev-parse", "--short", "HEAD").strip() or None,
+        "uncommitted_service_changes": [line[3:] for line in changed.splitlines()],
+    }
 
 
 def _broker(embedded: bool) -> str:

@@ -20,9 +20,9 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy import event
 
-from app.intake import ingest
-from app.config import Settings
 from app.accounts.customers import ensure_customer
+from app.config import Settings
+from app.intake import ingest
 from app.policy import store
 from bench.ingest import payload
 
@@ -42,9 +42,15 @@ def _rule(session: so.Session, n: int, customer_ids: list[int]) -> dict:
     elif kind == 2:
         match = {"classification": {"super_type": ["document" if n == 2 else f"super{n}"]}}
     else:
-        match = {"submission": {"meta_data_key": ["source" if n == 3 else f"key{n}"], "meta_data_value": ["mail-gateway"]}}
-    return {"name": f"bench rule {n}", "description": "", "match": match,
-            "action": {"workers": {"add": ["static-analyzer"]}, "options": {"add": [{"key": f"k{n}", "value": "1"}]}}}
+        match = {
+            "submission": {"meta_data_key": ["source" if n == 3 else f"key{n}"], "meta_data_value": ["mail-gateway"]}
+        }
+    return {
+        "name": f"bench rule {n}",
+        "description": "",
+        "match": match,
+        "action": {"workers": {"add": ["static-analyzer"]}, "options": {"add": [{"key": f"k{n}", "value": "1"}]}},
+    }
 
 
 class StatementCounter:
@@ -54,7 +60,7 @@ class StatementCounter:
     def _count(self, *args) -> None:
         self.count += 1
 
-    def __enter__(self) -> "StatementCounter":
+    def __enter__(self) -> StatementCounter:
         event.listen(self.engine, "before_cursor_execute", self._count)
         return self
 
@@ -82,15 +88,18 @@ def run(settings: Settings, *, submissions_per_count: int = 5000) -> dict:
                     added += 1
                 store.forget_snapshots()
                 with StatementCounter(engine) as cold:
-                    store.plan_for(session, cached, customers[0], payloads[0]["submission"], payloads[0]["classification"])
+                    store.plan_for(
+                        session, cached, customers[0], payloads[0]["submission"], payloads[0]["classification"]
+                    )
                 with StatementCounter(engine) as warm:
-                    store.plan_for(session, cached, customers[0], payloads[0]["submission"], payloads[0]["classification"])
+                    store.plan_for(
+                        session, cached, customers[0], payloads[0]["submission"], payloads[0]["classification"]
+                    )
                 timings = []
                 for _ in range(RUNS):
                     started = time.perf_counter()
                     for data in payloads:
-                        store.plan_for(session, cached, data["customer_id"], data["submission"],
-                                       data["classification"])
+                        store.plan_for(session, cached, data["customer_id"], data["submission"], data["classification"])
                     timings.append(time.perf_counter() - started)
                 elapsed = statistics.median(timings)
                 one = payload(0, "bench-customer-01")
@@ -103,11 +112,16 @@ def run(settings: Settings, *, submissions_per_count: int = 5000) -> dict:
                 with StatementCounter(engine) as ingest_cold:
                     ingest.ingest(session, uncached, one)
                     session.flush()
-                results["by_rules"].append({
-                    "rules": rules, "us_per_submission": round(elapsed / len(payloads) * 1e6, 1),
-                    "statements_cached": warm.count, "statements_read_afresh": cold.count,
-                    "ingest_statements_cached": ingest_warm.count, "ingest_statements_read_afresh": ingest_cold.count,
-                })
+                results["by_rules"].append(
+                    {
+                        "rules": rules,
+                        "us_per_submission": round(elapsed / len(payloads) * 1e6, 1),
+                        "statements_cached": warm.count,
+                        "statements_read_afresh": cold.count,
+                        "ingest_statements_cached": ingest_warm.count,
+                        "ingest_statements_read_afresh": ingest_cold.count,
+                    }
+                )
             session.rollback()
     finally:
         store.forget_snapshots()

@@ -69,6 +69,8 @@ class PeakRss(threading.Thread):
         self._stop_event.set()
         self.join()
         self.sample()
-        per_process = {str(pid): {"peak_rss_mb": round(rss / 2**20, 1), "cmd": self.names.get(pid, "")}
-                       for pid, rss in sorted(self.peaks.items())}
+        per_process = {
+            str(pid): {"peak_rss_mb": round(rss / 2**20, 1), "cmd": self.names.get(pid, "")}
+            for pid, rss in sorted(self.peaks.items())
+        }
         return {"peak_rss_mb": round(max(self.peaks.values(), default=0) / 2**20, 1), "processes": per_process}

@@ -22,9 +22,9 @@ from pathlib import Path
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.operations import retention
-from app.config import Settings
 from app.clock import now_ms
+from app.config import Settings
+from app.operations import retention
 from bench import api_load
 from bench.processes import start_gunicorn
 from bench.stack import settings_env
@@ -75,20 +75,26 @@ def prepare(engine: sa.Engine, outbox_rows: int, expired_jobs: int) -> dict:
     now = now_ms()
     ended = now - (JOB_RETENTION_DAYS + 1) * DAY_MS
     started = time.perf_counter()
-    _execute(engine, [
-        (SENT_OUTBOX, {"n": outbox_rows, "sent": now - 2 * DAY_MS}),
-        ("DROP TABLE IF EXISTS bench_expired", {}),
-        (CHOOSE_EXPIRED, {"n": expired_jobs}),
-        (AGE_EXPIRED, {"ended": ended}),
-        (HISTORY, {"ended": ended, "per_job": HISTORY_PER_JOB}),
-    ])
+    _execute(
+        engine,
+        [
+            (SENT_OUTBOX, {"n": outbox_rows, "sent": now - 2 * DAY_MS}),
+            ("DROP TABLE IF EXISTS bench_expired", {}),
+            (CHOOSE_EXPIRED, {"n": expired_jobs}),
+            (AGE_EXPIRED, {"ended": ended}),
+            (HISTORY, {"ended": ended, "per_job": HISTORY_PER_JOB}),
+        ],
+    )
     _vacuum(engine)
     with engine.connect() as conn:
-        counts = {table: conn.scalar(sa.text(f"SELECT count(*) FROM {table}"))
-                  for table in ("outbox", "jobs", "job_tasks", "job_history")}
-        expired = {table: conn.scalar(sa.text(
-            f"SELECT count(*) FROM {table} WHERE job_id IN (SELECT id FROM bench_expired)"))
-            for table in ("job_tasks", "job_history")}
+        counts = {
+            table: conn.scalar(sa.text(f"SELECT count(*) FROM {table}"))
+            for table in ("outbox", "jobs", "job_tasks", "job_history")
+        }
+        expired = {
+            table: conn.scalar(sa.text(f"SELECT count(*) FROM {table} WHERE job_id IN (SELECT id FROM bench_expired)"))
+            for table in ("job_tasks", "job_history")
+        }
     return {"seconds": round(time.perf_counter() - started, 1), "table_rows": counts, "expired": expired}
 
 
@@ -113,13 +119,24 @@ class _Purge(threading.Thread):
         with so.Session(self.engine) as session:
             purged = retention.purge(session, settings)
         seconds = time.perf_counter() - started
-        self.phases[name] = {"seconds": round(seconds, 2), "deleted": purged.by_table(),
-                             "rows_per_s": {table: round(count / seconds) for table, count in
-                                            purged.by_table().items() if count}}
+        self.phases[name] = {
+            "seconds": round(seconds, 2),
+            "deleted": purged.by_table(),
+            "rows_per_s": {table: round(count / seconds) for table, count in purged.by_table().items() if count},
+        }
 
 
-def _chunks(load, base: str, ids: list[str], key: str, chunk: float, workdir: Path, *, count: int | None = None,
-            until: threading.Thread | None = None) -> list[dict]:
+def _chunks(
+    load,
+    base: str,
+    ids: list[str],
+    key: str,
+    chunk: float,
+    workdir: Path,
+    *,
+    count: int | None = None,
+    until: threading.Thread | None = None,
+) -> list[dict]:
     """Load chunks of `chunk` s: `count` of them, or as long as `until` runs."""
     results = []
     while (count is not None and len(results) < count) or (until is not None and until.is_alive()):
@@ -135,8 +152,11 @@ def _scrapes(url: str, count: int) -> dict:
             response.read()
             assert response.status == 200
         latencies.append((time.perf_counter() - started) * 1000)
-    return {"scrapes": count, "p50_ms": round(percentile(latencies, 50), 2),
-            "p99_ms": round(percentile(latencies, 99), 2)}
+    return {
+        "scrapes": count,
+        "p50_ms": round(percentile(latencies, 50), 2),
+        "p99_ms": round(percentile(latencies, 99), 2),
+    }
 
 
 def _scrape_p99(settings: Settings, workdir: Path, count: int, cache_seconds: int) -> dict:
@@ -149,8 +169,9 @@ def _scrape_p99(settings: Settings, workdir: Path, count: int, cache_seconds: in
         server.stop()
 
 
-def run(settings: Settings, api_key: str, workdir: Path, *, outbox_rows: int, expired_jobs: int, chunk: float,
-        scrapes: int) -> dict:
+def run(
+    settings: Settings, api_key: str, workdir: Path, *, outbox_rows: int, expired_jobs: int, chunk: float, scrapes: int
+) -> dict:
     engine = sa.create_engine(settings.database_url, pool_size=2)
     try:
         scrape = [_scrape_p99(settings, workdir, scrapes, cache) for cache in (0, settings.metrics_cache_seconds)]
@@ -161,8 +182,9 @@ def run(settings: Settings, api_key: str, workdir: Path, *, outbox_rows: int, ex
         ids = [i for i in ids if i not in expired]
         generator = api_load.load_generator()
         load = api_load.job_load(generator == "wrk")
-        server, base = start_gunicorn("wsgi:app", settings_env(settings), workdir / "gunicorn-b6.log",
-                                      api_load.HEALTH_PATH)
+        server, base = start_gunicorn(
+            "wsgi:app", settings_env(settings), workdir / "gunicorn-b6.log", api_load.HEALTH_PATH
+        )
         try:
             load(base, api_load.JOB_PATH, ids, api_key, chunk, workdir, 0)  # warm-up
             purge = _Purge(engine, settings)
@@ -177,8 +199,10 @@ def run(settings: Settings, api_key: str, workdir: Path, *, outbox_rows: int, ex
         for chunk_result in during + idle:
             if chunk_result["errors"] or chunk_result["non_2xx"]:
                 raise RuntimeError(f"B6 load saw errors: {chunk_result}")
-        deleted = {table: sum(p["deleted"][table] for p in purge.phases.values())
-                   for table in ("outbox", "jobs", "job_tasks", "job_history")}
+        deleted = {
+            table: sum(p["deleted"][table] for p in purge.phases.values())
+            for table in ("outbox", "jobs", "job_tasks", "job_history")
+        }
         expected = {"outbox": outbox_rows, "jobs": expired_jobs, **prepared["expired"]}
         if deleted != expected:
             raise RuntimeError(f"B6 purged {deleted}, expected {expected}")
@@ -188,12 +212,24 @@ def run(settings: Settings, api_key: str, workdir: Path, *, outbox_rows: int, ex
         engine.dispose()
     p99_during, p99_idle = median(c["p99_ms"] for c in during), median(c["p99_ms"] for c in idle)
     return {
-        "prepared": prepared, "batch_size": settings.purge_batch_size, "purge": purge.phases, "deleted": deleted,
-        "load_generator": generator, "chunk_s": chunk,
-        "get_job_during_purge": {"chunks": len(during), "p99_ms": round(p99_during, 2),
-                                 "rps": round(median(c["rps"] for c in during), 1), "runs": during},
-        "get_job_idle": {"chunks": len(idle), "p99_ms": round(p99_idle, 2),
-                         "rps": round(median(c["rps"] for c in idle), 1), "runs": idle},
+        "prepared": prepared,
+        "batch_size": settings.purge_batch_size,
+        "purge": purge.phases,
+        "deleted": deleted,
+        "load_generator": generator,
+        "chunk_s": chunk,
+        "get_job_during_purge": {
+            "chunks": len(during),
+            "p99_ms": round(p99_during, 2),
+            "rps": round(median(c["rps"] for c in during), 1),
+            "runs": during,
+        },
+        "get_job_idle": {
+            "chunks": len(idle),
+            "p99_ms": round(p99_idle, 2),
+            "rps": round(median(c["rps"] for c in idle), 1),
+            "runs": idle,
+        },
         "ratio_p99": round(p99_during / p99_idle, 3),
         "metrics_scrape": scrape,
     }

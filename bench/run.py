@@ -37,7 +37,7 @@ class Config:
     durations: dict = field(default_factory=dict)
 
     @classmethod
-    def from_env(cls, environ=os.environ) -> "Config":
+    def from_env(cls, environ=os.environ) -> Config:
         jobs = int(environ.get("BENCH_JOBS", "1000000"))
         if jobs < 1000:
             raise SystemExit(f"BENCH_JOBS must be at least 1000 (the sweep needs N/100 stale jobs), got {jobs}")
@@ -51,20 +51,49 @@ class Config:
 
 def durations(quick: bool) -> dict:
     if quick:
-        return {"b1_duration": 1, "b1_runs": 3, "b1_warmup": 1, "b2_requests": 5, "b2_warmup": 1, "b3_duration": 3,
-                "b3_bulk_duration": 3, "b3_latency_duration": 2, "b3_baseline_duration": 0.5, "b3_noop_tasks": 100,
-                "b7_duration": 1, "b7_latency_duration": 1, "b6_chunk": 1, "b6_scrapes": 20, "runs": 3}
-    return {"b1_duration": 3, "b1_runs": 7, "b1_warmup": 2, "b2_requests": 30, "b2_warmup": 3, "b3_duration": 60,
-            "b3_bulk_duration": 30, "b3_latency_duration": 20, "b3_baseline_duration": 5, "b3_noop_tasks": 3000,
-            "b7_duration": 10, "b7_latency_duration": 20, "b6_chunk": 5, "b6_scrapes": 300, "runs": 3}
+        return {
+            "b1_duration": 1,
+            "b1_runs": 3,
+            "b1_warmup": 1,
+            "b2_requests": 5,
+            "b2_warmup": 1,
+            "b3_duration": 3,
+            "b3_bulk_duration": 3,
+            "b3_latency_duration": 2,
+            "b3_baseline_duration": 0.5,
+            "b3_noop_tasks": 100,
+            "b7_duration": 1,
+            "b7_latency_duration": 1,
+            "b6_chunk": 1,
+            "b6_scrapes": 20,
+            "runs": 3,
+        }
+    return {
+        "b1_duration": 3,
+        "b1_runs": 7,
+        "b1_warmup": 2,
+        "b2_requests": 30,
+        "b2_warmup": 3,
+        "b3_duration": 60,
+        "b3_bulk_duration": 30,
+        "b3_latency_duration": 20,
+        "b3_baseline_duration": 5,
+        "b3_noop_tasks": 3000,
+        "b7_duration": 10,
+        "b7_latency_duration": 20,
+        "b6_chunk": 5,
+        "b6_scrapes": 300,
+        "runs": 3,
+    }
 
 
 def _viewer_key(database_url: str) -> str:
     """An all-customers SAMPLEDB-VIEWER key, as the analysis system's dashboards would use."""
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with so.Session(engine) as session:
-        key = create_key(session, user="bench-viewer", customer="bench-customer-01", role="SAMPLEDB-VIEWER",
-                         all_customers=True)
+        key = create_key(
+            session, user="bench-viewer", customer="bench-customer-01", role="SAMPLEDB-VIEWER", all_customers=True
+        )
         session.commit()
     engine.dispose()
     return key
@@ -101,7 +130,7 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
     timings: dict = {}
     results: dict = {
         "date": dt.date.today().isoformat(),
-        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "config": {"jobs": config.jobs, "quick": config.quick, "only": list(config.only), "durations": d},
         "code": machine.code_version(REPO),
         "load_average_start": machine.load_average(),
@@ -111,29 +140,65 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
     started = time.perf_counter()
     main_db = dbs.create("main")
     settings = bench_settings(main_db.url, servers)
-    results["machine"] = machine.describe(main_db.url, servers.redis_url, servers.kafka_bootstrap,
-                                          set(servers.pids()))
+    results["machine"] = machine.describe(main_db.url, servers.redis_url, servers.kafka_bootstrap, set(servers.pids()))
     results["dataset"] = dataset.load_jobs(main_db.url, config.jobs, now_ms(), site=settings.site)
     timings["load"] = round(time.perf_counter() - started, 1)
     key = _viewer_key(main_db.url)
 
     # B3 and B7 add jobs to the big database and B4 changes 10,000 of them: all after the read benchmarks.
     benchmarks = {
-        "B2": ("searches", lambda: searches.run(settings, key, requests=d["b2_requests"], rounds=runs,
-                                                warmup=d["b2_warmup"])),
-        "B1": ("GET /job/{id} under load", lambda: api_load.run(settings, key, workdir, duration=d["b1_duration"],
-                                                                 runs=d["b1_runs"], warmup=d["b1_warmup"])),
-        "B3": ("ingest", lambda: {**ingest.run(
-            settings, workdir, servers.pids(), duration=d["b3_duration"], bulk_duration=d["b3_bulk_duration"],
-            latency_duration=d["b3_latency_duration"], baseline_duration=d["b3_baseline_duration"],
-            noop_tasks=d["b3_noop_tasks"], runs=runs), "policy_evaluation": policy.run(settings)}),
-        "B7": ("REST intake", lambda: intake.run(settings, workdir, servers.pids(), duration=d["b7_duration"],
-                                                 latency_duration=d["b7_latency_duration"], runs=runs)),
+        "B2": (
+            "searches",
+            lambda: searches.run(settings, key, requests=d["b2_requests"], rounds=runs, warmup=d["b2_warmup"]),
+        ),
+        "B1": (
+            "GET /job/{id} under load",
+            lambda: api_load.run(
+                settings, key, workdir, duration=d["b1_duration"], runs=d["b1_runs"], warmup=d["b1_warmup"]
+            ),
+        ),
+        "B3": (
+            "ingest",
+            lambda: {
+                **ingest.run(
+                    settings,
+                    workdir,
+                    servers.pids(),
+                    duration=d["b3_duration"],
+                    bulk_duration=d["b3_bulk_duration"],
+                    latency_duration=d["b3_latency_duration"],
+                    baseline_duration=d["b3_baseline_duration"],
+                    noop_tasks=d["b3_noop_tasks"],
+                    runs=runs,
+                ),
+                "policy_evaluation": policy.run(settings),
+            },
+        ),
+        "B7": (
+            "REST intake",
+            lambda: intake.run(
+                settings,
+                workdir,
+                servers.pids(),
+                duration=d["b7_duration"],
+                latency_duration=d["b7_latency_duration"],
+                runs=runs,
+            ),
+        ),
         "B4": ("sweep", lambda: _sweep_sizes(servers, dbs, config, settings, main_db.url)),
         # Deletes jobs of the big database: last.
-        "B6": ("retention and metrics", lambda: purge.run(
-            settings, key, workdir, outbox_rows=config.jobs, expired_jobs=config.jobs // 10,
-            chunk=d["b6_chunk"], scrapes=d["b6_scrapes"])),
+        "B6": (
+            "retention and metrics",
+            lambda: purge.run(
+                settings,
+                key,
+                workdir,
+                outbox_rows=config.jobs,
+                expired_jobs=config.jobs // 10,
+                chunk=d["b6_chunk"],
+                scrapes=d["b6_scrapes"],
+            ),
+        ),
     }
     for name, (what, measure) in benchmarks.items():
         if name not in config.only:
@@ -164,8 +229,12 @@ def main() -> int:
     config = Config.from_env()
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="sampledb-bench-run-"))
-    log.info("BENCH_JOBS=%d%s; logs of gunicorn and Celery in %s", config.jobs,
-             " BENCH_QUICK" if config.quick else "", workdir)
+    log.info(
+        "BENCH_JOBS=%d%s; logs of gunicorn and Celery in %s",
+        config.jobs,
+        " BENCH_QUICK" if config.quick else "",
+        workdir,
+    )
     servers = start_servers(need_workers=bool({"B3", "B7"} & set(config.only)))
     dbs = Databases(servers.postgres_url, servers.run_id)
     try:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import psycopg
 import sqlalchemy as sa
 
+from app.accounts.access import EVERYONE
 from app.api.schemas import SearchCriteriaSchema
 from app.config import Settings
 from app.jobs.search import search_jobs
-from app.accounts.access import EVERYONE
 from bench.stack import app_bound_to
 from bench.stats import median, percentile
 
@@ -33,16 +33,28 @@ class Search:
 
 
 def searches(sample_sha256: str, customer: str) -> list[Search]:
-    seed = {"state": ["aborted", "timeout"], "startTimestamp": "now - 1 week", "endTimestamp": "now",
-            "timeFieldStrategy": SEED_TIME_FIELDS, "timeMatchStrategy": "any"}
+    seed = {
+        "state": ["aborted", "timeout"],
+        "startTimestamp": "now - 1 week",
+        "endTimestamp": "now",
+        "timeFieldStrategy": SEED_TIME_FIELDS,
+        "timeMatchStrategy": "any",
+    }
     return [
         Search("default_list", "GET /job (active jobs by enqueuedTimestamp)", None),
         Search("customer_state", f"customer {customer}, state failed", {"customer": [customer], "state": ["failed"]}),
-        Search("sha256", "sampleSha256 (upper case), all states", {"sampleSha256": [sample_sha256.upper()], "state": []}),
-        Search("seed_example_any", "the seed's example: aborted/timeout, now - 1 week .. now, 3 time fields, any", seed),
+        Search(
+            "sha256", "sampleSha256 (upper case), all states", {"sampleSha256": [sample_sha256.upper()], "state": []}
+        ),
+        Search(
+            "seed_example_any", "the seed's example: aborted/timeout, now - 1 week .. now, 3 time fields, any", seed
+        ),
         Search("seed_example_all", "the same with timeMatchStrategy all", {**seed, "timeMatchStrategy": "all"}),
-        Search("sorted_offset", "sortBy -enqueuedTimestamp, offset 5000 (active jobs)",
-               {"sortBy": ["-enqueuedTimestamp"], "offset": 5000}),
+        Search(
+            "sorted_offset",
+            "sortBy -enqueuedTimestamp, offset 5000 (active jobs)",
+            {"sortBy": ["-enqueuedTimestamp"], "offset": 5000},
+        ),
     ]
 
 
@@ -50,12 +62,18 @@ def pick_targets(database_url: str) -> tuple[str, str]:
     """A sample hash that several jobs share and a mid-sized customer (the third largest)."""
     engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
-        sha = conn.scalar(sa.text(
-            "SELECT sample_sha256 FROM (SELECT sample_sha256 FROM jobs ORDER BY id LIMIT 2000) s "
-            "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"))
-        customer = conn.scalar(sa.text(
-            "SELECT c.short_name FROM customers c WHERE c.short_name LIKE 'bench-customer-%' ORDER BY c.short_name "
-            "OFFSET 2 LIMIT 1"))
+        sha = conn.scalar(
+            sa.text(
+                "SELECT sample_sha256 FROM (SELECT sample_sha256 FROM jobs ORDER BY id LIMIT 2000) s "
+                "GROUP BY 1 ORDER BY count(*) DESC, 1 LIMIT 1"
+            )
+        )
+        customer = conn.scalar(
+            sa.text(
+                "SELECT c.short_name FROM customers c WHERE c.short_name LIKE 'bench-customer-%' ORDER BY c.short_name "
+                "OFFSET 2 LIMIT 1"
+            )
+        )
     engine.dispose()
     return sha, customer
 
@@ -67,16 +85,22 @@ def capture_statements(database_url: str, search: Search) -> list[str]:
     with engine.connect():  # the dialect's first-connect queries are not the search's
         pass
     captured: list[tuple[str, object]] = []
-    sa.event.listen(engine, "before_cursor_execute",
-                    lambda conn, cursor, statement, parameters, context, many: captured.append((statement, parameters)))
+    sa.event.listen(
+        engine,
+        "before_cursor_execute",
+        lambda conn, cursor, statement, parameters, context, many: captured.append((statement, parameters)),
+    )
     # As the API runs it: on an autocommit connection (app.extensions.Database.reader).
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as reader:
         search_jobs(reader, criteria, EVERYONE)
         with engine.connect() as conn:
             raw = conn.connection.dbapi_connection
             mogrify = psycopg.ClientCursor(raw).mogrify
-            statements = [mogrify(statement, parameters) for statement, parameters in captured
-                          if not statement.lstrip().upper().startswith(("BEGIN", "ROLLBACK"))]
+            statements = [
+                mogrify(statement, parameters)
+                for statement, parameters in captured
+                if not statement.lstrip().upper().startswith(("BEGIN", "ROLLBACK"))
+            ]
     engine.dispose()
     return statements
 
@@ -142,10 +166,17 @@ def run(settings: Settings, api_key: str, *, requests: int = 30, rounds: int = 3
     headers = {"Argus-API-Key": api_key}
     results = {}
     raw_url = sa.make_url(settings.database_url)
-    with app_bound_to(settings) as app, psycopg.connect(
-        host=raw_url.host, port=raw_url.port, user=raw_url.username, password=raw_url.password,
-        dbname=raw_url.database, autocommit=True,
-    ) as raw:
+    with (
+        app_bound_to(settings) as app,
+        psycopg.connect(
+            host=raw_url.host,
+            port=raw_url.port,
+            user=raw_url.username,
+            password=raw_url.password,
+            dbname=raw_url.database,
+            autocommit=True,
+        ) as raw,
+    ):
         client = app.test_client()
         for search in searches(sha, customer):
             statements = capture_statements(settings.database_url, search)
@@ -176,5 +207,10 @@ def run(settings: Settings, api_key: str, *, requests: int = 30, rounds: int = 3
                 "api_rounds": api_rounds,
                 "raw_rounds": raw_rounds,
             }
-    return {"requests_per_round": requests, "rounds": rounds, "sample_sha256": sha, "customer": customer,
-            "searches": results}
+    return {
+        "requests_per_round": requests,
+        "rounds": rounds,
+        "sample_sha256": sha,
+        "customer": customer,
+        "searches": results,
+    }

@@ -100,8 +100,9 @@ def start_servers(need_workers: bool = True) -> Servers:
             server.stop()
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise
-    return Servers(pg_url, redis_url, kafka, _embedded_servers=started, _temp_dir=temp_dir,
-                   _redis_was_empty=redis_was_empty)
+    return Servers(
+        pg_url, redis_url, kafka, _embedded_servers=started, _temp_dir=temp_dir, _redis_was_empty=redis_was_empty
+    )
 
 
 def empty_redis_database(url: str) -> str:
@@ -180,9 +181,12 @@ class Databases:
 
 def bench_settings(database_url: str, servers: Servers | None = None, **overrides: str) -> Settings:
     # Without Redis or Kafka (a run without B3) they point nowhere rather than at some local default server.
-    environ = {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_SITE": servers.site if servers else "BENCH",
-               "SAMPLEDB_REDIS_URL": (servers and servers.redis_url) or "redis://127.0.0.1:1/0",
-               "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": (servers and servers.kafka_bootstrap) or "127.0.0.1:1"}
+    environ = {
+        "SAMPLEDB_DATABASE_URL": database_url,
+        "SAMPLEDB_SITE": servers.site if servers else "BENCH",
+        "SAMPLEDB_REDIS_URL": (servers and servers.redis_url) or "redis://127.0.0.1:1/0",
+        "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": (servers and servers.kafka_bootstrap) or "127.0.0.1:1",
+    }
     environ.update(overrides)
     return Settings.from_env(environ)
 

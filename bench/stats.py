@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import statistics
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def percentile(values: Iterable[float], pct: float) -> float:
@@ -24,7 +24,6 @@ def median(values: Iterable[float]) -> float:
 def summarize_runs(runs: list[dict], keys: Iterable[str]) -> dict:
     """{key: median over runs} for each key, plus the runs themselves."""
     return {**{key: round(median(run[key] for run in runs), 3) for key in keys}, "runs": runs}
-
 
 
 def spread(values: Iterable[float]) -> dict:

@@ -15,9 +15,9 @@ import time
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app.clock import now_ms
 from app.config import Settings
 from app.jobs import service
-from app.clock import now_ms
 from bench.stats import median, summarize_runs
 
 CHOOSE = """
@@ -81,8 +81,14 @@ def _sweep_until_done(engine: sa.Engine, settings: Settings) -> dict:
         sa.event.remove(engine, "before_cursor_execute", count)
     seconds = time.perf_counter() - started
     swept = sum(b["jobs"] for b in batches)
-    return {"seconds": round(seconds, 3), "swept": swept, "jobs_per_s": round(swept / seconds, 1),
-            "batches": len(batches), "statements": statements[0], "batch_seconds": [b["seconds"] for b in batches]}
+    return {
+        "seconds": round(seconds, 3),
+        "swept": swept,
+        "jobs_per_s": round(swept / seconds, 1),
+        "batches": len(batches),
+        "statements": statements[0],
+        "batch_seconds": [b["seconds"] for b in batches],
+    }
 
 
 def prepare(database_url: str, stale: int) -> None:
@@ -110,8 +116,11 @@ def run_one_size(settings: Settings, table_jobs: int, stale: int, runs: int = 3)
             conn.execute(sa.text("DROP TABLE bench_stale"))
     finally:
         engine.dispose()
-    return {"table_jobs": table_jobs, "stale_jobs": stale,
-            **summarize_runs(results, ("seconds", "jobs_per_s", "statements"))}
+    return {
+        "table_jobs": table_jobs,
+        "stale_jobs": stale,
+        **summarize_runs(results, ("seconds", "jobs_per_s", "statements")),
+    }
 
 
 def summarize(sizes: list[dict]) -> dict:

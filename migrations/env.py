@@ -1,9 +1,10 @@
-"""Alembic environment: one transaction per migration, a lock timeout so a migration never queues behind live traffic."""
+"""Alembic environment: one transaction per migration, a lock timeout so a migration never queues behind
+live traffic."""
 
 from __future__ import annotations
 
-from alembic import context
 import sqlalchemy as sa
+from alembic import context
 
 from app.config import Settings
 from app.models import Base

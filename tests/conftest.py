@@ -23,11 +23,11 @@ import pytest
 import sqlalchemy as sa
 
 from app import clock as service_clock
-from app.factory import create_app
 from app.accounts.customers import ensure_customer
 from app.accounts.keys import create_key
 from app.config import Settings
 from app.extensions import db
+from app.factory import create_app
 from app.jobs import service
 from app.operations.migrate import upgrade
 from app.unit_of_work import unit_of_work
@@ -112,8 +112,9 @@ def kafka_bootstrap(kafka_broker) -> str:
 @pytest.fixture(scope="session")
 def settings(database_url) -> Settings:
     # The API tests need no Redis or Kafka; worker tests build settings with real URLs.
-    return make_settings(database_url, SAMPLEDB_REDIS_URL="redis://127.0.0.1:1/0",
-                         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+    return make_settings(
+        database_url, SAMPLEDB_REDIS_URL="redis://127.0.0.1:1/0", SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -166,8 +167,13 @@ def make_key(app):
 
     def make(role: str = "SAMPLEDB-ANALYZER", customer: str = "acme", user: str | None = None, **options) -> dict:
         with app.app_context(), unit_of_work(db.session) as session:
-            key = create_key(session, user=user or f"user-{uuid.uuid4().hex[:8]}", customer=customer,
-                             role=f"SAMPLEDB-{role}" if not role.startswith("SAMPLEDB-") else role, **options)
+            key = create_key(
+                session,
+                user=user or f"user-{uuid.uuid4().hex[:8]}",
+                customer=customer,
+                role=f"SAMPLEDB-{role}" if not role.startswith("SAMPLEDB-") else role,
+                **options,
+            )
         return {"Argus-API-Key": key}
 
     return make
@@ -182,7 +188,10 @@ def make_job(app, settings):
         with app.app_context(), unit_of_work(db.session) as session:
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(
-                session, settings, submission=payload["submission"], classification=payload["classification"],
+                session,
+                settings,
+                submission=payload["submission"],
+                classification=payload["classification"],
                 customer=owner,
             )
         return str(job_id)
@@ -208,7 +217,7 @@ def sql(app, database):
     in a rolled-back test, a savepoint of the test's transaction."""
 
     def run(statement: str, **params):
-        with (database.begin() if database is not None else db.engine_of(app).begin()) as conn:
+        with database.begin() if database is not None else db.engine_of(app).begin() as conn:
             result = conn.execute(sa.text(statement), params)
             return result.all() if result.returns_rows else None
 
@@ -246,18 +255,23 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
     redis_client.flushdb()  # the tests' own Redis database: no tasks left from an earlier run
     from app.dev.processes import free_port
 
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
     metrics_port = free_port()
     env.update(
-        SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
-        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL",
+        SAMPLEDB_DATABASE_URL=database_url,
+        SAMPLEDB_REDIS_URL=redis_url,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
+        SAMPLEDB_SITE="OSL",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
-        SAMPLEDB_SWEEP_BATCH_SIZE="20", SAMPLEDB_PURGE_BATCH_SIZE="20", SAMPLEDB_POLICY_CACHE_SECONDS="0",
-        SAMPLEDB_WORKER_METRICS_PORT=str(metrics_port), PYTHONUNBUFFERED="1",
+        SAMPLEDB_SWEEP_BATCH_SIZE="20",
+        SAMPLEDB_PURGE_BATCH_SIZE="20",
+        SAMPLEDB_POLICY_CACHE_SECONDS="0",
+        SAMPLEDB_WORKER_METRICS_PORT=str(metrics_port),
+        PYTHONUNBUFFERED="1",
     )
-    worker = CeleryWorker(env, tmp_path_factory.mktemp("celery") / "worker.log",
-                          f"sampledb-test-{uuid.uuid4().hex[:6]}@%h").start()
+    worker = CeleryWorker(
+        env, tmp_path_factory.mktemp("celery") / "worker.log", f"sampledb-test-{uuid.uuid4().hex[:6]}@%h"
+    ).start()
     worker.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
     yield worker
     worker.stop()
@@ -298,8 +312,9 @@ def wait_idle(celery_worker, redis_client, task_sender, app):
                 last_relay[0] = time.monotonic()
             return False
 
-        wait_for(idle, timeout, f"an idle worker and an empty outbox; worker log:\n{celery_worker.tail(60)}",
-                 interval=0.1)
+        wait_for(
+            idle, timeout, f"an idle worker and an empty outbox; worker log:\n{celery_worker.tail(60)}", interval=0.1
+        )
 
     return wait
 
@@ -336,8 +351,12 @@ def run_cli(database_url, redis_url):
     from app.cli import main
 
     runner = CliRunner()
-    return lambda *args: runner.invoke(main, list(args), catch_exceptions=False, env={
-        "SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url})
+    return lambda *args: runner.invoke(
+        main,
+        list(args),
+        catch_exceptions=False,
+        env={"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url},
+    )
 
 
 @pytest.fixture

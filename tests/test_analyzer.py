@@ -19,7 +19,12 @@ from analyzer import Analyzer, Runner
 from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.analyzers import (
-    ApiServer, Recording, claims_per_task, client_env, running, sweep_execution_timeouts,
+    ApiServer,
+    Recording,
+    claims_per_task,
+    client_env,
+    running,
+    sweep_execution_timeouts,
 )
 from tests.support.payloads import submission_payload
 from tests.support.waiting import wait_for
@@ -34,8 +39,12 @@ EXECUTION_TIMEOUT = 2  # seconds, for the sweeps these tests run
 
 @pytest.fixture(scope="module")
 def api_server(celery_worker, database_url, redis_url, kafka_broker, tmp_path_factory):
-    server = ApiServer(tmp_path_factory.mktemp("api") / "gunicorn.log", database_url=database_url,
-                       redis_url=redis_url, kafka_url=kafka_broker.url).start()
+    server = ApiServer(
+        tmp_path_factory.mktemp("api") / "gunicorn.log",
+        database_url=database_url,
+        redis_url=redis_url,
+        kafka_url=kafka_broker.url,
+    ).start()
     yield server
     server.stop()
 
@@ -49,8 +58,14 @@ def analyzer_key(make_key) -> str:
 def make_runner(api_server, analyzer_key, kafka_broker):
     def make(analyzer: Analyzer, **options) -> Runner:
         options.setdefault("heartbeat_seconds", 0.5)
-        return Runner(analyzer, api_url=api_server.url, api_key=analyzer_key, bootstrap_servers=kafka_broker.url,
-                      site="OSL", **options)
+        return Runner(
+            analyzer,
+            api_url=api_server.url,
+            api_key=analyzer_key,
+            bootstrap_servers=kafka_broker.url,
+            site="OSL",
+            **options,
+        )
 
     return make
 
@@ -62,8 +77,13 @@ def ingest(task_sender, sql):
     def run(payloads: list[dict]) -> list[str]:
         task_sender.send(TaskNames.INGEST_SUBMISSIONS, payloads)
         job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
-        wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))",
-                             ids=job_ids)[0][0] == len(job_ids), 60, f"{len(job_ids)} jobs made")
+        wait_for(
+            lambda: (
+                sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0] == len(job_ids)
+            ),
+            60,
+            f"{len(job_ids)} jobs made",
+        )
         return job_ids
 
     return run
@@ -78,36 +98,56 @@ def job_state(sql, job_id: str) -> str:
 
 
 def test_two_hundred_jobs_two_analyzers_per_worker_each_task_once(
-        worker, api_server, make_runner, ingest, sql, live_app, worker_settings, live_api, analyzer_key):
+    worker, api_server, make_runner, ingest, sql, live_app, worker_settings, live_api, analyzer_key
+):
     headers = {"Argus-API-Key": analyzer_key}
     # A job another analysis system already works on: its tasks are claimed before our analyzers run.
     (elsewhere,) = ingest([submission_payload()])
     for task in live_api.get(f"/job/{elsewhere}", headers=headers)["data"]["tasks"]:
-        live_api.put(f"/job/{elsewhere}/task/{task['id']}", headers=headers,
-                     json={"state": "executing", "message": "claimed by a silent analyzer"})
+        live_api.put(
+            f"/job/{elsewhere}/task/{task['id']}",
+            headers=headers,
+            json={"state": "executing", "message": "claimed by a silent analyzer"},
+        )
 
     payloads = [submission_payload(customer=f"acme-{i % 4}") for i in range(200)]
     job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
     slow = job_ids[0]
-    analyzers = {name: [Recording(name, hold=lambda job_id, held=(name == "static-analyzer"): held and job_id == slow)
-                        for _ in range(2)] for name in WORKERS}
+    analyzers = {
+        name: [
+            Recording(name, hold=lambda job_id, held=(name == "static-analyzer"): held and job_id == slow)
+            for _ in range(2)
+        ]
+        for name in WORKERS
+    }
     runners = [make_runner(a, concurrency=4) for pair in analyzers.values() for a in pair]
     with running(*runners):
         ingest(payloads)
         others = set(job_ids) - {slow}
-        wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'done'",
-                             ids=list(others))[0][0] == len(others), 180,
-                 f"the other 199 jobs done; states: {dict(sql('SELECT state, count(*) FROM jobs GROUP BY state'))}")
+        wait_for(
+            lambda: (
+                sql(
+                    "SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) AND state = 'done'",
+                    ids=list(others),
+                )[0][0]
+                == len(others)
+            ),
+            180,
+            f"the other 199 jobs done; states: {dict(sql('SELECT state, count(*) FROM jobs GROUP BY state'))}",
+        )
         assert task_states(sql, slow) == {"static-analyzer": "executing", "sandbox-windows": "success"}
-        started = sql("SELECT start_timestamp FROM job_tasks WHERE job_id = CAST(:id AS uuid) "
-                      "AND worker = 'static-analyzer'", id=slow)[0][0]
+        started = sql(
+            "SELECT start_timestamp FROM job_tasks WHERE job_id = CAST(:id AS uuid) AND worker = 'static-analyzer'",
+            id=slow,
+        )[0][0]
 
         # The slow analysis outlives the execution timeout while the sweep runs again and again.
         def swept_past_timeout() -> bool:
             sweep_execution_timeouts(live_app, worker_settings, EXECUTION_TIMEOUT)
             return job_state(sql, slow) != "executing" or (
                 sql("SELECT last_updated_timestamp FROM jobs WHERE id = CAST(:id AS uuid)", id=slow)[0][0]
-                > started + 3 * EXECUTION_TIMEOUT * 1000)
+                > started + 3 * EXECUTION_TIMEOUT * 1000
+            )
 
         wait_for(swept_past_timeout, 60, "the slow analysis to run three execution timeouts", interval=0.2)
         assert job_state(sql, slow) == "executing", "heartbeats should have kept the slow job from timing out"
@@ -122,13 +162,20 @@ def test_two_hundred_jobs_two_analyzers_per_worker_each_task_once(
             analyzer.release.set()
         wait_for(lambda: job_state(sql, slow) == "done", 30, "the slow job done")
 
-    states = collections.Counter(s for (s,) in sql("SELECT state FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))",
-                                                   ids=job_ids))
+    states = collections.Counter(
+        s for (s,) in sql("SELECT state FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)
+    )
     assert states == {"done": 200}
-    assert sql("SELECT count(*) FROM job_tasks WHERE job_id = ANY(CAST(:ids AS uuid[])) AND state <> 'success'",
-               ids=job_ids)[0][0] == 0
-    task_ids = {t for (t,) in sql("SELECT id::text FROM job_tasks WHERE job_id = ANY(CAST(:ids AS uuid[]))",
-                                  ids=job_ids)}
+    assert (
+        sql(
+            "SELECT count(*) FROM job_tasks WHERE job_id = ANY(CAST(:ids AS uuid[])) AND state <> 'success'",
+            ids=job_ids,
+        )[0][0]
+        == 0
+    )
+    task_ids = {
+        t for (t,) in sql("SELECT id::text FROM job_tasks WHERE job_id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)
+    }
     assert len(task_ids) == 400
     calls = collections.Counter()
     for pair in analyzers.values():
@@ -139,13 +186,19 @@ def test_two_hundred_jobs_two_analyzers_per_worker_each_task_once(
     assert sum(r.counts["claimed"] for r in runners) == 400
     assert set(claims_per_task(sql, job_ids).values()) == {1}
     claim_messages = {r.claim_message for r in runners}
-    recorded = {m for (m,) in sql("SELECT message FROM job_history WHERE job_id = ANY(CAST(:ids AS uuid[])) "
-                                  "AND from_state = 'enqueued' AND to_state = 'executing' AND task_id IS NOT NULL",
-                                  ids=job_ids)}
+    recorded = {
+        m
+        for (m,) in sql(
+            "SELECT message FROM job_history WHERE job_id = ANY(CAST(:ids AS uuid[])) "
+            "AND from_state = 'enqueued' AND to_state = 'executing' AND task_id IS NOT NULL",
+            ids=job_ids,
+        )
+    }
     assert recorded <= claim_messages
     assert sum(r.counts["heartbeats"] for r in runners) > 0
-    assert not any(elsewhere in a.jobs for pair in analyzers.values() for a in pair), \
+    assert not any(elsewhere in a.jobs for pair in analyzers.values() for a in pair), (
         "a task claimed elsewhere is skipped"
+    )
 
 
 def test_an_abort_stops_the_analysis_and_the_job_ends_aborted(worker, make_runner, ingest, sql, live_api, make_key):
@@ -168,8 +221,9 @@ def test_an_abort_stops_the_analysis_and_the_job_ends_aborted(worker, make_runne
 def _cli(api_server, kafka_broker, key: str, log_path: Path, *args: str) -> subprocess.Popen:
     env = client_env(api_server.url, key, kafka_broker.url)
     with open(log_path, "ab") as log:
-        return subprocess.Popen([*CLI, "analyzer", "run", *args], env=env, cwd=log_path.parent, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [*CLI, "analyzer", "run", *args], env=env, cwd=log_path.parent, stdout=log, stderr=subprocess.STDOUT
+        )
 
 
 def _stop_cli(process: subprocess.Popen) -> int:
@@ -190,20 +244,41 @@ def _process_gone(pid: int) -> bool:
         return stat.read().split(") ")[1].startswith("Z")  # a zombie has ended already
 
 
-def test_the_cli_reports_exit_status_stderr_and_timeout(worker, api_server, kafka_broker, analyzer_key, ingest, sql,
-                                                        live_api, tmp_path):
-    script = ("cat > {jobID}.json; case {sha256} in "
-              "aa*) echo analysing; echo clean ;; "
-              "bb*) echo starting; echo 'line one' >&2; echo 'sample is corrupt' >&2; exit 3 ;; "
-              "*) echo $$ > {jobID}.pid; exec sleep 60 ;; esac")
+def test_the_cli_reports_exit_status_stderr_and_timeout(
+    worker, api_server, kafka_broker, analyzer_key, ingest, sql, live_api, tmp_path
+):
+    script = (
+        "cat > {jobID}.json; case {sha256} in "
+        "aa*) echo analysing; echo clean ;; "
+        "bb*) echo starting; echo 'line one' >&2; echo 'sample is corrupt' >&2; exit 3 ;; "
+        "*) echo $$ > {jobID}.pid; exec sleep 60 ;; esac"
+    )
     cases = {prefix: submission_payload(sha256=prefix * 32) for prefix in ("aa", "bb", "cc")}
-    cli = _cli(api_server, kafka_broker, analyzer_key, tmp_path / "cli.log", "--worker", "static-analyzer",
-               "--concurrency", "3", "--timeout", "3", "--", "sh", "-c", script)
+    cli = _cli(
+        api_server,
+        kafka_broker,
+        analyzer_key,
+        tmp_path / "cli.log",
+        "--worker",
+        "static-analyzer",
+        "--concurrency",
+        "3",
+        "--timeout",
+        "3",
+        "--",
+        "sh",
+        "-c",
+        script,
+    )
     try:
         job_ids = dict(zip(cases, ingest(list(cases.values()))))
-        wait_for(lambda: all(task_states(sql, j)["static-analyzer"] not in ("enqueued", "executing")
-                             for j in job_ids.values()), 60,
-                 f"the three tasks final; CLI log:\n{(tmp_path / 'cli.log').read_text()[-3000:]}")
+        wait_for(
+            lambda: all(
+                task_states(sql, j)["static-analyzer"] not in ("enqueued", "executing") for j in job_ids.values()
+            ),
+            60,
+            f"the three tasks final; CLI log:\n{(tmp_path / 'cli.log').read_text()[-3000:]}",
+        )
     finally:
         status = _stop_cli(cli)
     assert status == 0, (tmp_path / "cli.log").read_text()[-3000:]
@@ -227,8 +302,8 @@ def test_the_cli_reports_exit_status_stderr_and_timeout(worker, api_server, kafk
 
 
 def test_an_analyzer_killed_mid_job_is_skipped_after_restart_and_the_sweep_times_the_task_out(
-        worker, api_server, kafka_broker, analyzer_key, make_runner, ingest, sql, live_app, worker_settings,
-        tmp_path):
+    worker, api_server, kafka_broker, analyzer_key, make_runner, ingest, sql, live_app, worker_settings, tmp_path
+):
     log_path = tmp_path / "cli.log"
     args = ("--worker", "static-analyzer", "--heartbeat", "0.5", "--", "sh", "-c", "echo $$ > {jobID}.pid; sleep 60")
     sandbox = Recording("sandbox-windows")
@@ -236,10 +311,16 @@ def test_an_analyzer_killed_mid_job_is_skipped_after_restart_and_the_sweep_times
         cli = _cli(api_server, kafka_broker, analyzer_key, log_path, *args)
         try:
             (job_id,) = ingest([submission_payload()])
-            wait_for(lambda: task_states(sql, job_id) == {"static-analyzer": "executing", "sandbox-windows": "success"},
-                     60, f"the static analysis running; CLI log:\n{log_path.read_text()[-3000:]}")
-            command_pid = wait_for(lambda: (tmp_path / f"{job_id}.pid").is_file()
-                                   and int((tmp_path / f"{job_id}.pid").read_text()), 10, "the command started")
+            wait_for(
+                lambda: task_states(sql, job_id) == {"static-analyzer": "executing", "sandbox-windows": "success"},
+                60,
+                f"the static analysis running; CLI log:\n{log_path.read_text()[-3000:]}",
+            )
+            command_pid = wait_for(
+                lambda: (tmp_path / f"{job_id}.pid").is_file() and int((tmp_path / f"{job_id}.pid").read_text()),
+                10,
+                "the command started",
+            )
         finally:
             cli.kill()  # SIGKILL: no report, no offset commit
             cli.wait(10)
@@ -249,10 +330,16 @@ def test_an_analyzer_killed_mid_job_is_skipped_after_restart_and_the_sweep_times
         restarted = _cli(api_server, kafka_broker, analyzer_key, log_path, *args)
         try:
             skipped = f"job {job_id} task "
-            wait_for(lambda: any(skipped in line and "skipped: task already executing" in line
-                                 for line in log_path.read_text().splitlines()), 60,
-                     f"the redelivered job skipped; CLI log:\n{log_path.read_text()[-3000:]}")
+            wait_for(
+                lambda: any(
+                    skipped in line and "skipped: task already executing" in line
+                    for line in log_path.read_text().splitlines()
+                ),
+                60,
+                f"the redelivered job skipped; CLI log:\n{log_path.read_text()[-3000:]}",
+            )
             assert job_state(sql, job_id) == "executing"
+
             # Nothing heartbeats the orphaned task: the sweep times the job out after the execution timeout.
             def swept() -> bool:
                 sweep_execution_timeouts(live_app, worker_settings, EXECUTION_TIMEOUT)
@@ -266,25 +353,37 @@ def test_an_analyzer_killed_mid_job_is_skipped_after_restart_and_the_sweep_times
     assert sql("SELECT count(*) FROM job_tasks WHERE state = 'executing'")[0][0] == 0
 
 
-def test_sigterm_reports_a_running_analysis_failed(worker, api_server, kafka_broker, analyzer_key, ingest, sql,
-                                                  tmp_path):
+def test_sigterm_reports_a_running_analysis_failed(
+    worker, api_server, kafka_broker, analyzer_key, ingest, sql, tmp_path
+):
     log_path = tmp_path / "cli.log"
     cli = _cli(api_server, kafka_broker, analyzer_key, log_path, "--worker", "static-analyzer", "--", "sleep", "60")
     try:
         (job_id,) = ingest([submission_payload()])
-        wait_for(lambda: task_states(sql, job_id)["static-analyzer"] == "executing", 60,
-                 f"the analysis running; CLI log:\n{log_path.read_text()[-3000:]}")
+        wait_for(
+            lambda: task_states(sql, job_id)["static-analyzer"] == "executing",
+            60,
+            f"the analysis running; CLI log:\n{log_path.read_text()[-3000:]}",
+        )
     finally:
         status = _stop_cli(cli)
     assert status == 0, log_path.read_text()[-3000:]
-    assert sql("SELECT state, message FROM job_tasks WHERE job_id = CAST(:id AS uuid) AND worker = 'static-analyzer'",
-               id=job_id)[0] == ("failed", "analyzer stopped")
+    assert sql(
+        "SELECT state, message FROM job_tasks WHERE job_id = CAST(:id AS uuid) AND worker = 'static-analyzer'",
+        id=job_id,
+    )[0] == ("failed", "analyzer stopped")
 
 
 def test_demo_analyze_follows_every_job_to_its_end(worker, api_server, kafka_broker, analyzer_key, sql, tmp_path):
     env = client_env(api_server.url, analyzer_key, kafka_broker.url, COLUMNS="200")
-    demo = subprocess.run([*CLI, "demo", "--submissions", "30", "--analyze", "--seed", "7"], env=env, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=280)
+    demo = subprocess.run(
+        [*CLI, "demo", "--submissions", "30", "--analyze", "--seed", "7"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
     assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
     states = collections.Counter(s for (s,) in sql("SELECT state FROM jobs"))
     assert states == {"done": 29, "aborted": 1}
@@ -299,8 +398,11 @@ def test_analyzers_stopped_together_hand_their_group_to_the_next(worker, make_ru
     group = f"static-analyzer-{uuid.uuid4().hex[:6]}"
     first = ingest([submission_payload() for _ in range(10)])
     with running(*[make_runner(Recording("static-analyzer"), group_id=group) for _ in range(2)]):
-        wait_for(lambda: all(task_states(sql, j)["static-analyzer"] == "success" for j in first), 60,
-                 "the first jobs analysed")
+        wait_for(
+            lambda: all(task_states(sql, j)["static-analyzer"] == "success" for j in first),
+            60,
+            "the first jobs analysed",
+        )
     with running(make_runner(Recording("static-analyzer"), group_id=group)):
         (later,) = ingest([submission_payload()])
         wait_for(lambda: task_states(sql, later)["static-analyzer"] == "success", 60, "the later job analysed")

@@ -34,13 +34,20 @@ def test_the_offset_commit_stops_at_the_lowest_unfinished_record():
 
 
 def test_the_analyzer_package_imports_without_the_service():
-    code = ("import sys, analyzer, analyzer.runner, analyzer.command, analyzer.simulate\n"
-            "from analyzer import Analyzer, Runner, Client\n"
-            "loaded = sorted(m for m in ('flask', 'sqlalchemy', 'celery', 'app') if m in sys.modules)\n"
-            "assert 'kafka' in sys.modules\n"
-            "print(','.join(loaded))\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            cwd=Path(__file__).resolve().parents[1])
+    code = (
+        "import sys, analyzer, analyzer.runner, analyzer.command, analyzer.simulate\n"
+        "from analyzer import Analyzer, Runner, Client\n"
+        "loaded = sorted(m for m in ('flask', 'sqlalchemy', 'celery', 'app') if m in sys.modules)\n"
+        "assert 'kafka' in sys.modules\n"
+        "print(','.join(loaded))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
 
@@ -61,13 +68,23 @@ class _HistoryClaimedElsewhere:
         return {}
 
     def job_history(self, job_id):
-        return [{"taskID": self.job["tasks"][0]["id"], "fromState": "enqueued", "toState": "executing",
-                 "message": "Claimed by analyzer static-analyzer on another host"}]
+        return [
+            {
+                "taskID": self.job["tasks"][0]["id"],
+                "fromState": "enqueued",
+                "toState": "executing",
+                "message": "Claimed by analyzer static-analyzer on another host",
+            }
+        ]
 
 
 def test_a_claim_another_instance_made_first_is_left_to_it():
-    job = {"id": "5f0c6c36-5b9c-4b8e-9a43-0d2a4a1c7f11", "flags": [], "analysedSample": {"id": "aa" * 32},
-           "tasks": [{"id": "3c0d8a5e-1d2f-4f55-8a8e-6b8d5b0f2a10", "worker": "static-analyzer", "state": "enqueued"}]}
+    job = {
+        "id": "5f0c6c36-5b9c-4b8e-9a43-0d2a4a1c7f11",
+        "flags": [],
+        "analysedSample": {"id": "aa" * 32},
+        "tasks": [{"id": "3c0d8a5e-1d2f-4f55-8a8e-6b8d5b0f2a10", "worker": "static-analyzer", "state": "enqueued"}],
+    }
     analyzer = Recording("static-analyzer")
     runner = Runner(analyzer, api_url="http://127.0.0.1:1", api_key="unused", bootstrap_servers="127.0.0.1:1")
     runner.client = _HistoryClaimedElsewhere(job)
@@ -81,6 +98,19 @@ def test_the_cli_refuses_a_program_that_does_not_exist():
 
     from app.cli import main
 
-    result = CliRunner().invoke(main, ["analyzer", "run", "--worker", "static-analyzer", "--api-url",
-                                       "http://127.0.0.1:1", "--api-key", "unused", "--", "no-such-analysis-tool"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "analyzer",
+            "run",
+            "--worker",
+            "static-analyzer",
+            "--api-url",
+            "http://127.0.0.1:1",
+            "--api-key",
+            "unused",
+            "--",
+            "no-such-analysis-tool",
+        ],
+    )
     assert result.exit_code == 1 and "no-such-analysis-tool: no such program" in result.output

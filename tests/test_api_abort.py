@@ -49,9 +49,14 @@ def test_abort_of_an_enqueued_job_is_immediate(api, alice, make_job, sql):
     assert api.get(f"/job/{job_id}", headers=alice)["data"] == job
 
     (abort,) = outbox(sql, job_id, ABORT_TOPIC)
-    assert abort == {"jobID": job_id, "sample": {"id": job["analysedSample"]["id"]}, "state": "aborted",
-                     "requestedTimestamp": job["abortRequestedTimestamp"],
-                     "requestedByUser": job["abortRequestedByUser"], "reason": "submitted by mistake"}
+    assert abort == {
+        "jobID": job_id,
+        "sample": {"id": job["analysedSample"]["id"]},
+        "state": "aborted",
+        "requestedTimestamp": job["abortRequestedTimestamp"],
+        "requestedByUser": job["abortRequestedByUser"],
+        "reason": "submitted by mistake",
+    }
     events = outbox(sql, job_id, EVENT_TOPIC)
     assert [(e["fromState"], e["toState"]) for e in events] == [(None, "enqueued"), ("enqueued", "aborted")]
 
@@ -96,8 +101,9 @@ def test_second_abort_request_is_idempotent(api, alice, analyzer, make_key, make
     job_id = make_job(customer="acme")
     api.put(f"/job/{job_id}", headers=analyzer, json={"state": "executing"})
     first = api.delete(f"/job/{job_id}", headers=alice, json={"reason": "first"})["data"]
-    again = api.delete(f"/job/{job_id}", headers=make_key("USER", customer="acme", user="bob"),
-                       json={"reason": "second"})["data"]
+    again = api.delete(
+        f"/job/{job_id}", headers=make_key("USER", customer="acme", user="bob"), json={"reason": "second"}
+    )["data"]
     assert again == first  # the first request stands
     assert len(outbox(sql, job_id, ABORT_TOPIC)) == 1
 
@@ -128,8 +134,10 @@ def test_reason_from_body_or_query_and_optional(api, alice, make_job):
     by_body = make_job(customer="acme")
     assert api.delete(f"/job/{by_body}", headers=alice, json={"reason": "body"})["data"]["abortReason"] == "body"
     by_query = make_job(customer="acme")
-    assert api.delete(f"/job/{by_query}", headers=alice,
-                      query_string={"reason": "query"})["data"]["abortReason"] == "query"
+    assert (
+        api.delete(f"/job/{by_query}", headers=alice, query_string={"reason": "query"})["data"]["abortReason"]
+        == "query"
+    )
     without = make_job(customer="acme")
     job = api.delete(f"/job/{without}", headers=alice)["data"]
     assert job["abortReason"] is None and job["state"] == "aborted"
@@ -164,8 +172,9 @@ def test_outbox_rows_are_written_in_the_same_transaction_as_the_change(api, alic
     assert history_xmin == [(job_xmin,)]
     api.put(f"/job/{job_id}", headers=analyzer, json={"state": "aborted"})
     (job_xmin,) = sql("SELECT xmin::text FROM jobs WHERE id = :id", id=job_id)[0]
-    event = sql("SELECT xmin::text FROM outbox WHERE key = :k AND topic = :t ORDER BY id DESC LIMIT 1",
-                k=job_id, t=EVENT_TOPIC)
+    event = sql(
+        "SELECT xmin::text FROM outbox WHERE key = :k AND topic = :t ORDER BY id DESC LIMIT 1", k=job_id, t=EVENT_TOPIC
+    )
     assert event == [(job_xmin,)]
 
 

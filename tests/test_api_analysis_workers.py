@@ -9,13 +9,37 @@ import pytest
 
 from tests.support.api import BASE, check_envelope
 
-DEFAULT_WORKERS = ["document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",
-                   "static-analyzer"]
-WORKER_KEYS = {"id", "shortName", "localizedName", "localizedDescription", "localizedNames", "localizedDescriptions",
-               "accepts", "schema", "flags", "createdTimestamp", "createdByUser", "lastUpdatedTimestamp",
-               "lastUpdatedByUser", "deletedTimestamp", "deletedByUser"}
-RESULT_SCHEMA = {"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
-                 "properties": {"score": {"type": "integer", "minimum": 0}}, "required": ["score"]}
+DEFAULT_WORKERS = [
+    "document-analyzer",
+    "sandbox-android",
+    "sandbox-linux",
+    "sandbox-macos",
+    "sandbox-windows",
+    "static-analyzer",
+]
+WORKER_KEYS = {
+    "id",
+    "shortName",
+    "localizedName",
+    "localizedDescription",
+    "localizedNames",
+    "localizedDescriptions",
+    "accepts",
+    "schema",
+    "flags",
+    "createdTimestamp",
+    "createdByUser",
+    "lastUpdatedTimestamp",
+    "lastUpdatedByUser",
+    "deletedTimestamp",
+    "deletedByUser",
+}
+RESULT_SCHEMA = {
+    "$schema": "http://json-schema.org/draft-07/schema#",
+    "type": "object",
+    "properties": {"score": {"type": "integer", "minimum": 0}},
+    "required": ["score"],
+}
 
 
 @pytest.fixture
@@ -24,8 +48,12 @@ def analyzer(make_key):
 
 
 def worker_body(short_name="yara-scanner", **extra) -> dict:
-    return {"shortName": short_name, "localizedNames": {"english": "YARA scanner", "norwegian": "YARA-skanner"},
-            "localizedDescriptions": {"english": "Matches YARA rules"}, **extra}
+    return {
+        "shortName": short_name,
+        "localizedNames": {"english": "YARA scanner", "norwegian": "YARA-skanner"},
+        "localizedDescriptions": {"english": "Matches YARA rules"},
+        **extra,
+    }
 
 
 def task_workers(api, headers, job_id) -> list[str]:
@@ -48,16 +76,26 @@ def test_fresh_installation_registers_the_default_workers(api, analyzer):
 
 def test_register_a_worker(api, analyzer):
     before = int(time.time() * 1000)
-    body = api.post("/worker", 201, headers=analyzer,
-                    json=worker_body(schema=RESULT_SCHEMA, accepts={"type": ["PE", "ELF"], "superType": ["executable"],
-                                                                   "arch": ["x86"], "platform": ["win", "linux"]}))
+    body = api.post(
+        "/worker",
+        201,
+        headers=analyzer,
+        json=worker_body(
+            schema=RESULT_SCHEMA,
+            accepts={"type": ["PE", "ELF"], "superType": ["executable"], "arch": ["x86"], "platform": ["win", "linux"]},
+        ),
+    )
     worker = body["data"]
     assert set(worker) == WORKER_KEYS
     assert worker["shortName"] == "yara-scanner"
     assert worker["localizedName"] == "YARA scanner" and worker["localizedDescription"] == "Matches YARA rules"
     assert worker["localizedNames"] == {"english": "YARA scanner", "norwegian": "YARA-skanner"}
-    assert worker["accepts"] == {"type": ["PE", "ELF"], "superType": ["executable"], "arch": ["x86"],
-                                 "platform": ["win", "linux"]}
+    assert worker["accepts"] == {
+        "type": ["PE", "ELF"],
+        "superType": ["executable"],
+        "arch": ["x86"],
+        "platform": ["win", "linux"],
+    }
     assert worker["schema"] == RESULT_SCHEMA
     assert worker["flags"] == [] and worker["deletedTimestamp"] is None and worker["deletedByUser"] is None
     assert before <= worker["createdTimestamp"] == worker["lastUpdatedTimestamp"] <= int(time.time() * 1000)
@@ -67,8 +105,9 @@ def test_register_a_worker(api, analyzer):
     assert "yara-scanner" in [w["shortName"] for w in api.get("/worker", headers=analyzer)["data"]]
 
 
-@pytest.mark.parametrize("short_name", ["", "has space", "slash/name", "ünïcode", "semi;colon", "new\nline",
-                                        "x" * 256, 5, None])
+@pytest.mark.parametrize(
+    "short_name", ["", "has space", "slash/name", "ünïcode", "semi;colon", "new\nline", "x" * 256, 5, None]
+)
 def test_short_name_must_match_the_pattern(api, analyzer, short_name):
     body = api.post("/worker", 412, headers=analyzer, json=worker_body(short_name))
     assert [m["field"] for m in body["messages"]] == ["shortName"]
@@ -81,8 +120,12 @@ def test_short_name_allows_letters_digits_and_punctuation_of_the_pattern(api, an
 
 
 def test_english_name_and_description_are_required(api, analyzer):
-    body = api.post("/worker", 412, headers=analyzer, json={
-        "shortName": "x", "localizedNames": {"norwegian": "X"}, "localizedDescriptions": {"english": ""}})
+    body = api.post(
+        "/worker",
+        412,
+        headers=analyzer,
+        json={"shortName": "x", "localizedNames": {"norwegian": "X"}, "localizedDescriptions": {"english": ""}},
+    )
     assert sorted(m["field"] for m in body["messages"]) == ["localizedDescriptions.english", "localizedNames.english"]
     body = api.post("/worker", 412, headers=analyzer, json={"shortName": "x"})
     assert sorted(m["field"] for m in body["messages"]) == ["localizedDescriptions", "localizedNames"]
@@ -103,9 +146,16 @@ def test_update_a_worker(api, analyzer, make_key, clock):
     created = api.post("/worker", 201, headers=analyzer, json=worker_body())["data"]
     clock.shift(1)  # the update's lastUpdatedTimestamp is later than the creation's
     other = make_key("ANALYZER", user="maintainer")
-    updated = api.put("/worker/yara-scanner", headers=other, json={
-        "localizedNames": {"english": "YARA"}, "localizedDescriptions": {"english": "Rules", "norwegian": "Regler"},
-        "schema": RESULT_SCHEMA, "accepts": {"platform": ["linux"]}})["data"]
+    updated = api.put(
+        "/worker/yara-scanner",
+        headers=other,
+        json={
+            "localizedNames": {"english": "YARA"},
+            "localizedDescriptions": {"english": "Rules", "norwegian": "Regler"},
+            "schema": RESULT_SCHEMA,
+            "accepts": {"platform": ["linux"]},
+        },
+    )["data"]
     assert updated["id"] == created["id"] and updated["shortName"] == "yara-scanner"
     assert updated["localizedName"] == "YARA" and updated["localizedNames"] == {"english": "YARA"}
     assert updated["localizedDescriptions"] == {"english": "Rules", "norwegian": "Regler"}
@@ -168,17 +218,25 @@ def test_list_paging_and_sorting(api, analyzer):
 
 # -- which tasks a job gets ----------------------------------------------------------------------------------
 
+
 def test_classification_filter_decides_the_tasks(api, analyzer, make_job):
     assert task_workers(api, analyzer, make_job(platform="win")) == ["sandbox-windows", "static-analyzer"]
     assert task_workers(api, analyzer, make_job(platform="linux")) == ["sandbox-linux", "static-analyzer"]
     assert task_workers(api, analyzer, make_job(platform="osx")) == ["sandbox-macos", "static-analyzer"]
     assert task_workers(api, analyzer, make_job(platform="win", super_type="document")) == [
-        "document-analyzer", "sandbox-windows", "static-analyzer"]
+        "document-analyzer",
+        "sandbox-windows",
+        "static-analyzer",
+    ]
     assert task_workers(api, analyzer, make_job(platform="plan9")) == ["static-analyzer"]
 
     # Every criterion of a filter must accept the sample; within a criterion any value does.
-    api.post("/worker", 201, headers=analyzer, json=worker_body(
-        "elf-x86", accepts={"type": ["ELF"], "arch": ["x86", "x86_64"], "platform": ["linux"]}))
+    api.post(
+        "/worker",
+        201,
+        headers=analyzer,
+        json=worker_body("elf-x86", accepts={"type": ["ELF"], "arch": ["x86", "x86_64"], "platform": ["linux"]}),
+    )
     assert "elf-x86" in task_workers(api, analyzer, make_job(platform="linux", file_type="ELF"))
     assert "elf-x86" not in task_workers(api, analyzer, make_job(platform="linux", file_type="PE"))
     assert "elf-x86" not in task_workers(api, analyzer, make_job(platform="win", file_type="ELF"))

@@ -50,13 +50,16 @@ def test_openapi_document_is_valid_openapi_3_with_every_path(client):
     document = response.get_json()
     assert re.fullmatch(r"3\.\d+\.\d+", document["openapi"])
     assert document["info"]["title"] and document["info"]["version"]
-    assert document["components"]["securitySchemes"]["ArgusApiKey"] == {"type": "apiKey", "in": "header",
-                                                                        "name": "Argus-API-Key"}
+    assert document["components"]["securitySchemes"]["ArgusApiKey"] == {
+        "type": "apiKey",
+        "in": "header",
+        "name": "Argus-API-Key",
+    }
     # Paths, normalised to templates, with their methods.
     found = {}
     for path, item in document["paths"].items():
         assert path.startswith(f"{BASE}/"), path
-        template = re.sub(r"\{[^}]+\}", "{}", path[len(BASE):])
+        template = re.sub(r"\{[^}]+\}", "{}", path[len(BASE) :])
         found[template] = {m for m in item if m in HTTP_METHODS}
     for path, methods in SPEC_OPERATIONS.items():
         assert path in found, f"{path} missing from the OpenAPI document"
@@ -71,8 +74,9 @@ def test_openapi_document_is_valid_openapi_3_with_every_path(client):
             assert operation["responses"], (path, method)
             for code in operation["responses"]:
                 assert code == "default" or re.fullmatch(r"[1-5]\d\d", code), code
-            declared = {p["name"] for p in item.get("parameters", []) + operation.get("parameters", [])
-                        if p["in"] == "path"}
+            declared = {
+                p["name"] for p in item.get("parameters", []) + operation.get("parameters", []) if p["in"] == "path"
+            }
             assert names == declared, (path, method, declared)
             operation_ids.append(operation.get("operationId", f"{method} {path}"))
     assert len(operation_ids) == len(set(operation_ids))
@@ -90,8 +94,18 @@ def test_openapi_document_is_valid_openapi_3_with_every_path(client):
 def test_openapi_documents_the_search_criteria_and_the_envelope(client):
     document = client.get(f"{BASE}/openapi.json").get_json()
     parameters = {p["name"] for p in document["paths"][f"{BASE}/job"]["get"]["parameters"] if p["in"] == "query"}
-    assert parameters == {"limit", "offset", "sortBy", "state", "sampleSha256", "customer", "startTimestamp",
-                          "endTimestamp", "timeFieldStrategy", "timeMatchStrategy"}
+    assert parameters == {
+        "limit",
+        "offset",
+        "sortBy",
+        "state",
+        "sampleSha256",
+        "customer",
+        "startTimestamp",
+        "endTimestamp",
+        "timeFieldStrategy",
+        "timeMatchStrategy",
+    }
     schemas = document["components"]["schemas"]
     envelope = schemas["JobListEnvelope"]["properties"]
     assert set(envelope) == {"responseCode", "limit", "offset", "count", "size", "metaData", "messages", "data"}

@@ -47,8 +47,11 @@ def test_conflicting_final_states_exactly_one_wins(app, api, analyzer, make_job,
     job_id = make_job()
     api.put(f"/job/{job_id}", headers=analyzer, json={"state": "executing"})
     wanted = [JOB_FINAL[i % 4] for i in range(THREADS)]
-    results = race(app, analyzer, [("PUT", f"/job/{job_id}", {"state": state, "message": f"thread {i}"})
-                         for i, state in enumerate(wanted)])
+    results = race(
+        app,
+        analyzer,
+        [("PUT", f"/job/{job_id}", {"state": state, "message": f"thread {i}"}) for i, state in enumerate(wanted)],
+    )
 
     final = api.get(f"/job/{job_id}", headers=analyzer)["data"]
     winner = final["state"]
@@ -63,8 +66,11 @@ def test_conflicting_final_states_exactly_one_wins(app, api, analyzer, make_job,
     # Exactly one request made the change: one final move in the history, one message kept.
     moves = [(e["fromState"], e["toState"]) for e in job_history(api, analyzer, job_id) if e["taskID"] is None]
     assert moves == [(None, "enqueued"), ("enqueued", "executing"), ("executing", winner)]
-    winners = [i for i, (state, (status, body)) in enumerate(zip(wanted, results))
-               if status == 200 and body["data"]["message"] == f"thread {i}"]
+    winners = [
+        i
+        for i, (state, (status, body)) in enumerate(zip(wanted, results))
+        if status == 200 and body["data"]["message"] == f"thread {i}"
+    ]
     assert len(winners) == 1 and final["message"] == f"thread {winners[0]}"
 
 
@@ -77,8 +83,11 @@ def test_conflicting_abort_and_final_updates(app, api, analyzer, make_job):
     final = api.get(f"/job/{job_id}", headers=analyzer)["data"]
     statuses = [status for status, _ in results]
     assert set(statuses) <= {200, 409}
-    moves = [(e["fromState"], e["toState"]) for e in job_history(api, analyzer, job_id)
-             if e["taskID"] is None and e["fromState"] != e["toState"]]
+    moves = [
+        (e["fromState"], e["toState"])
+        for e in job_history(api, analyzer, job_id)
+        if e["taskID"] is None and e["fromState"] != e["toState"]
+    ]
     finals = [m for m in moves if m[1] in JOB_FINAL]
     assert len(finals) == 1 and finals[0][1] == final["state"]
     assert final["state"] in ("aborted", "done")
@@ -87,9 +96,16 @@ def test_conflicting_abort_and_final_updates(app, api, analyzer, make_job):
 def test_concurrent_task_updates_lose_nothing_and_roll_up_once(app, api, analyzer, make_job):
     # Twelve workers accept every sample: twelve tasks, static-analyzer and sandbox-windows included.
     for i in range(10):
-        api.post("/worker", 201, headers=analyzer, json={
-            "shortName": f"race-{i:02d}", "localizedNames": {"english": f"Race {i}"},
-            "localizedDescriptions": {"english": "Races"}})
+        api.post(
+            "/worker",
+            201,
+            headers=analyzer,
+            json={
+                "shortName": f"race-{i:02d}",
+                "localizedNames": {"english": f"Race {i}"},
+                "localizedDescriptions": {"english": "Races"},
+            },
+        )
     job_id = make_job()
     tasks = [t["id"] for t in api.get(f"/job/{job_id}", headers=analyzer)["data"]["tasks"]]
     assert len(tasks) == 12
@@ -97,7 +113,9 @@ def test_concurrent_task_updates_lose_nothing_and_roll_up_once(app, api, analyze
     started = race(app, analyzer, [("PUT", f"/job/{job_id}/task/{t}", {"state": "executing"}) for t in tasks])
     assert [status for status, _ in started] == [200] * 12
     finals = {t: ("success" if i % 3 == 0 else "failed" if i % 3 == 1 else "cancelled") for i, t in enumerate(tasks)}
-    ended = race(app, analyzer, [("PUT", f"/job/{job_id}/task/{t}", {"state": s, "message": t}) for t, s in finals.items()])
+    ended = race(
+        app, analyzer, [("PUT", f"/job/{job_id}/task/{t}", {"state": s, "message": t}) for t, s in finals.items()]
+    )
     assert [status for status, _ in ended] == [200] * 12
 
     job = api.get(f"/job/{job_id}", headers=analyzer)["data"]
@@ -106,10 +124,15 @@ def test_concurrent_task_updates_lose_nothing_and_roll_up_once(app, api, analyze
     assert job["state"] == "done"
     entries = job_history(api, analyzer, job_id)
     assert [(e["fromState"], e["toState"]) for e in entries if e["taskID"] is None] == [
-        (None, "enqueued"), ("enqueued", "executing"), ("executing", "done")]
+        (None, "enqueued"),
+        ("enqueued", "executing"),
+        ("executing", "done"),
+    ]
     for task_id, state in finals.items():
         assert [(e["fromState"], e["toState"]) for e in entries if e["taskID"] == task_id] == [
-            ("enqueued", "executing"), ("executing", state)]
+            ("enqueued", "executing"),
+            ("executing", state),
+        ]
 
 
 def test_concurrent_task_updates_without_success_roll_up_to_failed_once(app, api, analyzer, make_job):
@@ -122,5 +145,8 @@ def test_concurrent_task_updates_without_success_roll_up_to_failed_once(app, api
     assert job["state"] == "failed" and {t["state"] for t in job["tasks"]} == {"failed"}
     entries = job_history(api, analyzer, job_id)
     assert [(e["fromState"], e["toState"]) for e in entries if e["taskID"] is None] == [
-        (None, "enqueued"), ("enqueued", "executing"), ("executing", "failed")]
+        (None, "enqueued"),
+        ("enqueued", "executing"),
+        ("executing", "failed"),
+    ]
     assert len([e for e in entries if e["taskID"] is not None]) == len(tasks)

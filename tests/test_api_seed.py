@@ -7,12 +7,38 @@ import time
 from tests.support.api import check_envelope
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
-JOB_KEYS = {"id", "state", "flags", "site", "analysedSample", "customer", "submission", "classification", "tasks",
-            "options",
-            "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp", "lastUpdatedByUser",
-            "abortRequestedTimestamp", "abortRequestedByUser", "abortReason", "message"}
-TASK_KEYS = {"id", "worker", "state", "enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp",
-             "analyses", "message"}
+JOB_KEYS = {
+    "id",
+    "state",
+    "flags",
+    "site",
+    "analysedSample",
+    "customer",
+    "submission",
+    "classification",
+    "tasks",
+    "options",
+    "enqueuedTimestamp",
+    "startTimestamp",
+    "endTimestamp",
+    "lastUpdatedTimestamp",
+    "lastUpdatedByUser",
+    "abortRequestedTimestamp",
+    "abortRequestedByUser",
+    "abortReason",
+    "message",
+}
+TASK_KEYS = {
+    "id",
+    "worker",
+    "state",
+    "enqueuedTimestamp",
+    "startTimestamp",
+    "endTimestamp",
+    "lastUpdatedTimestamp",
+    "analyses",
+    "message",
+}
 USER_KEYS = {"id", "shortName", "name", "customer"}
 CUSTOMER_KEYS = {"id", "shortName", "name", "domain"}
 
@@ -21,9 +47,11 @@ def test_seed_update_with_post_returns_the_updated_job(client, make_key, make_jo
     job_id = make_job()
     key = make_key("ANALYZER", all_customers=True)["Argus-API-Key"]
     # curl -X POST -H "Argus-API-Key: my/api/key" -H "Content-Type: application/json" .../job/<job id> -d '{...}'
-    response = client.post(f"/sampledb/v2/job/{job_id}", headers={"Argus-API-Key": key,
-                                                                  "Content-Type": "application/json"},
-                           data='{\n\t"state": "executing"\n}')
+    response = client.post(
+        f"/sampledb/v2/job/{job_id}",
+        headers={"Argus-API-Key": key, "Content-Type": "application/json"},
+        data='{\n\t"state": "executing"\n}',
+    )
     body = check_envelope(response, 200)
     assert body["data"]["id"] == job_id and body["data"]["state"] == "executing"
     assert body["data"]["startTimestamp"] is not None
@@ -32,9 +60,11 @@ def test_seed_update_with_post_returns_the_updated_job(client, make_key, make_jo
 def test_seed_update_with_put_returns_the_updated_job(client, make_key, make_job):
     job_id = make_job()
     key = make_key("ANALYZER", all_customers=True)["Argus-API-Key"]
-    response = client.put(f"/sampledb/v2/job/{job_id}", headers={"Argus-API-Key": key,
-                                                                 "Content-Type": "application/json"},
-                          data='{\n\t"state": "executing"\n}')
+    response = client.put(
+        f"/sampledb/v2/job/{job_id}",
+        headers={"Argus-API-Key": key, "Content-Type": "application/json"},
+        data='{\n\t"state": "executing"\n}',
+    )
     body = check_envelope(response, 200)
     assert body["data"]["state"] == "executing"
     assert set(body["data"]) == JOB_KEYS
@@ -82,7 +112,10 @@ def test_seed_fetch_returns_all_information_about_the_job(client, make_key, make
         # Milliseconds: an int, within a minute of now.
         assert isinstance(job[name], int) and abs(job[name] - time.time() * 1000) < 60_000
     for task in job["tasks"]:
-        assert isinstance(task["enqueuedTimestamp"], int) and abs(task["enqueuedTimestamp"] - job["enqueuedTimestamp"]) < 1000
+        assert (
+            isinstance(task["enqueuedTimestamp"], int)
+            and abs(task["enqueuedTimestamp"] - job["enqueuedTimestamp"]) < 1000
+        )
         assert task["analyses"] == [] and task["message"] is None
 
 
@@ -90,18 +123,32 @@ def test_seed_search_body_runs(client, make_key, make_job, sql):
     now = int(time.time() * 1000)
     day = 86_400_000
     aborted_recently = make_job()
-    sql("UPDATE jobs SET state = 'aborted', enqueued_timestamp = :e, end_timestamp = :t, last_updated_timestamp = :t "
-        "WHERE id = :id", e=now - 3 * day, t=now - 2 * day, id=aborted_recently)
+    sql(
+        "UPDATE jobs SET state = 'aborted', enqueued_timestamp = :e, end_timestamp = :t, last_updated_timestamp = :t "
+        "WHERE id = :id",
+        e=now - 3 * day,
+        t=now - 2 * day,
+        id=aborted_recently,
+    )
     timed_out_recently = make_job()
-    sql("UPDATE jobs SET state = 'timeout', enqueued_timestamp = :e, start_timestamp = :e, end_timestamp = :t, "
-        "last_updated_timestamp = :t WHERE id = :id", e=now - 10 * day, t=now - 1 * day, id=timed_out_recently)
+    sql(
+        "UPDATE jobs SET state = 'timeout', enqueued_timestamp = :e, start_timestamp = :e, end_timestamp = :t, "
+        "last_updated_timestamp = :t WHERE id = :id",
+        e=now - 10 * day,
+        t=now - 1 * day,
+        id=timed_out_recently,
+    )
     aborted_long_ago = make_job()
-    sql("UPDATE jobs SET state = 'aborted', enqueued_timestamp = :t, end_timestamp = :t, last_updated_timestamp = :t "
-        "WHERE id = :id", t=now - 30 * day, id=aborted_long_ago)
+    sql(
+        "UPDATE jobs SET state = 'aborted', enqueued_timestamp = :t, end_timestamp = :t, last_updated_timestamp = :t "
+        "WHERE id = :id",
+        t=now - 30 * day,
+        id=aborted_long_ago,
+    )
     done_recently = make_job()
     sql("UPDATE jobs SET state = 'done', end_timestamp = :t WHERE id = :id", t=now - day, id=done_recently)
     key = make_key("VIEWER")["Argus-API-Key"]
-    seed_body = '''{
+    seed_body = """{
 	"state": [
 		"aborted",
 		"timeout"
@@ -114,9 +161,10 @@ def test_seed_search_body_runs(client, make_key, make_job, sql):
 		"endTimestamp"
 	],
 	"timeMatchStrategy": "any"
-}'''
-    response = client.post("/sampledb/v2/job/search", headers={"Argus-API-Key": key,
-                                                               "Content-Type": "application/json"}, data=seed_body)
+}"""
+    response = client.post(
+        "/sampledb/v2/job/search", headers={"Argus-API-Key": key, "Content-Type": "application/json"}, data=seed_body
+    )
     body = check_envelope(response, 200)
     assert {j["id"] for j in body["data"]} == {aborted_recently, timed_out_recently}
     assert body["count"] == 2
@@ -143,10 +191,14 @@ def test_every_timestamp_is_integer_milliseconds(api, make_key, make_job):
     api.delete(f"/job/{job_id}", headers=headers)
     api.put(f"/job/{job_id}", headers=headers, json={"state": "aborted"})
     api.delete("/worker/sandbox-linux", headers=headers)
-    bodies = [api.get(f"/job/{job_id}", headers=headers), api.get(f"/job/{job_id}/history", headers=headers),
-              api.get(f"/job/{job_id}/tasks", headers=headers), api.post("/job/search", headers=headers, json={"state": []}),
-              api.get("/worker", headers=headers, query_string={"includeDeleted": "true"}),
-              api.put(f"/job/{job_id}", 409, headers=headers, json={"state": "done"})]
+    bodies = [
+        api.get(f"/job/{job_id}", headers=headers),
+        api.get(f"/job/{job_id}/history", headers=headers),
+        api.get(f"/job/{job_id}/tasks", headers=headers),
+        api.post("/job/search", headers=headers, json={"state": []}),
+        api.get("/worker", headers=headers, query_string={"includeDeleted": "true"}),
+        api.put(f"/job/{job_id}", 409, headers=headers, json={"state": "done"}),
+    ]
     now = time.time() * 1000
     seen = set()
     for body in bodies:
@@ -154,5 +206,13 @@ def test_every_timestamp_is_integer_milliseconds(api, make_key, make_job):
             seen.add(name.rsplit(".", 1)[-1])
             if value is not None:
                 assert type(value) is int and now - 86_400_000 < value <= now + 1000, (name, value)
-    assert {"enqueuedTimestamp", "startTimestamp", "endTimestamp", "lastUpdatedTimestamp", "abortRequestedTimestamp",
-            "timestamp", "createdTimestamp", "deletedTimestamp"} <= seen
+    assert {
+        "enqueuedTimestamp",
+        "startTimestamp",
+        "endTimestamp",
+        "lastUpdatedTimestamp",
+        "abortRequestedTimestamp",
+        "timestamp",
+        "createdTimestamp",
+        "deletedTimestamp",
+    } <= seen

@@ -43,10 +43,17 @@ def executing(make_job, sql):
 
     def make(last_updated: int, **job) -> str:
         job_id = make_job(**job)
-        sql("UPDATE jobs SET state = 'executing', start_timestamp = :t, last_updated_timestamp = :t WHERE id = :id",
-            t=last_updated, id=job_id)
-        sql("""UPDATE job_tasks SET state = CASE worker WHEN 'static-analyzer' THEN 'success' ELSE 'executing' END,
-               start_timestamp = :t, last_updated_timestamp = :t WHERE job_id = :id""", t=last_updated, id=job_id)
+        sql(
+            "UPDATE jobs SET state = 'executing', start_timestamp = :t, last_updated_timestamp = :t WHERE id = :id",
+            t=last_updated,
+            id=job_id,
+        )
+        sql(
+            """UPDATE job_tasks SET state = CASE worker WHEN 'static-analyzer' THEN 'success' ELSE 'executing' END,
+               start_timestamp = :t, last_updated_timestamp = :t WHERE job_id = :id""",
+            t=last_updated,
+            id=job_id,
+        )
         return job_id
 
     return make
@@ -61,13 +68,17 @@ def task_states(sql, job_id):
 
 
 def job_history(sql, job_id):
-    return sql("SELECT from_state, to_state, user_id, message FROM job_history WHERE job_id = :id AND task_id IS NULL "
-               "ORDER BY id", id=job_id)
+    return sql(
+        "SELECT from_state, to_state, user_id, message FROM job_history WHERE job_id = :id AND task_id IS NULL "
+        "ORDER BY id",
+        id=job_id,
+    )
 
 
 def events(sql, job_id):
-    return [r[0] for r in sql("SELECT value FROM outbox WHERE key = :k AND topic = :t ORDER BY id",
-                              k=job_id, t=EVENT_TOPIC)]
+    return [
+        r[0] for r in sql("SELECT value FROM outbox WHERE key = :k AND topic = :t ORDER BY id", k=job_id, t=EVENT_TOPIC)
+    ]
 
 
 def test_execution_timeout_sweep(sweep, executing, make_job, sql):
@@ -83,8 +94,9 @@ def test_execution_timeout_sweep(sweep, executing, make_job, sql):
     last = job_history(sql, stale)[-1]
     assert last[:3] == ("executing", "timeout", None) and "3600" in last[3]
     assert [(e["fromState"], e["toState"], e["user"]) for e in events(sql, stale)][-1] == ("executing", "timeout", None)
-    task_history = sql("SELECT from_state, to_state FROM job_history WHERE job_id = :id AND task_id IS NOT NULL",
-                       id=stale)
+    task_history = sql(
+        "SELECT from_state, to_state FROM job_history WHERE job_id = :id AND task_id IS NOT NULL", id=stale
+    )
     assert task_history == [("executing", "timeout")]
     # Fresh and enqueued jobs are untouched, and a second run finds nothing.
     assert (state(sql, fresh), state(sql, waiting)) == ("executing", "enqueued")
@@ -105,8 +117,9 @@ def test_task_progress_keeps_a_job_from_timing_out(api, make_key, sweep, executi
     now = now_ms()
     job_id = executing(now - 2 * HOUR)
     task_id = sql("SELECT id FROM job_tasks WHERE job_id = :id AND state = 'executing'", id=job_id)[0][0]
-    api.put(f"/job/{job_id}/task/{task_id}", headers=make_key("ANALYZER", all_customers=True),
-            json={"state": "executing"})
+    api.put(
+        f"/job/{job_id}/task/{task_id}", headers=make_key("ANALYZER", all_customers=True), json={"state": "executing"}
+    )
     assert sweep(service.sweep_execution_timeouts) == 0
     assert state(sql, job_id) == "executing"
 
@@ -125,10 +138,16 @@ def test_enqueued_timeout_sweep(sweep, make_job, sql):
     now = now_ms()
     old = make_job()
     young = make_job()
-    sql("UPDATE jobs SET enqueued_timestamp = :t, last_updated_timestamp = :t WHERE id = :id",
-        t=now - 86_400_000 - 1, id=old)
-    sql("UPDATE jobs SET enqueued_timestamp = :t, last_updated_timestamp = :t WHERE id = :id",
-        t=now - 86_400_000 + 60_000, id=young)
+    sql(
+        "UPDATE jobs SET enqueued_timestamp = :t, last_updated_timestamp = :t WHERE id = :id",
+        t=now - 86_400_000 - 1,
+        id=old,
+    )
+    sql(
+        "UPDATE jobs SET enqueued_timestamp = :t, last_updated_timestamp = :t WHERE id = :id",
+        t=now - 86_400_000 + 60_000,
+        id=young,
+    )
     # 0 means never.
     assert sweep(service.sweep_enqueued_timeouts, now=now, enqueued_timeout_seconds=0) == 0
     assert state(sql, old) == "enqueued"
@@ -205,11 +224,14 @@ def test_sweep_does_not_override_a_concurrent_final_update(app, settings, execut
     assert state(sql, job_id) == "done"
 
 
-@pytest.mark.parametrize("function, index", [
-    (service.sweep_execution_timeouts, "ix_jobs_executing_last_updated"),
-    (service.sweep_enqueued_timeouts, "ix_jobs_enqueued_enqueued"),
-    (service.sweep_unconfirmed_aborts, "ix_jobs_abort_pending"),
-])
+@pytest.mark.parametrize(
+    "function, index",
+    [
+        (service.sweep_execution_timeouts, "ix_jobs_executing_last_updated"),
+        (service.sweep_enqueued_timeouts, "ix_jobs_enqueued_enqueued"),
+        (service.sweep_unconfirmed_aborts, "ix_jobs_abort_pending"),
+    ],
+)
 def test_sweep_query_uses_its_partial_index(app, settings, make_job, sql, function, index):
     make_job()
     # A realistic table: many finished jobs, a few active ones; the sweep must not scan the finished ones.

@@ -16,8 +16,12 @@ ROLES = ["VIEWER", "UPLOADER", "USER", "ANALYZER"]
 
 
 def _worker_body(short_name: str) -> dict:
-    return {"shortName": short_name, "localizedNames": {"english": "Auth test"},
-            "localizedDescriptions": {"english": "A worker of the auth tests"}, "schema": {"type": "object"}}
+    return {
+        "shortName": short_name,
+        "localizedNames": {"english": "Auth test"},
+        "localizedDescriptions": {"english": "A worker of the auth tests"},
+        "schema": {"type": "object"},
+    }
 
 
 # method, path, body, lowest role, status on success
@@ -76,17 +80,29 @@ def _status(client, method, path, body, target, headers) -> int:
 
 
 @pytest.mark.parametrize("method, path, body, lowest, ok", ENDPOINTS, ids=IDS)
-def test_missing_unknown_expired_and_disabled_keys_are_401(client, make_key, sql, target, method, path, body,
-                                                           lowest, ok):
+def test_missing_unknown_expired_and_disabled_keys_are_401(
+    client, make_key, sql, target, method, path, body, lowest, ok
+):
     expired = make_key("ANALYZER", all_customers=True)
-    sql("UPDATE api_keys SET expires_timestamp = :t WHERE key_hash = :h",
-        t=int(time.time() * 1000) - 1, h=hash_key(expired["Argus-API-Key"]))
+    sql(
+        "UPDATE api_keys SET expires_timestamp = :t WHERE key_hash = :h",
+        t=int(time.time() * 1000) - 1,
+        h=hash_key(expired["Argus-API-Key"]),
+    )
     disabled = make_key("ANALYZER", all_customers=True)
     sql("UPDATE api_keys SET disabled = true WHERE key_hash = :h", h=hash_key(disabled["Argus-API-Key"]))
     valid = make_key("ANALYZER", all_customers=True)["Argus-API-Key"]
     altered = valid[:-1] + ("A" if valid[-1] != "A" else "B")
-    for headers in ({}, {"Argus-API-Key": ""}, {"Argus-API-Key": "nonsense"}, {"Argus-API-Key": altered},
-                    {"Argus-API-Key": hash_key(valid)}, {"Authorization": valid}, expired, disabled):
+    for headers in (
+        {},
+        {"Argus-API-Key": ""},
+        {"Argus-API-Key": "nonsense"},
+        {"Argus-API-Key": altered},
+        {"Argus-API-Key": hash_key(valid)},
+        {"Authorization": valid},
+        expired,
+        disabled,
+    ):
         response = _request(client, method, path, body, target, headers)
         body_ = check_envelope(response, 401)
         assert body_["messages"][0]["type"] == "ACTION_ERROR"
@@ -103,14 +119,15 @@ def test_key_with_expires_in_stops_working_when_it_expires(api, make_key, clock)
 
 
 @pytest.mark.parametrize("method, path, body, lowest, ok", ENDPOINTS, ids=IDS)
-def test_roles_are_ordered_viewer_uploader_user_analyzer(client, api, make_key, target, method, path, body,
-                                                         lowest, ok):
+def test_roles_are_ordered_viewer_uploader_user_analyzer(client, api, make_key, target, method, path, body, lowest, ok):
     viewer = make_key("VIEWER", customer="acme")
 
     def snapshot():
-        return (api.get(f"/job/{target['job']}", headers=viewer)["data"],
-                api.get(f"/job/{target['job']}/history", headers=viewer)["data"],
-                api.get("/worker", headers=viewer, query_string={"includeDeleted": "true", "limit": 0})["data"])
+        return (
+            api.get(f"/job/{target['job']}", headers=viewer)["data"],
+            api.get(f"/job/{target['job']}/history", headers=viewer)["data"],
+            api.get("/worker", headers=viewer, query_string={"includeDeleted": "true", "limit": 0})["data"],
+        )
 
     for role in ROLES:
         headers = make_key(role, customer="acme")
@@ -141,29 +158,52 @@ def test_bad_key_is_401_before_anything_else(api, make_job):
 
 # -- customer scope ------------------------------------------------------------------------------------
 
+
 def _without_volatile(body: dict, job_id: str, missing_id: str) -> dict:
-    messages = [{**m, "timestamp": 0, "message": m["message"].replace(job_id, "ID"),
-                 "messageTemplate": m["messageTemplate"].replace(job_id, "ID")} for m in body["messages"]]
-    messages = [{**m, "message": m["message"].replace(missing_id, "ID"),
-                 "messageTemplate": m["messageTemplate"].replace(missing_id, "ID")} for m in messages]
+    messages = [
+        {
+            **m,
+            "timestamp": 0,
+            "message": m["message"].replace(job_id, "ID"),
+            "messageTemplate": m["messageTemplate"].replace(job_id, "ID"),
+        }
+        for m in body["messages"]
+    ]
+    messages = [
+        {
+            **m,
+            "message": m["message"].replace(missing_id, "ID"),
+            "messageTemplate": m["messageTemplate"].replace(missing_id, "ID"),
+        }
+        for m in messages
+    ]
     return {**body, "messages": messages}
 
 
-@pytest.mark.parametrize("method, path, body", [
-    ("GET", "/job/{job}", None), ("PUT", "/job/{job}", {"state": "executing"}),
-    ("POST", "/job/{job}", {"state": "failed"}), ("DELETE", "/job/{job}", None),
-    ("GET", "/job/{job}/history", None), ("GET", "/job/{job}/tasks", None),
-    ("GET", "/job/{job}/task/{task}", None), ("PUT", "/job/{job}/task/{task}", {"state": "executing"}),
-])
+@pytest.mark.parametrize(
+    "method, path, body",
+    [
+        ("GET", "/job/{job}", None),
+        ("PUT", "/job/{job}", {"state": "executing"}),
+        ("POST", "/job/{job}", {"state": "failed"}),
+        ("DELETE", "/job/{job}", None),
+        ("GET", "/job/{job}/history", None),
+        ("GET", "/job/{job}/tasks", None),
+        ("GET", "/job/{job}/task/{task}", None),
+        ("PUT", "/job/{job}/task/{task}", {"state": "executing"}),
+    ],
+)
 def test_job_of_another_customer_is_404_exactly_as_a_missing_job(client, api, make_key, make_job, method, path, body):
     theirs = make_job(customer="globex")
     task = api.get(f"/job/{theirs}", headers=make_key("VIEWER", customer="globex"))["data"]["tasks"][0]["id"]
     missing = str(uuid.uuid4())
     mine = make_key("ANALYZER", customer="acme")
-    hidden = check_envelope(client.open(BASE + path.format(job=theirs, task=task), method=method, headers=mine,
-                                        json=body), 404)
-    absent = check_envelope(client.open(BASE + path.format(job=missing, task=task), method=method, headers=mine,
-                                        json=body), 404)
+    hidden = check_envelope(
+        client.open(BASE + path.format(job=theirs, task=task), method=method, headers=mine, json=body), 404
+    )
+    absent = check_envelope(
+        client.open(BASE + path.format(job=missing, task=task), method=method, headers=mine, json=body), 404
+    )
     assert _without_volatile(hidden, theirs, missing) == _without_volatile(absent, theirs, missing)
     # And the other customer's job was not touched.
     job = api.get(f"/job/{theirs}", headers=make_key("VIEWER", customer="globex"))["data"]

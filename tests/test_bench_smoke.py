@@ -32,11 +32,18 @@ def _is_positive_number(value) -> bool:
 
 # B1's load comes from wrk when it is installed and from a Python generator otherwise: both must
 # work, so a machine without wrk runs `make bench` too. CI installs wrk (.ci/run) to run both.
-@pytest.mark.parametrize("generator", [
-    "python",
-    pytest.param("wrk", marks=pytest.mark.skipif(shutil.which("wrk") is None,
-                                                 reason="wrk is not installed (Debian: apt-get install wrk)")),
-])
+@pytest.mark.parametrize(
+    "generator",
+    [
+        "python",
+        pytest.param(
+            "wrk",
+            marks=pytest.mark.skipif(
+                shutil.which("wrk") is None, reason="wrk is not installed (Debian: apt-get install wrk)"
+            ),
+        ),
+    ],
+)
 def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp_path, monkeypatch, generator):
     monkeypatch.setenv("BENCH_LOAD_GENERATOR", generator)
     servers = Servers(postgres_server_url, redis_url=None, kafka_bootstrap=None)
@@ -69,8 +76,14 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
 
     assert set(data["B2"]["searches"]) == SEARCHES
     for name, search in data["B2"]["searches"].items():
-        for key in ("api_p50_ms", "api_p95_ms", "raw_sql_p50_ms", "raw_sql_p95_ms", "ratio_p95",
-                    "explain_execution_ms"):
+        for key in (
+            "api_p50_ms",
+            "api_p95_ms",
+            "raw_sql_p50_ms",
+            "raw_sql_p95_ms",
+            "ratio_p95",
+            "explain_execution_ms",
+        ):
             assert _is_positive_number(search[key]), (name, key, search[key])
         assert search["plans"] and all(p["nodes"] for p in search["plans"]), name
         assert search["count"] >= 1, name  # every search finds something in the data set
@@ -103,8 +116,9 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
     assert db.engine_of(app).url.database == sa.make_url(database_url).database
     engine = sa.create_engine(postgres_server_url, poolclass=sa.pool.NullPool)
     with engine.connect() as conn:
-        left = conn.scalars(sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                            {"p": f"sampledb_bench_{servers.run_id}%"}).all()
+        left = conn.scalars(
+            sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"), {"p": f"sampledb_bench_{servers.run_id}%"}
+        ).all()
     engine.dispose()
     assert left == []
 
@@ -127,8 +141,12 @@ def test_bench_intake_b7_at_tiny_scale(postgres_server_url, kafka_broker, tmp_pa
     (the session's Redis holds the other tests' keys) and topics of the run's own site (the test
     session's worker never sees these submissions)."""
     redis_server = start_redis(tmp_path / "redis")
-    servers = Servers(postgres_server_url, redis_url=empty_redis_database(redis_server.url),
-                      kafka_bootstrap=kafka_broker.url, _redis_was_empty=True)
+    servers = Servers(
+        postgres_server_url,
+        redis_url=empty_redis_database(redis_server.url),
+        kafka_bootstrap=kafka_broker.url,
+        _redis_was_empty=True,
+    )
     dbs = Databases(postgres_server_url, servers.run_id)
     config = Config(jobs=1000, quick=True, only=("B7",), durations=durations(quick=True))
     try:

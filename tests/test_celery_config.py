@@ -49,8 +49,12 @@ def test_every_task_routes_to_a_declared_queue():
         assert route["queue"] in _declared_queues(), task
     assert celeryconfig.task_routes[TaskNames.INGEST_SUBMISSION]["queue"] == QueueNames.INGEST
     assert celeryconfig.task_routes[TaskNames.RELAY_OUTBOX]["queue"] == QueueNames.OUTBOX
-    for sweep in (TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
-                  TaskNames.SWEEP_UNCONFIRMED_ABORTS, TaskNames.PURGE):
+    for sweep in (
+        TaskNames.SWEEP_EXECUTION_TIMEOUTS,
+        TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS,
+        TaskNames.PURGE,
+    ):
         assert celeryconfig.task_routes[sweep]["queue"] == QueueNames.PERIODIC
 
 
@@ -64,8 +68,12 @@ def test_every_declared_queue_is_consumed_by_the_worker():
 def test_beat_entries_name_their_queue_and_a_known_task():
     schedule = celeryconfig.beat_schedule
     assert {entry["task"] for entry in schedule.values()} == {
-        TaskNames.RELAY_OUTBOX, TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
-        TaskNames.SWEEP_UNCONFIRMED_ABORTS, TaskNames.PURGE, TaskNames.INGEST_PENDING,
+        TaskNames.RELAY_OUTBOX,
+        TaskNames.SWEEP_EXECUTION_TIMEOUTS,
+        TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS,
+        TaskNames.PURGE,
+        TaskNames.INGEST_PENDING,
     }
     for name, entry in schedule.items():
         queue = entry["options"]["queue"]
@@ -83,8 +91,9 @@ def test_beat_intervals_come_from_settings():
         assert schedule[name]["schedule"] == settings.sweep_interval_seconds
     assert schedule["purge"]["schedule"] == settings.purge_interval_seconds
     # status watches every periodic task beat schedules, at the interval beat uses
-    assert {e["task"]: e["schedule"] for e in schedule.values() if e["task"] != TaskNames.RELAY_OUTBOX} == \
-        periodic_intervals(settings)
+    assert {
+        e["task"]: e["schedule"] for e in schedule.values() if e["task"] != TaskNames.RELAY_OUTBOX
+    } == periodic_intervals(settings)
 
 
 def test_reliability_settings():

@@ -25,8 +25,10 @@ JOB_TOPIC = "Sample.Analysis.Job.OSL"
 
 
 def _dead(sql) -> list:
-    return sql("SELECT id, submission_id, payload, payload_text, reason, error, attempts, first_seen, last_seen "
-               "FROM dead_submissions ORDER BY id")
+    return sql(
+        "SELECT id, submission_id, payload, payload_text, reason, error, attempts, first_seen, last_seen "
+        "FROM dead_submissions ORDER BY id"
+    )
 
 
 def _jobs(sql, payload) -> int:
@@ -69,8 +71,10 @@ def test_invalid_submissions_are_stored_dead_as_received(worker, task_sender, wa
     assert _jobs(sql, purple) == 1
     retried = run_cli("submissions", "retry", "--all")
     assert retried.exit_code == 1 and "1 of 2 submissions are still dead" in retried.output
-    assert f"id={first.id} submission={purple['submission']['id']}: job {job_id_for(purple['submission']['id'])}" \
+    assert (
+        f"id={first.id} submission={purple['submission']['id']}: job {job_id_for(purple['submission']['id'])}"
         in retried.output
+    )
     assert [d.id for d in _dead(sql)] == [second.id]
 
 
@@ -90,7 +94,11 @@ def test_a_submission_postgresql_refuses_is_stored_dead_not_retried_forever(work
 
     (dead,) = _dead(sql)
     assert (str(dead.submission_id), dead.reason, dead.attempts, dead.payload) == (
-        refused["submission"]["id"], "refused", 1, refused)
+        refused["submission"]["id"],
+        "refused",
+        1,
+        refused,
+    )
     # SQLSTATE 54000 arrives as an OperationalError, which is no reason to retry.
     assert dead.error.startswith("54000: index row size") and "uq_customers_short_name" in dead.error
     assert _jobs(sql, refused) == 0 and _jobs(sql, good) == 1
@@ -100,9 +108,10 @@ def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psuti
     """The worker's pool process whose database session is waiting on a lock (and was not seen before)."""
     name = engine.url.database
     with engine.connect() as conn:
-        waiting = conn.execute(sa.text(
-            "SELECT pid, client_port FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
-            {"name": name}).all()
+        waiting = conn.execute(
+            sa.text("SELECT pid, client_port FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
+            {"name": name},
+        ).all()
     ports = {port: backend for backend, port in waiting if backend not in seen}
     for child in psutil.Process(worker.pid).children():
         try:
@@ -116,7 +125,8 @@ def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psuti
 
 
 def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
-        worker, task_sender, wait_idle, sql, app, run_cli, kafka_broker):
+    worker, task_sender, wait_idle, sql, app, run_cli, kafka_broker
+):
     from app.dev.kafka import read_topic
 
     doomed = submission_payload(customer="doomed-customer")
@@ -130,8 +140,11 @@ def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
     try:
         task_sender.send(TaskNames.INGEST_SUBMISSION, doomed)
         while not _dead(sql):
-            process = wait_for(lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen), 60,
-                               f"delivery {kills + 1} inside its ingest")
+            process = wait_for(
+                lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen),
+                60,
+                f"delivery {kills + 1} inside its ingest",
+            )
             if isinstance(process, psutil.Process):
                 os.kill(process.pid, signal.SIGKILL)
                 kills += 1
@@ -143,7 +156,11 @@ def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
     (dead,) = _dead(sql)
     assert kills == 5  # SAMPLEDB_INGEST_MAX_DELIVERIES, default 5: the sixth delivery stores it dead
     assert (str(dead.submission_id), dead.reason, dead.attempts, dead.payload) == (
-        doomed["submission"]["id"], "redelivered", 5, doomed)
+        doomed["submission"]["id"],
+        "redelivered",
+        5,
+        doomed,
+    )
     assert dead.error.startswith("delivered 6 times: its Celery worker process died at each of the first 5")
     assert _jobs(sql, doomed) == 0
     assert "exited with 'signal 9 (SIGKILL)'" in worker.output()
@@ -152,17 +169,20 @@ def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
     retried = run_cli("submissions", "retry", str(dead.id))
     job_id = str(job_id_for(doomed["submission"]["id"]))
     assert retried.exit_code == 0 and retried.output.strip() == (
-        f"id={dead.id} submission={doomed['submission']['id']}: job {job_id}")
+        f"id={dead.id} submission={doomed['submission']['id']}: job {job_id}"
+    )
     assert _dead(sql) == [] and _jobs(sql, doomed) == 1
     wait_idle()
-    assert [r.key.decode() for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10)
-            if r.key.decode() == job_id] == [job_id]
+    assert [
+        r.key.decode() for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10) if r.key.decode() == job_id
+    ] == [job_id]
     again = run_cli("submissions", "retry", str(dead.id))
     assert again.exit_code == 1 and f"no dead submission {dead.id}" in again.output
 
 
 def test_a_refused_submission_is_ingested_by_retry_once_the_database_takes_it(
-        worker, task_sender, wait_idle, sql, run_cli):
+    worker, task_sender, wait_idle, sql, run_cli
+):
     payloads = [submission_payload(customer="retry-later") for _ in range(3)]
     payloads[1]["submission"]["name"] = "quarantined.exe"
     # A rule of the database (stood in for by a constraint) refuses one submission, for a while.
@@ -182,7 +202,8 @@ def test_a_refused_submission_is_ingested_by_retry_once_the_database_takes_it(
 
 
 def test_fields_the_service_does_not_know_are_kept_on_the_celery_path(
-        worker, task_sender, wait_idle, sql, live_api, make_key, kafka_broker):
+    worker, task_sender, wait_idle, sql, live_api, make_key, kafka_broker
+):
     from app.dev.kafka import read_topic
 
     payload = submission_payload(customer="upgraded-upstream")

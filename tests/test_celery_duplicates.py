@@ -33,9 +33,11 @@ def window_api(worker_settings) -> Api:
 def window_worker(worker, tmp_path_factory):
     """A Celery worker with the window on, in place of the session's worker (which comes back after)."""
     worker.stop()
-    window = CeleryWorker({**worker.env, "SAMPLEDB_DUPLICATE_WINDOW_SECONDS": "3600"},
-                          tmp_path_factory.mktemp("celery-window") / "worker.log",
-                          f"sampledb-window-{uuid.uuid4().hex[:6]}@%h")
+    window = CeleryWorker(
+        {**worker.env, "SAMPLEDB_DUPLICATE_WINDOW_SECONDS": "3600"},
+        tmp_path_factory.mktemp("celery-window") / "worker.log",
+        f"sampledb-window-{uuid.uuid4().hex[:6]}@%h",
+    )
     window.start()
     yield window
     window.stop()
@@ -55,18 +57,32 @@ def test_rest_answers_220_for_a_sample_seen_within_the_window(worker, window_api
     assert seen["data"] == {"sampleSha256": SAMPLE_SHA256} and seen["messages"] == []
     # Another sample, or the same sample at another customer, is new.
     accepted = window_api.post(f"/sample/{OTHER_SHA256}/submission", 202, headers=uploader, json=body)["data"]
-    window_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=make_key("UPLOADER", customer="globex"),
-                    json=body)
+    window_api.post(
+        f"/sample/{SAMPLE_SHA256}/submission", 202, headers=make_key("UPLOADER", customer="globex"), json=body
+    )
     # Once a job is made, a client's retry of that very submission gets its job, not 220.
     wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE id = :j", j=accepted["jobID"])[0][0], 20, "the job")
-    retry = window_api.post(f"/sample/{OTHER_SHA256}/submission", 202, headers=uploader,
-                            json={**body, "submission": {**body["submission"], "id": accepted["submission"]["id"]}})
+    retry = window_api.post(
+        f"/sample/{OTHER_SHA256}/submission",
+        202,
+        headers=uploader,
+        json={**body, "submission": {**body["submission"], "id": accepted["submission"]["id"]}},
+    )
     assert retry["data"]["jobID"] == accepted["jobID"]
     # The window off (the default): the same upload makes a job.
     live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=body)
-    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE sample_sha256 = :s AND customer_id = "
-                         "(SELECT id FROM customers WHERE short_name = 'acme')", s=SAMPLE_SHA256)[0][0] == 2,
-             20, "the second job of acme's sample")
+    wait_for(
+        lambda: (
+            sql(
+                "SELECT count(*) FROM jobs WHERE sample_sha256 = :s AND customer_id = "
+                "(SELECT id FROM customers WHERE short_name = 'acme')",
+                s=SAMPLE_SHA256,
+            )[0][0]
+            == 2
+        ),
+        20,
+        "the second job of acme's sample",
+    )
 
 
 def outcome(worker: CeleryWorker, task_id: str) -> dict:
@@ -90,8 +106,13 @@ def test_celery_path_counts_duplicates(window_worker, task_sender, make_job, sql
     assert send(TaskNames.INGEST_SUBMISSION, fresh) == {"jobID": made["jobID"], "created": False}
 
     third = "cd" * 32
-    batch = [submission_payload("globex", third), submission_payload("globex", third), fresh,
-             submission_payload("acme", SAMPLE_SHA256), {"broken": True}]
+    batch = [
+        submission_payload("globex", third),
+        submission_payload("globex", third),
+        fresh,
+        submission_payload("acme", SAMPLE_SHA256),
+        {"broken": True},
+    ]
     assert send(TaskNames.INGEST_SUBMISSIONS, batch) == {"created": 1, "existing": 1, "duplicate": 2, "dead": 1}
     # A duplicate is settled, not dead; the invalid one is kept as a dead submission.
     assert sql("SELECT payload, reason FROM dead_submissions") == [({"broken": True}, "invalid")]

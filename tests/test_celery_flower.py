@@ -28,7 +28,9 @@ def flower(celery_worker, tmp_path):
     port = free_port()
     process = Child("flower", tmp_path / "flower.log").start(
         commands.celery("flower", "--address=127.0.0.1", f"--port={port}", f"--basic-auth={BASIC_AUTH}"),
-        env=celery_worker.env, cwd=ROOT)
+        env=celery_worker.env,
+        cwd=ROOT,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def get(path: str, auth: str | None = BASIC_AUTH, timeout: float = 10):
@@ -61,16 +63,26 @@ def test_flower_lists_the_worker_and_its_tasks(worker, flower, task_sender, wait
     assert {TaskNames.INGEST_SUBMISSION, TaskNames.RELAY_OUTBOX, TaskNames.SWEEP_EXECUTION_TIMEOUTS} <= registered
 
     # Flower sees the tasks that run while it listens to the worker's events.
-    wanted = {TaskNames.INGEST_SUBMISSION, TaskNames.RELAY_OUTBOX, TaskNames.SWEEP_EXECUTION_TIMEOUTS,
-              TaskNames.SWEEP_ENQUEUED_TIMEOUTS, TaskNames.SWEEP_UNCONFIRMED_ABORTS}
+    wanted = {
+        TaskNames.INGEST_SUBMISSION,
+        TaskNames.RELAY_OUTBOX,
+        TaskNames.SWEEP_EXECUTION_TIMEOUTS,
+        TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
+        TaskNames.SWEEP_UNCONFIRMED_ABORTS,
+    }
 
     def seen() -> bool:
         task_sender.send(TaskNames.INGEST_SUBMISSION, submission_payload())
-        for sweep in (TaskNames.SWEEP_EXECUTION_TIMEOUTS, TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
-                      TaskNames.SWEEP_UNCONFIRMED_ABORTS):
+        for sweep in (
+            TaskNames.SWEEP_EXECUTION_TIMEOUTS,
+            TaskNames.SWEEP_ENQUEUED_TIMEOUTS,
+            TaskNames.SWEEP_UNCONFIRMED_ABORTS,
+        ):
             task_sender.send(sweep)
         tasks = flower("/api/tasks")
-        done = {t["name"] for t in tasks.values() if t.get("state") == "SUCCESS" and t.get("worker", "").startswith(node)}
+        done = {
+            t["name"] for t in tasks.values() if t.get("state") == "SUCCESS" and t.get("worker", "").startswith(node)
+        }
         return wanted <= done
 
     wait_for(seen, 30, "the sampledb tasks in /api/tasks", interval=1)

@@ -6,10 +6,8 @@ import copy
 import json
 import re
 import time
-import uuid
 
 import pytest
-import sqlalchemy as sa
 
 from app.dev.kafka import read_topic
 from app.intake.ingest import job_id_for
@@ -43,23 +41,31 @@ def test_rest_submission_makes_a_job_and_announces_it(worker, live_api, make_key
     headers = make_key("UPLOADER", customer="acme", user="uploader-kim")
     viewer = make_key("VIEWER", customer="acme")
     seed = submission_payload()
-    body = {"submission": {k: seed["submission"][k] for k in ("name", "timestamp", "mimeType", "metaData", "tlp",
-                                                              "acl", "userAgent")},
-            "classification": seed["classification"]}
+    body = {
+        "submission": {
+            k: seed["submission"][k] for k in ("name", "timestamp", "mimeType", "metaData", "tlp", "acl", "userAgent")
+        },
+        "classification": seed["classification"],
+    }
     accepted = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=headers, json=body)["data"]
     job_id = accepted["jobID"]
 
-    wait_for(lambda: job_id in {j["id"] for j in live_api.get("/job", headers=viewer)["data"]}, 30,
-             "the job in GET /job")
+    wait_for(
+        lambda: job_id in {j["id"] for j in live_api.get("/job", headers=viewer)["data"]}, 30, "the job in GET /job"
+    )
     job = live_api.get(f"/job/{job_id}", headers=viewer)["data"]
     assert job["state"] == "enqueued" and job["customer"]["shortName"] == "acme"
     assert job["submission"] == accepted["submission"]
 
     (record,) = records_of(kafka_broker.url, JOB_TOPIC, {job_id}, expect=1)
     message = json.loads(record.value.decode("utf-8"))
-    submission = {**seed["submission"], "id": accepted["submission"]["id"], "customer": "acme",
-                  "createdByUser": accepted["submission"]["createdByUser"],
-                  "createdTimestamp": accepted["submission"]["createdTimestamp"]}
+    submission = {
+        **seed["submission"],
+        "id": accepted["submission"]["id"],
+        "customer": "acme",
+        "createdByUser": accepted["submission"]["createdByUser"],
+        "createdTimestamp": accepted["submission"]["createdTimestamp"],
+    }
     assert message == {
         "jobID": job_id,
         "submission": submission,
@@ -76,8 +82,11 @@ def test_rest_submission_makes_a_job_and_announces_it(worker, live_api, make_key
     (event_id,) = sql("SELECT event_id FROM outbox WHERE topic = :t AND key = :k", t=JOB_TOPIC, k=job_id)[0]
     assert headers_["event-id"] == str(event_id).encode("ascii")
     # Marked sent once Kafka acknowledged it (the mark commits just after the acknowledgement).
-    wait_for(lambda: count(sql, "SELECT count(*) FROM outbox WHERE key = :k AND sent_timestamp IS NULL",
-                           k=job_id) == 0, 5, "the outbox rows marked sent")
+    wait_for(
+        lambda: count(sql, "SELECT count(*) FROM outbox WHERE key = :k AND sent_timestamp IS NULL", k=job_id) == 0,
+        5,
+        "the outbox rows marked sent",
+    )
 
     (event,) = records_of(kafka_broker.url, EVENT_TOPIC, {job_id}, expect=1)
     assert json.loads(event.value)["toState"] == "enqueued" and json.loads(event.value)["fromState"] is None
@@ -108,7 +117,9 @@ def test_a_bad_payload_is_stored_dead_not_retried(worker, task_sender, wait_idle
     assert count(sql, "SELECT count(*) FROM jobs") == 1
     dead = sql("SELECT submission_id, payload, reason, error, attempts FROM dead_submissions ORDER BY id")
     assert [(str(d.submission_id) if d.submission_id else None, d.reason, d.attempts) for d in dead] == [
-        (None, "invalid", 1), (bad["submission"]["id"], "invalid", 1)]
+        (None, "invalid", 1),
+        (bad["submission"]["id"], "invalid", 1),
+    ]
     assert [d.payload for d in dead] == [{"not": "a submission"}, bad]
     assert "submission: Missing data for required field." in dead[0].error
     assert dead[1].error.startswith("submission.tlp: Must be one of")
@@ -117,7 +128,7 @@ def test_a_bad_payload_is_stored_dead_not_retried(worker, task_sender, wait_idle
 
 def test_bulk_ingest(worker, task_sender, wait_idle, kafka_broker, sql):
     payloads = [submission_payload(customer=f"bulk-{i % 4}") for i in range(300)]
-    batches = [payloads[i:i + 100] for i in range(0, 300, 100)]
+    batches = [payloads[i : i + 100] for i in range(0, 300, 100)]
     batches[1] = batches[1] + [copy.deepcopy(payloads[0]), {"broken": True}]  # a repeat and an invalid one
     started = time.monotonic()
     task_sender.send_many(TaskNames.INGEST_SUBMISSIONS, [[batch] for batch in batches])
@@ -147,5 +158,9 @@ def test_a_submission_the_database_refuses_does_not_take_its_batch_down(worker, 
     assert count(sql, "SELECT count(*) FROM jobs WHERE submission->>'name' = 'poison.exe'") == 0
     (dead,) = sql("SELECT submission_id, payload, reason, error, attempts FROM dead_submissions")
     assert (str(dead.submission_id), dead.payload, dead.reason, dead.attempts) == (
-        payloads[3]["submission"]["id"], payloads[3], "refused", 1)
+        payloads[3]["submission"]["id"],
+        payloads[3],
+        "refused",
+        1,
+    )
     assert dead.error.startswith("23514: ") and "test_no_poison" in dead.error  # check_violation

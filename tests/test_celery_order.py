@@ -34,8 +34,9 @@ def worker_with(worker, tmp_path):
         if not env:
             worker.start()
             return worker
-        replacement = CeleryWorker({**worker.env, **env}, tmp_path / "worker.log",
-                                   f"sampledb-test-{uuid.uuid4().hex[:6]}@%h")
+        replacement = CeleryWorker(
+            {**worker.env, **env}, tmp_path / "worker.log", f"sampledb-test-{uuid.uuid4().hex[:6]}@%h"
+        )
         started.append(replacement)
         replacement.start()
         return replacement
@@ -48,8 +49,13 @@ def worker_with(worker, tmp_path):
 def _ingest(task_sender, sql, payloads: list[dict]) -> list[str]:
     task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
     job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
-    wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0]
-             == len(job_ids), 90, f"{len(job_ids)} jobs")
+    wait_for(
+        lambda: (
+            sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0] == len(job_ids)
+        ),
+        90,
+        f"{len(job_ids)} jobs",
+    )
     return job_ids
 
 
@@ -81,8 +87,11 @@ def _assert_in_history_order(live_api, analyzer, job_id: str, records: dict[str,
 
 
 def _outbox_by_key(sql, job_ids: list[str]) -> dict[str, list]:
-    rows = sql("SELECT id, key, topic, sent_timestamp, parked_timestamp, attempts, last_error FROM outbox "
-               "WHERE key = ANY(:keys) ORDER BY id", keys=job_ids)
+    rows = sql(
+        "SELECT id, key, topic, sent_timestamp, parked_timestamp, attempts, last_error FROM outbox "
+        "WHERE key = ANY(:keys) ORDER BY id",
+        keys=job_ids,
+    )
     grouped: dict[str, list] = collections.defaultdict(list)
     for row in rows:
         grouped[row.key].append(row)
@@ -90,7 +99,8 @@ def _outbox_by_key(sql, job_ids: list[str]) -> dict[str, list]:
 
 
 def test_every_jobs_messages_arrive_in_history_order_after_an_outage(
-        worker, task_sender, live_api, make_key, kafka_broker, sql, wait_idle):
+    worker, task_sender, live_api, make_key, kafka_broker, sql, wait_idle
+):
     if not kafka_broker.restartable:
         pytest.skip("needs the embedded Kafka broker (SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS is set)")
     analyzer = make_key("ANALYZER", user="analyzer", all_customers=True)
@@ -99,8 +109,11 @@ def test_every_jobs_messages_arrive_in_history_order_after_an_outage(
     for job_id in job_ids:
         _drive(live_api, analyzer, job_id, "executing")
     # The relay keeps trying while the broker is away: the rows it tried back off.
-    wait_for(lambda: sql("SELECT count(*) FROM outbox WHERE key = ANY(:k) AND attempts > 0", k=job_ids)[0][0] >= 100,
-             60, "failed relay attempts during the outage")
+    wait_for(
+        lambda: sql("SELECT count(*) FROM outbox WHERE key = ANY(:k) AND attempts > 0", k=job_ids)[0][0] >= 100,
+        60,
+        "failed relay attempts during the outage",
+    )
     for job_id in job_ids:
         _drive(live_api, analyzer, job_id, "done")
 
@@ -115,12 +128,15 @@ def test_every_jobs_messages_arrive_in_history_order_after_an_outage(
     assert set(on_kafka) == set(job_ids)
     for job_id in job_ids:
         _assert_in_history_order(live_api, analyzer, job_id, on_kafka[job_id])
-    print(f"after the outage: {sum(r.attempts for rows in outbox.values() for r in rows)} failed sends, "
-          f"every job's 4 messages in order")
+    print(
+        f"after the outage: {sum(r.attempts for rows in outbox.values() for r in rows)} failed sends, "
+        f"every job's 4 messages in order"
+    )
 
 
 def test_a_message_too_large_is_parked_its_job_waits_and_the_rest_flows(
-        worker_with, task_sender, live_api, make_key, kafka_broker, sql, wait_idle, redis_client, run_cli, worker):
+    worker_with, task_sender, live_api, make_key, kafka_broker, sql, wait_idle, redis_client, run_cli, worker
+):
     # The producer refuses records above its max request size: lower it for this worker.
     analyzer = make_key("ANALYZER", user="analyzer", all_customers=True)
     worker_with(SAMPLEDB_KAFKA_MAX_REQUEST_BYTES="16384")
@@ -152,8 +168,14 @@ def test_a_message_too_large_is_parked_its_job_waits_and_the_rest_flows(
     assert listed.exit_code == 0, listed.output
     assert listed.output.splitlines()[0] == "1 parked outbox messages"
     line = listed.output.splitlines()[1]
-    for part in (f"id={creation.id} ", f"key={big_job} ", f"topic={JOB_TOPIC} ", "attempts=1 ", "created=20",
-                 "MessageSizeTooLargeError"):
+    for part in (
+        f"id={creation.id} ",
+        f"key={big_job} ",
+        f"topic={JOB_TOPIC} ",
+        "attempts=1 ",
+        "created=20",
+        "MessageSizeTooLargeError",
+    ):
         assert part in line, line
 
     # Raise the limit again (the session's worker has the default), then put the message back in line.
@@ -180,11 +202,23 @@ def test_kafka_errors_sorted_into_permanent_and_retriable():
 
     from workers.relay import is_permanent
 
-    permanent = [errors.MessageSizeTooLargeError(), errors.RecordListTooLargeError(),
-                 errors.TopicAuthorizationFailedError(), errors.InvalidTopicError(), ValueError("bad topic name")]
-    retriable = [errors.KafkaTimeoutError(), errors.NotLeaderForPartitionError(), errors.KafkaConnectionError(),
-                 errors.RequestTimedOutError(), errors.UnknownTopicOrPartitionError(), errors.NotEnoughReplicasError(),
-                 errors.OutOfOrderSequenceNumberError(), ConnectionResetError()]
+    permanent = [
+        errors.MessageSizeTooLargeError(),
+        errors.RecordListTooLargeError(),
+        errors.TopicAuthorizationFailedError(),
+        errors.InvalidTopicError(),
+        ValueError("bad topic name"),
+    ]
+    retriable = [
+        errors.KafkaTimeoutError(),
+        errors.NotLeaderForPartitionError(),
+        errors.KafkaConnectionError(),
+        errors.RequestTimedOutError(),
+        errors.UnknownTopicOrPartitionError(),
+        errors.NotEnoughReplicasError(),
+        errors.OutOfOrderSequenceNumberError(),
+        ConnectionResetError(),
+    ]
     assert all(is_permanent(e) for e in permanent)
     assert not any(is_permanent(e) for e in retriable)
     # kafka-python's own verdict agrees for its errors, except producer-state ones a fresh producer fixes.

@@ -15,24 +15,44 @@ from tests.test_celery_intake import JOB_TOPIC, records_of
 pytestmark = pytest.mark.celery
 
 OFFLINE = {"key": "meta.sampledb.allowInternetAccess", "value": "false"}
-ALL_DEFAULT = ["document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",
-               "static-analyzer", "document-sandbox"]
+ALL_DEFAULT = [
+    "document-analyzer",
+    "sandbox-android",
+    "sandbox-linux",
+    "sandbox-macos",
+    "sandbox-windows",
+    "static-analyzer",
+    "document-sandbox",
+]
 
 
 def test_rules_reach_the_creation_message(worker, live_api, make_key, task_sender, wait_idle, kafka_broker):
     analyzer = make_key("ANALYZER", customer="acme", all_customers=True)
     make_key("VIEWER", customer="initech")  # the customers the rules name exist
-    live_api.post("/worker", 201, headers=analyzer, json=worker_body("document-sandbox",
-                                                                     accepts={"superType": ["document"]}))
-    live_api.put("/policy/default", headers=analyzer, json={
-        "workers": [w for w in ALL_DEFAULT if w != "document-sandbox"], "options": [{"key": "timeout", "value": "300"}]})
+    live_api.post(
+        "/worker", 201, headers=analyzer, json=worker_body("document-sandbox", accepts={"superType": ["document"]})
+    )
+    live_api.put(
+        "/policy/default",
+        headers=analyzer,
+        json={
+            "workers": [w for w in ALL_DEFAULT if w != "document-sandbox"],
+            "options": [{"key": "timeout", "value": "300"}],
+        },
+    )
     for rule in (
-        {"match": {"customer": {"customerOrGroup": ["acme"]}},
-         "action": {"workers": {"add": ["document-sandbox"]}, "options": {"add": [OFFLINE]}}},
-        {"match": {"submission": {"metaDataKey": ["source"], "metaDataValue": ["honeypot"]}},
-         "action": {"workers": {"remove": ["sandbox-windows"]}, "options": {"remove": ["timeout"]}}},
-        {"match": {"classification": {"type": ["ELF"]}},
-         "action": {"workers": {"set": ["sandbox-linux"]}, "options": {"set": [{"key": "depth", "value": "2"}]}}},
+        {
+            "match": {"customer": {"customerOrGroup": ["acme"]}},
+            "action": {"workers": {"add": ["document-sandbox"]}, "options": {"add": [OFFLINE]}},
+        },
+        {
+            "match": {"submission": {"metaDataKey": ["source"], "metaDataValue": ["honeypot"]}},
+            "action": {"workers": {"remove": ["sandbox-windows"]}, "options": {"remove": ["timeout"]}},
+        },
+        {
+            "match": {"classification": {"type": ["ELF"]}},
+            "action": {"workers": {"set": ["sandbox-linux"]}, "options": {"set": [{"key": "depth", "value": "2"}]}},
+        },
         {"match": {"customer": {"customerOrGroup": ["initech"]}}, "action": {"workers": {"remove": ALL_DEFAULT}}},
     ):
         live_api.post("/policy/default/rule", 201, headers=analyzer, json={"name": "r", "description": "", **rule})
@@ -43,8 +63,11 @@ def test_rules_reach_the_creation_message(worker, live_api, make_key, task_sende
     elf = submission_payload("globex", platform="linux", file_type="ELF")
     initech = submission_payload("initech")
     expected = {
-        "acme document": (acme_document, ["document-analyzer", "document-sandbox", "sandbox-windows", "static-analyzer"],
-                          [{"key": "timeout", "value": "300"}, OFFLINE]),
+        "acme document": (
+            acme_document,
+            ["document-analyzer", "document-sandbox", "sandbox-windows", "static-analyzer"],
+            [{"key": "timeout", "value": "300"}, OFFLINE],
+        ),
         "honeypot metadata": (honeypot, ["static-analyzer"], []),
         "ELF": (elf, ["sandbox-linux"], [{"key": "depth", "value": "2"}]),
         "every worker removed": (initech, ["static-analyzer"], [{"key": "timeout", "value": "300"}]),
@@ -54,8 +77,10 @@ def test_rules_reach_the_creation_message(worker, live_api, make_key, task_sende
     wait_idle()
 
     keys = {str(job_id_for(p["submission"]["id"])): name for name, (p, _, _) in expected.items()}
-    messages = {keys[r.key.decode()]: json.loads(r.value) for r in records_of(kafka_broker.url, JOB_TOPIC, set(keys),
-                                                                             expect=len(keys))}
+    messages = {
+        keys[r.key.decode()]: json.loads(r.value)
+        for r in records_of(kafka_broker.url, JOB_TOPIC, set(keys), expect=len(keys))
+    }
     for name, (_, tasks, options) in expected.items():
         assert sorted(t["worker"] for t in messages[name]["tasks"]) == tasks, name
         assert messages[name]["options"] == options, name

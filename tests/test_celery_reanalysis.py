@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.live_server import serve
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.test_celery_intake import JOB_TOPIC, records_of
 
 pytestmark = pytest.mark.celery
@@ -28,8 +28,9 @@ def reanalyse(url: str, headers: dict, sha256: str = SAMPLE_SHA256, **query) -> 
     return requests.put(f"{url}/sample/{sha256}/reanalyse", headers=headers, params=query, timeout=30)
 
 
-def test_concurrent_reanalysis_makes_one_job(worker, url, make_key, live_api, task_sender, wait_idle, kafka_broker,
-                                             sql):
+def test_concurrent_reanalysis_makes_one_job(
+    worker, url, make_key, live_api, task_sender, wait_idle, kafka_broker, sql
+):
     from celeryconfig import TaskNames
 
     user = make_key("USER", customer="acme", user="reanalyst")

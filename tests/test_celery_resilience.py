@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import collections
 import json
-import time
 
 import pytest
 import sqlalchemy as sa
 
-from app.extensions import db
-from app.dev.kafka import read_topic
 from app.clock import now_ms
+from app.dev.kafka import read_topic
+from app.extensions import db
 from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT
@@ -24,8 +23,11 @@ JOB_TOPIC = "Sample.Analysis.Job.OSL"
 
 
 def _creation_rows(sql, job_ids: list[str]) -> list:
-    return sql("SELECT key, sent_timestamp, attempts FROM outbox WHERE topic = :t AND key = ANY(:keys)",
-               t=JOB_TOPIC, keys=job_ids)
+    return sql(
+        "SELECT key, sent_timestamp, attempts FROM outbox WHERE topic = :t AND key = ANY(:keys)",
+        t=JOB_TOPIC,
+        keys=job_ids,
+    )
 
 
 def _count_jobs(sql, job_ids: list[str]) -> int:
@@ -33,15 +35,19 @@ def _count_jobs(sql, job_ids: list[str]) -> int:
 
 
 def test_kafka_outage_during_ingest_loses_nothing_and_sends_each_message_once(
-        worker, task_sender, kafka_broker, sql, wait_idle):
+    worker, task_sender, kafka_broker, sql, wait_idle
+):
     if not kafka_broker.restartable:
         pytest.skip("needs the embedded Kafka broker (SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS is set)")
     payloads = [submission_payload(customer=f"outage-{i % 5}") for i in range(500)]
     job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
 
     task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
-    wait_for(lambda: sum(1 for r in _creation_rows(sql, job_ids) if r.sent_timestamp) >= 50, 60,
-             "the first creation messages acknowledged")
+    wait_for(
+        lambda: sum(1 for r in _creation_rows(sql, job_ids) if r.sent_timestamp) >= 50,
+        60,
+        "the first creation messages acknowledged",
+    )
     kafka_broker.crash()  # while the worker is still ingesting
     wait_for(lambda: _count_jobs(sql, job_ids) == 500, 90, "500 jobs while Kafka is down")
     # The relay tried during the outage and recorded its failure on the rows it could not send.
@@ -59,15 +65,17 @@ def test_kafka_outage_during_ingest_loses_nothing_and_sends_each_message_once(
     print(f"Kafka outage: {len(before)} creation messages acknowledged before the stop, {len(after)} after the restart")
 
     # The restarted broker lost what it had: it holds exactly the messages sent after the restart, once each.
-    arrived = collections.Counter(r.key.decode() for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10)
-                                  if r.key.decode() in set(job_ids))
+    arrived = collections.Counter(
+        r.key.decode() for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10) if r.key.decode() in set(job_ids)
+    )
     assert set(arrived) == after
     assert max(arrived.values()) == 1, [k for k, n in arrived.items() if n > 1][:5]
     assert len(before) + sum(arrived.values()) == 500
 
 
-def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(worker, task_sender, kafka_broker, sql,
-                                                                         wait_idle, redis_client, app):
+def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(
+    worker, task_sender, kafka_broker, sql, wait_idle, redis_client, app
+):
     """SIGKILL the worker (main and pool processes at once) while both pool processes are inside an
     ingest transaction and the rest of the burst waits in Redis.
 
@@ -104,8 +112,10 @@ def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(worker, 
     wait_for(lambda: _count_jobs(sql, job_ids) == 300, WORKER_VISIBILITY_TIMEOUT + 60, "all 300 jobs after restart")
     wait_idle(timeout=WORKER_VISIBILITY_TIMEOUT + 60)
 
-    per_submission = sql("SELECT submission_id, count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) "
-                         "GROUP BY submission_id", ids=job_ids)
+    per_submission = sql(
+        "SELECT submission_id, count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY submission_id",
+        ids=job_ids,
+    )
     assert len(per_submission) == 300 and all(n == 1 for _, n in per_submission)
     assert {str(p["submission"]["id"]) for p in payloads} == {str(s) for s, _ in per_submission}
     creation = _creation_rows(sql, job_ids)

@@ -18,8 +18,9 @@ def run(database_url):
     runner = CliRunner()
 
     def invoke(*args: str, env: dict | None = None):
-        return runner.invoke(main, list(args), env={"SAMPLEDB_DATABASE_URL": database_url, **(env or {})},
-                             catch_exceptions=False)
+        return runner.invoke(
+            main, list(args), env={"SAMPLEDB_DATABASE_URL": database_url, **(env or {})}, catch_exceptions=False
+        )
 
     return invoke
 
@@ -51,32 +52,59 @@ def test_keys_create_prints_a_working_key_alone_on_the_last_line(run, api, make_
 
 def test_keys_create_makes_customers_and_grants(run, api, make_job):
     acme, globex, initech = make_job(customer="acme"), make_job(customer="globex"), make_job(customer="initech")
-    result = run("keys", "create", "--user", "carol", "--customer", "newco", "--role", "SAMPLEDB-VIEWER",
-                 "--grant-customer", "acme", "--grant-customer", "globex")
+    result = run(
+        "keys",
+        "create",
+        "--user",
+        "carol",
+        "--customer",
+        "newco",
+        "--role",
+        "SAMPLEDB-VIEWER",
+        "--grant-customer",
+        "acme",
+        "--grant-customer",
+        "globex",
+    )
     assert result.exit_code == 0, result.output
     body = api.get("/job", headers={"Argus-API-Key": last_line(result)})
     assert {j["id"] for j in body["data"]} == {acme, globex}
 
-    result = run("keys", "create", "--user", "analysis", "--customer", "mnemonic", "--role", "SAMPLEDB-ANALYZER",
-                 "--all-customers")
+    result = run(
+        "keys",
+        "create",
+        "--user",
+        "analysis",
+        "--customer",
+        "mnemonic",
+        "--role",
+        "SAMPLEDB-ANALYZER",
+        "--all-customers",
+    )
     headers = {"Argus-API-Key": last_line(result)}
     assert {j["id"] for j in api.get("/job", headers=headers)["data"]} == {acme, globex, initech}
     assert api.put(f"/job/{initech}", headers=headers, json={"state": "executing"})["data"]["state"] == "executing"
 
 
 def test_keys_create_with_expiry(run, api, clock):
-    result = run("keys", "create", "--user", "dave", "--customer", "acme", "--role", "SAMPLEDB-VIEWER",
-                 "--expires-in", "1")
+    result = run(
+        "keys", "create", "--user", "dave", "--customer", "acme", "--role", "SAMPLEDB-VIEWER", "--expires-in", "1"
+    )
     headers = {"Argus-API-Key": last_line(result)}
     api.get("/job", headers=headers)
     clock.shift(1.1)
     api.get("/job", 401, headers=headers)
 
 
-@pytest.mark.parametrize("args", [
-    ["--role", "SAMPLEDB-ADMIN"], ["--role", "VIEWER"], ["--role", "SAMPLEDB-USER", "--expires-in", "0"],
-    ["--role", "SAMPLEDB-USER", "--expires-in", "soon"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--role", "SAMPLEDB-ADMIN"],
+        ["--role", "VIEWER"],
+        ["--role", "SAMPLEDB-USER", "--expires-in", "0"],
+        ["--role", "SAMPLEDB-USER", "--expires-in", "soon"],
+    ],
+)
 def test_keys_create_refuses_bad_options(run, sql, args):
     result = run("keys", "create", "--user", "eve", "--customer", "acme", *args)
     assert result.exit_code == 2
@@ -90,8 +118,9 @@ def test_keys_create_requires_user_customer_and_role(run):
 
 
 def test_bad_setting_stops_the_command_naming_the_variable(run):
-    result = run("keys", "create", "--user", "x", "--customer", "acme", "--role", "SAMPLEDB-USER",
-                 env={"SAMPLEDB_SITE": "O/S"})
+    result = run(
+        "keys", "create", "--user", "x", "--customer", "acme", "--role", "SAMPLEDB-USER", env={"SAMPLEDB_SITE": "O/S"}
+    )
     assert result.exit_code != 0
     assert "SAMPLEDB_SITE" in result.output
 

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from app.factory import create_app
 from app.config import ConfigError, Settings
+from app.factory import create_app
 
 SECONDS = ["abc", "1.5", "0", "-5", "1_000", "٣", "", "99999999999"]
 BAD_VALUES = {
@@ -66,30 +66,53 @@ def test_bad_value_raises_config_error_naming_the_variable(name, value):
 def test_defaults():
     settings = Settings.from_env({})
     assert settings.site == "OSL"
-    assert (settings.execution_timeout_seconds, settings.enqueued_timeout_seconds, settings.abort_grace_seconds,
-            settings.sweep_interval_seconds) == (3600, 86400, 300, 60)
+    assert (
+        settings.execution_timeout_seconds,
+        settings.enqueued_timeout_seconds,
+        settings.abort_grace_seconds,
+        settings.sweep_interval_seconds,
+    ) == (3600, 86400, 300, 60)
     assert settings.database_url.startswith("postgresql+psycopg://")
     assert settings.redis_url.startswith("redis://")
     assert settings.fallback_worker == "static-analyzer"
     assert (settings.outbox_max_attempts, settings.kafka_max_request_bytes, settings.ingest_max_deliveries) == (
-        50, 1048576, 5)
+        50,
+        1048576,
+        5,
+    )
     assert (settings.policy_cache_seconds, settings.duplicate_window_seconds) == (5, 0)
-    assert (settings.outbox_retention_hours, settings.job_retention_days, settings.purge_interval_seconds) == (24, 0, 300)
+    assert (settings.outbox_retention_hours, settings.job_retention_days, settings.purge_interval_seconds) == (
+        24,
+        0,
+        300,
+    )
     assert (settings.metrics_enabled, settings.worker_metrics_port, settings.status_outbox_max_age_seconds) == (
-        True, 9808, 60)
+        True,
+        9808,
+        60,
+    )
     assert Settings.from_env({"SAMPLEDB_METRICS_ENABLED": " False "}).metrics_enabled is False
     assert (settings.job_topic, settings.abort_topic, settings.event_topic) == (
-        "Sample.Analysis.Job.OSL", "Sample.Analysis.Job.Abort.OSL", "Sample.Analysis.Job.Event.OSL")
+        "Sample.Analysis.Job.OSL",
+        "Sample.Analysis.Job.Abort.OSL",
+        "Sample.Analysis.Job.Event.OSL",
+    )
 
 
 def test_good_values_are_parsed():
-    settings = Settings.from_env({
-        "SAMPLEDB_DATABASE_URL": "postgres://u:p@db:5433/jobs", "SAMPLEDB_REDIS_URL": "rediss://cache:6380/1",
-        "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": " k1:9092, k2:9093 ", "SAMPLEDB_SITE": "SVG",
-        "SAMPLEDB_EXECUTION_TIMEOUT_SECONDS": " 120 ", "SAMPLEDB_ENQUEUED_TIMEOUT_SECONDS": "0",
-        "SAMPLEDB_ABORT_GRACE_SECONDS": "30", "SAMPLEDB_FALLBACK_WORKER": "cuckoo:2.0",
-        "SAMPLEDB_API_PORT": "65535",
-    })
+    settings = Settings.from_env(
+        {
+            "SAMPLEDB_DATABASE_URL": "postgres://u:p@db:5433/jobs",
+            "SAMPLEDB_REDIS_URL": "rediss://cache:6380/1",
+            "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": " k1:9092, k2:9093 ",
+            "SAMPLEDB_SITE": "SVG",
+            "SAMPLEDB_EXECUTION_TIMEOUT_SECONDS": " 120 ",
+            "SAMPLEDB_ENQUEUED_TIMEOUT_SECONDS": "0",
+            "SAMPLEDB_ABORT_GRACE_SECONDS": "30",
+            "SAMPLEDB_FALLBACK_WORKER": "cuckoo:2.0",
+            "SAMPLEDB_API_PORT": "65535",
+        }
+    )
     assert settings.database_url == "postgresql+psycopg://u:p@db:5433/jobs"
     assert settings.kafka_bootstrap_servers == "k1:9092,k2:9093"
     assert settings.site == "SVG" and settings.event_topic == "Sample.Analysis.Job.Event.SVG"
@@ -110,7 +133,8 @@ def test_unset_urls_come_from_a_dev_stacks_env_file(monkeypatch, tmp_path):
         "SAMPLEDB_DATABASE_URL=postgresql://dev@127.0.0.1:15432/sampledb\n"
         "SAMPLEDB_REDIS_URL='redis://127.0.0.1:16379/0'\n"
         "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:19092\n"
-        "OTHER=ignored\n")
+        "OTHER=ignored\n"
+    )
     monkeypatch.chdir(tmp_path)
     for name in BAD_VALUES:
         monkeypatch.delenv(name, raising=False)

@@ -26,8 +26,10 @@ def test_refusals_are_not_transient(app):
     with app.app_context():
         division = _error_of("SELECT 1 / 0")
         chooser = random.Random(8)  # 1,024 four-byte characters that do not compress: too large an index key
-        too_large = _error_of("INSERT INTO customers (short_name, name) VALUES (:name, 'x')",
-                              name="".join(chr(chooser.randrange(0x10000, 0x10FFFF)) for _ in range(1024)))
+        too_large = _error_of(
+            "INSERT INTO customers (short_name, name) VALUES (:name, 'x')",
+            name="".join(chr(chooser.randrange(0x10000, 0x10FFFF)) for _ in range(1024)),
+        )
         missing = _error_of("INSERT INTO customers (short_name) VALUES ('no-name')")
     assert not is_transient(division) and refusal_text(division).startswith("22012: division by zero")
     # PEP 249 files "program limit exceeded" under OperationalError; it is a refusal all the same.

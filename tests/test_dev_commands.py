@@ -24,10 +24,10 @@ def _option(argv: list[str], name: str) -> str:
 def test_the_procfile_runs_gunicorn_with_the_options_of_the_code():
     web = _procfile_command("web")
     assert web[0] == "gunicorn"
-    options = web[1:web.index("-b")]
+    options = web[1 : web.index("-b")]
     assert options == commands.GUNICORN_OPTIONS
     built = commands.gunicorn("wsgi:app", "127.0.0.1:8000")
-    assert built[built.index("gunicorn") + 1:][:len(options)] == options
+    assert built[built.index("gunicorn") + 1 :][: len(options)] == options
 
 
 def test_the_procfile_worker_consumes_the_queues_of_the_code():

@@ -11,9 +11,13 @@ import pytest
 from app.dev.processes import Child, ChildError
 
 # A parent that ignores the clean stop signal and leaves a child of its own behind.
-STUBBORN = [sys.executable, "-c", "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); print('started', flush=True); "
-            "time.sleep(300)"]
+STUBBORN = [
+    sys.executable,
+    "-c",
+    "import signal, subprocess, sys, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+    "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)']); print('started', flush=True); "
+    "time.sleep(300)",
+]
 
 
 def test_stop_escalates_and_leaves_nothing_of_the_session(tmp_path):

@@ -22,8 +22,9 @@ COMMAND = [sys.executable, "-m", "app.cli"]
 
 
 def _start(directory: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([*COMMAND, "dev"], cwd=directory, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [*COMMAND, "dev"], cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def _wait_ready(process: subprocess.Popen, url: str, timeout: float = 120) -> None:
@@ -47,9 +48,12 @@ def _stop(process: subprocess.Popen) -> str:
 
 
 def _count_jobs(api_url: str, key: str) -> int:
-    request = urllib.request.Request(f"{api_url}/sampledb/v2/job/search", method="POST",
-                                     data=json.dumps({"state": [], "limit": 1}).encode(),
-                                     headers={"Argus-API-Key": key, "Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{api_url}/sampledb/v2/job/search",
+        method="POST",
+        data=json.dumps({"state": [], "limit": 1}).encode(),
+        headers={"Argus-API-Key": key, "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(request, timeout=10) as response:
         return json.loads(response.read())["count"]
 
@@ -57,8 +61,12 @@ def _count_jobs(api_url: str, key: str) -> int:
 @pytest.fixture
 def dev_env(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
-    env.update(SAMPLEDB_API_PORT=str(free_port()), SAMPLEDB_FLOWER_PORT=str(free_port()),
-               SAMPLEDB_WORKER_METRICS_PORT=str(free_port()), PYTHONUNBUFFERED="1")
+    env.update(
+        SAMPLEDB_API_PORT=str(free_port()),
+        SAMPLEDB_FLOWER_PORT=str(free_port()),
+        SAMPLEDB_WORKER_METRICS_PORT=str(free_port()),
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -71,20 +79,33 @@ def test_dev_runs_the_whole_service_stops_cleanly_and_keeps_its_data(tmp_path, d
         assert len(tree) > 5  # servers, gunicorn, worker, beat, flower
 
         dev_env_file = (tmp_path / ".sampledb" / "dev.env").read_text()
-        for name in ("SAMPLEDB_DATABASE_URL", "SAMPLEDB_REDIS_URL", "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS",
-                     "SAMPLEDB_API_URL", "SAMPLEDB_FLOWER_URL", "SAMPLEDB_FLOWER_BASIC_AUTH"):
+        for name in (
+            "SAMPLEDB_DATABASE_URL",
+            "SAMPLEDB_REDIS_URL",
+            "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS",
+            "SAMPLEDB_API_URL",
+            "SAMPLEDB_FLOWER_URL",
+            "SAMPLEDB_FLOWER_BASIC_AUTH",
+        ):
             assert f"{name}=" in dev_env_file
 
         # A second start in the same directory says so and leaves the first one alone.
-        second = subprocess.run([*COMMAND, "dev"], cwd=tmp_path, env=dev_env, capture_output=True, text=True,
-                                timeout=60)
+        second = subprocess.run(
+            [*COMMAND, "dev"], cwd=tmp_path, env=dev_env, capture_output=True, text=True, timeout=60
+        )
         assert second.returncode != 0
         assert "already running" in second.stderr
         assert process.poll() is None
 
         # The demo, run in the stack's directory, talks to the stack without any setting.
-        demo = subprocess.run([*COMMAND, "demo", "--submissions", "20", "--seed", "1"], cwd=tmp_path,
-                              env=dev_env, capture_output=True, text=True, timeout=180)
+        demo = subprocess.run(
+            [*COMMAND, "demo", "--submissions", "20", "--seed", "1"],
+            cwd=tmp_path,
+            env=dev_env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "creation messages seen" in demo.stdout
         key = (tmp_path / ".sampledb" / "dev.key").read_text().strip()

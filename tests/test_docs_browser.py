@@ -14,8 +14,11 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shuti
 pytestmark = [
     pytest.mark.browser,
     pytest.mark.committing,  # the server answers from threads of its own, on connections of their own
-    pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on this machine: the Swagger UI browser test did not "
-                                                "run (CI installs Debian's chromium; `apt-get install chromium`)"),
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="no Chromium on this machine: the Swagger UI browser test did not "
+        "run (CI installs Debian's chromium; `apt-get install chromium`)",
+    ),
 ]
 
 
@@ -32,11 +35,24 @@ def test_swagger_ui_renders_job_operations_without_network(live_server, tmp_path
     # --dump-dom prints the page after its scripts ran; the closed-network flags keep Chromium from phoning out,
     # so the page can only render from the assets the service itself serves.
     result = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=15000", "--dump-dom",
-         f"{live_server}/sampledb/v2/docs"],
-        capture_output=True, text=True, timeout=120,
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=15000",
+            "--dump-dom",
+            f"{live_server}/sampledb/v2/docs",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     dom = result.stdout
     assert "swagger-ui" in dom, result.stderr[-2000:]

@@ -12,31 +12,105 @@ import urllib.parse
 import uuid
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.api import BASE, check_envelope
 
-FIELDS = ["state", "message", "reason", "limit", "offset", "sortBy", "customer", "sampleSha256", "startTimestamp",
-          "endTimestamp", "timeFieldStrategy", "timeMatchStrategy", "analyses", "includeDeleted", "shortName",
-          "localizedNames", "localizedDescriptions", "english", "norwegian", "schema", "accepts", "type",
-          "superType", "platform", "arch", "submission", "classification", "id", "sample", "name", "tlp", "acl",
-          "metaData", "mimeType", "timestamp", "createdTimestamp", "userAgent", "version", "meta"]
-WORDS = ["enqueued", "executing", "done", "failed", "timeout", "aborted", "success", "successful", "cancelled",
-         "now", "now - 1 week", "-1month", "startOfDay - hour", "2026-11-28T10:00:00Z", "2026-11-28T10:00:00+01:00",
-         "all", "any", "-enqueuedTimestamp", "customer", "acme", "static-analyzer", "8f84837cf04c1694512256ef78fa67c0"
-         "51b92326e31af2598efad37ccd2e01d9", "8F84837CF04C1694512256EF78FA67C051B92326E31AF2598EFAD37CCD2E01D9",
-         "white", "red", "win", "PE", "executable", str(uuid.UUID(int=0)), "", " ", "\x00", "null", "true", "1e309"]
+FIELDS = [
+    "state",
+    "message",
+    "reason",
+    "limit",
+    "offset",
+    "sortBy",
+    "customer",
+    "sampleSha256",
+    "startTimestamp",
+    "endTimestamp",
+    "timeFieldStrategy",
+    "timeMatchStrategy",
+    "analyses",
+    "includeDeleted",
+    "shortName",
+    "localizedNames",
+    "localizedDescriptions",
+    "english",
+    "norwegian",
+    "schema",
+    "accepts",
+    "type",
+    "superType",
+    "platform",
+    "arch",
+    "submission",
+    "classification",
+    "id",
+    "sample",
+    "name",
+    "tlp",
+    "acl",
+    "metaData",
+    "mimeType",
+    "timestamp",
+    "createdTimestamp",
+    "userAgent",
+    "version",
+    "meta",
+]
+WORDS = [
+    "enqueued",
+    "executing",
+    "done",
+    "failed",
+    "timeout",
+    "aborted",
+    "success",
+    "successful",
+    "cancelled",
+    "now",
+    "now - 1 week",
+    "-1month",
+    "startOfDay - hour",
+    "2026-11-28T10:00:00Z",
+    "2026-11-28T10:00:00+01:00",
+    "all",
+    "any",
+    "-enqueuedTimestamp",
+    "customer",
+    "acme",
+    "static-analyzer",
+    "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9",
+    "8F84837CF04C1694512256EF78FA67C051B92326E31AF2598EFAD37CCD2E01D9",
+    "white",
+    "red",
+    "win",
+    "PE",
+    "executable",
+    str(uuid.UUID(int=0)),
+    "",
+    " ",
+    "\x00",
+    "null",
+    "true",
+    "1e309",
+]
 
 any_text = st.text(alphabet=st.characters(exclude_categories=()), max_size=40)  # lone surrogates and NUL too
 numbers = st.one_of(
-    st.integers(), st.integers(min_value=-(2**80), max_value=2**80), st.sampled_from([0, -1, 2**31, 2**63, 10**30]),
-    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([1e308, -1e308, 0.5, 2.0]),
+    st.integers(),
+    st.integers(min_value=-(2**80), max_value=2**80),
+    st.sampled_from([0, -1, 2**31, 2**63, 10**30]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([1e308, -1e308, 0.5, 2.0]),
 )
 scalars = st.one_of(st.none(), st.booleans(), numbers, any_text, st.sampled_from(WORDS))
 json_values = st.recursive(
     scalars,
-    lambda children: st.one_of(st.lists(children, max_size=5),
-                               st.dictionaries(st.one_of(st.sampled_from(FIELDS), any_text), children, max_size=5)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=5),
+        st.dictionaries(st.one_of(st.sampled_from(FIELDS), any_text), children, max_size=5),
+    ),
     max_leaves=25,
 )
 # Objects that look like real requests: known field names with junk (or plausible) values.
@@ -56,34 +130,73 @@ bodies = st.one_of(
     objects.map(_encode),
     json_values.map(_encode),
     st.binary(max_size=200),
-    st.sampled_from([b"{", b"{}", b"[]", b"null", b"NaN", b"-Infinity", b'{"state": "done"', b"\xff\xfe\x00",
-                     b'{"limit": 1e400}', b'{"limit": ' + b"9" * 5000 + b"}", b'"\\ud800"', b'{"\\u0000": 1}']),
+    st.sampled_from(
+        [
+            b"{",
+            b"{}",
+            b"[]",
+            b"null",
+            b"NaN",
+            b"-Infinity",
+            b'{"state": "done"',
+            b"\xff\xfe\x00",
+            b'{"limit": 1e400}',
+            b'{"limit": ' + b"9" * 5000 + b"}",
+            b'"\\ud800"',
+            b'{"\\u0000": 1}',
+        ]
+    ),
     st.integers(min_value=60, max_value=3000).map(_nested),
 )
 content_types = st.one_of(
-    st.just("application/json"), st.just("application/json; charset=utf-8"), st.none(),
-    st.sampled_from(["text/plain", "application/x-www-form-urlencoded", "multipart/form-data", "application/xml",
-                     "application/json; charset=latin-1", "application/vnd.api+json", "*/*", "json"]),
+    st.just("application/json"),
+    st.just("application/json; charset=utf-8"),
+    st.none(),
+    st.sampled_from(
+        [
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data",
+            "application/xml",
+            "application/json; charset=latin-1",
+            "application/vnd.api+json",
+            "*/*",
+            "json",
+        ]
+    ),
     st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=30),
 )
 query_text = st.text(max_size=30)  # the client sends UTF-8: no lone surrogates here
-queries = st.lists(st.tuples(st.one_of(st.sampled_from(FIELDS), query_text),
-                             st.one_of(st.sampled_from(WORDS), query_text, numbers.map(str))), max_size=5)
-segments = st.one_of(st.text(max_size=30), st.sampled_from(["..", ".", "%00", "a b", "static-analyzer",
-                                                            str(uuid.uuid4()), "0" * 64, "job", "search"]))
+queries = st.lists(
+    st.tuples(
+        st.one_of(st.sampled_from(FIELDS), query_text), st.one_of(st.sampled_from(WORDS), query_text, numbers.map(str))
+    ),
+    max_size=5,
+)
+segments = st.one_of(
+    st.text(max_size=30),
+    st.sampled_from(["..", ".", "%00", "a b", "static-analyzer", str(uuid.uuid4()), "0" * 64, "job", "search"]),
+)
 
 # Every route of the API under the base path (also the ones added later), with its methods.
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH"]
 NOT_ENVELOPED = {"/openapi.json", "/docs", "/worker/<string:id_or_short_name>/schema"}
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                        HealthCheck.too_slow,
-                                                                        HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def _routes(app) -> list[str]:
-    return sorted({rule.rule[len(BASE):] for rule in app.url_map.iter_rules()
-                   if rule.rule.startswith(BASE + "/") and "<path:" not in rule.rule})
+    return sorted(
+        {
+            rule.rule[len(BASE) :]
+            for rule in app.url_map.iter_rules()
+            if rule.rule.startswith(BASE + "/") and "<path:" not in rule.rule
+        }
+    )
 
 
 @pytest.fixture
@@ -103,10 +216,15 @@ def _check(response, template: str):
 
 def _path(template: str, targets: dict, draw) -> str:
     """Fill the template's parameters: the real job/task/worker, another valid id, or junk."""
+
     def value(name: str) -> str:
         choice = draw(st.integers(0, 9))
-        real = {"job_id": targets["job_id"], "task_id": targets["task_id"], "id_or_short_name": "static-analyzer",
-                "sha256": "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9"}.get(name, "x")
+        real = {
+            "job_id": targets["job_id"],
+            "task_id": targets["task_id"],
+            "id_or_short_name": "static-analyzer",
+            "sha256": "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9",
+        }.get(name, "x")
         if choice <= 6:
             return real
         if choice <= 8:
@@ -120,13 +238,30 @@ def _path(template: str, targets: dict, draw) -> str:
 
 def test_every_route_is_fuzzed(app):
     routes = _routes(app)
-    for expected in ("/job", "/job/search", "/job/<uuid:job_id>", "/job/<uuid:job_id>/task/<uuid:task_id>",
-                     "/worker", "/worker/<string:id_or_short_name>", "/healthz"):
+    for expected in (
+        "/job",
+        "/job/search",
+        "/job/<uuid:job_id>",
+        "/job/<uuid:job_id>/task/<uuid:task_id>",
+        "/worker",
+        "/worker/<string:id_or_short_name>",
+        "/healthz",
+    ):
         assert expected in routes
 
 
-CRITERIA = ["limit", "offset", "sortBy", "state", "sampleSha256", "customer", "startTimestamp", "endTimestamp",
-            "timeFieldStrategy", "timeMatchStrategy"]
+CRITERIA = [
+    "limit",
+    "offset",
+    "sortBy",
+    "state",
+    "sampleSha256",
+    "customer",
+    "startTimestamp",
+    "endTimestamp",
+    "timeFieldStrategy",
+    "timeMatchStrategy",
+]
 # The fields each route reads, so that most examples get past "unknown field" into the real work.
 ROUTE_FIELDS = {
     "/job": CRITERIA,
@@ -135,8 +270,17 @@ ROUTE_FIELDS = {
     "/job/<uuid:job_id>/history": [],
     "/job/<uuid:job_id>/tasks": ["limit", "offset", "sortBy"],
     "/job/<uuid:job_id>/task/<uuid:task_id>": ["state", "analyses", "message"],
-    "/worker": ["shortName", "localizedNames", "localizedDescriptions", "schema", "accepts", "limit", "offset",
-                "sortBy", "includeDeleted"],
+    "/worker": [
+        "shortName",
+        "localizedNames",
+        "localizedDescriptions",
+        "schema",
+        "accepts",
+        "limit",
+        "offset",
+        "sortBy",
+        "includeDeleted",
+    ],
     "/worker/<string:id_or_short_name>": ["localizedNames", "localizedDescriptions", "schema", "accepts"],
     "/worker/<string:id_or_short_name>/schema": [],
     "/sample/<sha256>/submission": ["submission", "classification"],
@@ -154,11 +298,14 @@ def test_no_malformed_request_yields_a_500(app, client, targets, template):
     assert rules, f"{template} is not a route any more"
     allowed = sorted(rules[0].methods - {"HEAD", "OPTIONS"})
     names = ROUTE_FIELDS[template] or FIELDS
-    route_objects = st.dictionaries(st.one_of(st.sampled_from(names), st.sampled_from(names), st.sampled_from(FIELDS)),
-                                    st.one_of(st.sampled_from(WORDS), json_values, st.lists(st.sampled_from(WORDS))),
-                                    max_size=4)
-    route_queries = st.lists(st.tuples(st.sampled_from(names), st.one_of(st.sampled_from(WORDS), query_text)),
-                             max_size=4)
+    route_objects = st.dictionaries(
+        st.one_of(st.sampled_from(names), st.sampled_from(names), st.sampled_from(FIELDS)),
+        st.one_of(st.sampled_from(WORDS), json_values, st.lists(st.sampled_from(WORDS))),
+        max_size=4,
+    )
+    route_queries = st.lists(
+        st.tuples(st.sampled_from(names), st.one_of(st.sampled_from(WORDS), query_text)), max_size=4
+    )
 
     @FUZZ
     @given(data=st.data())
@@ -182,15 +329,35 @@ def test_no_malformed_request_yields_a_500(app, client, targets, template):
 @given(data=st.data())
 def test_search_criteria_fuzz(client, targets, data):
     # Search is where most arguments meet SQL: only known criteria, with junk values, in body and query.
-    criteria = data.draw(st.dictionaries(
-        st.sampled_from(["limit", "offset", "sortBy", "state", "sampleSha256", "customer", "startTimestamp",
-                         "endTimestamp", "timeFieldStrategy", "timeMatchStrategy"]),
-        st.one_of(json_values, st.sampled_from(WORDS), st.lists(st.sampled_from(WORDS), max_size=3)), max_size=6))
-    response = client.post(f"{BASE}/job/search", headers=targets["headers"], data=_encode(criteria),
-                           content_type="application/json")
+    criteria = data.draw(
+        st.dictionaries(
+            st.sampled_from(
+                [
+                    "limit",
+                    "offset",
+                    "sortBy",
+                    "state",
+                    "sampleSha256",
+                    "customer",
+                    "startTimestamp",
+                    "endTimestamp",
+                    "timeFieldStrategy",
+                    "timeMatchStrategy",
+                ]
+            ),
+            st.one_of(json_values, st.sampled_from(WORDS), st.lists(st.sampled_from(WORDS), max_size=3)),
+            max_size=6,
+        )
+    )
+    response = client.post(
+        f"{BASE}/job/search", headers=targets["headers"], data=_encode(criteria), content_type="application/json"
+    )
     _check(response, "/job/search")
-    query = [(k, v if isinstance(v, str) else json.dumps(v)) for k, value in criteria.items()
-             for v in (value if isinstance(value, list) else [value])]
+    query = [
+        (k, v if isinstance(v, str) else json.dumps(v))
+        for k, value in criteria.items()
+        for v in (value if isinstance(value, list) else [value])
+    ]
     query = [(k, v) for k, v in query if not any(0xD800 <= ord(c) <= 0xDFFF for c in v)]
     _check(client.get(f"{BASE}/job", headers=targets["headers"], query_string=query), "/job")
 
@@ -199,6 +366,7 @@ def test_search_criteria_fuzz(client, targets, data):
 @given(method=st.sampled_from(METHODS), parts=st.lists(segments, min_size=1, max_size=4), body=bodies)
 def test_random_paths_are_404_or_405_in_the_envelope(client, targets, method, parts, body):
     path = "/" + "/".join(urllib.parse.quote(p, safe="") for p in parts)
-    response = client.open(BASE + path, method=method, data=body, headers=targets["headers"],
-                           content_type="application/json")
+    response = client.open(
+        BASE + path, method=method, data=body, headers=targets["headers"], content_type="application/json"
+    )
     _check(response, path)

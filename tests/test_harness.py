@@ -30,13 +30,18 @@ def test_the_next_test_starts_from_a_fresh_installation(sql):
 def _pytest(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
     env["TESTS_START_NO_SERVERS"] = "1"  # as `make test-fast` runs: a server start fails the test
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_the_fast_lane_starts_no_server():
-    fast = _pytest("-m", "not servers", "-k", "not fast_lane", "tests/test_dev_commands.py",
-                   "tests/test_harness.py")
+    fast = _pytest("-m", "not servers", "-k", "not fast_lane", "tests/test_dev_commands.py", "tests/test_harness.py")
     assert fast.returncode == 0, fast.stdout[-3000:]
     assert " passed" in fast.stdout and "deselected" in fast.stdout  # the database tests of this file
 

@@ -15,8 +15,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 FIRST_PARTY = ("app", "workers", "celeryconfig", "wsgi")
 # The root of app/ wires the stages together; everything else lives in a package named for its stage.
-WIRING = {"__init__.py", "cli.py", "clock.py", "config.py", "dispatch.py", "extensions.py", "factory.py",
-          "gunicorn_config.py", "py.typed", "task_names.py", "unit_of_work.py"}
+WIRING = {
+    "__init__.py",
+    "cli.py",
+    "clock.py",
+    "config.py",
+    "dispatch.py",
+    "extensions.py",
+    "factory.py",
+    "gunicorn_config.py",
+    "py.typed",
+    "task_names.py",
+    "unit_of_work.py",
+}
 # The packages of app/ that are not stages of the flow: the HTTP edge and the dev tooling.
 EDGES = ("api", "dev")
 HTTP_PACKAGES = ("flask", "flask_smorest", "webargs", "werkzeug")
@@ -36,8 +47,12 @@ def _within(name: str, prefixes: tuple[str, ...]) -> bool:
 def import_graph(root: Path, top_level: tuple[str, ...]) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     """Every first-party module's imports (also those inside functions and TYPE_CHECKING blocks):
     the first-party modules it names and the top-level names of the other packages it imports."""
-    paths = [p for name in top_level for p in
-             (sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / f"{name}.py"]) if p.exists()]
+    paths = [
+        p
+        for name in top_level
+        for p in (sorted((root / name).rglob("*.py")) if (root / name).is_dir() else [root / f"{name}.py"])
+        if p.exists()
+    ]
     modules = {module_name(p, root): p for p in paths}
     internal: dict[str, set[str]] = {}
     external: dict[str, set[str]] = {}
@@ -50,7 +65,7 @@ def import_graph(root: Path, top_level: tuple[str, ...]) -> tuple[dict[str, set[
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative: `from . import x` in package a.b names a.b.x
-                    parents = package.split(".")[:len(package.split(".")) - node.level + 1]
+                    parents = package.split(".")[: len(package.split(".")) - node.level + 1]
                     base = ".".join(parents + ([base] if base else []))
                 # `from app import outbox` imports the module app.outbox.store; `from app.x import y` imports app.x.
                 targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
@@ -127,8 +142,10 @@ def http_reached(graph: dict[str, set[str]], external: dict[str, set[str]], modu
     problems = {}
     for name in modules:
         loaded = loaded_by(name, graph)
-        http = sorted({m for m in loaded if _within(m, ("app.api",))}
-                      | {p for m in loaded for p in external[m] if p in HTTP_PACKAGES})
+        http = sorted(
+            {m for m in loaded if _within(m, ("app.api",))}
+            | {p for m in loaded for p in external[m] if p in HTTP_PACKAGES}
+        )
         if http:
             problems[name] = http
     return problems
@@ -161,20 +178,29 @@ def test_no_import_circle():
 
 
 def test_app_never_imports_workers():
-    offenders = {name: sorted(t for t in targets if _within(t, ("workers",)))
-                 for name, targets in GRAPH.items() if _within(name, ("app", "celeryconfig"))}
+    offenders = {
+        name: sorted(t for t in targets if _within(t, ("workers",)))
+        for name, targets in GRAPH.items()
+        if _within(name, ("app", "celeryconfig"))
+    }
     assert {name: found for name, found in offenders.items() if found} == {}
 
 
 def test_only_the_factory_imports_the_http_api():
-    importers = {name for name, targets in GRAPH.items() if not _within(name, ("app.api",))
-                 and any(_within(t, ("app.api",)) for t in targets)}
+    importers = {
+        name
+        for name, targets in GRAPH.items()
+        if not _within(name, ("app.api",)) and any(_within(t, ("app.api",)) for t in targets)
+    }
     assert importers == {"app.factory"}
 
 
 def test_only_the_cli_imports_the_dev_tooling():
-    importers = {name for name, targets in GRAPH.items() if not _within(name, ("app.dev",))
-                 and any(_within(t, ("app.dev",)) for t in targets)}
+    importers = {
+        name
+        for name, targets in GRAPH.items()
+        if not _within(name, ("app.dev",)) and any(_within(t, ("app.dev",)) for t in targets)
+    }
     assert importers <= {"app.cli"}
 
 
@@ -184,10 +210,12 @@ def test_no_stage_loads_anything_of_http():
 
 def test_importing_every_stage_really_loads_no_http_package():
     # The same rule, checked on the interpreter itself: third-party imports are followed too.
-    code = ("import importlib, sys\n"
-            f"for name in {STAGE_MODULES!r}: importlib.import_module(name)\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & %r | {m for m in sys.modules if m.startswith('app.api')}))"
-            % (set(HTTP_PACKAGES),))
+    code = (
+        "import importlib, sys\n"
+        f"for name in {STAGE_MODULES!r}: importlib.import_module(name)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & %r"
+        " | {m for m in sys.modules if m.startswith('app.api')}))" % (set(HTTP_PACKAGES),)
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
 

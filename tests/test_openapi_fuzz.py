@@ -14,12 +14,16 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis import GenerationMode
-from schemathesis.specs.openapi.checks import (
-    content_type_conformance, response_headers_conformance, response_schema_conformance, status_code_conformance,
-)
 from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from app.dev import commands
 from app.dev.processes import Child, free_port
@@ -31,8 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # Rules of the app that are not API operations: the document itself, its viewer and Flask's static files.
 NOT_OPERATIONS = {f"{BASE}/openapi.json", f"{BASE}/docs", f"{BASE}/docs/static/<path:filename>"}
 EXAMPLES = 50  # per operation: about 1,250 requests over the whole document, well under two minutes
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
-          response_schema_conformance]
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +51,12 @@ def served_api(database_url, redis_url, kafka_broker, tmp_path_factory):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
     unread_redis = redis_url.rsplit("/", 1)[0] + "/7"
-    env.update(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=unread_redis,
-               SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL")
+    env.update(
+        SAMPLEDB_DATABASE_URL=database_url,
+        SAMPLEDB_REDIS_URL=unread_redis,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
+        SAMPLEDB_SITE="OSL",
+    )
     api = Child("gunicorn", tmp_path_factory.mktemp("fuzz") / "api.log")
     api.start(commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -66,20 +79,30 @@ def test_every_documented_operation_answers_as_documented(served_api, analyzer_k
     operations = [result.ok() for result in document.get_all_operations()]
     assert operations
     for operation in operations:
-        requests = st.one_of(operation.as_strategy(GenerationMode.POSITIVE),
-                             operation.as_strategy(GenerationMode.NEGATIVE))
+        requests = st.one_of(
+            operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)
+        )
 
         @given(case=requests)
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
-                  database=None)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def answers_as_documented(case) -> None:
             calls[case.operation.label] += 1
-            case.call_and_validate(base_url=served_api, headers={"Argus-API-Key": analyzer_key}, checks=CHECKS,
-                                   timeout=30)
+            case.call_and_validate(
+                base_url=served_api, headers={"Argus-API-Key": analyzer_key}, checks=CHECKS, timeout=30
+            )
 
         try:
             answers_as_documented()
-        except (Exception, BaseExceptionGroup) as err:  # every operation is fuzzed; all the failures are reported together
+        except (
+            Exception,
+            BaseExceptionGroup,
+        ) as err:  # every operation is fuzzed; all the failures are reported together
             failures.append(f"{operation.method.upper()} {operation.path}: {err}")
     assert failures == [], "\n\n".join(failures)
     assert {operation.label for operation in operations} == set(calls)  # every operation was called
@@ -88,15 +111,20 @@ def test_every_documented_operation_answers_as_documented(served_api, analyzer_k
 
 def test_every_routed_operation_is_documented(app, client):
     document = client.get(f"{BASE}/openapi.json").get_json()
-    documented = {(path, method.upper()) for path, operations in document["paths"].items()
-                  for method in operations if method != "parameters"}
+    documented = {
+        (path, method.upper())
+        for path, operations in document["paths"].items()
+        for method in operations
+        if method != "parameters"
+    }
     routed = set()
     for rule in app.url_map.iter_rules():
         if not rule.rule.startswith(BASE + "/") or rule.rule in NOT_OPERATIONS:
             continue
         # /job/<uuid:job_id> is documented as /job/{job_id}
-        path = "/".join("{" + part[1:-1].split(":")[-1] + "}" if part.startswith("<") else part
-                        for part in rule.rule.split("/"))
+        path = "/".join(
+            "{" + part[1:-1].split(":")[-1] + "}" if part.startswith("<") else part for part in rule.rule.split("/")
+        )
         routed.update((path, method) for method in rule.methods - {"HEAD", "OPTIONS"})
     assert routed - documented == set()
     assert documented - routed == set()

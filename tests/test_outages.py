@@ -31,8 +31,8 @@ from app.dev.kafka import read_topic
 from app.dev.postgres import start_postgres
 from app.dev.processes import Child, free_port
 from app.dev.redis import start_redis
-from app.operations.migrate import upgrade
 from app.intake.ingest import job_id_for
+from app.operations.migrate import upgrade
 from app.task_names import TaskNames
 from tests.support.celery_worker import CeleryWorker, TaskSender
 from tests.support.payloads import submission_payload
@@ -85,10 +85,12 @@ class Stack:
     engine: sa.Engine | None = None
 
     def call(self, method: str, path: str, body: dict | None = None, key: str | None = None) -> tuple:
-        request = urllib.request.Request(f"{self.api_url}{API_PATH}{path}", method=method,
-                                         data=json.dumps(body).encode() if body is not None else None,
-                                         headers={"Argus-API-Key": key or self.key,
-                                                  "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.api_url}{API_PATH}{path}",
+            method=method,
+            data=json.dumps(body).encode() if body is not None else None,
+            headers={"Argus-API-Key": key or self.key, "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=60) as response:
                 return response.status, response.headers.get("Retry-After"), json.loads(response.read())
@@ -113,9 +115,27 @@ class Stack:
 
 
 def _key(env: dict) -> str:
-    made = subprocess.run([sys.executable, "-m", "app.cli", "keys", "create", "--user", "outage-analyzer",
-                           "--customer", "mnemonic", "--role", "SAMPLEDB-ANALYZER", "--all-customers"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "--user",
+            "outage-analyzer",
+            "--customer",
+            "mnemonic",
+            "--role",
+            "SAMPLEDB-ANALYZER",
+            "--all-customers",
+        ],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert made.returncode == 0, made.stdout + made.stderr
     return made.stdout.strip().splitlines()[-1]
 
@@ -131,22 +151,35 @@ def stack(kafka_broker):
     upgrade(postgres.url)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_"))}
     env.update(
-        SAMPLEDB_DATABASE_URL=postgres.url, SAMPLEDB_REDIS_URL=redis.url,
-        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url, SAMPLEDB_SITE="OSL", PYTHONUNBUFFERED="1",
+        SAMPLEDB_DATABASE_URL=postgres.url,
+        SAMPLEDB_REDIS_URL=redis.url,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
+        SAMPLEDB_SITE="OSL",
+        PYTHONUNBUFFERED="1",
         # Limits lowered so that a held lock turns into timeouts within the test's few seconds.
-        SAMPLEDB_API_STATEMENT_TIMEOUT_MS="1000", SAMPLEDB_API_LOCK_TIMEOUT_MS="300",
-        SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS="2000", SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="500",
+        SAMPLEDB_API_STATEMENT_TIMEOUT_MS="1000",
+        SAMPLEDB_API_LOCK_TIMEOUT_MS="300",
+        SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS="2000",
+        SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="500",
         SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS="2",
-        SAMPLEDB_TASK_SOFT_TIME_LIMIT_SECONDS="4", SAMPLEDB_TASK_TIME_LIMIT_SECONDS="7",
-        SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS="1", SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS="1",
-        SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS="12", SAMPLEDB_API_KEY_CACHE_SECONDS="60",
+        SAMPLEDB_TASK_SOFT_TIME_LIMIT_SECONDS="4",
+        SAMPLEDB_TASK_TIME_LIMIT_SECONDS="7",
+        SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS="1",
+        SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS="1",
+        SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS="12",
+        SAMPLEDB_API_KEY_CACHE_SECONDS="60",
     )
     port = free_port()
     worker = CeleryWorker(env, directory / "worker.log", f"sampledb-outages-{uuid.uuid4().hex[:6]}@%h")
-    beat = Service("beat", commands.celery("beat", "-l", "info", "--schedule", str(directory / "celerybeat-schedule")),
-                   env, directory / "beat.log")
-    api = Service("gunicorn", commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env,
-                  directory / "api.log")
+    beat = Service(
+        "beat",
+        commands.celery("beat", "-l", "info", "--schedule", str(directory / "celerybeat-schedule")),
+        env,
+        directory / "beat.log",
+    )
+    api = Service(
+        "gunicorn", commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env, directory / "api.log"
+    )
     built = Stack(directory, env, postgres, redis, worker, beat, api, f"http://127.0.0.1:{port}")
     built.engine = sa.create_engine(postgres.url, poolclass=sa.pool.NullPool)
     try:
@@ -175,8 +208,10 @@ def _wait_for_jobs(stack: Stack, job_ids: list[str], timeout: float) -> None:
     while progress() != (len(job_ids), 0):
         if time.monotonic() > deadline:
             made, unsent = progress()
-            pytest.fail(f"{made} of {len(job_ids)} jobs made, {unsent} messages unsent after {timeout} s; "
-                        f"worker log:\n{stack.worker.tail(40)}")
+            pytest.fail(
+                f"{made} of {len(job_ids)} jobs made, {unsent} messages unsent after {timeout} s; "
+                f"worker log:\n{stack.worker.tail(40)}"
+            )
         time.sleep(0.5)
 
 
@@ -210,8 +245,10 @@ def test_database_outage_and_stall_answer_503_never_500_and_lose_nothing(stack, 
 
     def submit_over_rest() -> None:
         for payload in rest:
-            body = {"submission": {"id": payload["submission"]["id"], "customer": payload["submission"]["customer"]},
-                    "classification": payload["classification"]}
+            body = {
+                "submission": {"id": payload["submission"]["id"], "customer": payload["submission"]["customer"]},
+                "classification": payload["classification"],
+            }
             sha256 = payload["submission"]["sample"]["id"]
             while True:  # a client retries a 503 with the same submission id
                 status, retry_after, answer = stack.call("POST", f"/sample/{sha256}/submission", body)
@@ -230,9 +267,14 @@ def test_database_outage_and_stall_answer_503_never_500_and_lose_nothing(stack, 
 
     # The first job exists before the traffic starts, so that reads of it are 200 until the faults.
     first = rest.pop(0)
-    status, _, _ = stack.call("POST", f"/sample/{first['submission']['sample']['id']}/submission",
-                              {"submission": {"id": first["submission"]["id"], "customer": first["submission"]["customer"]},
-                               "classification": first["classification"]})
+    status, _, _ = stack.call(
+        "POST",
+        f"/sample/{first['submission']['sample']['id']}/submission",
+        {
+            "submission": {"id": first["submission"]["id"], "customer": first["submission"]["customer"]},
+            "classification": first["classification"],
+        },
+    )
     assert status == 202
     wait_for(lambda: stack.call("GET", f"/job/{known}")[0] == 200, 30, "the first job")
 
@@ -246,8 +288,11 @@ def test_database_outage_and_stall_answer_503_never_500_and_lose_nothing(stack, 
         time.sleep(6)
         stack.restart_postgres()
         phase[0] = "recovered"
-        wait_for(lambda: any(a.phase == "recovered" and a.status == 200 for a in answers[-50:]), 60,
-                 "the API working again without a restart")
+        wait_for(
+            lambda: any(a.phase == "recovered" and a.status == 200 for a in answers[-50:]),
+            60,
+            "the API working again without a restart",
+        )
 
         phase[0] = "stall"  # a lock held by another connection: statements time out
         with stack.engine.connect() as blocker:
@@ -311,19 +356,33 @@ def test_an_ingest_that_outlives_its_time_limit_on_a_hung_database_is_retried_no
         process.suspend()
     try:
         sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads[10:]])
-        wait_for(lambda: f"exceeded for {TaskNames.INGEST_SUBMISSION}[" in _log_since(stack.worker.log_path, log_offset), 60,
-                 "an ingest stopped by its time limit while the database hangs")
+        wait_for(
+            lambda: f"exceeded for {TaskNames.INGEST_SUBMISSION}[" in _log_since(stack.worker.log_path, log_offset),
+            60,
+            "an ingest stopped by its time limit while the database hangs",
+        )
         time.sleep(8)  # past the hard limit too
     finally:
         for process in reversed(paused):
             process.resume()
         stack.beat.start()
     _wait_for_jobs(stack, job_ids, timeout=180)
-    failed = [line for line in _log_since(stack.worker.log_path, log_offset).splitlines()
-              if "raised unexpected" in line and TaskNames.INGEST_SUBMISSION in line]
+    failed = [
+        line
+        for line in _log_since(stack.worker.log_path, log_offset).splitlines()
+        if "raised unexpected" in line and TaskNames.INGEST_SUBMISSION in line
+    ]
     assert failed == []  # retried, never failed (a failed task is acknowledged: its submission gone)
-    print("time limits seen:", sorted({line.split("]", 1)[-1].strip()[:60] for line in
-                                       _log_since(stack.worker.log_path, log_offset).splitlines() if "time limit" in line.lower()}))
+    print(
+        "time limits seen:",
+        sorted(
+            {
+                line.split("]", 1)[-1].strip()[:60]
+                for line in _log_since(stack.worker.log_path, log_offset).splitlines()
+                if "time limit" in line.lower()
+            }
+        ),
+    )
     announced = _announcements(kafka_broker.url, job_ids)
     assert set(announced) == set(job_ids)
     assert [job for job, events in announced.items() if len(events) != 1] == []
@@ -334,14 +393,18 @@ def test_a_202_holds_when_redis_and_the_worker_are_killed_right_after(stack, kaf
     Redis comes back empty (its queue lost): beat's safety net makes every job from PostgreSQL."""
     payloads = [submission_payload(customer=f"held-{i % 4}") for i in range(500)]
     job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
-    worker_processes = [psutil.Process(stack.worker.process.pid),
-                        *psutil.Process(stack.worker.process.pid).children(recursive=True)]
+    worker_processes = [
+        psutil.Process(stack.worker.process.pid),
+        *psutil.Process(stack.worker.process.pid).children(recursive=True),
+    ]
     for process in worker_processes:
         process.suspend()  # the queue fills and waits, as it does under load
 
     def submit(payload: dict) -> int:
-        body = {"submission": {"id": payload["submission"]["id"], "customer": payload["submission"]["customer"]},
-                "classification": payload["classification"]}
+        body = {
+            "submission": {"id": payload["submission"]["id"], "customer": payload["submission"]["customer"]},
+            "classification": payload["classification"],
+        }
         return stack.call("POST", f"/sample/{payload['submission']['sample']['id']}/submission", body)[0]
 
     from concurrent.futures import ThreadPoolExecutor

@@ -13,28 +13,45 @@ from app.policy.evaluate import PolicySnapshot, Rule, plan_job
 FALLBACK = "static-analyzer"
 # The registry of a fresh installation (migration 0002) plus two workers of the examples below.
 REGISTRY = {
-    "static-analyzer": {}, "sandbox-windows": {"platform": ["win"]}, "sandbox-linux": {"platform": ["linux"]},
-    "sandbox-android": {"platform": ["android"]}, "sandbox-macos": {"platform": ["macos", "osx"]},
-    "document-analyzer": {"superType": ["document"]}, "document-sandbox": {"superType": ["document"]},
+    "static-analyzer": {},
+    "sandbox-windows": {"platform": ["win"]},
+    "sandbox-linux": {"platform": ["linux"]},
+    "sandbox-android": {"platform": ["android"]},
+    "sandbox-macos": {"platform": ["macos", "osx"]},
+    "document-analyzer": {"superType": ["document"]},
+    "document-sandbox": {"superType": ["document"]},
     "url-analyzer": {},
 }
-POLICY_WORKERS = ("document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",
-                  "static-analyzer")
+POLICY_WORKERS = (
+    "document-analyzer",
+    "sandbox-android",
+    "sandbox-linux",
+    "sandbox-macos",
+    "sandbox-windows",
+    "static-analyzer",
+)
 ACME, GLOBEX, INITECH = 1, 2, 3
 OFFLINE = {"key": "meta.sampledb.allowInternetAccess", "value": "false"}
 
 RULES = {
-    "acme docs sandbox, offline": Rule({"customer": [ACME]}, {
-        "workers": {"add": ["document-sandbox"]}, "options": {"add": [OFFLINE]}}),
-    "PE: long timeout only": Rule({"classification": {"type": ["PE"], "superType": []}}, {
-        "options": {"set": [{"key": "timeout", "value": "600"}]}}),
-    "scripts: static and url": Rule({"classification": {"type": [], "superType": ["script"]}}, {
-        "workers": {"set": ["static-analyzer", "url-analyzer"]}}),
-    "priority key: flag": Rule({"submission": {"metaDataKey": ["priority"]}}, {
-        "options": {"add": [{"key": "priority", "value": "high"}]}}),
-    "honeypot source: no windows sandbox": Rule({"submission": {"metaDataKey": ["source"],
-                                                                "metaDataValue": ["honeypot", "42"]}}, {
-        "workers": {"remove": ["sandbox-windows"]}}),
+    "acme docs sandbox, offline": Rule(
+        {"customer": [ACME]}, {"workers": {"add": ["document-sandbox"]}, "options": {"add": [OFFLINE]}}
+    ),
+    "PE: long timeout only": Rule(
+        {"classification": {"type": ["PE"], "superType": []}},
+        {"options": {"set": [{"key": "timeout", "value": "600"}]}},
+    ),
+    "scripts: static and url": Rule(
+        {"classification": {"type": [], "superType": ["script"]}},
+        {"workers": {"set": ["static-analyzer", "url-analyzer"]}},
+    ),
+    "priority key: flag": Rule(
+        {"submission": {"metaDataKey": ["priority"]}}, {"options": {"add": [{"key": "priority", "value": "high"}]}}
+    ),
+    "honeypot source: no windows sandbox": Rule(
+        {"submission": {"metaDataKey": ["source"], "metaDataValue": ["honeypot", "42"]}},
+        {"workers": {"remove": ["sandbox-windows"]}},
+    ),
     "initech: nothing at all": Rule({"customer": [INITECH]}, {"workers": {"remove": list(REGISTRY)}}),
     "globex: drop the timeout": Rule({"customer": [GLOBEX]}, {"options": {"remove": ["timeout"]}}),
 }
@@ -46,64 +63,197 @@ def classification(type_="PE", super_type="executable", platform="win") -> dict:
 
 # rules (oldest first), customer, classification, metaData -> tasks, options
 TABLE = [
-    ("fresh installation: as the workers' filters alone", [], ACME, classification(), {},
-     ["sandbox-windows", "static-analyzer"], []),
-    ("fresh installation, a document", [], ACME, classification("DOCX", "document", None), {},
-     ["document-analyzer", "static-analyzer"], []),
-    ("customer in the list: worker and option added", ["acme docs sandbox, offline"], ACME,
-     classification("PDF", "document", None), {},
-     ["document-analyzer", "document-sandbox", "static-analyzer"], [OFFLINE]),
-    ("customer not in the list", ["acme docs sandbox, offline"], GLOBEX, classification("PDF", "document", None), {},
-     ["document-analyzer", "static-analyzer"], []),
-    ("added worker still obeys its own filter", ["acme docs sandbox, offline"], ACME, classification(), {},
-     ["sandbox-windows", "static-analyzer"], [OFFLINE]),
-    ("classification type", ["PE: long timeout only"], GLOBEX, classification("PE"), {},
-     ["sandbox-windows", "static-analyzer"], [{"key": "timeout", "value": "600"}]),
-    ("classification type not in the list", ["PE: long timeout only"], GLOBEX, classification("ELF"), {},
-     ["sandbox-windows", "static-analyzer"], []),
-    ("classification superType: workers set", ["scripts: static and url"], ACME,
-     classification("PS1", "script", "win"), {}, ["static-analyzer", "url-analyzer"], []),
-    ("metaData key, any value", ["priority key: flag"], ACME, classification(), {"priority": "whatever"},
-     ["sandbox-windows", "static-analyzer"], [{"key": "priority", "value": "high"}]),
-    ("metaData key absent", ["priority key: flag"], ACME, classification(), {"other": "x"},
-     ["sandbox-windows", "static-analyzer"], []),
-    ("metaData key with a listed value: worker removed", ["honeypot source: no windows sandbox"], ACME,
-     classification(), {"source": "honeypot"}, ["static-analyzer"], []),
-    ("metaData value compared as text", ["honeypot source: no windows sandbox"], ACME,
-     classification(), {"source": 42}, ["static-analyzer"], []),
-    ("metaData key with another value", ["honeypot source: no windows sandbox"], ACME,
-     classification(), {"source": "email"}, ["sandbox-windows", "static-analyzer"], []),
-    ("a rule removing every worker: the fallback worker", ["initech: nothing at all"], INITECH, classification(), {},
-     [FALLBACK], []),
-    ("options: set by an older rule, removed by a newer one", ["PE: long timeout only", "globex: drop the timeout"],
-     GLOBEX, classification("PE"), {}, ["sandbox-windows", "static-analyzer"], []),
-    ("options: removed first, set by the newer rule", ["globex: drop the timeout", "PE: long timeout only"],
-     GLOBEX, classification("PE"), {}, ["sandbox-windows", "static-analyzer"], [{"key": "timeout", "value": "600"}]),
-    ("workers: set by an older rule, added to by a newer one", ["scripts: static and url", "acme docs sandbox, offline"],
-     ACME, classification("JS", "script", None), {}, ["static-analyzer", "url-analyzer"], [OFFLINE]),
-    ("several rules at once", ["acme docs sandbox, offline", "priority key: flag",
-                               "honeypot source: no windows sandbox"], ACME, classification(),
-     {"priority": "1", "source": "honeypot"}, ["static-analyzer"], [OFFLINE, {"key": "priority", "value": "high"}]),
+    (
+        "fresh installation: as the workers' filters alone",
+        [],
+        ACME,
+        classification(),
+        {},
+        ["sandbox-windows", "static-analyzer"],
+        [],
+    ),
+    (
+        "fresh installation, a document",
+        [],
+        ACME,
+        classification("DOCX", "document", None),
+        {},
+        ["document-analyzer", "static-analyzer"],
+        [],
+    ),
+    (
+        "customer in the list: worker and option added",
+        ["acme docs sandbox, offline"],
+        ACME,
+        classification("PDF", "document", None),
+        {},
+        ["document-analyzer", "document-sandbox", "static-analyzer"],
+        [OFFLINE],
+    ),
+    (
+        "customer not in the list",
+        ["acme docs sandbox, offline"],
+        GLOBEX,
+        classification("PDF", "document", None),
+        {},
+        ["document-analyzer", "static-analyzer"],
+        [],
+    ),
+    (
+        "added worker still obeys its own filter",
+        ["acme docs sandbox, offline"],
+        ACME,
+        classification(),
+        {},
+        ["sandbox-windows", "static-analyzer"],
+        [OFFLINE],
+    ),
+    (
+        "classification type",
+        ["PE: long timeout only"],
+        GLOBEX,
+        classification("PE"),
+        {},
+        ["sandbox-windows", "static-analyzer"],
+        [{"key": "timeout", "value": "600"}],
+    ),
+    (
+        "classification type not in the list",
+        ["PE: long timeout only"],
+        GLOBEX,
+        classification("ELF"),
+        {},
+        ["sandbox-windows", "static-analyzer"],
+        [],
+    ),
+    (
+        "classification superType: workers set",
+        ["scripts: static and url"],
+        ACME,
+        classification("PS1", "script", "win"),
+        {},
+        ["static-analyzer", "url-analyzer"],
+        [],
+    ),
+    (
+        "metaData key, any value",
+        ["priority key: flag"],
+        ACME,
+        classification(),
+        {"priority": "whatever"},
+        ["sandbox-windows", "static-analyzer"],
+        [{"key": "priority", "value": "high"}],
+    ),
+    (
+        "metaData key absent",
+        ["priority key: flag"],
+        ACME,
+        classification(),
+        {"other": "x"},
+        ["sandbox-windows", "static-analyzer"],
+        [],
+    ),
+    (
+        "metaData key with a listed value: worker removed",
+        ["honeypot source: no windows sandbox"],
+        ACME,
+        classification(),
+        {"source": "honeypot"},
+        ["static-analyzer"],
+        [],
+    ),
+    (
+        "metaData value compared as text",
+        ["honeypot source: no windows sandbox"],
+        ACME,
+        classification(),
+        {"source": 42},
+        ["static-analyzer"],
+        [],
+    ),
+    (
+        "metaData key with another value",
+        ["honeypot source: no windows sandbox"],
+        ACME,
+        classification(),
+        {"source": "email"},
+        ["sandbox-windows", "static-analyzer"],
+        [],
+    ),
+    (
+        "a rule removing every worker: the fallback worker",
+        ["initech: nothing at all"],
+        INITECH,
+        classification(),
+        {},
+        [FALLBACK],
+        [],
+    ),
+    (
+        "options: set by an older rule, removed by a newer one",
+        ["PE: long timeout only", "globex: drop the timeout"],
+        GLOBEX,
+        classification("PE"),
+        {},
+        ["sandbox-windows", "static-analyzer"],
+        [],
+    ),
+    (
+        "options: removed first, set by the newer rule",
+        ["globex: drop the timeout", "PE: long timeout only"],
+        GLOBEX,
+        classification("PE"),
+        {},
+        ["sandbox-windows", "static-analyzer"],
+        [{"key": "timeout", "value": "600"}],
+    ),
+    (
+        "workers: set by an older rule, added to by a newer one",
+        ["scripts: static and url", "acme docs sandbox, offline"],
+        ACME,
+        classification("JS", "script", None),
+        {},
+        ["static-analyzer", "url-analyzer"],
+        [OFFLINE],
+    ),
+    (
+        "several rules at once",
+        ["acme docs sandbox, offline", "priority key: flag", "honeypot source: no windows sandbox"],
+        ACME,
+        classification(),
+        {"priority": "1", "source": "honeypot"},
+        ["static-analyzer"],
+        [OFFLINE, {"key": "priority", "value": "high"}],
+    ),
 ]
 
 
-@pytest.mark.parametrize("rules, customer, cls, meta, tasks, options",
-                         [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+@pytest.mark.parametrize(
+    "rules, customer, cls, meta, tasks, options", [row[1:] for row in TABLE], ids=[row[0] for row in TABLE]
+)
 def test_policy_decides_tasks_and_options(rules, customer, cls, meta, tasks, options):
-    snapshot = PolicySnapshot(workers=POLICY_WORKERS, options=(), rules=tuple(RULES[name] for name in rules),
-                              registry=REGISTRY)
+    snapshot = PolicySnapshot(
+        workers=POLICY_WORKERS, options=(), rules=tuple(RULES[name] for name in rules), registry=REGISTRY
+    )
     plan = plan_job(snapshot, FALLBACK, customer, {"metaData": meta}, cls)
     assert list(plan.workers) == tasks
     assert plan.options_as_json() == options
 
 
 def test_policy_options_and_workers_are_the_starting_point():
-    snapshot = PolicySnapshot(workers=("static-analyzer",), options=(("timeout", "60"), ("depth", "2")),
-                              rules=(RULES["PE: long timeout only"],), registry=REGISTRY)
+    snapshot = PolicySnapshot(
+        workers=("static-analyzer",),
+        options=(("timeout", "60"), ("depth", "2")),
+        rules=(RULES["PE: long timeout only"],),
+        registry=REGISTRY,
+    )
     assert plan_job(snapshot, FALLBACK, ACME, {}, classification("ELF")).options_as_json() == [
-        {"key": "timeout", "value": "60"}, {"key": "depth", "value": "2"}]
+        {"key": "timeout", "value": "60"},
+        {"key": "depth", "value": "2"},
+    ]
     assert plan_job(snapshot, FALLBACK, ACME, {}, classification("PE")).options_as_json() == [
-        {"key": "timeout", "value": "600"}]
+        {"key": "timeout", "value": "600"}
+    ]
     assert plan_job(snapshot, FALLBACK, ACME, {}, classification()).workers == ("static-analyzer",)
     # A worker the registry no longer holds (deleted) gets no task.
     gone = PolicySnapshot(workers=("static-analyzer", "retired"), options=(), rules=(), registry=REGISTRY)
@@ -113,7 +263,8 @@ def test_policy_options_and_workers_are_the_starting_point():
 # -- over the API ------------------------------------------------------------------------------
 
 OFFLINE_RULE = {
-    "name": "acme documents", "description": "acme's documents also go to the document sandbox, offline",
+    "name": "acme documents",
+    "description": "acme's documents also go to the document sandbox, offline",
     "match": {"customer": {"customerOrGroup": ["acme"]}},
     "action": {"workers": {"add": ["document-sandbox"]}, "options": {"add": [OFFLINE]}},
 }
@@ -127,21 +278,29 @@ def analyzer(make_key):
 def test_a_rule_changes_new_jobs_tasks_and_options(api, analyzer, make_job):
     from tests.test_api_analysis_workers import worker_body
 
-    api.post("/worker", 201, headers=analyzer, json=worker_body("document-sandbox",
-                                                                accepts={"superType": ["document"]}))
+    api.post(
+        "/worker", 201, headers=analyzer, json=worker_body("document-sandbox", accepts={"superType": ["document"]})
+    )
     # A newly registered worker joins the default policy, as every registered worker ran before.
     policy = api.get("/policy/default", headers=analyzer)["data"]
     assert "document-sandbox" in [w["shortName"] for w in policy["workers"]]
-    api.put("/policy/default", headers=analyzer, json={"workers": [w["shortName"] for w in policy["workers"]
-                                                                   if w["shortName"] != "document-sandbox"]})
+    api.put(
+        "/policy/default",
+        headers=analyzer,
+        json={"workers": [w["shortName"] for w in policy["workers"] if w["shortName"] != "document-sandbox"]},
+    )
     before = api.get(f"/job/{make_job(customer='acme', super_type='document')}", headers=analyzer)["data"]
     assert [t["worker"] for t in before["tasks"]] == ["document-analyzer", "sandbox-windows", "static-analyzer"]
     assert before["options"] == []
 
     rule = api.post("/policy/default/rule", 201, headers=analyzer, json=OFFLINE_RULE)["data"]
     job = api.get(f"/job/{make_job(customer='acme', super_type='document')}", headers=analyzer)["data"]
-    assert [t["worker"] for t in job["tasks"]] == ["document-analyzer", "document-sandbox", "sandbox-windows",
-                                                   "static-analyzer"]
+    assert [t["worker"] for t in job["tasks"]] == [
+        "document-analyzer",
+        "document-sandbox",
+        "sandbox-windows",
+        "static-analyzer",
+    ]
     assert job["options"] == [OFFLINE]
     other = api.get(f"/job/{make_job(customer='globex', super_type='document')}", headers=analyzer)["data"]
     assert other["options"] == [] and "document-sandbox" not in [t["worker"] for t in other["tasks"]]
@@ -158,27 +317,39 @@ def test_a_deleted_worker_leaves_the_policy_shown_and_runs_no_more(api, analyzer
     policy = api.get("/policy/default", headers=analyzer)["data"]
     assert "sandbox-windows" not in [w["shortName"] for w in policy["workers"]]
     assert [t["worker"] for t in api.get(f"/job/{make_job()}", headers=analyzer)["data"]["tasks"]] == [
-        "static-analyzer"]
+        "static-analyzer"
+    ]
 
 
-@pytest.mark.parametrize("body, field", [
-    ({**OFFLINE_RULE, "match": {}}, "match"),
-    ({**OFFLINE_RULE, "match": {"customer": {"customerOrGroup": ["acme"]},
-                                "classification": {"type": ["PE"]}}}, "match"),
-    ({**OFFLINE_RULE, "match": {"customer": {"customerOrGroup": []}}}, "match.customer.customerOrGroup"),
-    ({**OFFLINE_RULE, "match": {"customer": {"customerOrGroup": ["nobody-knows"]}}}, "match.customer.customerOrGroup"),
-    ({**OFFLINE_RULE, "match": {"classification": {}}}, "match.classification"),
-    ({**OFFLINE_RULE, "match": {"submission": {"metaDataValue": ["x"]}}}, "match.submission.metaDataKey"),
-    ({**OFFLINE_RULE, "match": {"tlp": {"level": ["red"]}}}, "match.tlp"),
-    ({**OFFLINE_RULE, "action": {}}, "action"),
-    ({**OFFLINE_RULE, "action": {"workers": {"add": ["no-such-worker"]}}}, "action.workers.add"),
-    ({**OFFLINE_RULE, "action": {"workers": {"add": ["bad name!"]}}}, "action.workers.add"),
-    ({**OFFLINE_RULE, "action": {"options": {"add": [OFFLINE, {**OFFLINE, "value": "true"}]}}}, "action.options.add"),
-    ({**OFFLINE_RULE, "action": {"options": {"set": [{"key": "k"}]}}}, "action.options.set.value"),
-    ({**OFFLINE_RULE, "name": ""}, "name"),
-    ({k: v for k, v in OFFLINE_RULE.items() if k != "description"}, "description"),
-    ({**OFFLINE_RULE, "priority": 1}, "priority"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({**OFFLINE_RULE, "match": {}}, "match"),
+        (
+            {**OFFLINE_RULE, "match": {"customer": {"customerOrGroup": ["acme"]}, "classification": {"type": ["PE"]}}},
+            "match",
+        ),
+        ({**OFFLINE_RULE, "match": {"customer": {"customerOrGroup": []}}}, "match.customer.customerOrGroup"),
+        (
+            {**OFFLINE_RULE, "match": {"customer": {"customerOrGroup": ["nobody-knows"]}}},
+            "match.customer.customerOrGroup",
+        ),
+        ({**OFFLINE_RULE, "match": {"classification": {}}}, "match.classification"),
+        ({**OFFLINE_RULE, "match": {"submission": {"metaDataValue": ["x"]}}}, "match.submission.metaDataKey"),
+        ({**OFFLINE_RULE, "match": {"tlp": {"level": ["red"]}}}, "match.tlp"),
+        ({**OFFLINE_RULE, "action": {}}, "action"),
+        ({**OFFLINE_RULE, "action": {"workers": {"add": ["no-such-worker"]}}}, "action.workers.add"),
+        ({**OFFLINE_RULE, "action": {"workers": {"add": ["bad name!"]}}}, "action.workers.add"),
+        (
+            {**OFFLINE_RULE, "action": {"options": {"add": [OFFLINE, {**OFFLINE, "value": "true"}]}}},
+            "action.options.add",
+        ),
+        ({**OFFLINE_RULE, "action": {"options": {"set": [{"key": "k"}]}}}, "action.options.set.value"),
+        ({**OFFLINE_RULE, "name": ""}, "name"),
+        ({k: v for k, v in OFFLINE_RULE.items() if k != "description"}, "description"),
+        ({**OFFLINE_RULE, "priority": 1}, "priority"),
+    ],
+)
 def test_a_bad_rule_is_refused_naming_the_field(api, analyzer, body, field):
     from tests.test_api_analysis_workers import worker_body
 
@@ -188,13 +359,16 @@ def test_a_bad_rule_is_refused_naming_the_field(api, analyzer, body, field):
     assert api.get("/policy/default/rule", headers=analyzer)["count"] == 0
 
 
-@pytest.mark.parametrize("body, field", [
-    ({"workers": []}, "workers"),
-    ({"workers": ["static-analyzer", "ghost"]}, "workers"),
-    ({"options": [OFFLINE, OFFLINE]}, "options"),
-    ({"options": [{"key": "", "value": "x"}]}, "options.key"),
-    ({"workers": "static-analyzer"}, "workers"),
-])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"workers": []}, "workers"),
+        ({"workers": ["static-analyzer", "ghost"]}, "workers"),
+        ({"options": [OFFLINE, OFFLINE]}, "options"),
+        ({"options": [{"key": "", "value": "x"}]}, "options.key"),
+        ({"workers": "static-analyzer"}, "workers"),
+    ],
+)
 def test_a_bad_policy_is_refused_naming_the_field(api, analyzer, body, field):
     refused = api.put("/policy/default", 412, headers=analyzer, json=body)
     assert [m["field"] for m in refused["messages"]] == [field]
@@ -210,8 +384,12 @@ def test_roles_and_unknown_rules(api, make_key, analyzer):
     api.get("/policy/default", 401)
     api.get("/policy/default/rule/00000000-0000-0000-0000-000000000000", 404, headers=viewer)
     api.get("/policy/default/rule/not-a-uuid", 404, headers=viewer)
-    rule = api.post("/policy/default/rule", 201, headers=analyzer, json={
-        **OFFLINE_RULE, "action": {"options": {"remove": ["timeout"]}}})["data"]
+    rule = api.post(
+        "/policy/default/rule",
+        201,
+        headers=analyzer,
+        json={**OFFLINE_RULE, "action": {"options": {"remove": ["timeout"]}}},
+    )["data"]
     api.delete(f"/policy/default/rule/{rule['id']}", headers=analyzer)
     api.put(f"/policy/default/rule/{rule['id']}", 409, headers=analyzer, json={"name": "revived"})
     listed = api.get("/policy/default/rule", headers=viewer, query_string={"includeDeleted": "true", "limit": 1})
@@ -260,15 +438,30 @@ def test_the_rule_index_finds_every_rule_that_fits():
     values = ["a", "b", "c"]
 
     def random_rule(n: int) -> Rule:
-        match = rng.choice([
-            {"customer": rng.sample([ACME, GLOBEX, INITECH], rng.randint(1, 2))},
-            {"classification": {"type": rng.sample(values, rng.randint(0, 2)),
-                                "superType": rng.sample(values, rng.randint(0, 2))}},
-            {"submission": {"metaDataKey": rng.sample(values, rng.randint(1, 2)),
-                            **({"metaDataValue": rng.sample(values, 1)} if rng.random() < 0.5 else {})}},
-        ])
-        return Rule(match, {"workers": {rng.choice(["set", "add", "remove"]): rng.sample(list(REGISTRY), 2)},
-                            "options": {"add": [{"key": rng.choice(values), "value": str(n)}]}})
+        match = rng.choice(
+            [
+                {"customer": rng.sample([ACME, GLOBEX, INITECH], rng.randint(1, 2))},
+                {
+                    "classification": {
+                        "type": rng.sample(values, rng.randint(0, 2)),
+                        "superType": rng.sample(values, rng.randint(0, 2)),
+                    }
+                },
+                {
+                    "submission": {
+                        "metaDataKey": rng.sample(values, rng.randint(1, 2)),
+                        **({"metaDataValue": rng.sample(values, 1)} if rng.random() < 0.5 else {}),
+                    }
+                },
+            ]
+        )
+        return Rule(
+            match,
+            {
+                "workers": {rng.choice(["set", "add", "remove"]): rng.sample(list(REGISTRY), 2)},
+                "options": {"add": [{"key": rng.choice(values), "value": str(n)}]},
+            },
+        )
 
     for _ in range(200):
         rules = tuple(random_rule(n) for n in range(rng.randint(0, 12)))

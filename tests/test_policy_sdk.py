@@ -10,15 +10,21 @@ from argus_api.exceptions.http import AccessDeniedException, ObjectNotFoundExcep
 from argus_api.lib.sampledb.v2 import sample
 from argus_api.lib.sampledb.v2.policy import policy_default as sdk
 
+from tests.support.live_server import argus_model, schema_problems, sdk_session, serve
 from tests.support.payloads import SAMPLE_SHA256
 from tests.test_api_analysis_workers import worker_body
-from tests.support.live_server import argus_model, schema_problems, sdk_session, serve
 
 # The app serves from threads of its own, each with its own connection: the tests commit for real.
 pytestmark = pytest.mark.committing
 
-DEFAULT_WORKERS = ["document-analyzer", "sandbox-android", "sandbox-linux", "sandbox-macos", "sandbox-windows",
-                   "static-analyzer"]
+DEFAULT_WORKERS = [
+    "document-analyzer",
+    "sandbox-android",
+    "sandbox-linux",
+    "sandbox-macos",
+    "sandbox-windows",
+    "static-analyzer",
+]
 INTERNET = "meta.sampledb.allowInternetAccess"
 
 
@@ -44,9 +50,14 @@ def test_read_and_replace_the_default_policy(url, analyzer, make_key):
     assert [w["shortName"] for w in policy["workers"]] == DEFAULT_WORKERS  # a fresh installation: every worker
     assert policy["options"] == [] and all(uuid.UUID(w["id"]) and w["localizedName"] for w in policy["workers"])
 
-    changed = conforms(sdk.update_default_analysis_policy(
-        workers=["static-analyzer", "sandbox-windows"], options=[{"key": INTERNET, "value": "true"}],
-        api_session=analyzer), "AnalysisPolicyResponse")
+    changed = conforms(
+        sdk.update_default_analysis_policy(
+            workers=["static-analyzer", "sandbox-windows"],
+            options=[{"key": INTERNET, "value": "true"}],
+            api_session=analyzer,
+        ),
+        "AnalysisPolicyResponse",
+    )
     assert [w["shortName"] for w in changed["workers"]] == ["static-analyzer", "sandbox-windows"]
     assert changed["options"] == [{"key": INTERNET, "value": "true"}]
     assert changed["lastUpdatedByUser"]["shortName"] == "policy-admin"
@@ -63,12 +74,19 @@ def test_read_and_replace_the_default_policy(url, analyzer, make_key):
 
 
 def test_rules_add_get_update_list_delete(url, analyzer, make_key, api):
-    api.post("/worker", 201, headers=make_key("ANALYZER"), json=worker_body("document-sandbox", accepts={"superType": ["document"]}))
+    api.post(
+        "/worker",
+        201,
+        headers=make_key("ANALYZER"),
+        json=worker_body("document-sandbox", accepts={"superType": ["document"]}),
+    )
     added = sdk.add_default_analysis_rule(
-        name="acme documents", description="acme's documents also go to the document sandbox, offline",
+        name="acme documents",
+        description="acme's documents also go to the document sandbox, offline",
         match={"customer": {"customerOrGroup": ["acme"]}},
         action={"workers": {"add": ["document-sandbox"]}, "options": {"add": [{"key": INTERNET, "value": "false"}]}},
-        api_session=analyzer)
+        api_session=analyzer,
+    )
     rule = conforms(added, "AnalysisRuleResponse", 201)
     assert rule["match"]["customer"]["customer"][0]["shortName"] == "acme"
     assert [w["shortName"] for w in rule["action"]["workers"]["add"]] == ["document-sandbox"]
@@ -76,13 +94,20 @@ def test_rules_add_get_update_list_delete(url, analyzer, make_key, api):
     assert rule["flags"] == [] and rule["createdByUser"]["shortName"] == "policy-admin"
     assert rule["deletedTimestamp"] is None and rule["deletedByUser"] is None
 
-    assert conforms(sdk.get_default_analysis_policy_rule(rule["id"], api_session=analyzer),
-                    "AnalysisRuleResponse") == rule
+    assert (
+        conforms(sdk.get_default_analysis_policy_rule(rule["id"], api_session=analyzer), "AnalysisRuleResponse") == rule
+    )
 
     other = sdk_session(url, make_key("ANALYZER", customer="acme", user="policy-editor"))
-    updated = conforms(sdk.update_default_analysis_rule(
-        rule["id"], name="acme documents, offline", match={"classification": {"superType": ["document"]}},
-        api_session=other), "AnalysisRuleResponse")
+    updated = conforms(
+        sdk.update_default_analysis_rule(
+            rule["id"],
+            name="acme documents, offline",
+            match={"classification": {"superType": ["document"]}},
+            api_session=other,
+        ),
+        "AnalysisRuleResponse",
+    )
     assert updated["name"] == "acme documents, offline" and updated["description"] == rule["description"]
     assert updated["match"] == {"classification": {"type": [], "superType": ["document"]}}
     assert updated["action"] == rule["action"]  # a clause not given stays

@@ -54,8 +54,13 @@ def jobs(api, make_key, make_job, sql) -> dict[str, str]:
 
     made["done"] = make_job(customer="acme")
     for n, task in enumerate(tasks(made["done"])):
-        report(made["done"], task, "success" if n == 0 else "failed", message=f"result {n} \"quoted\"\n",
-               analyses=[str(uuid.uuid4()), str(uuid.uuid4())])
+        report(
+            made["done"],
+            task,
+            "success" if n == 0 else "failed",
+            message=f'result {n} "quoted"\n',
+            analyses=[str(uuid.uuid4()), str(uuid.uuid4())],
+        )
 
     made["failed"] = make_job(customer="globex")
     api.put(f"/job/{made['failed']}", headers=analyzer, json={"state": "failed", "message": "analyzer gave up"})
@@ -68,8 +73,11 @@ def jobs(api, make_key, make_job, sql) -> dict[str, str]:
     api.delete(f"/job/{made['abort_pending']}", headers=alice)
 
     made["timeout"] = make_job(customer="globex")
-    sql("UPDATE jobs SET state = 'timeout', end_timestamp = last_updated_timestamp, sample_size = 123456789012 "
-        "WHERE id = :id", id=made["timeout"])
+    sql(
+        "UPDATE jobs SET state = 'timeout', end_timestamp = last_updated_timestamp, sample_size = 123456789012 "
+        "WHERE id = :id",
+        id=made["timeout"],
+    )
     made["no_tasks"] = make_job(customer="acme")
     sql("DELETE FROM job_tasks WHERE job_id = :id", id=made["no_tasks"])
     return made
@@ -83,12 +91,15 @@ def test_get_job_answers_the_orm_serializers_bytes(app, client, make_key, jobs):
         assert response.get_data() == _orm_answer(app, [job_id]), name
 
 
-@pytest.mark.parametrize("criteria", [
-    {"state": []},
-    {"state": [], "sortBy": ["-state", "customer"], "limit": 3, "offset": 2},
-    {"state": ["enqueued", "executing"], "sortBy": ["-enqueuedTimestamp"]},
-    {"customer": ["acme"], "state": ["aborted", "executing", "done"], "limit": 0},
-])
+@pytest.mark.parametrize(
+    "criteria",
+    [
+        {"state": []},
+        {"state": [], "sortBy": ["-state", "customer"], "limit": 3, "offset": 2},
+        {"state": ["enqueued", "executing"], "sortBy": ["-enqueuedTimestamp"]},
+        {"customer": ["acme"], "state": ["aborted", "executing", "done"], "limit": 0},
+    ],
+)
 def test_search_pages_answer_the_orm_serializers_bytes(app, client, make_key, jobs, criteria):
     viewer = make_key("VIEWER", customer="analysis", user="viewer", all_customers=True)
     response = client.post(f"{BASE}/job/search", headers=viewer, json=criteria)
@@ -105,8 +116,9 @@ def test_default_list_and_a_scoped_key_answer_the_orm_serializers_bytes(app, cli
     response = client.get(f"{BASE}/job", headers=alice)
     body = response.get_json()
     assert {job["customer"]["shortName"] for job in body["data"]} == {"acme"}
-    assert response.get_data() == _orm_answer(app, [j["id"] for j in body["data"]], count=body["count"],
-                                              limit=body["limit"], offset=body["offset"])
+    assert response.get_data() == _orm_answer(
+        app, [j["id"] for j in body["data"]], count=body["count"], limit=body["limit"], offset=body["offset"]
+    )
     # A job of another customer is not found for this key, by either path.
     assert client.get(f"{BASE}/job/{jobs['other_customer']}", headers=alice).status_code == 404
 
@@ -135,8 +147,10 @@ def test_connections_the_server_dropped_fail_one_request_then_are_replaced(clien
     viewer = make_key("VIEWER", customer="analysis", user="viewer", all_customers=True)
     path = f"{BASE}/job/{jobs['done']}"
     assert client.get(path, headers=viewer).status_code == 200
-    dropped = sql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                  "WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0]
+    dropped = sql(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+    )[0][0]
     assert dropped >= 1
     first = client.get(path, headers=viewer)
     assert first.status_code in (200, 500, 503) and first.get_json()["responseCode"] == first.status_code

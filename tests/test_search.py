@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -27,8 +27,13 @@ def set_job(sql):
     """set_job(job_id, state=..., enqueued=..., start=..., end=..., last=...): exact values by SQL."""
 
     def update(job_id: str, **values):
-        columns = {"state": "state", "enqueued": "enqueued_timestamp", "start": "start_timestamp",
-                   "end": "end_timestamp", "last": "last_updated_timestamp"}
+        columns = {
+            "state": "state",
+            "enqueued": "enqueued_timestamp",
+            "start": "start_timestamp",
+            "end": "end_timestamp",
+            "last": "last_updated_timestamp",
+        }
         assignments = ", ".join(f"{columns[k]} = :{k}" for k in values)
         sql(f"UPDATE jobs SET {assignments} WHERE id = :id", id=job_id, **values)
         return job_id
@@ -42,13 +47,20 @@ def bulk_jobs(sql, make_job):
 
     def insert(n: int, customer: str = "acme", state: str = "done", enqueued: int = BASE_MS):
         make_job(customer=customer)  # makes sure the customer exists
-        sql("""
+        sql(
+            """
             INSERT INTO jobs (id, state, abort_requested, site, sample_sha256, customer_id, submission_id,
                               submission, classification, enqueued_timestamp, last_updated_timestamp)
             SELECT gen_random_uuid(), :state, false, 'OSL', :sha, c.id, gen_random_uuid(), '{}'::jsonb,
                    '{}'::jsonb, :enqueued, :enqueued
             FROM generate_series(1, :n), customers c WHERE c.short_name = :customer
-        """, state=state, sha=OTHER_SHA256, customer=customer, n=n, enqueued=enqueued)
+        """,
+            state=state,
+            sha=OTHER_SHA256,
+            customer=customer,
+            n=n,
+            enqueued=enqueued,
+        )
 
     return insert
 
@@ -62,6 +74,7 @@ def search(api, headers, status=200, **criteria) -> dict:
 
 
 # -- limit and offset --------------------------------------------------------------------------------
+
 
 def test_limit_defaults_to_25_and_count_is_the_total(api, viewer, bulk_jobs):
     bulk_jobs(30, state="enqueued")
@@ -92,16 +105,25 @@ def test_limit_zero_with_more_than_10000_matches_is_412(api, viewer, bulk_jobs):
     assert (body["count"], body["size"]) == (1, 1)
 
 
-@pytest.mark.parametrize("criteria, field", [
-    ({"limit": 10_001}, "limit"), ({"limit": -1}, "limit"), ({"limit": "many"}, "limit"), ({"limit": 2.5}, "limit"),
-    ({"limit": True}, "limit"), ({"offset": -1}, "offset"), ({"offset": None}, "offset"),
-])
+@pytest.mark.parametrize(
+    "criteria, field",
+    [
+        ({"limit": 10_001}, "limit"),
+        ({"limit": -1}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"limit": 2.5}, "limit"),
+        ({"limit": True}, "limit"),
+        ({"offset": -1}, "offset"),
+        ({"offset": None}, "offset"),
+    ],
+)
 def test_limit_and_offset_out_of_range_are_412(api, viewer, criteria, field):
     body = search(api, viewer, 412, **criteria)
     assert [m["field"] for m in body["messages"]] == [field]
 
 
 # -- sortBy and paging ----------------------------------------------------------------------------------
+
 
 def test_default_sort_is_enqueued_timestamp_ascending(api, viewer, make_job, set_job):
     late = set_job(make_job(), enqueued=BASE_MS + 3)
@@ -115,16 +137,36 @@ def test_default_sort_is_enqueued_timestamp_ascending(api, viewer, make_job, set
 
 
 def test_sort_by_each_field(api, viewer, make_job, set_job, sql):
-    a = set_job(make_job(customer="zeta", sha256="c" * 64), state="done", enqueued=BASE_MS + 1, start=BASE_MS + 30,
-                end=BASE_MS + 40, last=BASE_MS + 40)
-    b = set_job(make_job(customer="alpha", sha256="a" * 64), state="executing", enqueued=BASE_MS + 2,
-                start=BASE_MS + 10, last=BASE_MS + 60)
-    c = set_job(make_job(customer="mid", sha256="b" * 64), state="failed", enqueued=BASE_MS + 3, start=BASE_MS + 20,
-                end=BASE_MS + 25, last=BASE_MS + 50)
+    a = set_job(
+        make_job(customer="zeta", sha256="c" * 64),
+        state="done",
+        enqueued=BASE_MS + 1,
+        start=BASE_MS + 30,
+        end=BASE_MS + 40,
+        last=BASE_MS + 40,
+    )
+    b = set_job(
+        make_job(customer="alpha", sha256="a" * 64),
+        state="executing",
+        enqueued=BASE_MS + 2,
+        start=BASE_MS + 10,
+        last=BASE_MS + 60,
+    )
+    c = set_job(
+        make_job(customer="mid", sha256="b" * 64),
+        state="failed",
+        enqueued=BASE_MS + 3,
+        start=BASE_MS + 20,
+        end=BASE_MS + 25,
+        last=BASE_MS + 50,
+    )
     expected = {
-        "enqueuedTimestamp": [a, b, c], "startTimestamp": [b, c, a], "lastUpdatedTimestamp": [a, c, b],
+        "enqueuedTimestamp": [a, b, c],
+        "startTimestamp": [b, c, a],
+        "lastUpdatedTimestamp": [a, c, b],
         "state": [a, b, c],  # done < executing < failed
-        "sampleSha256": [b, c, a], "customer": [b, c, a],  # by shortName: alpha < mid < zeta
+        "sampleSha256": [b, c, a],
+        "customer": [b, c, a],  # by shortName: alpha < mid < zeta
         "id": sorted([a, b, c]),
     }
     for field, order in expected.items():
@@ -169,10 +211,13 @@ def test_unknown_sort_field_is_412(api, viewer):
 
 # -- state ----------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def one_per_state(make_job, set_job):
-    return {state: set_job(make_job(), state=state)
-            for state in ("enqueued", "executing", "done", "failed", "timeout", "aborted")}
+    return {
+        state: set_job(make_job(), state=state)
+        for state in ("enqueued", "executing", "done", "failed", "timeout", "aborted")
+    }
 
 
 def test_state_defaults_to_the_active_states(api, viewer, one_per_state):
@@ -201,6 +246,7 @@ def test_bad_state_is_412(api, viewer):
 
 
 # -- sampleSha256 and customer -------------------------------------------------------------------------------
+
 
 def test_sample_sha256_is_case_insensitive(api, viewer, make_job):
     mine = make_job(sha256=SAMPLE_SHA256)
@@ -244,6 +290,7 @@ def test_bad_customer_is_412(api, viewer):
 
 # -- time range --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def timed(make_job, set_job):
     """Three jobs with exact timestamps (offsets from BASE_MS):
@@ -252,11 +299,18 @@ def timed(make_job, set_job):
     running:  enqueued 5000, started 6000, not ended, last update 7000
     """
     return {
-        "finished": set_job(make_job(), state="done", enqueued=BASE_MS + 1000, start=BASE_MS + 2000,
-                            end=BASE_MS + 3000, last=BASE_MS + 3000),
+        "finished": set_job(
+            make_job(),
+            state="done",
+            enqueued=BASE_MS + 1000,
+            start=BASE_MS + 2000,
+            end=BASE_MS + 3000,
+            last=BASE_MS + 3000,
+        ),
         "waiting": set_job(make_job(), state="enqueued", enqueued=BASE_MS + 1500, last=BASE_MS + 1500),
-        "running": set_job(make_job(), state="executing", enqueued=BASE_MS + 5000, start=BASE_MS + 6000,
-                           last=BASE_MS + 7000),
+        "running": set_job(
+            make_job(), state="executing", enqueued=BASE_MS + 5000, start=BASE_MS + 6000, last=BASE_MS + 7000
+        ),
     }
 
 
@@ -266,73 +320,175 @@ def found(api, headers, timed, **criteria) -> set[str]:
 
 
 def test_time_range_on_one_field_with_inclusive_bounds(api, viewer, timed):
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 1000, endTimestamp=BASE_MS + 1500,
-                 timeFieldStrategy=["enqueuedTimestamp"]) == {"finished", "waiting"}
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 1001, endTimestamp=BASE_MS + 1499,
-                 timeFieldStrategy="enqueuedTimestamp") == set()
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 3000, endTimestamp=BASE_MS + 3000,
-                 timeFieldStrategy=["endTimestamp"]) == {"finished"}
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp=BASE_MS + 1000,
+        endTimestamp=BASE_MS + 1500,
+        timeFieldStrategy=["enqueuedTimestamp"],
+    ) == {"finished", "waiting"}
+    assert (
+        found(
+            api,
+            viewer,
+            timed,
+            startTimestamp=BASE_MS + 1001,
+            endTimestamp=BASE_MS + 1499,
+            timeFieldStrategy="enqueuedTimestamp",
+        )
+        == set()
+    )
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp=BASE_MS + 3000,
+        endTimestamp=BASE_MS + 3000,
+        timeFieldStrategy=["endTimestamp"],
+    ) == {"finished"}
     # A null field never lies in a range: "waiting" has no startTimestamp.
-    assert found(api, viewer, timed, startTimestamp=0, endTimestamp=BASE_MS + 10_000,
-                 timeFieldStrategy=["startTimestamp"]) == {"finished", "running"}
+    assert found(
+        api, viewer, timed, startTimestamp=0, endTimestamp=BASE_MS + 10_000, timeFieldStrategy=["startTimestamp"]
+    ) == {"finished", "running"}
 
 
 def test_only_one_bound(api, viewer, timed):
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 1500,
-                 timeFieldStrategy=["enqueuedTimestamp"]) == {"waiting", "running"}
-    assert found(api, viewer, timed, endTimestamp=BASE_MS + 1499,
-                 timeFieldStrategy=["enqueuedTimestamp"]) == {"finished"}
+    assert found(api, viewer, timed, startTimestamp=BASE_MS + 1500, timeFieldStrategy=["enqueuedTimestamp"]) == {
+        "waiting",
+        "running",
+    }
+    assert found(api, viewer, timed, endTimestamp=BASE_MS + 1499, timeFieldStrategy=["enqueuedTimestamp"]) == {
+        "finished"
+    }
 
 
 def test_time_field_strategy_all_means_every_time_field(api, viewer, timed):
     # lastUpdatedTimestamp 7000 of "running" is the only time in [6500, 7000]
     assert found(api, viewer, timed, startTimestamp=BASE_MS + 6500, endTimestamp=BASE_MS + 7000) == {"running"}
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 6500, endTimestamp=BASE_MS + 7000,
-                 timeFieldStrategy=["all"]) == {"running"}
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 6500, endTimestamp=BASE_MS + 7000,
-                 timeFieldStrategy=["enqueuedTimestamp", "startTimestamp", "endTimestamp"]) == set()
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 6500, endTimestamp=BASE_MS + 7000,
-                 timeFieldStrategy=["lastUpdatedTimestamp"]) == {"running"}
+    assert found(
+        api, viewer, timed, startTimestamp=BASE_MS + 6500, endTimestamp=BASE_MS + 7000, timeFieldStrategy=["all"]
+    ) == {"running"}
+    assert (
+        found(
+            api,
+            viewer,
+            timed,
+            startTimestamp=BASE_MS + 6500,
+            endTimestamp=BASE_MS + 7000,
+            timeFieldStrategy=["enqueuedTimestamp", "startTimestamp", "endTimestamp"],
+        )
+        == set()
+    )
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp=BASE_MS + 6500,
+        endTimestamp=BASE_MS + 7000,
+        timeFieldStrategy=["lastUpdatedTimestamp"],
+    ) == {"running"}
 
 
 def test_time_match_strategy_any_versus_all(api, viewer, timed):
     window = {"startTimestamp": BASE_MS, "endTimestamp": BASE_MS + 10_000}
     fields = ["enqueuedTimestamp", "startTimestamp"]
     assert found(api, viewer, timed, **window, timeFieldStrategy=fields) == {"finished", "waiting", "running"}
-    assert found(api, viewer, timed, **window, timeFieldStrategy=fields,
-                 timeMatchStrategy="any") == {"finished", "waiting", "running"}
+    assert found(api, viewer, timed, **window, timeFieldStrategy=fields, timeMatchStrategy="any") == {
+        "finished",
+        "waiting",
+        "running",
+    }
     # all: every listed field must lie in the range, and waiting's null startTimestamp does not.
-    assert found(api, viewer, timed, **window, timeFieldStrategy=fields,
-                 timeMatchStrategy="all") == {"finished", "running"}
+    assert found(api, viewer, timed, **window, timeFieldStrategy=fields, timeMatchStrategy="all") == {
+        "finished",
+        "running",
+    }
     # all over every time field: only the finished job has all four set and in range.
     assert found(api, viewer, timed, **window, timeFieldStrategy="all", timeMatchStrategy="all") == {"finished"}
     # all with a narrow window: finished's start (2000) is in, its end (3000) is not.
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 1000, endTimestamp=BASE_MS + 2000,
-                 timeFieldStrategy=["enqueuedTimestamp", "endTimestamp"], timeMatchStrategy="all") == set()
-    assert found(api, viewer, timed, startTimestamp=BASE_MS + 1000, endTimestamp=BASE_MS + 2000,
-                 timeFieldStrategy=["enqueuedTimestamp", "endTimestamp"], timeMatchStrategy="any") \
-        == {"finished", "waiting"}
+    assert (
+        found(
+            api,
+            viewer,
+            timed,
+            startTimestamp=BASE_MS + 1000,
+            endTimestamp=BASE_MS + 2000,
+            timeFieldStrategy=["enqueuedTimestamp", "endTimestamp"],
+            timeMatchStrategy="all",
+        )
+        == set()
+    )
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp=BASE_MS + 1000,
+        endTimestamp=BASE_MS + 2000,
+        timeFieldStrategy=["enqueuedTimestamp", "endTimestamp"],
+        timeMatchStrategy="any",
+    ) == {"finished", "waiting"}
 
 
 def test_iso_timestamps_with_z_and_fractions(api, viewer, timed):
-    start = datetime.fromtimestamp((BASE_MS + 1000) / 1000, timezone.utc)
+    start = datetime.fromtimestamp((BASE_MS + 1000) / 1000, UTC)
     iso = lambda dt: dt.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"  # noqa: E731
     assert iso(start) == "2023-11-14T22:13:21.000Z"
-    assert found(api, viewer, timed, startTimestamp=iso(start), endTimestamp=iso(start + timedelta(milliseconds=500)),
-                 timeFieldStrategy=["enqueuedTimestamp"]) == {"finished", "waiting"}
-    assert found(api, viewer, timed, startTimestamp="2023-11-14T22:13:21.001Z", endTimestamp="2023-11-14T22:13:21.5Z",
-                 timeFieldStrategy=["enqueuedTimestamp"]) == {"waiting"}
-    assert found(api, viewer, timed, startTimestamp="2023-11-14T22:13:21Z", endTimestamp="2023-11-14T22:13:21Z",
-                 timeFieldStrategy=["enqueuedTimestamp"]) == {"finished"}
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp=iso(start),
+        endTimestamp=iso(start + timedelta(milliseconds=500)),
+        timeFieldStrategy=["enqueuedTimestamp"],
+    ) == {"finished", "waiting"}
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp="2023-11-14T22:13:21.001Z",
+        endTimestamp="2023-11-14T22:13:21.5Z",
+        timeFieldStrategy=["enqueuedTimestamp"],
+    ) == {"waiting"}
+    assert found(
+        api,
+        viewer,
+        timed,
+        startTimestamp="2023-11-14T22:13:21Z",
+        endTimestamp="2023-11-14T22:13:21Z",
+        timeFieldStrategy=["enqueuedTimestamp"],
+    ) == {"finished"}
     # The same bounds in the query string.
-    body = api.get("/job", headers=viewer, query_string={
-        "startTimestamp": "2023-11-14T22:13:21Z", "endTimestamp": str(BASE_MS + 1500),
-        "timeFieldStrategy": "enqueuedTimestamp", "state": ["done", "enqueued"]})
+    body = api.get(
+        "/job",
+        headers=viewer,
+        query_string={
+            "startTimestamp": "2023-11-14T22:13:21Z",
+            "endTimestamp": str(BASE_MS + 1500),
+            "timeFieldStrategy": "enqueuedTimestamp",
+            "state": ["done", "enqueued"],
+        },
+    )
     assert set(ids(body)) == {timed["finished"], timed["waiting"]}
 
 
-@pytest.mark.parametrize("bad", ["2023-11-14T22:13:21+01:00", "2023-11-14T22:13:21", "2023-11-14",
-                                 "yesterday", "now + 1 fortnight", "now -", "", "1.5", 1.5, True, [1], {"t": 1}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "2023-11-14T22:13:21+01:00",
+        "2023-11-14T22:13:21",
+        "2023-11-14",
+        "yesterday",
+        "now + 1 fortnight",
+        "now -",
+        "",
+        "1.5",
+        1.5,
+        True,
+        [1],
+        {"t": 1},
+    ],
+)
 def test_bad_time_expression_is_412_naming_the_field(api, viewer, bad):
     body = search(api, viewer, 412, startTimestamp=bad)
     assert [m["field"] for m in body["messages"]] == ["startTimestamp"], bad
@@ -374,14 +530,23 @@ def test_bad_time_field_and_match_strategy_are_412(api, viewer):
 
 # -- all together ------------------------------------------------------------------------------------------
 
+
 def test_criteria_are_anded(api, viewer, make_job, set_job):
     target = set_job(make_job(customer="acme", sha256=SAMPLE_SHA256), state="failed", enqueued=BASE_MS)
     set_job(make_job(customer="acme", sha256=SAMPLE_SHA256), state="done", enqueued=BASE_MS)
     set_job(make_job(customer="globex", sha256=SAMPLE_SHA256), state="failed", enqueued=BASE_MS)
     set_job(make_job(customer="acme", sha256=OTHER_SHA256), state="failed", enqueued=BASE_MS)
     set_job(make_job(customer="acme", sha256=SAMPLE_SHA256), state="failed", enqueued=BASE_MS + 10_000)
-    body = search(api, viewer, state=["failed", "timeout"], customer="acme", sampleSha256=SAMPLE_SHA256,
-                  startTimestamp=BASE_MS - 1, endTimestamp=BASE_MS + 1, timeFieldStrategy="enqueuedTimestamp")
+    body = search(
+        api,
+        viewer,
+        state=["failed", "timeout"],
+        customer="acme",
+        sampleSha256=SAMPLE_SHA256,
+        startTimestamp=BASE_MS - 1,
+        endTimestamp=BASE_MS + 1,
+        timeFieldStrategy="enqueuedTimestamp",
+    )
     assert ids(body) == [target] and body["count"] == 1
 
 

@@ -47,6 +47,7 @@ def put_task(api, headers, job_id, task_id, state, status=200, **extra):
 
 # -- jobs ---------------------------------------------------------------------------------------------
 
+
 def test_new_job_is_enqueued_with_one_task_per_accepting_worker(make_job, job):
     created = job(make_job(platform="win"))
     assert created["state"] == "enqueued" and created["flags"] == []
@@ -101,8 +102,10 @@ def test_same_final_state_again_is_an_idempotent_no_op(api, analyzer, make_job, 
     assert history(job_id) == entries
 
 
-@pytest.mark.parametrize("final, target", [(final, target) for final in JOB_FINAL
-                                           for target in ["enqueued", "executing", *JOB_FINAL] if target != final])
+@pytest.mark.parametrize(
+    "final, target",
+    [(final, target) for final in JOB_FINAL for target in ["enqueued", "executing", *JOB_FINAL] if target != final],
+)
 def test_no_move_out_of_a_final_state(api, analyzer, make_job, job, final, target):
     job_id = make_job()
     put_job(api, analyzer, job_id, final)
@@ -147,6 +150,7 @@ def test_post_updates_like_put(api, analyzer, make_job):
 
 # -- tasks --------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def tasks(job):
     return lambda job_id: {t["worker"]: t["id"] for t in job(job_id)["tasks"]}
@@ -159,12 +163,14 @@ def test_task_moves_and_timestamps(api, analyzer, make_job, job, tasks):
     started = put_task(api, analyzer, job_id, static, "executing")["data"]
     assert started["state"] == "executing" and before <= started["startTimestamp"] <= now_ms()
     assert started["endTimestamp"] is None
-    done = put_task(api, analyzer, job_id, static, "success", message="clean",
-                    analyses=["6f1c2f9c-1a7e-4b7a-9d43-4b5b7d1c8e11"])["data"]
+    done = put_task(
+        api, analyzer, job_id, static, "success", message="clean", analyses=["6f1c2f9c-1a7e-4b7a-9d43-4b5b7d1c8e11"]
+    )["data"]
     assert done["state"] == "success" and done["startTimestamp"] == started["startTimestamp"]
     assert done["endTimestamp"] >= started["startTimestamp"] and done["message"] == "clean"
-    assert done["analyses"] == [{"id": "6f1c2f9c-1a7e-4b7a-9d43-4b5b7d1c8e11", "analysisScore": None,
-                                 "userAgent": None}]
+    assert done["analyses"] == [
+        {"id": "6f1c2f9c-1a7e-4b7a-9d43-4b5b7d1c8e11", "analysisScore": None, "userAgent": None}
+    ]
     assert api.get(f"/job/{job_id}/task/{static}", headers=analyzer)["data"] == done
 
 
@@ -253,14 +259,14 @@ def test_task_list_sort_limit_offset(api, analyzer, make_job, tasks, clock):
     body = api.get(f"/job/{job_id}/tasks", headers=analyzer, query_string={"sortBy": "startTimestamp", "offset": 1})
     # Not started sorts last.
     assert [t["worker"] for t in body["data"]] == ["document-analyzer", "static-analyzer"]
-    body = api.get(f"/job/{job_id}/tasks", headers=analyzer,
-                   query_string=[("sortBy", "state"), ("sortBy", "-worker")])
+    body = api.get(f"/job/{job_id}/tasks", headers=analyzer, query_string=[("sortBy", "state"), ("sortBy", "-worker")])
     assert [t["worker"] for t in body["data"]] == ["static-analyzer", "sandbox-windows", "document-analyzer"]
     body = api.get(f"/job/{job_id}/tasks", 412, headers=analyzer, query_string={"sortBy": "analyses"})
     assert [m["field"] for m in body["messages"]] == ["sortBy"]
 
 
 # -- roll-up ----------------------------------------------------------------------------------------------
+
 
 def test_first_task_to_start_makes_the_job_executing(api, analyzer, make_job, job, tasks, history):
     job_id = make_job()
@@ -281,10 +287,17 @@ def test_task_finishing_first_also_starts_the_job(api, analyzer, make_job, job, 
     assert job_moves(history(job_id)) == [(None, "enqueued"), ("enqueued", "executing")]
 
 
-@pytest.mark.parametrize("finals, expected", [
-    (["success", "success"], "done"), (["success", "failed"], "done"), (["cancelled", "success"], "done"),
-    (["failed", "failed"], "failed"), (["failed", "cancelled"], "failed"), (["cancelled", "cancelled"], "failed"),
-])
+@pytest.mark.parametrize(
+    "finals, expected",
+    [
+        (["success", "success"], "done"),
+        (["success", "failed"], "done"),
+        (["cancelled", "success"], "done"),
+        (["failed", "failed"], "failed"),
+        (["failed", "cancelled"], "failed"),
+        (["cancelled", "cancelled"], "failed"),
+    ],
+)
 def test_all_tasks_final_rolls_up(api, analyzer, make_job, job, tasks, history, finals, expected):
     job_id = make_job()
     ids = list(tasks(job_id).values())
@@ -321,8 +334,11 @@ def test_explicit_job_update_wins_and_closes_unfinished_tasks(api, analyzer, mak
     ended = put_job(api, analyzer, job_id, final)["data"]
     states = {t["worker"]: t["state"] for t in ended["tasks"]}
     assert ended["state"] == final
-    assert states == {"static-analyzer": "success", "sandbox-windows": TASK_WHEN_JOB_ENDS[final],
-                      "document-analyzer": TASK_WHEN_JOB_ENDS[final]}
+    assert states == {
+        "static-analyzer": "success",
+        "sandbox-windows": TASK_WHEN_JOB_ENDS[final],
+        "document-analyzer": TASK_WHEN_JOB_ENDS[final],
+    }
     # The closed tasks are final: a late report is refused, the same state again is a no-op.
     late = "success" if TASK_WHEN_JOB_ENDS[final] != "success" else "failed"
     put_task(api, analyzer, job_id, ids["sandbox-windows"], late, 409)
@@ -347,8 +363,8 @@ def test_job_going_final_does_not_roll_up_again(api, analyzer, make_job, job, hi
 
 # -- history ---------------------------------------------------------------------------------------------
 
-def test_history_records_who_when_from_to_and_message_oldest_first(api, analyzer, make_job, tasks, history,
-                                                                      make_key):
+
+def test_history_records_who_when_from_to_and_message_oldest_first(api, analyzer, make_job, tasks, history, make_key):
     job_id = make_job()
     ids = tasks(job_id)
     t0 = now_ms()
@@ -388,8 +404,11 @@ def test_every_job_state_change_is_announced_on_the_event_topic(api, analyzer, m
     rows = sql("SELECT key, value FROM outbox WHERE topic = 'Sample.Analysis.Job.Event.OSL' ORDER BY id")
     assert [r[0] for r in rows] == [job_id] * 3
     values = [r[1] for r in rows]
-    assert [(v["fromState"], v["toState"]) for v in values] == [(None, "enqueued"), ("enqueued", "executing"),
-                                                                ("executing", "done")]
+    assert [(v["fromState"], v["toState"]) for v in values] == [
+        (None, "enqueued"),
+        ("enqueued", "executing"),
+        ("executing", "done"),
+    ]
     assert values[1]["message"] == "go" and values[1]["user"]["shortName"] == "analyzer"
     assert set(values[2]) == {"jobID", "fromState", "toState", "timestamp", "user", "message"}
     assert all(v["jobID"] == job_id and isinstance(v["timestamp"], int) for v in values)

@@ -25,8 +25,11 @@ PERIODIC_INTERVALS = periodic_intervals(Settings.from_env({}))
 
 @pytest.fixture
 def status_env(database_url, redis_url, kafka_broker) -> dict:
-    return {"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url,
-            "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.url}
+    return {
+        "SAMPLEDB_DATABASE_URL": database_url,
+        "SAMPLEDB_REDIS_URL": redis_url,
+        "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.url,
+    }
 
 
 def status(env: dict, *args: str):
@@ -47,16 +50,28 @@ def test_status_of_a_healthy_stack_exits_0(worker, task_sender, wait_idle, statu
     result = status(status_env)
     assert result.exit_code == 0, result.output
     assert "healthy" in result.output and "UNHEALTHY" not in result.output
-    for figure in ("jobs enqueued", "jobs executing", "jobs created, last minute", "jobs created, last hour",
-                   "outbox backlog", "outbox oldest unsent", "outbox parked", "dead submissions",
-                   "queue ingest", "queue outbox", "queue periodic", *PERIODIC_INTERVALS):
+    for figure in (
+        "jobs enqueued",
+        "jobs executing",
+        "jobs created, last minute",
+        "jobs created, last hour",
+        "outbox backlog",
+        "outbox oldest unsent",
+        "outbox parked",
+        "dead submissions",
+        "queue ingest",
+        "queue outbox",
+        "queue periodic",
+        *PERIODIC_INTERVALS,
+    ):
         assert figure in result.output, figure
     assert sql("SELECT count(*) FROM sweep_runs WHERE last_run_timestamp IS NOT NULL")[0][0] == len(PERIODIC_INTERVALS)
 
 
 @pytest.mark.celery
-def test_status_exits_1_naming_the_outbox_when_kafka_is_down(worker, task_sender, wait_idle, status_env, kafka_broker,
-                                                             make_job, sql):
+def test_status_exits_1_naming_the_outbox_when_kafka_is_down(
+    worker, task_sender, wait_idle, status_env, kafka_broker, make_job, sql
+):
     if not kafka_broker.restartable:
         pytest.skip("needs the embedded broker, which the test can stop")
     run_periodic_tasks(task_sender, wait_idle)
@@ -82,17 +97,27 @@ def test_status_exits_1_when_beat_never_scheduled_the_sweeps(status_env):
 
 def test_status_names_an_overdue_sweep(status_env, sql):
     now = now_ms()
-    for name, interval in PERIODIC_INTERVALS.items():
-        sql("INSERT INTO sweep_runs (name, expected_since_timestamp, last_run_timestamp, last_moved) "
-            "VALUES (:name, :t, :t, 0)", name=name, t=now)
+    for name in PERIODIC_INTERVALS:
+        sql(
+            "INSERT INTO sweep_runs (name, expected_since_timestamp, last_run_timestamp, last_moved) "
+            "VALUES (:name, :t, :t, 0)",
+            name=name,
+            t=now,
+        )
     late = next(iter(PERIODIC_INTERVALS))
-    sql("UPDATE sweep_runs SET last_run_timestamp = :t WHERE name = :name",
-        t=now - 4 * PERIODIC_INTERVALS[late] * 1000, name=late)
+    sql(
+        "UPDATE sweep_runs SET last_run_timestamp = :t WHERE name = :name",
+        t=now - 4 * PERIODIC_INTERVALS[late] * 1000,
+        name=late,
+    )
     result = status(status_env)
     assert result.exit_code == 1, result.output
     assert f"{late}: last ran" in result.output and "more than 3 intervals" in result.output
-    sql("UPDATE sweep_runs SET last_run_timestamp = :t WHERE name = :name",
-        t=now - 2 * PERIODIC_INTERVALS[late] * 1000, name=late)
+    sql(
+        "UPDATE sweep_runs SET last_run_timestamp = :t WHERE name = :name",
+        t=now - 2 * PERIODIC_INTERVALS[late] * 1000,
+        name=late,
+    )
     assert status(status_env).exit_code == 0
 
 
@@ -101,12 +126,20 @@ def test_status_watch_refreshes_until_interrupted(status_env, sql, tmp_path):
     for name in PERIODIC_INTERVALS:
         sql("INSERT INTO sweep_runs (name, expected_since_timestamp) VALUES (:name, :t)", name=name, t=now)
     # As in a terminal: rich redraws the view in place (cursor movements) instead of printing it once at the end.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")} | status_env | {
-        "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
+        | status_env
+        | {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    )
     output = tmp_path / "status.out"
     with open(output, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "app.cli", "status", "--watch", "0.5"], cwd=tmp_path,
-                                   env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "status", "--watch", "0.5"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         wait_for(lambda: output.read_text().count("jobs created, last hour") >= 3, 60, "three refreshes")
     finally:
@@ -121,12 +154,28 @@ def test_beat_marks_the_periodic_tasks_expected_when_it_starts(database_url, red
     env.update(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     before = now_ms()
     with open(tmp_path / "beat.log", "wb") as log:
-        beat = subprocess.Popen([sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat",
-                                 "--schedule", str(tmp_path / "schedule")], cwd=ROOT, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        beat = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "beat",
+                "--schedule",
+                str(tmp_path / "schedule"),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for(lambda: len(sql("SELECT name FROM sweep_runs")) == len(PERIODIC_INTERVALS), 60,
-                 f"beat to mark the periodic tasks; its log:\n{(tmp_path / 'beat.log').read_text()[-2000:]}")
+        wait_for(
+            lambda: len(sql("SELECT name FROM sweep_runs")) == len(PERIODIC_INTERVALS),
+            60,
+            f"beat to mark the periodic tasks; its log:\n{(tmp_path / 'beat.log').read_text()[-2000:]}",
+        )
     finally:
         beat.terminate()
         beat.wait(30)
@@ -141,14 +190,28 @@ def test_parked_rows_dead_submissions_and_a_silent_redis_are_named():
 
     now = now_ms()
     fresh = [health.PeriodicRun(name, interval, now, now, 0) for name, interval in PERIODIC_INTERVALS.items()]
-    vitals = Vitals(jobs_active={"enqueued": 1, "executing": 0}, outbox_backlog=0,
-                    outbox_oldest_unsent_age_seconds=0.0, outbox_parked=1, dead_submissions=2, queue_lengths=None)
+    vitals = Vitals(
+        jobs_active={"enqueued": 1, "executing": 0},
+        outbox_backlog=0,
+        outbox_oldest_unsent_age_seconds=0.0,
+        outbox_parked=1,
+        dead_submissions=2,
+        queue_lengths=None,
+    )
     found = health.problems(health.Snapshot(now, vitals, 0, 0, fresh), Settings.from_env({}))
-    assert found == ["outbox: 1 parked rows wait for an operator", "submissions: 2 dead submissions are stored",
-                     "redis: the Celery broker does not answer"]
-    healthy = Vitals(jobs_active={"enqueued": 1, "executing": 0}, outbox_backlog=3,
-                     outbox_oldest_unsent_age_seconds=59.0, outbox_parked=0, dead_submissions=0,
-                     queue_lengths={"ingest": 0, "outbox": 0, "periodic": 0})
+    assert found == [
+        "outbox: 1 parked rows wait for an operator",
+        "submissions: 2 dead submissions are stored",
+        "redis: the Celery broker does not answer",
+    ]
+    healthy = Vitals(
+        jobs_active={"enqueued": 1, "executing": 0},
+        outbox_backlog=3,
+        outbox_oldest_unsent_age_seconds=59.0,
+        outbox_parked=0,
+        dead_submissions=0,
+        queue_lengths={"ingest": 0, "outbox": 0, "periodic": 0},
+    )
     assert health.problems(health.Snapshot(now, healthy, 0, 0, fresh), Settings.from_env({})) == []
 
 
@@ -156,7 +219,11 @@ def test_status_names_an_unreachable_database_instead_of_crashing():
     from app.dev.processes import free_port
 
     closed = free_port()
-    result = status({"SAMPLEDB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/sampledb",
-                     "SAMPLEDB_REDIS_URL": f"redis://127.0.0.1:{closed}/0"})
+    result = status(
+        {
+            "SAMPLEDB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/sampledb",
+            "SAMPLEDB_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+        }
+    )
     assert result.exit_code == 1, result.output
     assert "postgresql: cannot read the figures" in result.output

@@ -10,16 +10,37 @@ import pytest
 import sqlalchemy as sa
 
 from app import dispatch
-from app.intake import ingest, validation
 from app.extensions import db
+from app.intake import ingest, validation
 from app.models import Job, JobHistory, OutboxMessage
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
 OTHER_SHA256 = "a" * 64
-SEED_SUBMISSION_KEYS = {"id", "customer", "sample", "createdByUser", "createdTimestamp", "name", "timestamp",
-                        "mimeType", "metaData", "tlp", "acl", "userAgent"}
-SEED_CLASSIFICATION_KEYS = {"sample", "classificationID", "createdTimestamp", "version", "type", "superType", "arch",
-                            "platform", "meta"}
+SEED_SUBMISSION_KEYS = {
+    "id",
+    "customer",
+    "sample",
+    "createdByUser",
+    "createdTimestamp",
+    "name",
+    "timestamp",
+    "mimeType",
+    "metaData",
+    "tlp",
+    "acl",
+    "userAgent",
+}
+SEED_CLASSIFICATION_KEYS = {
+    "sample",
+    "classificationID",
+    "createdTimestamp",
+    "version",
+    "type",
+    "superType",
+    "arch",
+    "platform",
+    "meta",
+}
 
 
 def _errors(payload) -> dict:
@@ -29,6 +50,7 @@ def _errors(payload) -> dict:
 
 
 # -- validation --------------------------------------------------------------------------------
+
 
 def test_a_seed_shaped_payload_is_kept_as_received():
     payload = submission_payload()
@@ -50,32 +72,35 @@ def test_optional_fields_are_filled_in():
     assert data["submission"]["createdTimestamp"] > 1_600_000_000_000
 
 
-@pytest.mark.parametrize("path, value", [
-    (("submission", "id"), "not-a-uuid"),
-    (("submission", "customer"), ""),
-    (("submission", "customer"), 42),
-    (("submission", "sample", "id"), "abc"),
-    (("submission", "tlp"), "purple"),
-    (("submission", "name"), "x" * 1025),
-    (("submission", "mimeType"), "x" * 1025),
-    (("submission", "timestamp"), "yesterday"),
-    (("submission", "timestamp"), True),
-    (("submission", "createdTimestamp"), -1),
-    (("submission", "createdTimestamp"), 1.5),
-    (("submission", "metaData"), {"blob": "x" * (64 * 1024)}),
-    (("submission", "metaData"), ["not", "an", "object"]),
-    (("submission", "metaData"), {"score": float("nan")}),
-    (("submission", "acl"), [float("inf")]),
-    (("classification", "meta"), {"x": float("-inf")}),
-    (("submission", "acl"), "everyone"),
-    (("submission", "surprise"), "nul \u0000 in a field the service does not know"),
-    (("submission", "surprise"), {"deep": [float("nan")]}),
-    (("classification", "type"), None),
-    (("classification", "superType"), "x" * 1025),
-    (("classification", "classificationID"), "nope"),
-    (("classification", "sample"), OTHER_SHA256),
-    (("classification", "meta"), {"blob": "x" * (64 * 1024)}),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("submission", "id"), "not-a-uuid"),
+        (("submission", "customer"), ""),
+        (("submission", "customer"), 42),
+        (("submission", "sample", "id"), "abc"),
+        (("submission", "tlp"), "purple"),
+        (("submission", "name"), "x" * 1025),
+        (("submission", "mimeType"), "x" * 1025),
+        (("submission", "timestamp"), "yesterday"),
+        (("submission", "timestamp"), True),
+        (("submission", "createdTimestamp"), -1),
+        (("submission", "createdTimestamp"), 1.5),
+        (("submission", "metaData"), {"blob": "x" * (64 * 1024)}),
+        (("submission", "metaData"), ["not", "an", "object"]),
+        (("submission", "metaData"), {"score": float("nan")}),
+        (("submission", "acl"), [float("inf")]),
+        (("classification", "meta"), {"x": float("-inf")}),
+        (("submission", "acl"), "everyone"),
+        (("submission", "surprise"), "nul \u0000 in a field the service does not know"),
+        (("submission", "surprise"), {"deep": [float("nan")]}),
+        (("classification", "type"), None),
+        (("classification", "superType"), "x" * 1025),
+        (("classification", "classificationID"), "nope"),
+        (("classification", "sample"), OTHER_SHA256),
+        (("classification", "meta"), {"blob": "x" * (64 * 1024)}),
+    ],
+)
 def test_a_bad_field_is_named(path, value):
     payload = submission_payload()
     target = payload
@@ -103,9 +128,18 @@ def test_fields_the_service_does_not_know_are_kept_as_received():
     assert data == payload
 
 
-@pytest.mark.parametrize("missing", [("submission",), ("classification",), ("submission", "id"),
-                                     ("submission", "customer"), ("submission", "sample"),
-                                     ("classification", "type"), ("classification", "superType")])
+@pytest.mark.parametrize(
+    "missing",
+    [
+        ("submission",),
+        ("classification",),
+        ("submission", "id"),
+        ("submission", "customer"),
+        ("submission", "sample"),
+        ("classification", "type"),
+        ("classification", "superType"),
+    ],
+)
 def test_required_fields(missing):
     payload = submission_payload()
     target = payload
@@ -141,6 +175,7 @@ def test_job_id_is_derived_from_the_submission_id():
 
 # -- ingest (in process) -----------------------------------------------------------------------
 
+
 def test_ingest_is_idempotent_on_the_submission_id(app, settings):
     payload = submission_payload(customer="brand-new-customer")
     with app.app_context():
@@ -175,8 +210,12 @@ def test_ingest_many_drops_invalid_payloads_and_repeats(app, settings):
         assert not any(r.created for r in again)
         assert {r.job_id for r in again} == {ingest.job_id_for(p["submission"]["id"]) for p in payloads[:5]}
         assert db.session.scalar(sa.select(sa.func.count()).select_from(Job)) == 20
-        assert db.session.scalar(sa.select(sa.func.count()).select_from(OutboxMessage)
-                                 .where(OutboxMessage.topic == settings.job_topic)) == 20
+        assert (
+            db.session.scalar(
+                sa.select(sa.func.count()).select_from(OutboxMessage).where(OutboxMessage.topic == settings.job_topic)
+            )
+            == 20
+        )
         assert db.session.scalar(sa.select(sa.func.count()).select_from(JobHistory)) == 20
 
 
@@ -189,6 +228,7 @@ def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql)
 
 
 # -- REST upload, with the hand-off to the queue captured ------------------------------------
+
 
 @pytest.fixture
 def queued(monkeypatch):
@@ -228,8 +268,16 @@ def test_upload_fills_the_submission_and_answers_the_job_id(api, make_key, queue
 def test_upload_retry_with_the_same_submission_id_gets_the_same_job_id(api, make_key, queued):
     headers = make_key("UPLOADER")
     submission_id = str(uuid.uuid4())
-    body = {**_body(), "submission": {"id": submission_id, "name": "a.exe", "tlp": "green",
-                                      "metaData": {"k": "v"}, "userAgent": {"name": "curl", "version": "8"}}}
+    body = {
+        **_body(),
+        "submission": {
+            "id": submission_id,
+            "name": "a.exe",
+            "tlp": "green",
+            "metaData": {"k": "v"},
+            "userAgent": {"name": "curl", "version": "8"},
+        },
+    }
     first = api.post(_path(), 202, headers=headers, json=body)["data"]
     second = api.post(_path(), 202, headers=headers, json=body)["data"]
     assert first["jobID"] == second["jobID"] == str(ingest.job_id_for(submission_id))
@@ -240,28 +288,38 @@ def test_upload_retry_with_the_same_submission_id_gets_the_same_job_id(api, make
 
 def test_upload_for_another_customer(api, make_key, queued):
     granted = make_key("UPLOADER", customer="acme", grant_customers=("globex",))
-    assert api.post(_path(), 202, headers=granted,
-                    json={**_body(), "submission": {"customer": "globex"}})["data"]["submission"]["customer"] == "globex"
+    assert (
+        api.post(_path(), 202, headers=granted, json={**_body(), "submission": {"customer": "globex"}})["data"][
+            "submission"
+        ]["customer"]
+        == "globex"
+    )
     body = api.post(_path(), 412, headers=granted, json={**_body(), "submission": {"customer": "initech"}})
     assert [m["field"] for m in body["messages"]] == ["submission.customer"]
     everyone = make_key("ANALYZER", customer="mnemonic", all_customers=True)
-    assert api.post(_path(), 202, headers=everyone,
-                    json={**_body(), "submission": {"customer": "first-seen"}})["data"]["submission"]["customer"] \
+    assert (
+        api.post(_path(), 202, headers=everyone, json={**_body(), "submission": {"customer": "first-seen"}})["data"][
+            "submission"
+        ]["customer"]
         == "first-seen"
+    )
     assert len(queued) == 2
 
 
-@pytest.mark.parametrize("path, body, field", [
-    (_path("not-a-hash"), _body(), "sha256"),
-    (_path("g" * 64), _body(), "sha256"),
-    (_path(), {**_body(), "submission": {"sample": {"id": OTHER_SHA256}}}, "submission.sample.id"),
-    (_path(), _body(sample=OTHER_SHA256), "classification.sample"),
-    (_path(), {"classification": {"type": "PE"}}, "classification.superType"),
-    (_path(), {**_body(), "submission": {"tlp": "purple"}}, "submission.tlp"),
-    (_path(), {**_body(), "submission": {"id": "nope"}}, "submission.id"),
-    (_path(), {**_body(), "submission": {"name": "x" * 1025}}, "submission.name"),
-    (_path(), {**_body(), "unknown": 1}, "unknown"),
-])
+@pytest.mark.parametrize(
+    "path, body, field",
+    [
+        (_path("not-a-hash"), _body(), "sha256"),
+        (_path("g" * 64), _body(), "sha256"),
+        (_path(), {**_body(), "submission": {"sample": {"id": OTHER_SHA256}}}, "submission.sample.id"),
+        (_path(), _body(sample=OTHER_SHA256), "classification.sample"),
+        (_path(), {"classification": {"type": "PE"}}, "classification.superType"),
+        (_path(), {**_body(), "submission": {"tlp": "purple"}}, "submission.tlp"),
+        (_path(), {**_body(), "submission": {"id": "nope"}}, "submission.id"),
+        (_path(), {**_body(), "submission": {"name": "x" * 1025}}, "submission.name"),
+        (_path(), {**_body(), "unknown": 1}, "unknown"),
+    ],
+)
 def test_upload_argument_errors(api, make_key, queued, path, body, field):
     body = api.post(path, 412, headers=make_key("UPLOADER"), json=body)
     assert field in [m["field"] for m in body["messages"]], body["messages"]
@@ -269,19 +327,26 @@ def test_upload_argument_errors(api, make_key, queued, path, body, field):
     assert queued == []
 
 
-@pytest.mark.parametrize("raw", [
-    '{"classification": {"type": "PE", "superType": "x", "meta": {"a": NaN}}}',
-    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"metaData": {"a": Infinity}}}',
-    '{"classification": {"type": "PE", "superType": "x", "meta": ' + '{"a":' * 5000 + '1' + '}' * 5000 + '}}',
-    '{"classification": {"type": "PE", "superType": "x"}, "submission": null}',
-    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"timestamp": 1e400}}',
-    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"timestamp": 123456789012345678901234567890}}',
-    '{"classification": {"type": "PE", "superType": "x"}, "submission": {"name": "a\\u0000b"}}',
-    '[]', '"x"', '{"classification": []}', '{"classification": {"type": "PE", "superType": "x"}, "submission": []}',
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        '{"classification": {"type": "PE", "superType": "x", "meta": {"a": NaN}}}',
+        '{"classification": {"type": "PE", "superType": "x"}, "submission": {"metaData": {"a": Infinity}}}',
+        '{"classification": {"type": "PE", "superType": "x", "meta": ' + '{"a":' * 5000 + "1" + "}" * 5000 + "}}",
+        '{"classification": {"type": "PE", "superType": "x"}, "submission": null}',
+        '{"classification": {"type": "PE", "superType": "x"}, "submission": {"timestamp": 1e400}}',
+        '{"classification": {"type": "PE", "superType": "x"}, "submission": {"timestamp": 1234567890123456789012345}}',
+        '{"classification": {"type": "PE", "superType": "x"}, "submission": {"name": "a\\u0000b"}}',
+        "[]",
+        '"x"',
+        '{"classification": []}',
+        '{"classification": {"type": "PE", "superType": "x"}, "submission": []}',
+    ],
+)
 def test_upload_of_odd_json_is_refused_not_a_500(client, make_key, queued, raw):
-    response = client.post(f"/sampledb/v2{_path()}", data=raw,
-                           headers={**make_key("UPLOADER"), "Content-Type": "application/json"})
+    response = client.post(
+        f"/sampledb/v2{_path()}", data=raw, headers={**make_key("UPLOADER"), "Content-Type": "application/json"}
+    )
     assert response.status_code in (400, 412), response.get_json()
     assert queued == []
 
@@ -306,8 +371,10 @@ def test_upload_when_the_queue_is_down_is_committed_and_accepted(api, make_key, 
 
 # -- §10.5: a submission id is an idempotency key of one customer ----------------------------
 
-def test_a_submission_id_sent_for_another_customer_is_409_and_reveals_nothing(app, settings, api, make_key, queued,
-                                                                              sql):
+
+def test_a_submission_id_sent_for_another_customer_is_409_and_reveals_nothing(
+    app, settings, api, make_key, queued, sql
+):
     submission_id = str(uuid.uuid4())
     body = {**_body(), "submission": {"id": submission_id, "name": "quarterly-report.exe"}}
     first = api.post(_path(), 202, headers=make_key("UPLOADER", customer="acme", user="alice"), json=body)["data"]
@@ -346,8 +413,10 @@ def test_the_celery_path_refuses_a_submission_id_of_another_customer(app, settin
         results = ingest.ingest_many(db.session, settings, [foreign, submission_payload(customer="globex")])
         db.session.commit()
     assert made.created and results[0].id_taken and results[0].job_id is None and results[1].created
-    owners = sql("SELECT j.id, c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id "
-                 "WHERE j.submission_id = :s", s=payload["submission"]["id"])
+    owners = sql(
+        "SELECT j.id, c.short_name FROM jobs j JOIN customers c ON c.id = j.customer_id WHERE j.submission_id = :s",
+        s=payload["submission"]["id"],
+    )
     assert owners == [(made.job_id, "acme")]
 
 

@@ -3,28 +3,28 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from app.jobs.timeexpr import TimeExpressionError, parse_time
 
 
-def ms(year: int, month: int = 1, day: int = 1, hour: int = 0, minute: int = 0,
-       second: int = 0, milli: int = 0) -> int:
+def ms(year: int, month: int = 1, day: int = 1, hour: int = 0, minute: int = 0, second: int = 0, milli: int = 0) -> int:
     """Epoch ms of a UTC wall-clock time, computed independently of the module."""
-    dt = datetime(year, month, day, hour, minute, second, milli * 1000, tzinfo=timezone.utc)
-    return (dt - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(milliseconds=1)
+    dt = datetime(year, month, day, hour, minute, second, milli * 1000, tzinfo=UTC)
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(milliseconds=1)
 
 
-WED = ms(2026, 11, 18, 13, 45, 30, 250)      # a Wednesday, mid-month
-MONTH_END = ms(2026, 1, 31, 22, 10, 5, 7)    # a Saturday, last day of January
-LEAP_DAY = ms(2024, 2, 29, 12, 0, 0, 999)    # a Thursday, leap day
+WED = ms(2026, 11, 18, 13, 45, 30, 250)  # a Wednesday, mid-month
+MONTH_END = ms(2026, 1, 31, 22, 10, 5, 7)  # a Saturday, last day of January
+LEAP_DAY = ms(2024, 2, 29, 12, 0, 0, 999)  # a Thursday, leap day
 
 SEC, MIN, HOUR, DAY, WEEK = 1_000, 60_000, 3_600_000, 86_400_000, 604_800_000
 
 
 # --- every unit spelling --------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("unit", "size"),
@@ -53,6 +53,7 @@ def test_year_spellings(unit: str) -> None:
 
 
 # --- initial functions ----------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("expr", "now", "expected"),
@@ -86,6 +87,7 @@ def test_initial_functions(expr: str, now: int, expected: int) -> None:
 
 # --- calendar arithmetic ----------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("expr", "now", "expected"),
     [
@@ -115,6 +117,7 @@ def test_calendar_arithmetic(expr: str, now: int, expected: int) -> None:
 
 # --- terms, defaults, spacing, case -----------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("expr", "expected"),
     [
@@ -141,6 +144,7 @@ def test_relative_syntax(expr: str, expected: int) -> None:
 
 
 # --- absolute forms -----------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("expr", "expected"),
@@ -171,6 +175,7 @@ def test_absolute_forms(expr: int | str, expected: int) -> None:
 
 
 # --- errors -----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     ("expr", "message"),

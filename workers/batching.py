@@ -64,8 +64,9 @@ def _events(requests: list, kind: str, **fields) -> None:
 
 def batching_strategy(task, app, consumer, **_kwargs):
     """The worker's handler of the task's messages (Celery calls it once per worker with the task)."""
-    Request = create_request_cls(symbol_by_name(task.Request), task, consumer.pool, consumer.hostname,
-                                 consumer.event_dispatcher, app=app)
+    Request = create_request_cls(
+        symbol_by_name(task.Request), task, consumer.pool, consumer.hostname, consumer.event_dispatcher, app=app
+    )
     pool = consumer.pool
     # Batches take all pool processes but one, which stays free for the relay and the sweeps.
     processes = max(1, (getattr(pool, "num_processes", None) or app.conf.worker_concurrency or 1) - 1)
@@ -75,17 +76,21 @@ def batching_strategy(task, app, consumer, **_kwargs):
 
     def dispatch() -> None:
         while waiting and running[0] < processes:
-            batch = waiting[:task.batch_size]
-            del waiting[:task.batch_size]
+            batch = waiting[: task.batch_size]
+            del waiting[: task.batch_size]
             running[0] += 1
             messages = [Message(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries", 0)) for r in batch]
             started = time.monotonic()
-            pool.apply_async(run_in_pool, (task.name, messages),
-                             accept_callback=lambda pid, _at, b=batch: _events(b, "task-started", pid=pid),
-                             callback=lambda values, b=batch, t=started: done(b, values, None, t),
-                             error_callback=lambda exc, b=batch, t=started: done(b, None, exc, t),
-                             timeout_callback=lambda soft, timeout, b=batch: timed_out(b, soft, timeout),
-                             soft_timeout=app.conf.task_soft_time_limit, timeout=app.conf.task_time_limit)
+            pool.apply_async(
+                run_in_pool,
+                (task.name, messages),
+                accept_callback=lambda pid, _at, b=batch: _events(b, "task-started", pid=pid),
+                callback=lambda values, b=batch, t=started: done(b, values, None, t),
+                error_callback=lambda exc, b=batch, t=started: done(b, None, exc, t),
+                timeout_callback=lambda soft, timeout, b=batch: timed_out(b, soft, timeout),
+                soft_timeout=app.conf.task_soft_time_limit,
+                timeout=app.conf.task_time_limit,
+            )
 
     def timed_out(batch: list, soft: bool, limit: float) -> None:
         # Logged per message as Celery logs a task's; past the soft limit run_batch retries its messages
@@ -104,8 +109,9 @@ def batching_strategy(task, app, consumer, **_kwargs):
             for request, value in zip(batch, values):
                 request.acknowledge()
                 # What Celery logs and announces for a task that succeeded, per message.
-                trace_log.info(LOG_SUCCESS, {"id": request.id, "name": request.name, "return_value": value,
-                                             "runtime": runtime})
+                trace_log.info(
+                    LOG_SUCCESS, {"id": request.id, "name": request.name, "return_value": value, "runtime": runtime}
+                )
                 request.send_event("task-succeeded", result=repr(value), runtime=runtime)
         else:
             # run_batch raised, or its pool process died or hit the time limit: the batch runs again.
@@ -130,18 +136,38 @@ def batching_strategy(task, app, consumer, **_kwargs):
             body, headers, decoded, utc = hybrid_to_proto2(message, message.payload)
         else:
             body, headers, decoded, utc = proto1_to_proto2(message, body)
-        request = Request(message, on_ack=ack, on_reject=reject, app=app, hostname=consumer.hostname,
-                          eventer=consumer.event_dispatcher, task=task, connection_errors=consumer.connection_errors,
-                          body=body, headers=headers, decoded=decoded, utc=utc)
+        request = Request(
+            message,
+            on_ack=ack,
+            on_reject=reject,
+            app=app,
+            hostname=consumer.hostname,
+            eventer=consumer.event_dispatcher,
+            task=task,
+            connection_errors=consumer.connection_errors,
+            body=body,
+            headers=headers,
+            decoded=decoded,
+            utc=utc,
+        )
         # Task events for Flower, as Celery's own strategy sends them: each message is still a task.
-        request.send_event("task-received", name=request.name, args=request.argsrepr, kwargs=request.kwargsrepr,
-                           root_id=request.root_id, parent_id=request.parent_id,
-                           retries=request.request_dict.get("retries", 0),
-                           eta=request.eta and request.eta.isoformat(),
-                           expires=request.expires and request.expires.isoformat())
+        request.send_event(
+            "task-received",
+            name=request.name,
+            args=request.argsrepr,
+            kwargs=request.kwargsrepr,
+            root_id=request.root_id,
+            parent_id=request.parent_id,
+            retries=request.request_dict.get("retries", 0),
+            eta=request.eta and request.eta.isoformat(),
+            expires=request.expires and request.expires.isoformat(),
+        )
         if request.eta:
-            eta = to_timestamp(timezone.to_system(request.eta)) if request.utc else to_timestamp(request.eta,
-                                                                                                 app.timezone)
+            eta = (
+                to_timestamp(timezone.to_system(request.eta))
+                if request.utc
+                else to_timestamp(request.eta, app.timezone)
+            )
             consumer.qos.increment_eventually()  # a message waiting for its ETA does not hold a prefetch slot
             consumer.timer.call_at(eta, due, (request,), priority=6)
             return

@@ -16,11 +16,11 @@ import threading
 from celery import Celery, Task, signals
 from flask import Flask
 
-from app.operations import sweep_runs
+from app.clock import now_ms
 from app.config import Settings
 from app.extensions import current_settings, db
 from app.factory import create_app
-from app.clock import now_ms
+from app.operations import sweep_runs
 from app.unit_of_work import unit_of_work
 from workers import kafka, metrics_port
 

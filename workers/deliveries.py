@@ -52,5 +52,4 @@ def forget_many(redis_url: str, task_requests: list) -> None:
     try:
         dispatch.redis_client(redis_url).delete(*(_key(task_request) for task_request in task_requests))
     except Exception:  # they expire on their own
-        log.debug("could not remove the delivery counters of tasks %s", [r.id for r in task_requests],
-                  exc_info=True)
+        log.debug("could not remove the delivery counters of tasks %s", [r.id for r in task_requests], exc_info=True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Iterable
+from collections.abc import Iterable
 
 from kafka import KafkaProducer
 
@@ -32,8 +32,9 @@ _config: tuple | None = None  # (bootstrap servers, max request size) the produc
 _owner_pid: int | None = None
 
 
-def producer(bootstrap_servers: str, topics: Iterable[str] = (), *,
-             max_request_size: int = DEFAULT_MAX_REQUEST_SIZE) -> KafkaProducer:
+def producer(
+    bootstrap_servers: str, topics: Iterable[str] = (), *, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+) -> KafkaProducer:
     """This process's producer, made on first use (raises if the broker cannot be reached).
 
     `topics` are the topics it will send to: they are tracked from the start (see _track).

@@ -12,8 +12,8 @@ import logging
 import shutil
 import tempfile
 
-from app.operations import metrics
 from app.config import Settings
+from app.operations import metrics
 
 log = logging.getLogger(__name__)
 

@@ -24,17 +24,17 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import kafka.errors as kafka_errors
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.operations import metrics
+from app.clock import now_ms
 from app.config import Settings
 from app.models import OutboxMessage
-from app.clock import now_ms
+from app.operations import metrics
 from app.unit_of_work import unit_of_work
 from workers import kafka
 
@@ -52,9 +52,14 @@ ERROR_MAX_CHARS = 2000
 # retriable=False). Other non-retriable errors (producer fenced, out-of-order sequence,
 # closed producer) belong to the producer, not the row: a fresh producer retries the row.
 PERMANENT_ERRORS = (
-    kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError, kafka_errors.InvalidRecordError,
-    kafka_errors.CorruptRecordError, kafka_errors.TopicAuthorizationFailedError, kafka_errors.InvalidTopicError,
-    ValueError, TypeError,  # send() refuses a record or topic name it can never take
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.InvalidRecordError,
+    kafka_errors.CorruptRecordError,
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.InvalidTopicError,
+    ValueError,
+    TypeError,  # send() refuses a record or topic name it can never take
 )
 
 
@@ -77,8 +82,10 @@ class RelayOutcome:
     lag_ms: int = 0  # age of the oldest row this run sent or tried
 
     def __str__(self) -> str:
-        return (f"sent={self.sent} failed={self.failed} parked={self.parked} busy={self.busy} more={self.more} "
-                f"lag_ms={self.lag_ms}")
+        return (
+            f"sent={self.sent} failed={self.failed} parked={self.parked} busy={self.busy} more={self.more} "
+            f"lag_ms={self.lag_ms}"
+        )
 
 
 @dataclass
@@ -99,8 +106,13 @@ class _Failure:
 
 
 def relay_outbox(
-    session: so.Session, settings: Settings, *, batch_size: int = BATCH_SIZE, budget_seconds: float = 10.0,
-    send_timeout: float = SEND_TIMEOUT_SECONDS, on_first_lock: Callable[[], None] | None = None,
+    session: so.Session,
+    settings: Settings,
+    *,
+    batch_size: int = BATCH_SIZE,
+    budget_seconds: float = 10.0,
+    send_timeout: float = SEND_TIMEOUT_SECONDS,
+    on_first_lock: Callable[[], None] | None = None,
 ) -> RelayOutcome:
     """Relay due rows batch by batch until nothing more is due, nothing goes through or the budget ends.
 
@@ -135,24 +147,30 @@ def relay_outbox(
 def _earlier_unsent():
     """An earlier unsent row of the same key exists: the row must wait for it."""
     earlier = so.aliased(OutboxMessage)
-    return (sa.select(earlier.id).where(earlier.key == OutboxMessage.key, earlier.id < OutboxMessage.id,
-                                        earlier.sent_timestamp.is_(None)).exists())
+    return (
+        sa.select(earlier.id)
+        .where(earlier.key == OutboxMessage.key, earlier.id < OutboxMessage.id, earlier.sent_timestamp.is_(None))
+        .exists()
+    )
 
 
 def _later_unsent():
     later = so.aliased(OutboxMessage)
-    return (sa.select(later.id).where(later.key == OutboxMessage.key, later.id > OutboxMessage.id,
-                                      later.sent_timestamp.is_(None)).exists())
+    return (
+        sa.select(later.id)
+        .where(later.key == OutboxMessage.key, later.id > OutboxMessage.id, later.sent_timestamp.is_(None))
+        .exists()
+    )
 
 
 def _heads():
     """Unsent, unparked rows with no earlier unsent row of their key: the only rows the relay may send."""
-    return sa.and_(OutboxMessage.sent_timestamp.is_(None), OutboxMessage.parked_timestamp.is_(None),
-                   ~_earlier_unsent())
+    return sa.and_(OutboxMessage.sent_timestamp.is_(None), OutboxMessage.parked_timestamp.is_(None), ~_earlier_unsent())
 
 
-def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeout: float,
-                 on_lock: Callable[[], None] | None) -> _Batch:
+def _relay_batch(
+    session: so.Session, settings: Settings, limit: int, send_timeout: float, on_lock: Callable[[], None] | None
+) -> _Batch:
     batch = _Batch()
     with unit_of_work(session):
         if not session.scalar(sa.select(sa.func.pg_try_advisory_xact_lock(RELAY_LOCK_KEY))):
@@ -161,11 +179,20 @@ def _relay_batch(session: so.Session, settings: Settings, limit: int, send_timeo
         if on_lock is not None:
             on_lock()
         rows = session.execute(
-            sa.select(OutboxMessage.id, OutboxMessage.event_id, OutboxMessage.topic, OutboxMessage.key,
-                      OutboxMessage.value, OutboxMessage.attempts, OutboxMessage.created_timestamp,
-                      _later_unsent().label("has_successor"))
+            sa.select(
+                OutboxMessage.id,
+                OutboxMessage.event_id,
+                OutboxMessage.topic,
+                OutboxMessage.key,
+                OutboxMessage.value,
+                OutboxMessage.attempts,
+                OutboxMessage.created_timestamp,
+                _later_unsent().label("has_successor"),
+            )
             .where(_heads(), OutboxMessage.next_attempt_timestamp <= now_ms())
-            .order_by(OutboxMessage.id).limit(limit).with_for_update(of=OutboxMessage, skip_locked=True)
+            .order_by(OutboxMessage.id)
+            .limit(limit)
+            .with_for_update(of=OutboxMessage, skip_locked=True)
         ).all()
         batch.claimed = len(rows)
         if rows:
@@ -188,9 +215,11 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
     deadline = time.monotonic() + send_timeout
     failures: dict[int, _Failure] = {}
     try:
-        producer = kafka.producer(settings.kafka_bootstrap_servers,
-                                  (settings.job_topic, settings.abort_topic, settings.event_topic),
-                                  max_request_size=settings.kafka_max_request_bytes)
+        producer = kafka.producer(
+            settings.kafka_bootstrap_servers,
+            (settings.job_topic, settings.abort_topic, settings.event_topic),
+            max_request_size=settings.kafka_max_request_bytes,
+        )
     except Exception as err:
         log.warning("Kafka unreachable, %d outbox rows wait: %r", len(rows), err)
         return [], {row.id: _Failure(f"producer: {err!r}", False) for row in rows}
@@ -202,10 +231,17 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
             failures[row.id] = broker_failure
             continue
         try:
-            futures.append((row.id, producer.send(
-                row.topic, key=row.key.encode("utf-8"), value=_encode(row.value),
-                headers=[("event-id", str(row.event_id).encode("ascii"))],
-            )))
+            futures.append(
+                (
+                    row.id,
+                    producer.send(
+                        row.topic,
+                        key=row.key.encode("utf-8"),
+                        value=_encode(row.value),
+                        headers=[("event-id", str(row.event_id).encode("ascii"))],
+                    ),
+                )
+            )
         except Exception as err:
             failures[row.id] = _Failure(f"send: {err!r}", is_permanent(err))
             if not failures[row.id].permanent:
@@ -223,8 +259,9 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
         except Exception as err:
             failures[row_id] = _Failure(f"ack: {err!r}", is_permanent(err))
     if failures:
-        log.warning("Kafka did not take %d of %d outbox rows: %s", len(failures), len(rows),
-                    next(iter(failures.values())).error)
+        log.warning(
+            "Kafka did not take %d of %d outbox rows: %s", len(failures), len(rows), next(iter(failures.values())).error
+        )
     if any(not f.permanent for f in failures.values()):
         kafka.discard_producer()  # the producer itself may be broken (e.g. the broker restarted)
     return acked, failures
@@ -234,8 +271,12 @@ def _mark(session: so.Session, settings: Settings, rows, acked: list[int], failu
     """Record the outcome of a batch; returns how many rows it parked."""
     now = now_ms()
     if acked:
-        session.execute(sa.update(OutboxMessage).where(OutboxMessage.id.in_(acked)).values(sent_timestamp=now)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            sa.update(OutboxMessage)
+            .where(OutboxMessage.id.in_(acked))
+            .values(sent_timestamp=now)
+            .execution_options(synchronize_session=False)
+        )
     updates = []
     for row in rows:
         failure = failures.get(row.id)
@@ -244,8 +285,15 @@ def _mark(session: so.Session, settings: Settings, rows, acked: list[int], failu
         attempts = row.attempts + 1
         # Too many failures count only while other rows get through: an outage is not the row's fault.
         park = failure.permanent or (attempts >= settings.outbox_max_attempts and bool(acked))
-        updates.append({"id": row.id, "attempts": attempts, "next_attempt_timestamp": now + backoff_ms(attempts),
-                        "last_error": failure.error[:ERROR_MAX_CHARS], "parked_timestamp": now if park else None})
+        updates.append(
+            {
+                "id": row.id,
+                "attempts": attempts,
+                "next_attempt_timestamp": now + backoff_ms(attempts),
+                "last_error": failure.error[:ERROR_MAX_CHARS],
+                "parked_timestamp": now if park else None,
+            }
+        )
     if updates:
         session.execute(sa.update(OutboxMessage), updates)
     parked = sum(1 for u in updates if u["parked_timestamp"] is not None)

@@ -19,15 +19,13 @@ import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
-from app.outbox import trigger
-from app.intake import dead_submissions
-from app.operations import retention
-from app.intake import ingest, validation
-from app.operations import sweep_runs
+from app.clock import now_ms
 from app.errors.database import TRANSIENT_ERROR_CLASSES, Outcome, outcome_of, refusal_text
 from app.extensions import current_settings, db
+from app.intake import dead_submissions, ingest, validation
 from app.jobs import service
-from app.clock import now_ms
+from app.operations import retention, sweep_runs
+from app.outbox import trigger
 from app.task_names import TaskNames
 from app.unit_of_work import unit_of_work
 from workers import batching, deliveries, relay
@@ -38,8 +36,12 @@ log = logging.getLogger(__name__)
 # The database went away, a connection broke, a statement or lock timed out, a deadlock or
 # serialisation failure, or the task outlived its soft time limit (a hung database): try again later.
 # (Only errors app.errors.database calls transient reach autoretry; the others are handled in the task.)
-RETRY = {"autoretry_for": (*TRANSIENT_ERROR_CLASSES, SoftTimeLimitExceeded), "retry_backoff": 1,
-         "retry_backoff_max": 60, "retry_jitter": True}
+RETRY = {
+    "autoretry_for": (*TRANSIENT_ERROR_CLASSES, SoftTimeLimitExceeded),
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+}
 # Submissions one ingest transaction takes at most; the worker's prefetch grows by as many.
 INGEST_BATCH_SIZE = 100
 RELAY_BUDGET_SECONDS = 10.0
@@ -76,13 +78,16 @@ def _time_limit_in(error: BaseException | None) -> bool:
 
 # -- ingest -----------------------------------------------------------------------------------
 
+
 def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
     """Store submissions as dead (one transaction) and say so in the log."""
+
     def store(as_text: bool) -> None:
         with unit_of_work(db.session) as session:
             for payload in payloads:
-                dead_submissions.record(session, payload, reason=reason, error=error, attempts=attempts,
-                                        as_text=as_text)
+                dead_submissions.record(
+                    session, payload, reason=reason, error=error, attempts=attempts, as_text=as_text
+                )
 
     try:
         store(as_text=False)
@@ -110,9 +115,13 @@ def _counted(task, payloads: list, work):
 
 
 def _bury_redelivered(payloads: list, delivery: int) -> None:
-    _bury(payloads, dead_submissions.REDELIVERED,
-          f"delivered {delivery} times: its Celery worker process died at each of the first "
-          f"{delivery - 1} (killed, out of memory or crashed)", attempts=delivery - 1)
+    _bury(
+        payloads,
+        dead_submissions.REDELIVERED,
+        f"delivered {delivery} times: its Celery worker process died at each of the first "
+        f"{delivery - 1} (killed, out of memory or crashed)",
+        attempts=delivery - 1,
+    )
 
 
 def _failure_outcome(error: BaseException) -> Outcome | None:
@@ -139,8 +148,11 @@ class _IngestInBatches(FlaskTask):
         settings = current_settings()
         counts = deliveries.count_many(settings.redis_url, messages)
         try:
-            outcomes = {n: self._ingest_redelivered(messages[n], count, settings.ingest_max_deliveries)
-                        for n, count in enumerate(counts) if count > 1}
+            outcomes = {
+                n: self._ingest_redelivered(messages[n], count, settings.ingest_max_deliveries)
+                for n, count in enumerate(counts)
+                if count > 1
+            }
             fresh = [n for n, count in enumerate(counts) if count == 1]
             if fresh:
                 outcomes.update(zip(fresh, self._ingest_together([messages[n] for n in fresh])))
@@ -176,8 +188,11 @@ class _IngestInBatches(FlaskTask):
         if outcome is Outcome.RETRY:
             log.warning("ingest of %d submissions failed; retrying them later", len(messages), exc_info=True)
             for message, payload in zip(messages, payloads):
-                self.apply_async(args=[payload], retries=message.retries + 1,
-                                 countdown=get_exponential_backoff_interval(1, message.retries + 1, 60, True))
+                self.apply_async(
+                    args=[payload],
+                    retries=message.retries + 1,
+                    countdown=get_exponential_backoff_interval(1, message.retries + 1, 60, True),
+                )
             return [{"retried": True}] * len(messages)
         if outcome is None:
             raise error
@@ -242,8 +257,11 @@ def _ingest_batch(payloads: list) -> list[ingest.IngestResult]:
     except sa_exc.DBAPIError as err:
         if outcome_of(err) is not Outcome.REFUSED:
             raise
-        log.warning("bulk ingest of %d submissions refused (%s); ingesting them one by one", len(payloads),
-                    refusal_text(err)[:200])
+        log.warning(
+            "bulk ingest of %d submissions refused (%s); ingesting them one by one",
+            len(payloads),
+            refusal_text(err)[:200],
+        )
         return [result for payload in payloads for result in _ingest_alone(payload)]
 
 
@@ -257,8 +275,12 @@ def _tally(results: list[ingest.IngestResult]) -> dict:
             _bury([result.payload], dead_submissions.REFUSED, result.refusal or "refused")
     created = sum(1 for r in results if r.created)
     duplicate = sum(1 for r in results if r.duplicate)
-    return {"created": created, "existing": len(results) - len(dead) - created - duplicate,
-            "duplicate": duplicate, "dead": len(dead)}
+    return {
+        "created": created,
+        "existing": len(results) - len(dead) - created - duplicate,
+        "duplicate": duplicate,
+        "dead": len(dead),
+    }
 
 
 @celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
@@ -270,8 +292,9 @@ def ingest_pending() -> dict:
     outcome: dict[str, int] = {}
     while True:
         with _transaction() as session:
-            payloads = ingest.pending_payloads(session, received_before=received_before,
-                                                    limit=settings.sweep_batch_size)
+            payloads = ingest.pending_payloads(
+                session, received_before=received_before, limit=settings.sweep_batch_size
+            )
             taken, results = len(payloads), ingest.ingest_many(session, settings, payloads)
         for key, value in _tally(results).items():
             outcome[key] = outcome.get(key, 0) + value
@@ -290,18 +313,26 @@ def _ingest_alone(payload) -> list[ingest.IngestResult]:
     except sa_exc.DBAPIError as err:
         if outcome_of(err) is not Outcome.REFUSED:
             raise
-        return [ingest.IngestResult(submission_id=validation.submission_id_of(payload), refusal=refusal_text(err),
-                                         payload=payload)]
+        return [
+            ingest.IngestResult(
+                submission_id=validation.submission_id_of(payload), refusal=refusal_text(err), payload=payload
+            )
+        ]
 
 
 # -- outbox relay -----------------------------------------------------------------------------
+
 
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
     settings = current_settings()
-    outcome = relay.relay_outbox(db.session, settings, budget_seconds=RELAY_BUDGET_SECONDS,
-                                 on_first_lock=lambda: trigger.relay_started(settings.redis_url))
+    outcome = relay.relay_outbox(
+        db.session,
+        settings,
+        budget_seconds=RELAY_BUDGET_SECONDS,
+        on_first_lock=lambda: trigger.relay_started(settings.redis_url),
+    )
     if outcome.busy and triggered:
         # Another relay is mid-batch; it may finish before reading the rows that triggered us.
         try:
@@ -323,6 +354,7 @@ def relay_outbox(self, triggered: bool = False) -> dict:
 
 
 # -- sweeps -----------------------------------------------------------------------------------
+
 
 def _sweep(name: str, sweep) -> int:
     """Run a service sweep batch by batch, one transaction each, until a batch comes back short; record the run."""
@@ -362,6 +394,7 @@ def sweep_unconfirmed_aborts() -> int:
 
 
 # -- retention --------------------------------------------------------------------------------
+
 
 @celery.task(name=TaskNames.PURGE, max_retries=3, **RETRY)
 def purge() -> dict:

@@ -11,8 +11,11 @@ from app.models import Customer, User
 
 def ensure_customer(session: so.Session, short_name: str, name: str | None = None) -> Customer:
     """The customer with this shortName, created on first sight (concurrent callers get the same row)."""
-    session.execute(pg_insert(Customer).values(short_name=short_name, name=name or short_name)
-                    .on_conflict_do_nothing(index_elements=[Customer.short_name]))
+    session.execute(
+        pg_insert(Customer)
+        .values(short_name=short_name, name=name or short_name)
+        .on_conflict_do_nothing(index_elements=[Customer.short_name])
+    )
     return session.scalars(sa.select(Customer).where(Customer.short_name == short_name)).one()
 
 
@@ -37,7 +40,9 @@ class CustomerCache:
 
     def load(self, short_names: set[str]) -> None:
         """Look up many customers in one SELECT; the new ones are created in shortName order."""
-        found = self.session.scalars(sa.select(Customer).where(Customer.short_name.in_(short_names - set(self._customers))))
+        found = self.session.scalars(
+            sa.select(Customer).where(Customer.short_name.in_(short_names - set(self._customers)))
+        )
         self._customers.update((c.short_name, c) for c in found)
         for short_name in sorted(short_names - set(self._customers)):
             self._customers[short_name] = ensure_customer(self.session, short_name)

@@ -12,8 +12,8 @@ import secrets
 import sqlalchemy.orm as so
 
 from app.accounts.customers import ensure_customer, ensure_user
-from app.models import ApiKey, ApiKeyCustomer
 from app.clock import now_ms
+from app.models import ApiKey, ApiKeyCustomer
 
 ROLES = ("SAMPLEDB-VIEWER", "SAMPLEDB-UPLOADER", "SAMPLEDB-USER", "SAMPLEDB-ANALYZER")
 VIEWER, UPLOADER, USER, ANALYZER = ROLES
@@ -24,8 +24,14 @@ def hash_key(key: str) -> str:
 
 
 def create_key(
-    session: so.Session, *, user: str, customer: str, role: str, grant_customers: tuple[str, ...] = (),
-    all_customers: bool = False, expires_in: int | None = None,
+    session: so.Session,
+    *,
+    user: str,
+    customer: str,
+    role: str,
+    grant_customers: tuple[str, ...] = (),
+    all_customers: bool = False,
+    expires_in: int | None = None,
 ) -> str:
     """Make a key (and its user and customers when new); returns the secret, which is stored only hashed."""
     if role not in ROLES:
@@ -34,8 +40,13 @@ def create_key(
     secret = secrets.token_urlsafe(32)
     now = now_ms()
     api_key = ApiKey(
-        key_hash=hash_key(secret), user_id=owner.id, role=role, all_customers=all_customers, disabled=False,
-        created_timestamp=now, expires_timestamp=now + expires_in * 1000 if expires_in is not None else None,
+        key_hash=hash_key(secret),
+        user_id=owner.id,
+        role=role,
+        all_customers=all_customers,
+        disabled=False,
+        created_timestamp=now,
+        expires_timestamp=now + expires_in * 1000 if expires_in is not None else None,
     )
     session.add(api_key)
     session.flush()

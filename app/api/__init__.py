@@ -4,19 +4,24 @@ from __future__ import annotations
 
 from apispec import BasePlugin
 from flask import Flask, g, request, send_from_directory
-from webargs.core import parse_json
 from swagger_ui_bundle import swagger_ui_path
+from webargs.core import parse_json
 from werkzeug.exceptions import HTTPException
 
 from app.api import analysis_workers, health, jobs, policy, submissions
-from app.api.metrics import register_metrics
 from app.api.base import BASE_PATH, api
+from app.api.envelope import (
+    ARGUMENT_ERROR,
+    DATABASE_ERRORS,
+    ApiError,
+    handle_api_error,
+    handle_database_error,
+    handle_http_exception,
+    handle_unexpected,
+)
+from app.api.metrics import register_metrics
 from app.api.schemas import envelope_schema
 from app.errors.domain import ArgumentConflict, Conflict, DomainError, InvalidArgument, InvalidRequest, NotFound
-from app.api.envelope import (
-    ARGUMENT_ERROR, DATABASE_ERRORS, ApiError, handle_api_error, handle_database_error,
-    handle_http_exception, handle_unexpected,
-)
 
 MAX_BODY_BYTES = 1024 * 1024
 BODY_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -102,8 +107,9 @@ def register_api(app: Flask) -> None:
         # Served from the swagger-ui-bundle package: the docs work offline, no CDN.
         OPENAPI_SWAGGER_UI_URL=f"{BASE_PATH}/docs/static/",
         API_SPEC_OPTIONS={
-            "components": {"securitySchemes": {"ArgusApiKey": {"type": "apiKey", "in": "header",
-                                                               "name": "Argus-API-Key"}}},
+            "components": {
+                "securitySchemes": {"ArgusApiKey": {"type": "apiKey", "in": "header", "name": "Argus-API-Key"}}
+            },
             "security": [{"ArgusApiKey": []}],
         },
     )

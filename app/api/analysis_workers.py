@@ -7,15 +7,20 @@ import json
 from flask import Response
 from flask.views import MethodView
 
-from app.policy import analysis_workers as registry
-from app.api.base import BASE_PATH, Blueprint
-from app.api.schemas import (
-    NoArgsSchema, WorkerCreateSchema, WorkerListArgsSchema, WorkerSchema, WorkerUpdateSchema, envelope_schema,
-)
-from app.api.auth import current_principal, requires
 from app.accounts.keys import ANALYZER, VIEWER
+from app.api.auth import current_principal, requires
+from app.api.base import BASE_PATH, Blueprint
 from app.api.envelope import ApiError, envelope
+from app.api.schemas import (
+    NoArgsSchema,
+    WorkerCreateSchema,
+    WorkerListArgsSchema,
+    WorkerSchema,
+    WorkerUpdateSchema,
+    envelope_schema,
+)
 from app.extensions import db
+from app.policy import analysis_workers as registry
 from app.unit_of_work import unit_of_work
 
 blp = Blueprint("workers", __name__, url_prefix=f"{BASE_PATH}/worker", description="Analysis workers")
@@ -31,8 +36,9 @@ class WorkerCollection(MethodView):
     def get(self, args: dict):
         """Registered analysis workers"""
         workers, count = registry.list_workers(db.session, **args)
-        return envelope([registry.worker_to_dict(w) for w in workers], count=count, limit=args["limit"],
-                        offset=args["offset"])
+        return envelope(
+            [registry.worker_to_dict(w) for w in workers], count=count, limit=args["limit"], offset=args["offset"]
+        )
 
     @requires(ANALYZER)
     @blp.arguments(WorkerCreateSchema)

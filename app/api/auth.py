@@ -14,12 +14,12 @@ import sqlalchemy as sa
 from flask import g, request
 
 from app import clock
-from app.api.envelope import ApiError
-from app.extensions import current_settings, db
 from app.accounts.access import Actor, Scope
 from app.accounts.keys import ROLES, hash_key
-from app.models import ApiKey
+from app.api.envelope import ApiError
 from app.clock import now_ms
+from app.extensions import current_settings, db
+from app.models import ApiKey
 
 API_KEY_HEADER = "Argus-API-Key"
 

@@ -14,8 +14,11 @@ api = flask_smorest.Api()
 
 class StrictParser(FlaskParser):
     # webargs ignores unknown query parameters by default; the API refuses them (412) like unknown body fields.
-    DEFAULT_UNKNOWN_BY_LOCATION = {**FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION, "query": ma.RAISE,
-                                   "querystring": ma.RAISE}
+    DEFAULT_UNKNOWN_BY_LOCATION = {
+        **FlaskParser.DEFAULT_UNKNOWN_BY_LOCATION,
+        "query": ma.RAISE,
+        "querystring": ma.RAISE,
+    }
     # Argus answers bad arguments with 412 (webargs would say 422); flask-smorest documents this code too.
     DEFAULT_VALIDATION_STATUS = 412
 

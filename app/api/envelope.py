@@ -9,9 +9,9 @@ import sqlalchemy.exc as sa_exc
 from flask import Response
 from werkzeug.exceptions import HTTPException
 
+from app.clock import now_ms
 from app.errors.database import Outcome, outcome_of, refusal_text
 from app.errors.fields import flatten
-from app.clock import now_ms
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +28,17 @@ class ApiError(Exception):
         self.messages = messages
 
     @classmethod
-    def action(cls, status: int, text: str) -> "ApiError":
+    def action(cls, status: int, text: str) -> ApiError:
         return cls(status, [message("ACTION_ERROR", text)])
 
     @classmethod
-    def field(cls, field_name: str, text: str, status: int = ARGUMENT_ERROR) -> "ApiError":
+    def field(cls, field_name: str, text: str, status: int = ARGUMENT_ERROR) -> ApiError:
         return cls(status, [message("FIELD_ERROR", text, field=field_name)])
 
 
-def message(kind: str, text: str, *, field: str | None = None, parameter: str | None = None,
-            template: str | None = None) -> dict:
+def message(
+    kind: str, text: str, *, field: str | None = None, parameter: str | None = None, template: str | None = None
+) -> dict:
     return {
         "type": kind,
         "field": field,
@@ -48,8 +49,16 @@ def message(kind: str, text: str, *, field: str | None = None, parameter: str | 
     }
 
 
-def envelope(data, status: int = 200, *, count: int = 0, limit: int = 0, offset: int = 0,
-             messages: list[dict] | None = None, size: int | None = None) -> Response:
+def envelope(
+    data,
+    status: int = 200,
+    *,
+    count: int = 0,
+    limit: int = 0,
+    offset: int = 0,
+    messages: list[dict] | None = None,
+    size: int | None = None,
+) -> Response:
     """A response in the Argus envelope; for a list, pass the total `count` and the applied limit/offset."""
     if isinstance(data, list) and size is None:
         size = len(data)
@@ -86,12 +95,13 @@ def handle_http_exception(error: HTTPException) -> Response:
         # webargs validation errors: {location: {field: [messages]}}
         errors = data.get("messages") or data.get("errors") or {}
         messages = []
-        for location_errors in (errors.values() if isinstance(errors, dict) else [errors]):
+        for location_errors in errors.values() if isinstance(errors, dict) else [errors]:
             messages.extend(field_messages(location_errors))
         return error_response(ARGUMENT_ERROR, messages or [message("FIELD_ERROR", "Invalid argument")])
     text = data.get("message") or _DEFAULT_TEXT.get(status) or error.description or error.name
-    headers = data.get("headers") or ([("Allow", ", ".join(error.valid_methods))]
-                                      if getattr(error, "valid_methods", None) else None)
+    headers = data.get("headers") or (
+        [("Allow", ", ".join(error.valid_methods))] if getattr(error, "valid_methods", None) else None
+    )
     return error_response(status, [message("ACTION_ERROR", text)], headers)
 
 
@@ -127,13 +137,17 @@ def handle_database_error(error: Exception) -> Response:
     first_line = next(iter(str(cause).strip().splitlines()), "")
     if outcome is Outcome.RETRY:
         log.warning("database unavailable: %s: %s", type(cause).__name__, first_line)
-        return error_response(503, [message("ACTION_ERROR", "The database is unavailable or too slow right now; "
-                                                             "retry later")],
-                              [("Retry-After", str(RETRY_AFTER_SECONDS))])
+        return error_response(
+            503,
+            [message("ACTION_ERROR", "The database is unavailable or too slow right now; retry later")],
+            [("Retry-After", str(RETRY_AFTER_SECONDS))],
+        )
     if outcome is Outcome.REFUSED:
         log.warning("database refused a request's value: %s", refusal_text(error)[:500])
-        return error_response(ARGUMENT_ERROR, [message("ACTION_ERROR", "The request holds a value the database "
-                                                                       f"cannot store: {first_line[:200]}")])
+        return error_response(
+            ARGUMENT_ERROR,
+            [message("ACTION_ERROR", f"The request holds a value the database cannot store: {first_line[:200]}")],
+        )
     return handle_unexpected(error)
 
 

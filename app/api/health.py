@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import marshmallow as ma
 import redis
 import sqlalchemy as sa
@@ -12,8 +10,8 @@ from kafka import KafkaAdminClient
 from marshmallow import fields
 
 from app.api.base import BASE_PATH, Blueprint
-from app.api.schemas import envelope_schema
 from app.api.envelope import envelope, message
+from app.api.schemas import envelope_schema
 from app.extensions import current_settings, db
 
 blp = Blueprint("health", __name__, url_prefix=BASE_PATH, description="Liveness and readiness")
@@ -53,9 +51,12 @@ def _check_redis() -> None:
 def _check_kafka() -> None:
     # A Kafka ApiVersions round trip through kafka-python's own client proves the broker speaks the protocol.
     # kafka-python 3 names the bootstrap wait bootstrap_timeout_ms (2.x: api_version_auto_timeout_ms).
-    admin = KafkaAdminClient(bootstrap_servers=current_settings().kafka_bootstrap_servers.split(","),
-                             request_timeout_ms=3000, bootstrap_timeout_ms=3000,
-                             client_id="sampledb-jobs-readyz")
+    admin = KafkaAdminClient(
+        bootstrap_servers=current_settings().kafka_bootstrap_servers.split(","),
+        request_timeout_ms=3000,
+        bootstrap_timeout_ms=3000,
+        client_id="sampledb-jobs-readyz",
+    )
     admin.close()
 
 
@@ -72,7 +73,7 @@ def readyz():
         try:
             check()
             results[name] = "ok"
-        except (Exception, socket.timeout) as err:  # any failure means "not ready", never a 500
+        except (TimeoutError, Exception) as err:  # any failure means "not ready", never a 500
             current_app.logger.warning("readiness check %s failed: %s", name, err)
             results[name] = "unavailable"
             problems.append(message("ACTION_ERROR", f"{name} is not reachable: {type(err).__name__}"))

@@ -6,14 +6,22 @@ import uuid
 
 from flask.views import MethodView
 
-from app.api.base import BASE_PATH, Blueprint
-from app.api.schemas import (
-    AbortSchema, HistorySchema, JobSchema, JobUpdateSchema, NoArgsSchema, SearchCriteriaSchema, TaskListArgsSchema,
-    TaskSchema, TaskUpdateSchema, envelope_schema,
-)
-from app.api.auth import current_principal, requires
 from app.accounts.keys import ANALYZER, USER, VIEWER
+from app.api.auth import current_principal, requires
+from app.api.base import BASE_PATH, Blueprint
 from app.api.envelope import envelope
+from app.api.schemas import (
+    AbortSchema,
+    HistorySchema,
+    JobSchema,
+    JobUpdateSchema,
+    NoArgsSchema,
+    SearchCriteriaSchema,
+    TaskListArgsSchema,
+    TaskSchema,
+    TaskUpdateSchema,
+    envelope_schema,
+)
 from app.extensions import current_settings, db
 from app.jobs import read, service
 from app.jobs.search import Criteria, search_jobs
@@ -34,8 +42,15 @@ def _job_list(criteria: Criteria):
 def _update_job(update: dict, job_id: uuid.UUID):
     principal = current_principal()
     with unit_of_work(db.session) as session:
-        job = service.update_job(session, current_settings(), job_id, state=update["state"],
-                                 message=update.get("message"), actor=principal.user, scope=principal.scope)
+        job = service.update_job(
+            session,
+            current_settings(),
+            job_id,
+            state=update["state"],
+            message=update.get("message"),
+            actor=principal.user,
+            scope=principal.scope,
+        )
     return envelope(job_to_dict(job))
 
 
@@ -98,8 +113,9 @@ class JobItem(MethodView):
         principal = current_principal()
         reason = body.get("reason") if body.get("reason") is not None else query.get("reason")
         with unit_of_work(db.session) as session:
-            job = service.request_abort(session, current_settings(), job_id, reason=reason, actor=principal.user,
-                                        scope=principal.scope)
+            job = service.request_abort(
+                session, current_settings(), job_id, reason=reason, actor=principal.user, scope=principal.scope
+            )
         return envelope(job_to_dict(job))
 
 
@@ -139,7 +155,7 @@ class JobTasks(MethodView):
         for name in reversed(args["sort_by"]):  # stable sorts, last key first
             tasks.sort(key=TASK_SORT_KEYS[name.lstrip("-")], reverse=name.startswith("-"))
         limit, offset = args["limit"], args["offset"]
-        page = tasks[offset:offset + limit] if limit else tasks[offset:]
+        page = tasks[offset : offset + limit] if limit else tasks[offset:]
         return envelope([task_to_dict(t) for t in page], count=len(tasks), limit=limit, offset=offset)
 
 
@@ -163,7 +179,15 @@ class JobTaskItem(MethodView):
         """Report a task's progress (analysis worker); it rolls up into the job"""
         principal = current_principal()
         with unit_of_work(db.session) as session:
-            task = service.update_task(session, current_settings(), job_id, task_id, state=update["state"],
-                                       analyses=update.get("analyses"), message=update.get("message"),
-                                       actor=principal.user, scope=principal.scope)
+            task = service.update_task(
+                session,
+                current_settings(),
+                job_id,
+                task_id,
+                state=update["state"],
+                analyses=update.get("analyses"),
+                message=update.get("message"),
+                actor=principal.user,
+                scope=principal.scope,
+            )
         return envelope(task_to_dict(task))

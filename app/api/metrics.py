@@ -27,8 +27,9 @@ def register_metrics(app: Flask) -> None:
 
     processes = metrics.process_registry()
     service = CollectorRegistry(auto_describe=False)
-    service.register(metrics.ServiceGauges(lambda: read_vitals(db.engine, settings.redis_url),
-                                           settings.metrics_cache_seconds))
+    service.register(
+        metrics.ServiceGauges(lambda: read_vitals(db.engine, settings.redis_url), settings.metrics_cache_seconds)
+    )
 
     @app.get(METRICS_PATH)
     def prometheus_metrics():
@@ -43,6 +44,7 @@ def register_metrics(app: Flask) -> None:
         rule = request.url_rule
         if rule is None or rule.rule != METRICS_PATH:
             started = g.get("metrics_started", time.perf_counter())
-            metrics.observe_request(request.method, rule.rule if rule else None, response.status_code,
-                                    time.perf_counter() - started)
+            metrics.observe_request(
+                request.method, rule.rule if rule else None, response.status_code, time.perf_counter() - started
+            )
         return response

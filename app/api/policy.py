@@ -8,24 +8,34 @@ import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields, validate
 
+from app.accounts.keys import ANALYZER, VIEWER
+from app.api.auth import current_principal, requires
 from app.api.base import BASE_PATH, Blueprint
+from app.api.envelope import envelope
 from app.api.schemas import (
-    MESSAGE_MAX, OFFSET_MAX, AuditedSchema, CustomerInfoSchema, NoArgsSchema, OptionSchema, UserInfoSchema,
+    MESSAGE_MAX,
+    OFFSET_MAX,
+    AuditedSchema,
+    CustomerInfoSchema,
+    NoArgsSchema,
+    OptionSchema,
+    UserInfoSchema,
     WholeNumber,
     envelope_schema,
 )
-from app.api.auth import current_principal, requires
-from app.accounts.keys import ANALYZER, VIEWER
 from app.config import WORKER_SHORT_NAME_PATTERN
-from app.api.envelope import envelope
 from app.extensions import db
+from app.intake.wire import NAME_MAX, ApiSchema
 from app.jobs.search import MAX_RESULTS
 from app.policy import store
 from app.unit_of_work import unit_of_work
-from app.intake.wire import NAME_MAX, ApiSchema
 
-blp = Blueprint("policy", __name__, url_prefix=f"{BASE_PATH}/policy/default",
-                description="The default analysis policy and its rules: which workers a new job gets, with which options")
+blp = Blueprint(
+    "policy",
+    __name__,
+    url_prefix=f"{BASE_PATH}/policy/default",
+    description="The default analysis policy and its rules: which workers a new job gets, with which options",
+)
 
 LIST_MAX = 1000
 
@@ -35,8 +45,10 @@ def _list(item: fields.Field, *, min_items: int = 0, **kwargs) -> fields.List:
 
 
 def _worker_refs(**kwargs) -> fields.List:
-    ref = fields.String(validate=[validate.Length(1, 255), validate.Regexp(WORKER_SHORT_NAME_PATTERN)],
-                        metadata={"description": "A worker's id or shortName"})
+    ref = fields.String(
+        validate=[validate.Length(1, 255), validate.Regexp(WORKER_SHORT_NAME_PATTERN)],
+        metadata={"description": "A worker's id or shortName"},
+    )
     return _list(ref, **kwargs)
 
 
@@ -46,20 +58,30 @@ def _texts(**kwargs) -> fields.List:
 
 # -- requests ---------------------------------------------------------------------------------
 
+
 class OptionRequestSchema(ApiSchema):
-    key = fields.String(required=True, validate=validate.Length(1, NAME_MAX),
-                        metadata={"description": "e.g. meta.sampledb.allowInternetAccess"})
+    key = fields.String(
+        required=True,
+        validate=validate.Length(1, NAME_MAX),
+        metadata={"description": "e.g. meta.sampledb.allowInternetAccess"},
+    )
     value = fields.String(required=True, validate=validate.Length(max=MESSAGE_MAX))
 
 
 class PolicyUpdateSchema(ApiSchema):
-    workers = _worker_refs(metadata={"description": "Every worker (at least one), by id or shortName: replaces the list"})
+    workers = _worker_refs(
+        metadata={"description": "Every worker (at least one), by id or shortName: replaces the list"}
+    )
     options = _list(fields.Nested(OptionRequestSchema), metadata={"description": "Every option: replaces the list"})
 
 
 class CustomerMatchSchema(ApiSchema):
-    customer_or_group = _list(fields.String(validate=validate.Length(1, NAME_MAX)), required=True, min_items=1,
-                              metadata={"description": "Customers by id or shortName"})
+    customer_or_group = _list(
+        fields.String(validate=validate.Length(1, NAME_MAX)),
+        required=True,
+        min_items=1,
+        metadata={"description": "Customers by id or shortName"},
+    )
 
 
 class ClassificationMatchSchema(ApiSchema):
@@ -68,10 +90,14 @@ class ClassificationMatchSchema(ApiSchema):
 
 
 class SubmissionMatchSchema(ApiSchema):
-    meta_data_key = _texts(required=True, min_items=1,
-                           metadata={"description": "Matches a submission whose metaData has one of these keys"})
-    meta_data_value = _texts(allow_none=True, min_items=1,
-                             metadata={"description": "... with one of these values (any value when absent)"})
+    meta_data_key = _texts(
+        required=True,
+        min_items=1,
+        metadata={"description": "Matches a submission whose metaData has one of these keys"},
+    )
+    meta_data_value = _texts(
+        allow_none=True, min_items=1, metadata={"description": "... with one of these values (any value when absent)"}
+    )
 
 
 class MatchRequestSchema(ApiSchema):
@@ -120,6 +146,7 @@ class RuleListArgsSchema(ApiSchema):
 
 
 # -- responses (documentation) ----------------------------------------------------------------
+
 
 class WorkerInfoSchema(ma.Schema):
     id = fields.UUID()
@@ -184,6 +211,7 @@ def _rule_answer(rule, status: int = 200):
 
 # -- views ------------------------------------------------------------------------------------
 
+
 @blp.route("")
 class DefaultPolicy(MethodView):
     @requires(VIEWER)
@@ -212,8 +240,9 @@ class RuleCollection(MethodView):
         """List the rules of the default policy, oldest (first applied) first"""
         rules, count = store.list_rules(db.session, **args)
         refs = store.References.of(db.session, rules=rules)
-        return envelope([store.rule_to_dict(r, refs) for r in rules], count=count, limit=args["limit"],
-                        offset=args["offset"])
+        return envelope(
+            [store.rule_to_dict(r, refs) for r in rules], count=count, limit=args["limit"], offset=args["offset"]
+        )
 
     @requires(ANALYZER)
     @blp.arguments(RuleAddSchema)

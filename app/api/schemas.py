@@ -7,11 +7,11 @@ import re
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from app.clock import now_ms
+from app.intake.wire import NAME_MAX, ApiSchema
 from app.jobs.search import MAX_RESULTS, SORT_FIELDS, TIME_FIELDS, Criteria
 from app.jobs.states import JOB_ACTIVE, JOB_STATES, TASK_STATE_ALIASES, TASK_STATES, TASK_UPDATE_STATES
 from app.jobs.timeexpr import TimeExpressionError, parse_time
-from app.clock import now_ms
-from app.intake.wire import NAME_MAX, ApiSchema
 
 MESSAGE_MAX = 4096
 # Offsets go into SQL as bigint; anything larger is out of range (412), not a database error.
@@ -51,7 +51,9 @@ class TimeExpression(fields.Field):
 
     def _deserialize(self, value, attr, data, **kwargs):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ma.ValidationError("Not a time expression: give milliseconds, an ISO-8601 UTC time or e.g. 'now - 1 week'")
+            raise ma.ValidationError(
+                "Not a time expression: give milliseconds, an ISO-8601 UTC time or e.g. 'now - 1 week'"
+            )
         if isinstance(value, str) and len(value) > NAME_MAX:
             raise ma.ValidationError(f"A time expression has at most {NAME_MAX} characters")
         return value
@@ -81,15 +83,18 @@ class SearchCriteriaSchema(ApiSchema):
     limit = WholeNumber(load_default=25, validate=validate.Range(0, MAX_RESULTS))
     offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
     sort_by = _list_of(fields.String(validate=validate.OneOf(SORT_CHOICES)), load_default=lambda: ["enqueuedTimestamp"])
-    state = _list_of(fields.String(validate=validate.OneOf(JOB_STATES)),
-                     load_default=lambda: [str(state) for state in JOB_ACTIVE],
-                     metadata={"description": "Default: the active states; an explicit empty list means every state"})
+    state = _list_of(
+        fields.String(validate=validate.OneOf(JOB_STATES)),
+        load_default=lambda: [str(state) for state in JOB_ACTIVE],
+        metadata={"description": "Default: the active states; an explicit empty list means every state"},
+    )
     sample_sha256 = _list_of(fields.String(validate=SHA256))
     customer = _list_of(CustomerRef(), metadata={"description": "Customer ids or shortNames"})
     start_timestamp = TimeExpression(metadata={"description": "Inclusive lower bound (time expression)"})
     end_timestamp = TimeExpression(metadata={"description": "Inclusive upper bound (time expression)"})
-    time_field_strategy = _list_of(fields.String(validate=validate.OneOf([*TIME_FIELDS, "all"])),
-                                   load_default=lambda: ["all"])
+    time_field_strategy = _list_of(
+        fields.String(validate=validate.OneOf([*TIME_FIELDS, "all"])), load_default=lambda: ["all"]
+    )
     time_match_strategy = fields.String(load_default="any", validate=validate.OneOf(["any", "all"]))
 
     @ma.post_load
@@ -131,8 +136,10 @@ TASK_SORT_FIELDS = ["worker", "state", "enqueuedTimestamp", "startTimestamp", "e
 class TaskListArgsSchema(ApiSchema):
     limit = WholeNumber(load_default=25, validate=validate.Range(0, MAX_RESULTS))
     offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
-    sort_by = _list_of(fields.String(validate=validate.OneOf([n for b in TASK_SORT_FIELDS for n in (b, f"-{b}")])),
-                       load_default=lambda: ["worker"])
+    sort_by = _list_of(
+        fields.String(validate=validate.OneOf([n for b in TASK_SORT_FIELDS for n in (b, f"-{b}")])),
+        load_default=lambda: ["worker"],
+    )
 
 
 class NoArgsSchema(ApiSchema):
@@ -140,6 +147,7 @@ class NoArgsSchema(ApiSchema):
 
 
 # -- analysis workers --------------------------------------------------------------------------
+
 
 class LocalizedTextSchema(ApiSchema):
     english = fields.String(required=True, validate=validate.Length(min=1, max=NAME_MAX))
@@ -154,8 +162,9 @@ class ClassificationFilterSchema(ApiSchema):
 
 
 class WorkerCreateSchema(ApiSchema):
-    short_name = fields.String(required=True, validate=[validate.Length(min=1, max=255),
-                                                        validate.Regexp(r"^[a-zA-Z0-9_:.-]+\Z")])
+    short_name = fields.String(
+        required=True, validate=[validate.Length(min=1, max=255), validate.Regexp(r"^[a-zA-Z0-9_:.-]+\Z")]
+    )
     localized_names = fields.Nested(LocalizedTextSchema, required=True)
     localized_descriptions = fields.Nested(LocalizedTextSchema, required=True)
     schema = fields.Dict(allow_none=True, metadata={"description": "JSON schema of the worker's results"})
@@ -172,13 +181,19 @@ class WorkerUpdateSchema(ApiSchema):
 class WorkerListArgsSchema(ApiSchema):
     limit = WholeNumber(load_default=25, validate=validate.Range(0, MAX_RESULTS))
     offset = WholeNumber(load_default=0, validate=validate.Range(0, OFFSET_MAX))
-    sort_by = _list_of(fields.String(validate=validate.OneOf(
-        [n for b in ("shortName", "createdTimestamp", "lastUpdatedTimestamp") for n in (b, f"-{b}")])),
-        load_default=lambda: ["shortName"])
+    sort_by = _list_of(
+        fields.String(
+            validate=validate.OneOf(
+                [n for b in ("shortName", "createdTimestamp", "lastUpdatedTimestamp") for n in (b, f"-{b}")]
+            )
+        ),
+        load_default=lambda: ["shortName"],
+    )
     include_deleted = fields.Boolean(load_default=False)
 
 
 # -- responses (documentation; views return the envelope themselves) --------------------------
+
 
 class MessageSchema(ma.Schema):
     type = fields.String(validate=validate.OneOf(["FIELD_ERROR", "ACTION_ERROR", "WARNING", "NOTIFICATION", "INFO"]))
@@ -293,11 +308,22 @@ def envelope_schema(data_schema: type[ma.Schema] | None, many: bool = False) -> 
 
 
 def _make_envelope_schema(data_schema: type[ma.Schema] | None, many: bool) -> type[ma.Schema]:
-    data_field = (fields.List(fields.Nested(data_schema)) if many else fields.Nested(data_schema, allow_none=True)) \
-        if data_schema is not None else fields.Raw(allow_none=True)
+    data_field = (
+        (fields.List(fields.Nested(data_schema)) if many else fields.Nested(data_schema, allow_none=True))
+        if data_schema is not None
+        else fields.Raw(allow_none=True)
+    )
     name = f"{data_schema.__name__.removesuffix('Schema') if data_schema else 'Empty'}{'List' if many else ''}Envelope"
-    return ma.Schema.from_dict({
-        "responseCode": fields.Integer(), "limit": fields.Integer(), "offset": fields.Integer(),
-        "count": fields.Integer(), "size": fields.Integer(), "metaData": fields.Dict(),
-        "messages": fields.List(fields.Nested(MessageSchema)), "data": data_field,
-    }, name=name)
+    return ma.Schema.from_dict(
+        {
+            "responseCode": fields.Integer(),
+            "limit": fields.Integer(),
+            "offset": fields.Integer(),
+            "count": fields.Integer(),
+            "size": fields.Integer(),
+            "metaData": fields.Dict(),
+            "messages": fields.List(fields.Nested(MessageSchema)),
+            "data": data_field,
+        },
+        name=name,
+    )

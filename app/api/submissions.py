@@ -6,19 +6,25 @@ import marshmallow as ma
 from flask.views import MethodView
 from marshmallow import fields, validate
 
-from app.intake import upload
-from app.api.base import BASE_PATH, Blueprint
-from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
-from app.api.auth import current_principal, requires
 from app.accounts.keys import UPLOADER, USER
+from app.api.auth import current_principal, requires
+from app.api.base import BASE_PATH, Blueprint
 from app.api.envelope import ApiError, envelope
+from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
 from app.extensions import current_settings, db
+from app.intake import upload
+from app.intake.wire import (
+    CUSTOMER_NAME_MAX,
+    SHA256_PATTERN,
+    ApiSchema,
+    ClassificationSchema,
+    SampleRefSchema,
+    SubmissionSchema,
+    Timestamp,
+)
 from app.jobs.reanalysis import reanalyse
 from app.jobs.serialize import job_to_dict
 from app.unit_of_work import unit_of_work
-from app.intake.wire import (
-    CUSTOMER_NAME_MAX, SHA256_PATTERN, ApiSchema, ClassificationSchema, SampleRefSchema, SubmissionSchema, Timestamp,
-)
 
 blp = Blueprint("submissions", __name__, url_prefix=f"{BASE_PATH}/sample", description="Submission intake")
 
@@ -30,9 +36,14 @@ class UploadSubmissionSchema(SubmissionSchema):
     """A REST upload's submission: the service fills id (unless given), customer (unless given),
     sample, createdByUser and createdTimestamp."""
 
-    id = fields.UUID(load_default=None, metadata={"description": "Keep it when retrying: the retry gets the same jobID"})
-    customer = fields.String(load_default=None, validate=validate.Length(1, CUSTOMER_NAME_MAX),
-                             metadata={"description": "Default: the key's own customer"})
+    id = fields.UUID(
+        load_default=None, metadata={"description": "Keep it when retrying: the retry gets the same jobID"}
+    )
+    customer = fields.String(
+        load_default=None,
+        validate=validate.Length(1, CUSTOMER_NAME_MAX),
+        metadata={"description": "Default: the key's own customer"},
+    )
     sample = fields.Nested(SampleRefSchema, load_default=None)
     created_by_user = fields.Dict(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
     created_timestamp = Timestamp(allow_none=True, load_default=None, metadata={"description": "Set by the service"})
@@ -55,8 +66,12 @@ class SubmissionRateLimitedSchema(ma.Schema):
 
 
 class ReanalyseArgsSchema(ApiSchema):
-    customer = CustomerRef(metadata={"description": "Customer id or shortName, when the key sees the sample at "
-                                                    "several customers (default: the latest submission's)"})
+    customer = CustomerRef(
+        metadata={
+            "description": "Customer id or shortName, when the key sees the sample at "
+            "several customers (default: the latest submission's)"
+        }
+    )
 
 
 @blp.route("/<sha256>/submission")
@@ -64,15 +79,21 @@ class SampleSubmission(MethodView):
     @requires(UPLOADER)
     @blp.arguments(UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
-    @blp.alt_response(409, response="CONFLICT", description="The submission id belongs to another customer's submission")
-    @blp.alt_response(RECENTLY_SEEN, schema=envelope_schema(SubmissionRateLimitedSchema),
-                      description="The customer sent this sample within SAMPLEDB_DUPLICATE_WINDOW_SECONDS: "
-                                  "the submission is not stored and makes no job")
+    @blp.alt_response(
+        409, response="CONFLICT", description="The submission id belongs to another customer's submission"
+    )
+    @blp.alt_response(
+        RECENTLY_SEEN,
+        schema=envelope_schema(SubmissionRateLimitedSchema),
+        description="The customer sent this sample within SAMPLEDB_DUPLICATE_WINDOW_SECONDS: "
+        "the submission is not stored and makes no job",
+    )
     def post(self, body: dict, sha256: str):
         """Submit a sighting of a sample: stored before the 202; the job appears once a worker has made it"""
         principal = current_principal()
-        outcome = upload.submit(db.session, current_settings(), sha256=sha256, body=body, user=principal.user,
-                                scope=principal.scope)
+        outcome = upload.submit(
+            db.session, current_settings(), sha256=sha256, body=body, user=principal.user, scope=principal.scope
+        )
         if isinstance(outcome, upload.RecentlySeen):
             return envelope({"sampleSha256": outcome.sha256}, RECENTLY_SEEN)
         return envelope({"submission": outcome.submission, "jobID": str(outcome.job_id)}, 202)
@@ -93,6 +114,12 @@ class SampleReanalysis(MethodView):
         if not SHA256_PATTERN.fullmatch(sha256):
             raise ApiError.field("sha256", "sha256: Not a sha256 hash (64 hexadecimal characters)")
         with unit_of_work(db.session) as session:
-            job, _created = reanalyse(session, current_settings(), sha256.lower(), customer=query.get("customer"),
-                                      actor=principal.user, scope=principal.scope)
+            job, _created = reanalyse(
+                session,
+                current_settings(),
+                sha256.lower(),
+                customer=query.get("customer"),
+                actor=principal.user,
+                scope=principal.scope,
+            )
         return envelope(job_to_dict(job))

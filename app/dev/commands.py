@@ -26,8 +26,9 @@ def celery(*arguments: str, app: str = CELERY_APP) -> list[str]:
 
 def celery_worker(*options: str, queues: list[str] | None = None, app: str = CELERY_APP) -> list[str]:
     """A Celery worker consuming every queue of the service (or `queues`)."""
-    return celery("worker", "-Q", ",".join(queues or QueueNames.all()), "-c", str(WORKER_CONCURRENCY), *options,
-                  app=app)
+    return celery(
+        "worker", "-Q", ",".join(queues or QueueNames.all()), "-c", str(WORKER_CONCURRENCY), *options, app=app
+    )
 
 
 def answers(url: str) -> bool:

@@ -19,6 +19,7 @@ from rich.table import Table
 from app.dev.kafka import TopicReader
 from app.dev.synthetic import random_submission
 
+
 class TopicFollower(threading.Thread):
     """Reads the job topic from its current end and notes when each job arrives."""
 
@@ -27,8 +28,7 @@ class TopicFollower(threading.Thread):
         self.seen: dict[str, float] = {}
         self.stop_event = threading.Event()
         # The topic is made now, so that no message of the run is missed by a late assignment.
-        self.reader = TopicReader(bootstrap, topic, from_end=True, wait=5, create=True,
-                                  client_id="sampledb-jobs-demo")
+        self.reader = TopicReader(bootstrap, topic, from_end=True, wait=5, create=True, client_id="sampledb-jobs-demo")
 
     def run(self) -> None:
         while not self.stop_event.is_set():
@@ -48,8 +48,11 @@ def _demo_submission(rng: random.Random) -> tuple[str, dict]:
 
 def _post(api_url: str, key: str, sha256: str, payload: dict) -> tuple[str | None, float]:
     request = urllib.request.Request(
-        f"{api_url}/sampledb/v2/sample/{sha256}/submission", data=json.dumps(payload).encode(), method="POST",
-        headers={"Content-Type": "application/json", "Argus-API-Key": key})
+        f"{api_url}/sampledb/v2/sample/{sha256}/submission",
+        data=json.dumps(payload).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json", "Argus-API-Key": key},
+    )
     sent = time.monotonic()
     for attempt in range(5):
         try:
@@ -57,10 +60,10 @@ def _post(api_url: str, key: str, sha256: str, payload: dict) -> tuple[str | Non
                 return json.loads(response.read())["data"]["jobID"], sent
         except urllib.error.HTTPError as err:
             if err.code < 500:
-                raise click.ClickException(f"the API refused a submission: {err.code} {err.read()[:300]!r}")
+                raise click.ClickException(f"the API refused a submission: {err.code} {err.read()[:300]!r}") from None
         except OSError:
             pass
-        time.sleep(0.2 * 2 ** attempt)
+        time.sleep(0.2 * 2**attempt)
     return None, sent
 
 
@@ -72,8 +75,19 @@ def _percentile(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
-def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str, concurrency: int,
-        wait_seconds: float, seed: int | None, analyze: bool = False, site: str = "OSL") -> int:
+def run(
+    *,
+    submissions: int,
+    api_url: str,
+    key: str,
+    bootstrap: str,
+    topic: str,
+    concurrency: int,
+    wait_seconds: float,
+    seed: int | None,
+    analyze: bool = False,
+    site: str = "OSL",
+) -> int:
     console = Console()
     rng = random.Random(seed)
     simulation = None
@@ -131,8 +145,9 @@ def run(*, submissions: int, api_url: str, key: str, bootstrap: str, topic: str,
     if simulation:
         with Progress(*columns, console=console) as progress:
             final = progress.add_task("jobs final", total=len(sent_at))
-            rows, analysed = simulation.finish(list(sent_at), wait_seconds,
-                                               lambda n: progress.update(final, completed=n))
+            rows, analysed = simulation.finish(
+                list(sent_at), wait_seconds, lambda n: progress.update(final, completed=n)
+            )
         for row in rows:
             table.add_row(*row)
     console.print(table)

@@ -99,13 +99,27 @@ class TopicReader:
     from the end misses nothing sent after it was made. ``partitions`` is empty if the
     topic never appeared."""
 
-    def __init__(self, bootstrap: str, topic: str, *, from_end: bool = False, wait: float = 10,
-                 create: bool = False, client_id: str = "sampledb-topic-reader", fetch_max_wait_ms: int = 100):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        from_end: bool = False,
+        wait: float = 10,
+        create: bool = False,
+        client_id: str = "sampledb-topic-reader",
+        fetch_max_wait_ms: int = 100,
+    ):
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-        self.consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
-                                      auto_offset_reset="earliest", fetch_max_wait_ms=fetch_max_wait_ms,
-                                      client_id=client_id)
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap.split(","),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=fetch_max_wait_ms,
+            client_id=client_id,
+        )
         if create:
             producer = KafkaProducer(bootstrap_servers=bootstrap.split(","))
             producer.partitions_for(topic)
@@ -140,8 +154,10 @@ class TopicReader:
     def at_end(self) -> bool:
         """Every partition read up to the high watermark of the fetch responses (``end_offsets()`` is not
         used: Tansu's ListOffsets answers base offset of the last batch + 1, too low for multi-record batches)."""
-        return all(self.consumer.highwater(tp) is not None
-                   and self.consumer.position(tp) >= self.consumer.highwater(tp) for tp in self.partitions)
+        return all(
+            self.consumer.highwater(tp) is not None and self.consumer.position(tp) >= self.consumer.highwater(tp)
+            for tp in self.partitions
+        )
 
     def close(self) -> None:
         self.consumer.close()

@@ -204,8 +204,9 @@ def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int]
     scratch.rename(pgdata)
 
 
-def start_postgres(data_dir: Path, port: int | None = None, database: str = "sampledb",
-                   server_settings: dict[str, str] | None = None) -> Server:
+def start_postgres(
+    data_dir: Path, port: int | None = None, database: str = "sampledb", server_settings: dict[str, str] | None = None
+) -> Server:
     """initdb on first use (trust auth, utf8, superuser 'postgres'), start on 127.0.0.1:port,
     wait until it accepts connections, create `database` if missing. Reuses an existing
     data_dir (data survives restarts). If a postmaster from an earlier crashed run still
@@ -298,5 +299,3 @@ def start_postgres(data_dir: Path, port: int | None = None, database: str = "sam
         server.stop()
         raise
     return server
-
-

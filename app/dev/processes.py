@@ -18,8 +18,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,15 @@ def mark_log(log_path: Path, header: str) -> int:
 class Child:
     """One child process in a session of its own (stopping it stops its children too), logging to a file."""
 
-    def __init__(self, name: str, log_path: Path, *, stop_signal: int = signal.SIGTERM,
-                 stop_steps: tuple[tuple[int, float], ...] = (), death_signal: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        log_path: Path,
+        *,
+        stop_signal: int = signal.SIGTERM,
+        stop_steps: tuple[tuple[int, float], ...] = (),
+        death_signal: int | None = None,
+    ):
         self.name = name
         self.log_path = Path(log_path)
         self.stop_signal = stop_signal  # the clean stop (SIGINT = "fast" shutdown for postgres)
@@ -98,9 +105,14 @@ class Child:
         with open(self.log_path, "ab") as logf:
             try:
                 self.process = subprocess.Popen(
-                    argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=logf,
+                    stderr=subprocess.STDOUT,
                     start_new_session=True,  # Ctrl-C of a terminal goes to us; we stop children in order
-                    preexec_fn=die_with_parent(self.death_signal), **popen_kwargs)
+                    preexec_fn=die_with_parent(self.death_signal),
+                    **popen_kwargs,
+                )
             except (OSError, subprocess.SubprocessError) as exc:
                 raise ChildError(f"could not run {self.name} ({argv[0]}): {exc}") from exc
         return self
@@ -131,8 +143,10 @@ class Child:
         last_error: BaseException | None = None
         while True:
             if self.exited() is not None:
-                raise ChildError(f"{self.name} exited with code {self.process.returncode} before it was {what}. "
-                                 f"Last lines of {self.log_path}:\n{self.tail()}")
+                raise ChildError(
+                    f"{self.name} exited with code {self.process.returncode} before it was {what}. "
+                    f"Last lines of {self.log_path}:\n{self.tail()}"
+                )
             try:
                 if ready(max(0.5, deadline - time.monotonic())):
                     log.info("%s %s in %.2fs (pid %s)", self.name, what, time.monotonic() - started, self.pid)
@@ -140,8 +154,10 @@ class Child:
             except Exception as exc:  # not ready yet
                 last_error = exc
             if time.monotonic() >= deadline:
-                raise ChildError(f"{self.name} was not {what} within {timeout:.0f}s (last error: {last_error!r}). "
-                                 f"Last lines of {self.log_path}:\n{self.tail()}")
+                raise ChildError(
+                    f"{self.name} was not {what} within {timeout:.0f}s (last error: {last_error!r}). "
+                    f"Last lines of {self.log_path}:\n{self.tail()}"
+                )
             time.sleep(0.1)
 
     def signal(self, sig: int) -> None:

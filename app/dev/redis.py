@@ -105,5 +105,3 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
         data_dir=data_dir,
         popen_kwargs={"cwd": str(data_dir)},
     )
-
-

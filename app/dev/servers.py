@@ -12,8 +12,8 @@ import logging
 import shutil
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from app.dev.processes import HOST, Child, ChildError, free_port
 
@@ -24,11 +24,22 @@ _PORT_IN_USE_MARKERS = ("address already in use", "could not bind", "addrinuse",
 
 
 class Server(Child):
-    def __init__(self, name: str, log_path: Path, *, port: int, url: str, data_dir: Path | None = None,
-                 stop_signal: int = signal.SIGTERM, stop_steps: tuple[tuple[int, float], ...] = ()):
+    def __init__(
+        self,
+        name: str,
+        log_path: Path,
+        *,
+        port: int,
+        url: str,
+        data_dir: Path | None = None,
+        stop_signal: int = signal.SIGTERM,
+        stop_steps: tuple[tuple[int, float], ...] = (),
+    ):
         super().__init__(name, log_path, stop_signal=stop_signal, stop_steps=stop_steps)
         self.port = port
-        self.url = url  # postgresql+psycopg://postgres@127.0.0.1:PORT/sampledb ; redis://127.0.0.1:PORT/0 ; 127.0.0.1:PORT
+        self.url = (
+            url  # postgresql+psycopg://postgres@127.0.0.1:PORT/sampledb ; redis://127.0.0.1:PORT/0 ; 127.0.0.1:PORT
+        )
         self.data_dir = data_dir
         self.cleanup_dir: Path | None = None  # removed by stop() (kafka's own temp dir)
 
@@ -95,8 +106,9 @@ def run_server(
     attempts = 3
     for attempt in range(attempts):
         p = port if port is not None else free_port()
-        server = Server(name, log_path, port=p, url=url_for(p), data_dir=data_dir, stop_signal=stop_signal,
-                        stop_steps=stop_steps)
+        server = Server(
+            name, log_path, port=p, url=url_for(p), data_dir=data_dir, stop_signal=stop_signal, stop_steps=stop_steps
+        )
         server.start(argv_for(p), **(popen_kwargs or {}))
         _register(server)
 

@@ -57,8 +57,11 @@ class DevStack:
         embedded = [
             ("SAMPLEDB_DATABASE_URL", "PostgreSQL", lambda: start_postgres(STATE_DIR.resolve() / "postgres")),
             ("SAMPLEDB_REDIS_URL", "Redis", lambda: start_redis(STATE_DIR.resolve() / "redis")),
-            ("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "Kafka-protocol broker (Tansu, in memory)",
-             lambda: start_kafka(log_dir=LOG_DIR.resolve())),
+            (
+                "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS",
+                "Kafka-protocol broker (Tansu, in memory)",
+                lambda: start_kafka(log_dir=LOG_DIR.resolve()),
+            ),
         ]
         urls = {}
         for variable, name, start in embedded:
@@ -78,16 +81,26 @@ class DevStack:
             return Child(name, LOG_DIR / f"{name}.log", death_signal=signal.SIGKILL)
 
         planned = [
-            (service("api"),
-             commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{self.api_port}", "--access-logfile", "-")),
-            (service("worker"),
-             commands.celery_worker("--task-events", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h")),
-            (service("beat"),
-             commands.celery("beat", "--loglevel", "INFO",
-                             "--schedule", str((STATE_DIR / "celerybeat-schedule").resolve()))),
-            (service("flower"),
-             commands.celery("flower", f"--port={self.flower_port}", "--address=127.0.0.1",
-                             f"--basic-auth={flower_auth}")),
+            (
+                service("api"),
+                commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{self.api_port}", "--access-logfile", "-"),
+            ),
+            (
+                service("worker"),
+                commands.celery_worker("--task-events", "--loglevel", "INFO", "--hostname", "sampledb-dev@%h"),
+            ),
+            (
+                service("beat"),
+                commands.celery(
+                    "beat", "--loglevel", "INFO", "--schedule", str((STATE_DIR / "celerybeat-schedule").resolve())
+                ),
+            ),
+            (
+                service("flower"),
+                commands.celery(
+                    "flower", f"--port={self.flower_port}", "--address=127.0.0.1", f"--basic-auth={flower_auth}"
+                ),
+            ),
         ]
         for child, argv in planned:
             own = {"PROMETHEUS_MULTIPROC_DIR": str(WEB_METRICS_DIR.resolve())} if child.name == "api" else {}
@@ -101,8 +114,11 @@ class DevStack:
             for child in self.children:
                 code = child.exited()
                 if code is not None:
-                    click.secho(f"\n{child.name} exited with code {code}; its last log lines "
-                                f"({child.log_path}):", fg="red", err=True)
+                    click.secho(
+                        f"\n{child.name} exited with code {code}; its last log lines ({child.log_path}):",
+                        fg="red",
+                        err=True,
+                    )
                     click.echo(child.tail(), err=True)
                     return 1
             for server in self.servers:
@@ -147,20 +163,22 @@ def _analyzer_key(settings: Settings) -> str:
     """The stack's all-customers analyzer key: made once, kept in .sampledb/dev.key, re-made if revoked."""
     import sqlalchemy as sa
 
-    from app.factory import create_app
     from app.accounts.keys import create_key, hash_key
     from app.extensions import db
+    from app.factory import create_app
     from app.models import ApiKey
 
     app = create_app(settings)
     with app.app_context():
         if KEY_FILE.is_file():
             key = KEY_FILE.read_text().strip()
-            if db.session.scalar(sa.select(ApiKey.id).where(ApiKey.key_hash == hash_key(key),
-                                                            ApiKey.disabled.is_(False))):
+            if db.session.scalar(
+                sa.select(ApiKey.id).where(ApiKey.key_hash == hash_key(key), ApiKey.disabled.is_(False))
+            ):
                 return key
-        key = create_key(db.session, user="dev-analyzer", customer="sampledb-dev", role="SAMPLEDB-ANALYZER",
-                         all_customers=True)
+        key = create_key(
+            db.session, user="dev-analyzer", customer="sampledb-dev", role="SAMPLEDB-ANALYZER", all_customers=True
+        )
         db.session.commit()
     db.dispose()
     _keep_secret(KEY_FILE, key)
@@ -169,14 +187,16 @@ def _analyzer_key(settings: Settings) -> str:
 
 def _take_lock():
     STATE_DIR.mkdir(exist_ok=True)
-    lock = open(LOCK_FILE, "a+")
+    lock = open(LOCK_FILE, "a+")  # noqa: SIM115 -- held open for the stack's whole life: the lock is the open file
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         lock.seek(0)
         pid = lock.read().strip() or "?"
-        raise DevStackError(f"sampledb-jobs dev is already running in this directory (pid {pid}); "
-                            f"its URLs are in {DEV_ENV_FILE}. Stop it with Ctrl-C first.") from None
+        raise DevStackError(
+            f"sampledb-jobs dev is already running in this directory (pid {pid}); "
+            f"its URLs are in {DEV_ENV_FILE}. Stop it with Ctrl-C first."
+        ) from None
     lock.seek(0)
     lock.truncate()
     lock.write(str(os.getpid()))
@@ -211,22 +231,32 @@ def run() -> int:
         flower_auth = _remembered_secret(FLOWER_AUTH_FILE, lambda: f"admin:{secrets.token_urlsafe(12)}")
         api_url = f"http://127.0.0.1:{stack.api_port}"
         flower_url = f"http://127.0.0.1:{stack.flower_port}"
-        DEV_ENV_FILE.write_text("".join(f"{k}={v}\n" for k, v in {
-            **urls, "SAMPLEDB_API_URL": api_url, "SAMPLEDB_FLOWER_URL": flower_url,
-            "SAMPLEDB_FLOWER_BASIC_AUTH": flower_auth,
-        }.items()))
+        DEV_ENV_FILE.write_text(
+            "".join(
+                f"{k}={v}\n"
+                for k, v in {
+                    **urls,
+                    "SAMPLEDB_API_URL": api_url,
+                    "SAMPLEDB_FLOWER_URL": flower_url,
+                    "SAMPLEDB_FLOWER_BASIC_AUTH": flower_auth,
+                }.items()
+            )
+        )
         stack.start_children(env, flower_auth)
         _wait_ready(f"{api_url}/sampledb/v2/readyz", stack.children[0])
         click.echo(
             f"\nsampledb-jobs is running\n"
             f"  API      {api_url}/sampledb/v2   (docs: {api_url}/sampledb/v2/docs)\n"
             f"  Flower   {flower_url}   (login {flower_auth})\n"
-            f"  metrics  {api_url}/metrics   (web)   http://127.0.0.1:{settings.worker_metrics_port}/metrics   (worker)\n"
-            f"  site     {settings.site}   topics {settings.job_topic}, {settings.abort_topic}, {settings.event_topic}\n"
+            f"  metrics  {api_url}/metrics   (web)   "
+            f"http://127.0.0.1:{settings.worker_metrics_port}/metrics   (worker)\n"
+            f"  site     {settings.site}   "
+            f"topics {settings.job_topic}, {settings.abort_topic}, {settings.event_topic}\n"
             f"  logs     {LOG_DIR}/\n"
             f"  settings {DEV_ENV_FILE}\n"
             f"All-customers SAMPLEDB-ANALYZER key:\n{key}\n"
-            f"Press Ctrl-C to stop.", )
+            f"Press Ctrl-C to stop.",
+        )
         return stack.watch()
     finally:
         click.echo("stopping ...", err=True)

@@ -22,8 +22,7 @@ TRANSIENT_SQLSTATES = frozenset({"55P03"})
 # it is, will never be stored.
 REFUSAL_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 # The exception classes a transient error arrives as (what Celery's autoretry_for catches).
-TRANSIENT_ERROR_CLASSES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError,
-                           sa_exc.InternalError)
+TRANSIENT_ERROR_CLASSES = (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, sa_exc.InternalError)
 
 
 class Outcome(enum.Enum):

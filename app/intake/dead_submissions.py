@@ -13,22 +13,22 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.operations import metrics
-from app.intake import ingest, validation
+from app.clock import now_ms
 from app.config import Settings
 from app.errors.database import Outcome, outcome_of, refusal_text
 from app.errors.fields import flatten
-from app.models import DeadSubmission, Job
-from app.clock import now_ms
-from app.models.jobs import INGESTED
+from app.intake import ingest, validation
 from app.intake.wire import unstorable_text
+from app.models import DeadSubmission, Job
+from app.models.jobs import INGESTED
+from app.operations import metrics
 from app.unit_of_work import unit_of_work
 
 INVALID = "invalid"
@@ -51,16 +51,26 @@ def record(session: so.Session, payload, *, reason: str, error: str, attempts: i
         "submission_id": _submission_uuid(payload),
         "payload": payload if as_jsonb else None,
         "payload_text": None if as_jsonb else json.dumps(payload, ensure_ascii=True, default=repr),
-        "reason": reason, "error": _storable(error), "attempts": attempts, "first_seen": now, "last_seen": now,
+        "reason": reason,
+        "error": _storable(error),
+        "attempts": attempts,
+        "first_seen": now,
+        "last_seen": now,
     }
     statement = pg_insert(DeadSubmission).values(**values)
     if values["submission_id"] is not None:
         table = DeadSubmission.__table__
         statement = statement.on_conflict_do_update(
-            index_elements=["submission_id"], index_where=table.c.submission_id.is_not(None),
-            set_={"payload": statement.excluded.payload, "payload_text": statement.excluded.payload_text,
-                  "reason": reason, "error": statement.excluded.error, "last_seen": now,
-                  "attempts": table.c.attempts + attempts},
+            index_elements=["submission_id"],
+            index_where=table.c.submission_id.is_not(None),
+            set_={
+                "payload": statement.excluded.payload,
+                "payload_text": statement.excluded.payload_text,
+                "reason": reason,
+                "error": statement.excluded.error,
+                "last_seen": now,
+                "attempts": table.c.attempts + attempts,
+            },
         )
     session.execute(statement)
     metrics.count_submissions(session, "dead")
@@ -97,8 +107,9 @@ def retry(session: so.Session, settings: Settings, dead: DeadSubmission) -> Retr
         with unit_of_work(session):
             if dead.submission_id is not None:
                 # Made into a job meanwhile (the sender sent it again, corrected): nothing to do.
-                made = session.scalar(sa.select(Job.id).where(Job.submission_id == dead.submission_id,
-                                                              sa.text(INGESTED)))
+                made = session.scalar(
+                    sa.select(Job.id).where(Job.submission_id == dead.submission_id, sa.text(INGESTED))
+                )
                 if made is not None:
                     _forget(session, dead)
                     return RetryResult(dead.id, job_id=made)
@@ -113,8 +124,11 @@ def retry(session: so.Session, settings: Settings, dead: DeadSubmission) -> Retr
             raise
         reason, error = REFUSED, refusal_text(err)
     with unit_of_work(session):
-        session.execute(sa.update(DeadSubmission).where(DeadSubmission.id == dead.id).values(
-            reason=reason, error=_storable(error), attempts=DeadSubmission.attempts + 1, last_seen=now_ms()))
+        session.execute(
+            sa.update(DeadSubmission)
+            .where(DeadSubmission.id == dead.id)
+            .values(reason=reason, error=_storable(error), attempts=DeadSubmission.attempts + 1, last_seen=now_ms())
+        )
     return RetryResult(dead.id, error=error)
 
 

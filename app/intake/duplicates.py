@@ -21,8 +21,11 @@ def _pair(data: dict, customers: CustomerCache) -> tuple[str, int]:
 def _recent_pairs(session: so.Session, settings: Settings, pairs: set[tuple[str, int]]) -> set[tuple[str, int]]:
     """The (sample, customer) pairs with a job enqueued within the duplicate window."""
     cutoff = now_ms() - settings.duplicate_window_seconds * 1000
-    rows = session.execute(sa.select(Job.sample_sha256, Job.customer_id).where(
-        Job.sample_sha256.in_({sha256 for sha256, _ in pairs}), Job.enqueued_timestamp >= cutoff)).all()
+    rows = session.execute(
+        sa.select(Job.sample_sha256, Job.customer_id).where(
+            Job.sample_sha256.in_({sha256 for sha256, _ in pairs}), Job.enqueued_timestamp >= cutoff
+        )
+    ).all()
     return {tuple(row) for row in rows} & pairs
 
 
@@ -31,7 +34,9 @@ def _made_into_jobs(session: so.Session, submission_ids: list[str]) -> set[str]:
     return {str(r) for r in rows}
 
 
-def dropped_in_batch(session: so.Session, settings: Settings, valid: list[dict], customers: CustomerCache) -> list[bool]:
+def dropped_in_batch(
+    session: so.Session, settings: Settings, valid: list[dict], customers: CustomerCache
+) -> list[bool]:
     """Which submissions the duplicate window drops, under a lock per (sample, customer).
 
     Under the locks, a submission already made into a job is a repeat (its job is returned as

@@ -74,16 +74,25 @@ def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> li
     dropped = duplicates.dropped_in_batch(session, settings, valid, customers)
     kept = [data for data, duplicate in zip(valid, dropped) if not duplicate]
     new_jobs = [
-        service.NewJob(submission=data["submission"], classification=data["classification"],
-                       customer_id=customers[data["submission"]["customer"]].id,
-                       plan=policy_store.plan_for(session, settings, customers[data["submission"]["customer"]].id,
-                                                  data["submission"], data["classification"]),
-                       job_id=job_id_for(data["submission"]["id"]))
+        service.NewJob(
+            submission=data["submission"],
+            classification=data["classification"],
+            customer_id=customers[data["submission"]["customer"]].id,
+            plan=policy_store.plan_for(
+                session,
+                settings,
+                customers[data["submission"]["customer"]].id,
+                data["submission"],
+                data["classification"],
+            ),
+            job_id=job_id_for(data["submission"]["id"]),
+        )
         for data in kept
     ]
     made = service.create_jobs(session, settings, new_jobs)
-    foreign = _made_for_another_customer(session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made)
-                                                    if not created])
+    foreign = _made_for_another_customer(
+        session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made) if not created]
+    )
     made = iter(made)
     results = []
     for data, duplicate in zip(valid, dropped):
@@ -93,15 +102,20 @@ def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> li
             continue
         job_id, created = next(made)
         if job_id in foreign:
-            results.append(IngestResult(submission_id=submission_id, errors=SubmissionIdTaken().messages,
-                                        id_taken=True))
+            results.append(
+                IngestResult(submission_id=submission_id, errors=SubmissionIdTaken().messages, id_taken=True)
+            )
         else:
             results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
     created = sum(1 for r in results if r.created)
     duplicate = sum(1 for r in results if r.duplicate)
     refused = sum(1 for r in results if r.id_taken)  # another customer's id: refused like an invalid one
-    for outcome, amount in (("created", created), ("duplicate", duplicate), ("invalid", refused),
-                            ("existing", len(results) - created - duplicate - refused)):
+    for outcome, amount in (
+        ("created", created),
+        ("duplicate", duplicate),
+        ("invalid", refused),
+        ("existing", len(results) - created - duplicate - refused),
+    ):
         metrics.count_submissions(session, outcome, amount)
     return results
 
@@ -168,6 +182,12 @@ def _forget_pending(session: so.Session, submission_ids: list[str | None]) -> No
 def pending_payloads(session: so.Session, *, received_before: int, limit: int) -> list[dict]:
     """REST submissions committed before `received_before` and not yet made into jobs, oldest first,
     locked (SKIP LOCKED: two safety nets at once take different rows)."""
-    return list(session.scalars(
-        sa.select(PendingSubmission.payload).where(PendingSubmission.received_timestamp < received_before)
-        .order_by(PendingSubmission.received_timestamp).limit(limit).with_for_update(skip_locked=True)))
+    return list(
+        session.scalars(
+            sa.select(PendingSubmission.payload)
+            .where(PendingSubmission.received_timestamp < received_before)
+            .order_by(PendingSubmission.received_timestamp)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+    )

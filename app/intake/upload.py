@@ -14,11 +14,11 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app import dispatch
 from app.accounts.access import Actor, Scope
 from app.clock import now_ms
-from app.errors.domain import InvalidArgument, InvalidRequest
 from app.config import Settings
+from app.errors.domain import InvalidArgument, InvalidRequest
 from app.intake import duplicates
 from app.intake.ingest import SubmissionIdTaken, job_id_for
-from app.intake.validation import InvalidSubmission, validate_payload, PAYLOAD_SCHEMA
+from app.intake.validation import PAYLOAD_SCHEMA, InvalidSubmission, validate_payload
 from app.intake.wire import SHA256_PATTERN
 from app.models import Customer, Job, PendingSubmission
 from app.models.jobs import INGESTED
@@ -81,8 +81,10 @@ def accept_upload(session: so.Session, payload: dict) -> None:
     conn = session.connection()
     owner = _owner_of(conn, submission_id)
     if owner is None:
-        stored = conn.execute(_STORE_PENDING, {"submission_id": submission_id, "customer": customer,
-                                               "payload": payload, "received_timestamp": now_ms()}).scalar()
+        stored = conn.execute(
+            _STORE_PENDING,
+            {"submission_id": submission_id, "customer": customer, "payload": payload, "received_timestamp": now_ms()},
+        ).scalar()
         if stored is not None:
             return
         owner = _owner_of(conn, submission_id)  # a concurrent request with this id committed first
@@ -102,16 +104,21 @@ _jobs, _customers, _pending = Job.__table__, Customer.__table__, PendingSubmissi
 # customer); saying so is also what lets PostgreSQL use the partial unique index on submission_id
 # instead of scanning jobs.
 _OWNER = sa.union_all(
-    sa.select(_customers.c.short_name).join(_jobs, _jobs.c.customer_id == _customers.c.id)
+    sa.select(_customers.c.short_name)
+    .join(_jobs, _jobs.c.customer_id == _customers.c.id)
     .where(_jobs.c.submission_id == sa.bindparam("submission_id"), sa.text(INGESTED)),
     sa.select(_pending.c.customer).where(_pending.c.submission_id == sa.bindparam("submission_id")),
 ).limit(1)
-_STORE_PENDING = (pg_insert(_pending).values({name: sa.bindparam(name) for name in
-                                               ("submission_id", "customer", "payload", "received_timestamp")})
-                  .on_conflict_do_nothing().returning(_pending.c.submission_id))
+_STORE_PENDING = (
+    pg_insert(_pending)
+    .values({name: sa.bindparam(name) for name in ("submission_id", "customer", "payload", "received_timestamp")})
+    .on_conflict_do_nothing()
+    .returning(_pending.c.submission_id)
+)
 
 
 # -- the REST intake's sequence ---------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -128,8 +135,9 @@ class RecentlySeen:
     sha256: str
 
 
-def submit(session: so.Session, settings: Settings, *, sha256: str, body: dict, user: Actor,
-           scope: Scope) -> Accepted | RecentlySeen:
+def submit(
+    session: so.Session, settings: Settings, *, sha256: str, body: dict, user: Actor, scope: Scope
+) -> Accepted | RecentlySeen:
     """A REST upload from its loaded body to its answer: completed into a payload, checked against the
     duplicate window, committed to pending_submissions (only then is it Accepted), then handed to the
     workers. A broker that is away is logged, not answered: beat's `sampledb.ingest_pending` makes the

@@ -63,8 +63,11 @@ class ApiSchema(ma.Schema):
     def refuseunstorable_text(self, data, **kwargs):
         """One FIELD_ERROR per field whose text PostgreSQL cannot hold (instead of a database error)."""
         if isinstance(data, Mapping):
-            errors = {str(key): ["Text must not contain NUL characters or unpaired surrogates"]
-                      for key in data if unstorable_text(key) or unstorable_text(data[key])}
+            errors = {
+                str(key): ["Text must not contain NUL characters or unpaired surrogates"]
+                for key in data
+                if unstorable_text(key) or unstorable_text(data[key])
+            }
             if errors:
                 raise ma.ValidationError(errors)
         return data
@@ -114,8 +117,11 @@ class UserAgentSchema(ApiSchema):
 
 class SubmissionSchema(ApiSchema):
     id = fields.UUID(required=True)
-    customer = fields.String(required=True, validate=validate.Length(1, CUSTOMER_NAME_MAX),
-                             metadata={"description": "shortName of the customer the sample was seen at"})
+    customer = fields.String(
+        required=True,
+        validate=validate.Length(1, CUSTOMER_NAME_MAX),
+        metadata={"description": "shortName of the customer the sample was seen at"},
+    )
     sample = fields.Nested(SampleRefSchema, required=True)
     created_by_user = fields.Dict(allow_none=True, load_default=None, validate=json_size)
     created_timestamp = Timestamp(load_default=now_ms)
@@ -124,8 +130,9 @@ class SubmissionSchema(ApiSchema):
     mime_type = _optional_text()
     meta_data = fields.Dict(allow_none=True, load_default=dict, validate=json_size)
     tlp = fields.String(allow_none=True, load_default=None, validate=validate.OneOf(TLP_LEVELS))
-    acl = fields.List(fields.Raw(), allow_none=True, load_default=list,
-                      validate=[validate.Length(max=LIST_MAX), json_size])
+    acl = fields.List(
+        fields.Raw(), allow_none=True, load_default=list, validate=[validate.Length(max=LIST_MAX), json_size]
+    )
     user_agent = fields.Nested(UserAgentSchema, allow_none=True, load_default=None)
 
     @ma.pre_load
@@ -136,8 +143,12 @@ class SubmissionSchema(ApiSchema):
 
 
 class ClassificationSchema(ApiSchema):
-    sample = fields.String(allow_none=True, load_default=None, validate=_sha256,
-                           metadata={"description": "The sample's sha256; set to the submission's when absent"})
+    sample = fields.String(
+        allow_none=True,
+        load_default=None,
+        validate=_sha256,
+        metadata={"description": "The sample's sha256; set to the submission's when absent"},
+    )
     classification_id = fields.UUID(data_key="classificationID", load_default=uuid.uuid4)
     created_timestamp = Timestamp(load_default=now_ms)
     version = _optional_text()

@@ -7,10 +7,10 @@ import uuid
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app.accounts.access import EVERYONE, Actor, Scope
 from app.config import Settings
 from app.errors.domain import NotFound
 from app.jobs import service
-from app.accounts.access import EVERYONE, Actor, Scope
 from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job
 from app.policy import store as policy_store
@@ -20,8 +20,15 @@ class SampleNotFound(NotFound):
     """No submission of the sample the caller may see."""
 
 
-def reanalyse(session: so.Session, settings: Settings, sha256: str, *, customer: int | str | None,
-              actor: Actor | None, scope: Scope = EVERYONE) -> tuple[Job, bool]:
+def reanalyse(
+    session: so.Session,
+    settings: Settings,
+    sha256: str,
+    *,
+    customer: int | str | None,
+    actor: Actor | None,
+    scope: Scope = EVERYONE,
+) -> tuple[Job, bool]:
     """A new job for the sample from its latest submission the caller may see, under the policy as it is
     now; or the sample's active job of that customer, if it has one. Returns the job and whether it is new.
 
@@ -35,20 +42,32 @@ def reanalyse(session: so.Session, settings: Settings, sha256: str, *, customer:
         digits = isinstance(customer, int) or (customer.isascii() and customer.isdigit() and int(customer) < 2**31)
         by_name = Customer.short_name == str(customer)
         stmt = stmt.join(Customer, Job.customer_id == Customer.id).where(
-            sa.or_(Customer.id == int(customer), by_name) if digits else by_name)
+            sa.or_(Customer.id == int(customer), by_name) if digits else by_name
+        )
     latest = session.scalars(stmt.order_by(Job.enqueued_timestamp.desc(), Job.id.desc()).limit(1)).first()
     if latest is None:
         raise SampleNotFound(f"No submission of sample {sha256.lower()} found")
     service.lock_sample_for_customer(session, latest.sample_sha256, latest.customer_id)
     active = session.scalars(
-        sa.select(Job.id).where(Job.sample_sha256 == latest.sample_sha256, Job.customer_id == latest.customer_id,
-                                Job.state.in_(JOB_ACTIVE))
-        .order_by(Job.enqueued_timestamp.desc(), Job.id.desc()).limit(1)).first()
+        sa.select(Job.id)
+        .where(
+            Job.sample_sha256 == latest.sample_sha256, Job.customer_id == latest.customer_id, Job.state.in_(JOB_ACTIVE)
+        )
+        .order_by(Job.enqueued_timestamp.desc(), Job.id.desc())
+        .limit(1)
+    ).first()
     if active is not None:
         return service.get_job(session, active), False
     plan = policy_store.plan_for(session, settings, latest.customer_id, latest.submission, latest.classification)
-    new = service.NewJob(latest.submission, latest.classification, latest.customer_id, plan, uuid.uuid4(),
-                         latest.sample_size, reanalysis=True)
+    new = service.NewJob(
+        latest.submission,
+        latest.classification,
+        latest.customer_id,
+        plan,
+        uuid.uuid4(),
+        latest.sample_size,
+        reanalysis=True,
+    )
     ((job_id, _),) = service.create_jobs(session, settings, [new], actor=actor)
     session.flush()
     return service.get_job(session, job_id), True

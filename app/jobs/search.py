@@ -87,8 +87,11 @@ def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: 
     matching = scope.restrict(sa.select(Job.id).where(*conditions))
     count = session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
     if criteria.limit == 0 and count > MAX_RESULTS:
-        raise TooManyMatches("limit", f"0 asks for every match, but {count} jobs match (at most {MAX_RESULTS}); "
-                                      "narrow the search or page with limit and offset")
+        raise TooManyMatches(
+            "limit",
+            f"0 asks for every match, but {count} jobs match (at most {MAX_RESULTS}); "
+            "narrow the search or page with limit and offset",
+        )
     if count == 0 or criteria.offset >= count:
         return [], count
 
@@ -98,13 +101,17 @@ def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: 
     page = scope.restrict(sa.select(Job.id, *sort_columns).where(*conditions))
     if any(name.lstrip("-") == "customer" for name in criteria.sort_by):
         page = page.join(Customer, Customer.id == Job.customer_id)
-    inner_order = [column.desc() if name.startswith("-") else column.asc()
-                   for name, column in zip(criteria.sort_by, (SORT_FIELDS[n.lstrip("-")] for n in criteria.sort_by))]
+    inner_order = [
+        column.desc() if name.startswith("-") else column.asc()
+        for name, column in zip(criteria.sort_by, (SORT_FIELDS[n.lstrip("-")] for n in criteria.sort_by))
+    ]
     page = page.order_by(*inner_order, Job.id.asc()).offset(criteria.offset)  # ties broken by id: stable paging
     if criteria.limit:
         page = page.limit(criteria.limit)
     page = page.subquery("page")
-    outer_order = [page.c[f"sort_{i}"].desc() if name.startswith("-") else page.c[f"sort_{i}"].asc()
-                   for i, name in enumerate(criteria.sort_by)]
+    outer_order = [
+        page.c[f"sort_{i}"].desc() if name.startswith("-") else page.c[f"sort_{i}"].asc()
+        for i, name in enumerate(criteria.sort_by)
+    ]
     stmt = read.JOBS.join(page, page.c.id == Job.id).order_by(*outer_order, page.c.id.asc())
     return read.job_dicts(session, stmt), count

@@ -31,13 +31,18 @@ def job_flags(job: Job) -> list[str]:
 
 
 def job_to_dict(job: Job) -> dict:
-    return job_view(job, customer=job.customer.to_info(), tasks=[task_to_dict(t) for t in job.tasks],
-                    last_updated_by=user_info(job.last_updated_by_user),
-                    abort_requested_by=user_info(job.abort_requested_by_user))
+    return job_view(
+        job,
+        customer=job.customer.to_info(),
+        tasks=[task_to_dict(t) for t in job.tasks],
+        last_updated_by=user_info(job.last_updated_by_user),
+        abort_requested_by=user_info(job.abort_requested_by_user),
+    )
 
 
-def job_view(job, *, customer: dict, tasks: list[dict], last_updated_by: dict | None,
-             abort_requested_by: dict | None) -> dict:
+def job_view(
+    job, *, customer: dict, tasks: list[dict], last_updated_by: dict | None, abort_requested_by: dict | None
+) -> dict:
     """The API's job: `job` is a Job or anything with its column attributes (a Core row of app.jobs.read)."""
     return {
         "id": str(job.id),

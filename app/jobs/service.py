@@ -12,26 +12,35 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app.operations import metrics
-from app.outbox.store import add_message
 from app.accounts.access import EVERYONE, Actor, Scope
+from app.clock import now_ms
 from app.config import Settings
 from app.errors.domain import NotFound
 from app.jobs.serialize import user_info
 from app.jobs.states import (
-    JOB_ACTIVE, JOB_FINAL, TASK_FINAL, TASK_STATE_ALIASES, TASK_STATE_WHEN_JOB_ENDS, Cause, JobState, Move,
-    StateConflict, TaskState, classify_move,
+    JOB_ACTIVE,
+    JOB_FINAL,
+    TASK_FINAL,
+    TASK_STATE_ALIASES,
+    TASK_STATE_WHEN_JOB_ENDS,
+    Cause,
+    JobState,
+    Move,
+    StateConflict,
+    TaskState,
+    classify_move,
 )
 from app.models import Customer, Job, JobHistory, JobTask
-from app.clock import now_ms
 from app.models.jobs import INGESTED
+from app.operations import metrics
+from app.outbox.store import add_message
 from app.policy import store as policy_store
 from app.policy.evaluate import JobPlan
 
@@ -49,6 +58,7 @@ SAMPLE_LOCK_CLASS = 0x53444253
 
 
 # -- reading -----------------------------------------------------------------------------------
+
 
 def get_job(session: so.Session, job_id: uuid.UUID, scope: Scope = EVERYONE) -> Job:
     # Tasks joined into the same query: one round trip for the most frequent read of the API.
@@ -81,6 +91,7 @@ def _lock_job(session: so.Session, job_id: uuid.UUID, scope: Scope) -> Job:
 
 # -- creating ----------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class NewJob:
     """What create_jobs needs to make one job; `job_id=None` draws a random id.
@@ -101,8 +112,9 @@ def lock_sample_for_customer(session: so.Session, sha256: str, customer_id: int)
     """Serialise, until the transaction ends, whoever decides whether a customer's sample gets a new job."""
     digest = hashlib.blake2b(f"{customer_id}/{sha256.lower()}".encode(), digest_size=4).digest()
     # The two-key form: its lock space is apart from the one-key locks (the outbox relay's).
-    session.execute(sa.select(sa.func.pg_advisory_xact_lock(
-        SAMPLE_LOCK_CLASS, int.from_bytes(digest, "big", signed=True))))
+    session.execute(
+        sa.select(sa.func.pg_advisory_xact_lock(SAMPLE_LOCK_CLASS, int.from_bytes(digest, "big", signed=True)))
+    )
 
 
 def create_job(
@@ -132,7 +144,11 @@ def create_job(
 
 
 def create_jobs(
-    session: so.Session, settings: Settings, new_jobs: Sequence[NewJob], *, actor: Actor | None = None,
+    session: so.Session,
+    settings: Settings,
+    new_jobs: Sequence[NewJob],
+    *,
+    actor: Actor | None = None,
 ) -> list[tuple[uuid.UUID, bool]]:
     """create_job for many submissions in a handful of statements (bulk intake); results in input order.
 
@@ -149,23 +165,42 @@ def create_jobs(
     # ON CONFLICT skips (submissions already made into jobs) return nothing.
     inserted: set[uuid.UUID] = set()
     if ordered:
-        inserted.update(session.connection().execute(
-            pg_insert(Job.__table__).on_conflict_do_nothing(index_elements=["submission_id"],
-                                                            index_where=sa.text(INGESTED))
-            .returning(Job.__table__.c.submission_id),
-            [dict(id=job_ids[submission_id], state=JobState.ENQUEUED, abort_requested=False, site=settings.site,
-                  sample_sha256=new.submission["sample"]["id"].lower(), sample_size=new.sample_size,
-                  customer_id=new.customer_id, submission_id=submission_id,
-                  submission=new.submission, classification=new.classification,
-                  options=new.plan.options_as_json(), reanalysis=new.reanalysis,
-                  enqueued_timestamp=now, last_updated_timestamp=now,
-                  last_updated_by_user_id=actor.id if actor else None)
-             for submission_id, new in ordered],
-        ).scalars())
+        inserted.update(
+            session.connection()
+            .execute(
+                pg_insert(Job.__table__)
+                .on_conflict_do_nothing(index_elements=["submission_id"], index_where=sa.text(INGESTED))
+                .returning(Job.__table__.c.submission_id),
+                [
+                    dict(
+                        id=job_ids[submission_id],
+                        state=JobState.ENQUEUED,
+                        abort_requested=False,
+                        site=settings.site,
+                        sample_sha256=new.submission["sample"]["id"].lower(),
+                        sample_size=new.sample_size,
+                        customer_id=new.customer_id,
+                        submission_id=submission_id,
+                        submission=new.submission,
+                        classification=new.classification,
+                        options=new.plan.options_as_json(),
+                        reanalysis=new.reanalysis,
+                        enqueued_timestamp=now,
+                        last_updated_timestamp=now,
+                        last_updated_by_user_id=actor.id if actor else None,
+                    )
+                    for submission_id, new in ordered
+                ],
+            )
+            .scalars()
+        )
     existing = [submission_id for submission_id, _ in ordered if submission_id not in inserted]
     if existing:
-        job_ids.update(session.execute(
-            sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing), sa.text(INGESTED))).all())
+        job_ids.update(
+            session.execute(
+                sa.select(Job.submission_id, Job.id).where(Job.submission_id.in_(existing), sa.text(INGESTED))
+            ).all()
+        )
 
     task_rows = []
     with _Changes(session, settings, actor, now) as changes:
@@ -175,19 +210,31 @@ def create_jobs(
             job_id = job_ids[submission_id]
             tasks = [{"id": uuid.uuid4(), "worker": name} for name in new.plan.workers]
             task_rows.extend(
-                {"id": t["id"], "job_id": job_id, "worker": t["worker"], "state": TaskState.ENQUEUED,
-                 "enqueued_timestamp": now, "last_updated_timestamp": now, "analyses": []}
+                {
+                    "id": t["id"],
+                    "job_id": job_id,
+                    "worker": t["worker"],
+                    "state": TaskState.ENQUEUED,
+                    "enqueued_timestamp": now,
+                    "last_updated_timestamp": now,
+                    "analyses": [],
+                }
                 for t in tasks
             )
             key = str(job_id)
-            add_message(session, settings.job_topic, key, {
-                "jobID": key,
-                "submission": new.submission,
-                "classification": new.classification,
-                "tasks": [{"id": str(t["id"]), "worker": t["worker"]} for t in tasks],
-                "options": new.plan.options_as_json(),
-                "reanalysis": new.reanalysis,
-            })
+            add_message(
+                session,
+                settings.job_topic,
+                key,
+                {
+                    "jobID": key,
+                    "submission": new.submission,
+                    "classification": new.classification,
+                    "tasks": [{"id": str(t["id"]), "worker": t["worker"]} for t in tasks],
+                    "options": new.plan.options_as_json(),
+                    "reanalysis": new.reanalysis,
+                },
+            )
             origin = "reanalysis of submission" if new.reanalysis else "submission"
             changes.record(job_id, None, JobState.ENQUEUED, f"Job created from {origin} {new.submission['id']}")
         # Core executemany, not ORM objects: nothing in this transaction reads these rows back.
@@ -203,9 +250,16 @@ def create_jobs(
 
 # -- changing ----------------------------------------------------------------------------------
 
+
 def update_job(
-    session: so.Session, settings: Settings, job_id: uuid.UUID, *, state: str, message: str | None,
-    actor: Actor | None, scope: Scope = EVERYONE,
+    session: so.Session,
+    settings: Settings,
+    job_id: uuid.UUID,
+    *,
+    state: str,
+    message: str | None,
+    actor: Actor | None,
+    scope: Scope = EVERYONE,
 ) -> Job:
     """An analyzer's explicit update of a job; it wins over the tasks' roll-up."""
     job = _lock_job(session, job_id, scope)
@@ -223,8 +277,16 @@ def update_job(
 
 
 def update_task(
-    session: so.Session, settings: Settings, job_id: uuid.UUID, task_id: uuid.UUID, *, state: str,
-    analyses: list[uuid.UUID] | None, message: str | None, actor: Actor | None, scope: Scope = EVERYONE,
+    session: so.Session,
+    settings: Settings,
+    job_id: uuid.UUID,
+    task_id: uuid.UUID,
+    *,
+    state: str,
+    analyses: list[uuid.UUID] | None,
+    message: str | None,
+    actor: Actor | None,
+    scope: Scope = EVERYONE,
 ) -> JobTask:
     """An analysis worker's report on its task; rolls up into the job."""
     state = TASK_STATE_ALIASES.get(state, state)
@@ -251,7 +313,12 @@ def update_task(
 
 
 def request_abort(
-    session: so.Session, settings: Settings, job_id: uuid.UUID, *, reason: str | None, actor: Actor | None,
+    session: so.Session,
+    settings: Settings,
+    job_id: uuid.UUID,
+    *,
+    reason: str | None,
+    actor: Actor | None,
     scope: Scope = EVERYONE,
 ) -> Job:
     """Ask for a job to be aborted: at once if nobody works on it yet, else by the analyzer."""
@@ -269,28 +336,44 @@ def request_abort(
             _move_job(changes, job, JobState.ABORTED, reason, Cause.ABORT)
         else:
             changes.touch(job)
-            changes.record(job.id, job.state, job.state, f"Abort requested: {reason}" if reason else "Abort requested",
-                           announce=False)
-        add_message(session, settings.abort_topic, str(job.id), {
-            "jobID": str(job.id),
-            "sample": {"id": job.sample_sha256},
-            "state": job.state,
-            "requestedTimestamp": changes.now,
-            "requestedByUser": user_info(actor),
-            "reason": reason,
-        })
+            changes.record(
+                job.id,
+                job.state,
+                job.state,
+                f"Abort requested: {reason}" if reason else "Abort requested",
+                announce=False,
+            )
+        add_message(
+            session,
+            settings.abort_topic,
+            str(job.id),
+            {
+                "jobID": str(job.id),
+                "sample": {"id": job.sample_sha256},
+                "state": job.state,
+                "requestedTimestamp": changes.now,
+                "requestedByUser": user_info(actor),
+                "reason": reason,
+            },
+        )
     _follow_user_ids(session, job)
     return job
 
 
 # -- sweeps ------------------------------------------------------------------------------------
 
-def _sweep(session: so.Session, settings: Settings, condition, order_by, to_state: JobState, message: str,
-           limit: int) -> int:
+
+def _sweep(
+    session: so.Session, settings: Settings, condition, order_by, to_state: JobState, message: str, limit: int
+) -> int:
     """Move one bounded batch of matching jobs; rows another sweep holds are skipped, not waited for."""
     stmt = (
-        sa.select(Job).where(condition).order_by(order_by).limit(limit)
-        .with_for_update(of=Job, skip_locked=True).options(so.lazyload("*"), so.selectinload(Job.tasks))
+        sa.select(Job)
+        .where(condition)
+        .order_by(order_by)
+        .limit(limit)
+        .with_for_update(of=Job, skip_locked=True)
+        .options(so.lazyload("*"), so.selectinload(Job.tasks))
         .execution_options(populate_existing=True)
     )
     jobs = session.scalars(stmt).all()
@@ -303,9 +386,13 @@ def _sweep(session: so.Session, settings: Settings, condition, order_by, to_stat
 def sweep_execution_timeouts(session: so.Session, settings: Settings, now: int, limit: int) -> int:
     cutoff = now - settings.execution_timeout_seconds * 1000
     return _sweep(
-        session, settings, sa.and_(Job.state == JobState.EXECUTING, Job.last_updated_timestamp < cutoff),
-        Job.last_updated_timestamp, JobState.TIMEOUT,
-        f"No progress reported for {settings.execution_timeout_seconds} seconds", limit,
+        session,
+        settings,
+        sa.and_(Job.state == JobState.EXECUTING, Job.last_updated_timestamp < cutoff),
+        Job.last_updated_timestamp,
+        JobState.TIMEOUT,
+        f"No progress reported for {settings.execution_timeout_seconds} seconds",
+        limit,
     )
 
 
@@ -314,25 +401,33 @@ def sweep_enqueued_timeouts(session: so.Session, settings: Settings, now: int, l
         return 0
     cutoff = now - settings.enqueued_timeout_seconds * 1000
     return _sweep(
-        session, settings, sa.and_(Job.state == JobState.ENQUEUED, Job.enqueued_timestamp < cutoff),
-        Job.enqueued_timestamp, JobState.TIMEOUT,
-        f"Not started within {settings.enqueued_timeout_seconds} seconds", limit,
+        session,
+        settings,
+        sa.and_(Job.state == JobState.ENQUEUED, Job.enqueued_timestamp < cutoff),
+        Job.enqueued_timestamp,
+        JobState.TIMEOUT,
+        f"Not started within {settings.enqueued_timeout_seconds} seconds",
+        limit,
     )
 
 
 def sweep_unconfirmed_aborts(session: so.Session, settings: Settings, now: int, limit: int) -> int:
     cutoff = now - settings.abort_grace_seconds * 1000
     return _sweep(
-        session, settings,
+        session,
+        settings,
         # The bare column (not "IS true"): PostgreSQL proves the partial index ix_jobs_abort_pending only from
         # the predicate's own form "abort_requested AND state IN (...)".
         sa.and_(Job.abort_requested, Job.state.in_(JOB_ACTIVE), Job.abort_requested_timestamp < cutoff),
-        Job.abort_requested_timestamp, JobState.ABORTED,
-        f"Abort not confirmed by the analyzer within {settings.abort_grace_seconds} seconds", limit,
+        Job.abort_requested_timestamp,
+        JobState.ABORTED,
+        f"Abort not confirmed by the analyzer within {settings.abort_grace_seconds} seconds",
+        limit,
     )
 
 
 # -- retention ---------------------------------------------------------------------------------
+
 
 def ended_before(horizon: int) -> sa.ColumnElement[bool]:
     """Final jobs that ended before `horizon` (through the index ix_jobs_state_end)."""
@@ -342,21 +437,26 @@ def ended_before(horizon: int) -> sa.ColumnElement[bool]:
 def purge_jobs(session: so.Session, horizon: int, limit: int) -> dict[str, int]:
     """Delete up to `limit` final jobs that ended before `horizon`, with their tasks and history; rows
     deleted per table. A job being changed right now (its row locked) is left for the next run."""
-    job_ids = session.scalars(sa.select(Job.id).where(ended_before(horizon)).limit(limit)
-                              .with_for_update(skip_locked=True)).all()
+    job_ids = session.scalars(
+        sa.select(Job.id).where(ended_before(horizon)).limit(limit).with_for_update(skip_locked=True)
+    ).all()
     if not job_ids:
         return {"jobs": 0, "job_tasks": 0, "job_history": 0}
     # Children first, explicitly: the counts are exact (the foreign keys would cascade silently).
-    tasks = session.execute(sa.delete(JobTask).where(JobTask.job_id.in_(job_ids))
-                            .execution_options(synchronize_session=False)).rowcount
-    history = session.execute(sa.delete(JobHistory).where(JobHistory.job_id.in_(job_ids))
-                              .execution_options(synchronize_session=False)).rowcount
-    jobs = session.execute(sa.delete(Job).where(Job.id.in_(job_ids))
-                           .execution_options(synchronize_session=False)).rowcount
+    tasks = session.execute(
+        sa.delete(JobTask).where(JobTask.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+    ).rowcount
+    history = session.execute(
+        sa.delete(JobHistory).where(JobHistory.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+    ).rowcount
+    jobs = session.execute(
+        sa.delete(Job).where(Job.id.in_(job_ids)).execution_options(synchronize_session=False)
+    ).rowcount
     return {"jobs": jobs, "job_tasks": tasks, "job_history": history}
 
 
 # -- the one place a job's or a task's state changes ---------------------------------------------
+
 
 class _Changes:
     """The changes of one service call: who makes them and when, and the history entries they write.
@@ -370,7 +470,7 @@ class _Changes:
         self.session, self.settings, self.actor, self.now = session, settings, actor, now
         self._history: list[dict] = []
 
-    def __enter__(self) -> "_Changes":
+    def __enter__(self) -> _Changes:
         return self
 
     def __exit__(self, kind, _error, _traceback) -> None:
@@ -383,22 +483,43 @@ class _Changes:
         if self.actor is not None:
             job.last_updated_by_user_id = self.actor.id
 
-    def record(self, job_id: uuid.UUID, from_state: str | None, to_state: str, message: str | None, *,
-               task_id: uuid.UUID | None = None, announce: bool = True) -> None:
+    def record(
+        self,
+        job_id: uuid.UUID,
+        from_state: str | None,
+        to_state: str,
+        message: str | None,
+        *,
+        task_id: uuid.UUID | None = None,
+        announce: bool = True,
+    ) -> None:
         """A history entry; a job state change is also announced on the event topic."""
         actor = self.actor
-        self._history.append(dict(job_id=job_id, task_id=task_id, timestamp=self.now,
-                                  user_id=actor.id if actor else None, from_state=from_state, to_state=to_state,
-                                  message=message))
+        self._history.append(
+            dict(
+                job_id=job_id,
+                task_id=task_id,
+                timestamp=self.now,
+                user_id=actor.id if actor else None,
+                from_state=from_state,
+                to_state=to_state,
+                message=message,
+            )
+        )
         if announce and task_id is None:
-            add_message(self.session, self.settings.event_topic, str(job_id), {
-                "jobID": str(job_id),
-                "fromState": from_state,
-                "toState": to_state,
-                "timestamp": self.now,
-                "user": user_info(actor),
-                "message": message,
-            })
+            add_message(
+                self.session,
+                self.settings.event_topic,
+                str(job_id),
+                {
+                    "jobID": str(job_id),
+                    "fromState": from_state,
+                    "toState": to_state,
+                    "timestamp": self.now,
+                    "user": user_info(actor),
+                    "message": message,
+                },
+            )
 
 
 def _follow_user_ids(session: so.Session, job: Job) -> None:

@@ -38,8 +38,12 @@ TASK_STATE_ALIASES = {"successful": TaskState.SUCCESS}
 TASK_UPDATE_STATES = (TaskState.EXECUTING, TaskState.SUCCESS, TaskState.FAILED, TaskState.CANCELLED)
 
 # When a job goes final, its unfinished tasks follow.
-TASK_STATE_WHEN_JOB_ENDS = {JobState.TIMEOUT: TaskState.TIMEOUT, JobState.FAILED: TaskState.FAILED,
-                            JobState.DONE: TaskState.CANCELLED, JobState.ABORTED: TaskState.CANCELLED}
+TASK_STATE_WHEN_JOB_ENDS = {
+    JobState.TIMEOUT: TaskState.TIMEOUT,
+    JobState.FAILED: TaskState.FAILED,
+    JobState.DONE: TaskState.CANCELLED,
+    JobState.ABORTED: TaskState.CANCELLED,
+}
 
 
 class Cause(enum.StrEnum):
@@ -57,15 +61,19 @@ JOB_TRANSITIONS = (
     [(f, t, Cause.API) for f in JOB_ACTIVE for t in (JobState.EXECUTING, *JOB_FINAL) if f != t]
     + [(JobState.ENQUEUED, JobState.EXECUTING, Cause.TASK)]
     + [(JobState.EXECUTING, t, Cause.TASK) for t in (JobState.DONE, JobState.FAILED, JobState.ABORTED)]
-    + [(JobState.ENQUEUED, JobState.TIMEOUT, Cause.SWEEP), (JobState.EXECUTING, JobState.TIMEOUT, Cause.SWEEP),
-       (JobState.EXECUTING, JobState.ABORTED, Cause.SWEEP), (JobState.ENQUEUED, JobState.ABORTED, Cause.ABORT)]
+    + [
+        (JobState.ENQUEUED, JobState.TIMEOUT, Cause.SWEEP),
+        (JobState.EXECUTING, JobState.TIMEOUT, Cause.SWEEP),
+        (JobState.EXECUTING, JobState.ABORTED, Cause.SWEEP),
+        (JobState.ENQUEUED, JobState.ABORTED, Cause.ABORT),
+    ]
 )
 
 
 class Move(enum.Enum):
-    CHANGE = "change"          # a real state change: recorded in history and announced
-    HEARTBEAT = "heartbeat"    # executing -> executing: refreshes lastUpdatedTimestamp only
-    REPEAT = "repeat"          # the same final state again: idempotent, nothing changes
+    CHANGE = "change"  # a real state change: recorded in history and announced
+    HEARTBEAT = "heartbeat"  # executing -> executing: refreshes lastUpdatedTimestamp only
+    REPEAT = "repeat"  # the same final state again: idempotent, nothing changes
 
 
 class StateConflict(Conflict):

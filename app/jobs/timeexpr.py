@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
-
-from app import clock
+from datetime import UTC, datetime, timedelta
 
 from dateutil.relativedelta import relativedelta
+
+from app import clock
 
 __all__ = ["TimeExpressionError", "parse_time"]
 
@@ -36,11 +36,11 @@ class TimeExpressionError(ValueError):
     """The expression is not a valid time expression; str(err) is a clear message for the user naming what is wrong."""
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _ONE_MS = timedelta(milliseconds=1)
 # Floor division keeps 9999-12-31T23:59:59.999999 inside the range as ...59.999.
-_MIN_MS = (datetime.min.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
-_MAX_MS = (datetime.max.replace(tzinfo=timezone.utc) - _EPOCH) // _ONE_MS
+_MIN_MS = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // _ONE_MS
+_MAX_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // _ONE_MS
 
 # re.ASCII everywhere: without it \d accepts e.g. Arabic-Indic digits and
 # IGNORECASE lets [a-z] match the Kelvin sign, neither of which users mean.
@@ -89,12 +89,11 @@ _UNIT_NAMES = ", ".join([*_FIXED_MS, *_CALENDAR])
 
 
 def parse_time(expr: int | str, now_ms: int | None = None) -> int:
-    """Return milliseconds since the epoch (UTC). now_ms fixes 'now' (for tests and so that both bounds of one search use the same instant); default is the current time."""
+    """Return milliseconds since the epoch (UTC). now_ms fixes 'now' (so that both bounds of one search use
+    the same instant); default is the service clock's now."""
     # bool is a subclass of int, but True/False as a time is always a mistake.
     if isinstance(expr, bool) or not isinstance(expr, (int, str)):
-        raise TimeExpressionError(
-            f"a time expression must be an integer or a string, not {type(expr).__name__}"
-        )
+        raise TimeExpressionError(f"a time expression must be an integer or a string, not {type(expr).__name__}")
     if isinstance(expr, int):
         return _check_range(expr, str(expr))
     text = expr.strip()
@@ -149,7 +148,7 @@ def _parse_iso(text: str) -> int:
         raise _error(text, "not a valid ISO-8601 date-time") from None
     if dt.tzinfo is not None:  # e.g. "...+01:00Z" or "...ZZ"
         raise _error(text, "ISO-8601 times must have 'Z' as their only zone")
-    return _to_ms(dt.replace(tzinfo=timezone.utc))
+    return _to_ms(dt.replace(tzinfo=UTC))
 
 
 def _parse_relative(text: str, now_ms: int) -> int:
@@ -165,8 +164,9 @@ def _parse_relative(text: str, now_ms: int) -> int:
         name = tokens[0][1]
         initial = _INITIALS.get(name.lower())
         if initial is None:
-            raise _error(text, f"unknown function {name!r}; expected one of {_INITIAL_NAMES}, "
-                               "or a term starting with '+' or '-'")
+            raise _error(
+                text, f"unknown function {name!r}; expected one of {_INITIAL_NAMES}, or a term starting with '+' or '-'"
+            )
         value = _to_ms(initial(_to_datetime(now_ms)))
         pos = 1
 

@@ -59,7 +59,7 @@ class ApiKey(Base):
     expires_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
 
     user: so.Mapped[User] = so.relationship(lazy="joined")
-    granted_customers: so.Mapped[list["ApiKeyCustomer"]] = so.relationship(lazy="selectin", cascade="all, delete-orphan")
+    granted_customers: so.Mapped[list[ApiKeyCustomer]] = so.relationship(lazy="selectin", cascade="all, delete-orphan")
 
 
 class ApiKeyCustomer(Base):

@@ -22,4 +22,3 @@ class AnalysisWorker(Audited, Base):
     result_schema: so.Mapped[dict | None] = so.mapped_column(JSONB)
     # {"type": [...], "superType": [...], "arch": [...], "platform": [...]}; empty accepts all
     accepts: so.Mapped[dict] = so.mapped_column(JSONB, default=dict)
-

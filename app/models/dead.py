@@ -28,6 +28,10 @@ class DeadSubmission(Base):
 
     __table_args__ = (
         sa.CheckConstraint("(payload IS NULL) <> (payload_text IS NULL)", name="one_payload"),
-        sa.Index("ix_dead_submissions_submission_id", "submission_id", unique=True,
-                 postgresql_where=sa.text("submission_id IS NOT NULL")),
+        sa.Index(
+            "ix_dead_submissions_submission_id",
+            "submission_id",
+            unique=True,
+            postgresql_where=sa.text("submission_id IS NOT NULL"),
+        ),
     )

@@ -45,7 +45,7 @@ class Job(Base):
     customer = so.relationship("Customer", lazy="joined")
     last_updated_by_user = so.relationship("User", foreign_keys=[last_updated_by_user_id], lazy="joined")
     abort_requested_by_user = so.relationship("User", foreign_keys=[abort_requested_by_user_id], lazy="joined")
-    tasks: so.Mapped[list["JobTask"]] = so.relationship(
+    tasks: so.Mapped[list[JobTask]] = so.relationship(
         back_populates="job", lazy="selectin", order_by="JobTask.worker", cascade="all, delete-orphan"
     )
 
@@ -53,13 +53,17 @@ class Job(Base):
         # The default list: active jobs by enqueuedTimestamp (id breaks ties for stable paging).
         sa.Index("ix_jobs_active_enqueued", "enqueued_timestamp", "id", postgresql_where=sa.text(ACTIVE)),
         # The same newest first: `sortBy: -enqueuedTimestamp` keeps ids ascending among ties.
-        sa.Index("ix_jobs_active_enqueued_newest", sa.text("enqueued_timestamp DESC"), "id",
-                 postgresql_where=sa.text(ACTIVE)),
+        sa.Index(
+            "ix_jobs_active_enqueued_newest", sa.text("enqueued_timestamp DESC"), "id", postgresql_where=sa.text(ACTIVE)
+        ),
         # Sweeps: only the active jobs are indexed, so the cost follows them, not the table.
-        sa.Index("ix_jobs_executing_last_updated", "last_updated_timestamp", postgresql_where=sa.text("state = 'executing'")),
+        sa.Index(
+            "ix_jobs_executing_last_updated", "last_updated_timestamp", postgresql_where=sa.text("state = 'executing'")
+        ),
         sa.Index("ix_jobs_enqueued_enqueued", "enqueued_timestamp", postgresql_where=sa.text("state = 'enqueued'")),
         sa.Index(
-            "ix_jobs_abort_pending", "abort_requested_timestamp",
+            "ix_jobs_abort_pending",
+            "abort_requested_timestamp",
             postgresql_where=sa.text(f"abort_requested AND {ACTIVE}"),
         ),
         sa.Index("ix_jobs_customer_state_enqueued", "customer_id", "state", "enqueued_timestamp"),
@@ -68,15 +72,17 @@ class Job(Base):
         sa.Index("ix_jobs_state_end", "state", "end_timestamp"),
         sa.Index("ix_jobs_state_last_updated", "state", "last_updated_timestamp"),
         sa.Index("ix_jobs_sample_sha256", "sample_sha256"),
-        sa.Index("ix_jobs_submission_id_ingested", "submission_id", unique=True,
-                 postgresql_where=sa.text(INGESTED)),
+        sa.Index("ix_jobs_submission_id_ingested", "submission_id", unique=True, postgresql_where=sa.text(INGESTED)),
         # At most one active reanalysis job per sample and customer, whatever the callers do. Not over all
         # jobs: ingest may make several active jobs for one sample and customer from different submissions.
-        sa.Index("ix_jobs_active_reanalysis", "sample_sha256", "customer_id", unique=True,
-                 postgresql_where=sa.text(f"reanalysis AND {ACTIVE}")),
-        sa.CheckConstraint(
-            "state IN ('enqueued', 'executing', 'done', 'failed', 'timeout', 'aborted')", name="state"
+        sa.Index(
+            "ix_jobs_active_reanalysis",
+            "sample_sha256",
+            "customer_id",
+            unique=True,
+            postgresql_where=sa.text(f"reanalysis AND {ACTIVE}"),
         ),
+        sa.CheckConstraint("state IN ('enqueued', 'executing', 'done', 'failed', 'timeout', 'aborted')", name="state"),
     )
 
 

@@ -34,6 +34,9 @@ class OutboxMessage(Base):
         sa.Index("ix_outbox_sent", "sent_timestamp", postgresql_where=sa.text("sent_timestamp IS NOT NULL")),
         # "Is an earlier row of this key still unsent?", asked for every row the relay claims.
         sa.Index("ix_outbox_unsent_key", "key", "id", postgresql_where=sa.text("sent_timestamp IS NULL")),
-        sa.Index("ix_outbox_parked", "id",
-                 postgresql_where=sa.text("parked_timestamp IS NOT NULL AND sent_timestamp IS NULL")),
+        sa.Index(
+            "ix_outbox_parked",
+            "id",
+            postgresql_where=sa.text("parked_timestamp IS NOT NULL AND sent_timestamp IS NULL"),
+        ),
     )

@@ -19,10 +19,11 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import sqlalchemy.orm as so
+
 from app.jobs.states import JOB_TRANSITIONS
 from app.unit_of_work import after_commit
 
@@ -36,7 +37,6 @@ UNMATCHED_ROUTE = "unmatched"
 _CONVERTER = re.compile(r"<(?:[^<>:]+:)?([^<>:]+)>")
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-
 
 
 @dataclass(frozen=True)
@@ -62,16 +62,23 @@ def series() -> _Series:
             from prometheus_client import Counter, Histogram
 
             _series = _Series(
-                http_requests=Counter("sampledb_http_requests_total", "HTTP requests by URL rule",
-                                      ["method", "route", "status"]),
-                http_request_duration=Histogram("sampledb_http_request_duration_seconds", "Time per HTTP request",
-                                                ["method", "route"], buckets=REQUEST_BUCKETS),
+                http_requests=Counter(
+                    "sampledb_http_requests_total", "HTTP requests by URL rule", ["method", "route", "status"]
+                ),
+                http_request_duration=Histogram(
+                    "sampledb_http_request_duration_seconds",
+                    "Time per HTTP request",
+                    ["method", "route"],
+                    buckets=REQUEST_BUCKETS,
+                ),
                 submissions=Counter("sampledb_submissions_total", "Submissions ingested, by outcome", ["outcome"]),
-                job_transitions=Counter("sampledb_job_transitions_total", "Job state changes",
-                                        ["from_state", "to_state", "cause"]),
+                job_transitions=Counter(
+                    "sampledb_job_transitions_total", "Job state changes", ["from_state", "to_state", "cause"]
+                ),
                 outbox_sent=Counter("sampledb_outbox_sent_total", "Outbox rows Kafka acknowledged"),
-                outbox_send_failures=Counter("sampledb_outbox_send_failures_total",
-                                             "Outbox rows whose send failed (retried later)"),
+                outbox_send_failures=Counter(
+                    "sampledb_outbox_send_failures_total", "Outbox rows whose send failed (retried later)"
+                ),
                 purged_rows=Counter("sampledb_purged_rows_total", "Rows deleted by retention", ["table"]),
             )
             # Every outcome, transition and table from zero, so a rate() sees the first event.
@@ -120,6 +127,7 @@ def process_registry():
 
 # -- counting ----------------------------------------------------------------------------------
 
+
 def count_submissions(session: so.Session | None, outcome: str, amount: int = 1) -> None:
     """`amount` submissions with this outcome; counted at commit when a session is given."""
     if amount <= 0:
@@ -159,6 +167,7 @@ def observe_request(method: str, route: str | None, status: int, seconds: float)
 
 # -- service-wide gauges, read on scrape -------------------------------------------------------
 
+
 class ServiceGauges:
     """A collector of the service-wide gauges, read by `read()` (PostgreSQL, Redis) and kept `cache_seconds`.
 
@@ -187,13 +196,17 @@ class ServiceGauges:
             active.add_metric([state], count)
         yield active
         yield GaugeMetricFamily("sampledb_outbox_backlog", "Unsent outbox rows", value=vitals.outbox_backlog)
-        yield GaugeMetricFamily("sampledb_outbox_oldest_unsent_age_seconds", "Age of the oldest unsent outbox row",
-                                value=vitals.outbox_oldest_unsent_age_seconds)
+        yield GaugeMetricFamily(
+            "sampledb_outbox_oldest_unsent_age_seconds",
+            "Age of the oldest unsent outbox row",
+            value=vitals.outbox_oldest_unsent_age_seconds,
+        )
         yield GaugeMetricFamily("sampledb_outbox_parked", "Parked outbox rows", value=vitals.outbox_parked)
         yield GaugeMetricFamily("sampledb_dead_submissions", "Stored dead submissions", value=vitals.dead_submissions)
         if vitals.queue_lengths is not None:
-            queues = GaugeMetricFamily("sampledb_celery_queue_length", "Messages waiting in a Celery queue",
-                                       labels=["queue"])
+            queues = GaugeMetricFamily(
+                "sampledb_celery_queue_length", "Messages waiting in a Celery queue", labels=["queue"]
+            )
             for queue, length in vitals.queue_lengths.items():
                 queues.add_metric([queue], length)
             yield queues

@@ -4,8 +4,9 @@ Each batch is one transaction that picks at most `batch_size` rows through an in
 (`ix_outbox_sent` for sent rows by sent time, `ix_jobs_state_end` for final jobs by end
 time), so the cost follows the rows deleted, not the table. Rows are claimed with
 FOR UPDATE SKIP LOCKED: two purges at once split the rows between them, and a job being
-changed right now is left for the next run. Jobs are deleted by the job service (`purge_jobs`). Unsent (or parked) outbox rows have no sent
-time and active jobs no final state, so neither is ever selected, however old.
+changed right now is left for the next run. Jobs are deleted by the job service (`purge_jobs`).
+Unsent (or parked) outbox rows have no sent time and active jobs no final state, so neither is
+ever selected, however old.
 A purged job's tasks and history are deleted with it, in the same transaction.
 """
 
@@ -17,11 +18,11 @@ from dataclasses import dataclass, fields
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
-from app.operations import metrics
+from app.clock import now_ms
 from app.config import Settings
 from app.jobs import service
 from app.models import Job, JobHistory, JobTask, OutboxMessage
-from app.clock import now_ms
+from app.operations import metrics
 from app.unit_of_work import unit_of_work
 
 HOUR_MS = 3600 * 1000
@@ -37,7 +38,7 @@ class Purged:
     job_tasks: int = 0
     job_history: int = 0
 
-    def add(self, other: "Purged") -> None:
+    def add(self, other: Purged) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
@@ -57,7 +58,7 @@ class Horizons:
     jobs: int | None
 
     @classmethod
-    def at(cls, settings: Settings, now: int) -> "Horizons":
+    def at(cls, settings: Settings, now: int) -> Horizons:
         jobs = now - settings.job_retention_days * DAY_MS if settings.job_retention_days else None
         return cls(outbox=now - settings.outbox_retention_hours * HOUR_MS, jobs=jobs)
 
@@ -69,10 +70,18 @@ def _expired_outbox(horizon: int) -> sa.ColumnElement[bool]:
 
 def purge_outbox_batch(session: so.Session, horizon: int, limit: int) -> Purged:
     """Delete up to `limit` sent outbox rows older than `horizon`, oldest first. The caller commits."""
-    claimed = (sa.select(OutboxMessage.id).where(_expired_outbox(horizon)).order_by(OutboxMessage.sent_timestamp)
-               .limit(limit).with_for_update(skip_locked=True))
-    result = session.execute(sa.delete(OutboxMessage).where(OutboxMessage.id.in_(claimed.scalar_subquery()))
-                             .execution_options(synchronize_session=False))
+    claimed = (
+        sa.select(OutboxMessage.id)
+        .where(_expired_outbox(horizon))
+        .order_by(OutboxMessage.sent_timestamp)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    result = session.execute(
+        sa.delete(OutboxMessage)
+        .where(OutboxMessage.id.in_(claimed.scalar_subquery()))
+        .execution_options(synchronize_session=False)
+    )
     return Purged(outbox=result.rowcount)
 
 

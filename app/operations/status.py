@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
-from app.config import Settings
 from app.clock import now_ms
+from app.config import Settings
 from app.operations.sweep_runs import all_runs, periodic_intervals
 from app.operations.vitals import Vitals, read_vitals
 
@@ -52,8 +52,13 @@ def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
         return Snapshot(now, None, 0, 0, [], [f"postgresql: cannot read the figures: {reason}"])
     periodic = [
-        PeriodicRun(name, interval, getattr(runs.get(name), "expected_since_timestamp", None),
-                    getattr(runs.get(name), "last_run_timestamp", None), getattr(runs.get(name), "last_moved", None))
+        PeriodicRun(
+            name,
+            interval,
+            getattr(runs.get(name), "expected_since_timestamp", None),
+            getattr(runs.get(name), "last_run_timestamp", None),
+            getattr(runs.get(name), "last_moved", None),
+        )
         for name, interval in periodic_intervals(settings).items()
     ]
     return Snapshot(now, vitals, created_minute, created_hour, periodic)
@@ -65,8 +70,10 @@ def problems(snapshot: Snapshot, settings: Settings) -> list[str]:
     vitals = snapshot.vitals
     if vitals is not None:
         if vitals.outbox_oldest_unsent_age_seconds > settings.status_outbox_max_age_seconds:
-            found.append(f"outbox: the oldest unsent row is {vitals.outbox_oldest_unsent_age_seconds:.0f} s old "
-                         f"(more than {settings.status_outbox_max_age_seconds} s): is Kafka or the relay down?")
+            found.append(
+                f"outbox: the oldest unsent row is {vitals.outbox_oldest_unsent_age_seconds:.0f} s old "
+                f"(more than {settings.status_outbox_max_age_seconds} s): is Kafka or the relay down?"
+            )
         if vitals.outbox_parked:
             found.append(f"outbox: {vitals.outbox_parked} parked rows wait for an operator")
         if vitals.dead_submissions:
@@ -79,8 +86,10 @@ def problems(snapshot: Snapshot, settings: Settings) -> list[str]:
             found.append(f"{run.name}: never scheduled (is beat running?)")
         elif snapshot.taken_at - since > OVERDUE_INTERVALS * run.interval_seconds * 1000:
             what = "last ran" if run.last_run else "never ran since beat scheduled it"
-            found.append(f"{run.name}: {what} {(snapshot.taken_at - since) / 1000:.0f} s ago "
-                         f"(more than {OVERDUE_INTERVALS} intervals of {run.interval_seconds} s)")
+            found.append(
+                f"{run.name}: {what} {(snapshot.taken_at - since) / 1000:.0f} s ago "
+                f"(more than {OVERDUE_INTERVALS} intervals of {run.interval_seconds} s)"
+            )
     return found
 
 
@@ -114,8 +123,15 @@ def render(snapshot: Snapshot, found: list[str]):
     for column in ("task", "every", "last ran", "moved"):
         periodic.add_column(column)
     for run in snapshot.periodic:
-        periodic.add_row(run.name, f"{run.interval_seconds} s", _ago(snapshot.taken_at, run.last_run),
-                         "-" if run.last_moved is None else f"{run.last_moved:,}")
-    verdict = Text("healthy", style="bold green") if not found else Text(
-        "UNHEALTHY\n" + "\n".join(f"- {problem}" for problem in found), style="bold red")
+        periodic.add_row(
+            run.name,
+            f"{run.interval_seconds} s",
+            _ago(snapshot.taken_at, run.last_run),
+            "-" if run.last_moved is None else f"{run.last_moved:,}",
+        )
+    verdict = (
+        Text("healthy", style="bold green")
+        if not found
+        else Text("UNHEALTHY\n" + "\n".join(f"- {problem}" for problem in found), style="bold red")
+    )
     return Group(figures, periodic, verdict)

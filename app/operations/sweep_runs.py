@@ -8,7 +8,7 @@ as overdue instead of being invisible.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -39,10 +39,10 @@ def expect(session: so.Session, names: Iterable[str], now: int) -> None:
 
 def record(session: so.Session, name: str, moved: int, now: int) -> None:
     """A run of `name` finished at `now` having moved (or deleted) `moved` rows."""
-    stmt = pg_insert(SweepRun).values(name=name, expected_since_timestamp=now, last_run_timestamp=now,
-                                      last_moved=moved)
-    session.execute(stmt.on_conflict_do_update(
-        index_elements=["name"], set_={"last_run_timestamp": now, "last_moved": moved}))
+    stmt = pg_insert(SweepRun).values(name=name, expected_since_timestamp=now, last_run_timestamp=now, last_moved=moved)
+    session.execute(
+        stmt.on_conflict_do_update(index_elements=["name"], set_={"last_run_timestamp": now, "last_moved": moved})
+    )
 
 
 def all_runs(conn: sa.Connection) -> list[SweepRun]:

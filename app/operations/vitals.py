@@ -75,7 +75,8 @@ def queue_lengths(redis_url: str) -> dict[str, int]:
         client = _redis_clients.get(redis_url)
         if client is None:
             client = _redis_clients[redis_url] = redis.Redis.from_url(
-                redis_url, socket_connect_timeout=2, socket_timeout=2)
+                redis_url, socket_connect_timeout=2, socket_timeout=2
+            )
     pipe = client.pipeline(transaction=False)
     queues = QueueNames.all()
     for queue in queues:
@@ -83,4 +84,4 @@ def queue_lengths(redis_url: str) -> dict[str, int]:
             pipe.llen(queue + suffix)
     lengths = pipe.execute()
     per_queue = len(_PRIORITY_SUFFIXES)
-    return {queue: sum(lengths[i * per_queue:(i + 1) * per_queue]) for i, queue in enumerate(queues)}
+    return {queue: sum(lengths[i * per_queue : (i + 1) * per_queue]) for i, queue in enumerate(queues)}

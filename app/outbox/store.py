@@ -12,7 +12,7 @@ often) are listed and put back in line here, for `sampledb-jobs outbox parked|re
 from __future__ import annotations
 
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -27,8 +27,9 @@ _relay_triggers: list[Callable[[], None]] = []
 
 
 def add_message(session: so.Session, topic: str, key: str, value: dict) -> OutboxMessage:
-    message = OutboxMessage(topic=topic, key=key, value=value, created_timestamp=now_ms(), attempts=0,
-                            next_attempt_timestamp=0)
+    message = OutboxMessage(
+        topic=topic, key=key, value=value, created_timestamp=now_ms(), attempts=0, next_attempt_timestamp=0
+    )
     session.add(message)
     after_commit(session, _trigger_relay, once=_trigger_relay)
     return message
@@ -36,9 +37,11 @@ def add_message(session: so.Session, topic: str, key: str, value: dict) -> Outbo
 
 def parked_messages(session: so.Session) -> Sequence[OutboxMessage]:
     """Every parked row, oldest first."""
-    return session.scalars(sa.select(OutboxMessage).where(OutboxMessage.parked_timestamp.is_not(None),
-                                                          OutboxMessage.sent_timestamp.is_(None))
-                           .order_by(OutboxMessage.id)).all()
+    return session.scalars(
+        sa.select(OutboxMessage)
+        .where(OutboxMessage.parked_timestamp.is_not(None), OutboxMessage.sent_timestamp.is_(None))
+        .order_by(OutboxMessage.id)
+    ).all()
 
 
 def retry_parked(session: so.Session, ids: Sequence[int] | None = None) -> list[int]:
@@ -46,10 +49,14 @@ def retry_parked(session: so.Session, ids: Sequence[int] | None = None) -> list[
     The caller commits, which triggers the relay."""
     released = session.scalars(
         sa.update(OutboxMessage)
-        .where(OutboxMessage.parked_timestamp.is_not(None), OutboxMessage.sent_timestamp.is_(None),
-               *([OutboxMessage.id.in_(ids)] if ids is not None else []))
+        .where(
+            OutboxMessage.parked_timestamp.is_not(None),
+            OutboxMessage.sent_timestamp.is_(None),
+            *([OutboxMessage.id.in_(ids)] if ids is not None else []),
+        )
         .values(parked_timestamp=None, attempts=0, next_attempt_timestamp=0)
-        .returning(OutboxMessage.id).execution_options(synchronize_session=False)
+        .returning(OutboxMessage.id)
+        .execution_options(synchronize_session=False)
     ).all()
     if released:
         after_commit(session, _trigger_relay, once=_trigger_relay)

@@ -33,8 +33,9 @@ _quiet_until: dict[str, float] = {}  # by Redis URL
 
 
 def send_relay(redis_url: str, *, triggered: bool = True, countdown: float | None = None) -> None:
-    celery_client(redis_url).send_task(TaskNames.RELAY_OUTBOX, kwargs={"triggered": triggered}, retry=False,
-                                       countdown=countdown)
+    celery_client(redis_url).send_task(
+        TaskNames.RELAY_OUTBOX, kwargs={"triggered": triggered}, retry=False, countdown=countdown
+    )
 
 
 def trigger_relay(redis_url: str) -> None:

@@ -9,11 +9,11 @@ import sqlalchemy.orm as so
 from sqlalchemy.exc import IntegrityError
 
 from app.accounts.access import Actor
+from app.clock import now_ms
 from app.config import WORKER_SHORT_NAME_PATTERN
 from app.errors.domain import NotFound, WorkerExists
 from app.jobs.serialize import user_info
 from app.models import AnalysisWorker
-from app.clock import now_ms
 from app.policy import store as policy_store
 
 FILTER_KEYS = {"type": "type", "super_type": "superType", "arch": "arch", "platform": "platform"}
@@ -65,10 +65,14 @@ def get_worker(session: so.Session, id_or_short_name: str, *, for_update: bool =
     return worker
 
 
-def list_workers(session: so.Session, *, limit: int, offset: int, sort_by: list[str],
-                 include_deleted: bool) -> tuple[list[AnalysisWorker], int]:
-    columns = {"shortName": AnalysisWorker.short_name, "createdTimestamp": AnalysisWorker.created_timestamp,
-               "lastUpdatedTimestamp": AnalysisWorker.last_updated_timestamp}
+def list_workers(
+    session: so.Session, *, limit: int, offset: int, sort_by: list[str], include_deleted: bool
+) -> tuple[list[AnalysisWorker], int]:
+    columns = {
+        "shortName": AnalysisWorker.short_name,
+        "createdTimestamp": AnalysisWorker.created_timestamp,
+        "lastUpdatedTimestamp": AnalysisWorker.last_updated_timestamp,
+    }
     stmt = sa.select(AnalysisWorker)
     if not include_deleted:
         stmt = stmt.where(AnalysisWorker.deleted.is_(False))
@@ -83,10 +87,16 @@ def list_workers(session: so.Session, *, limit: int, offset: int, sort_by: list[
 def register_worker(session: so.Session, data: dict, actor: Actor | None) -> AnalysisWorker:
     now = now_ms()
     worker = AnalysisWorker(
-        short_name=data["short_name"], localized_names=data["localized_names"],
-        localized_descriptions=data["localized_descriptions"], result_schema=data.get("schema"),
-        accepts=_filter(data.get("accepts")), deleted=False, created_timestamp=now, last_updated_timestamp=now,
-        created_by_user_id=actor.id if actor else None, last_updated_by_user_id=actor.id if actor else None,
+        short_name=data["short_name"],
+        localized_names=data["localized_names"],
+        localized_descriptions=data["localized_descriptions"],
+        result_schema=data.get("schema"),
+        accepts=_filter(data.get("accepts")),
+        deleted=False,
+        created_timestamp=now,
+        last_updated_timestamp=now,
+        created_by_user_id=actor.id if actor else None,
+        last_updated_by_user_id=actor.id if actor else None,
     )
     session.add(worker)
     try:

@@ -32,10 +32,13 @@ def _index_rules(rules: Sequence[Rule]) -> dict[tuple[str, object], tuple[int, .
         if not rule.match:
             continue
         name, clause = next(iter(rule.match.items()))  # every clause must fit: the first one decides candidacy
-        keys = {"customer": lambda: [("customer", c) for c in clause],
-                "classification": lambda: [("type", t) for t in clause.get("type", ())]
-                + [("superType", t) for t in clause.get("superType", ())],
-                "submission": lambda: [("metaDataKey", k) for k in clause.get("metaDataKey", ())]}[name]()
+        keys = {
+            "customer": lambda: [("customer", c) for c in clause],
+            "classification": lambda: (
+                [("type", t) for t in clause.get("type", ())] + [("superType", t) for t in clause.get("superType", ())]
+            ),
+            "submission": lambda: [("metaDataKey", k) for k in clause.get("metaDataKey", ())],
+        }[name]()
         for key in set(keys):
             index.setdefault(key, []).append(position)
     return {key: tuple(positions) for key, positions in index.items()}
@@ -57,8 +60,11 @@ class PolicySnapshot:
 
     def rules_that_may_fit(self, customer_id: int, submission: Mapping, classification: Mapping) -> list[Rule]:
         """The rules indexed under something this submission has, oldest first."""
-        keys = [("customer", customer_id), ("type", classification.get("type")),
-                ("superType", classification.get("superType"))]
+        keys = [
+            ("customer", customer_id),
+            ("type", classification.get("type")),
+            ("superType", classification.get("superType")),
+        ]
         keys += [("metaDataKey", k) for k in (submission.get("metaData") or {})]
         positions = {p for key in keys for p in self.index.get(key, ())}
         return [self.rules[p] for p in sorted(positions)]
@@ -83,15 +89,17 @@ def _customer_fits(customer_ids: Sequence[int], customer_id: int, submission, cl
 
 
 def _classification_fits(clause: Mapping, customer_id: int, submission, classification) -> bool:
-    return (classification.get("type") in clause.get("type", ())
-            or classification.get("superType") in clause.get("superType", ()))
+    return classification.get("type") in clause.get("type", ()) or classification.get("superType") in clause.get(
+        "superType", ()
+    )
 
 
 def _submission_fits(clause: Mapping, customer_id: int, submission, classification) -> bool:
     meta = submission.get("metaData") or {}
     values = clause.get("metaDataValue")
-    return any(key in meta and (values is None or metadata_text(meta[key]) in values)
-               for key in clause.get("metaDataKey", ()))
+    return any(
+        key in meta and (values is None or metadata_text(meta[key]) in values) for key in clause.get("metaDataKey", ())
+    )
 
 
 _CLAUSES = {"customer": _customer_fits, "classification": _classification_fits, "submission": _submission_fits}
@@ -99,8 +107,9 @@ _CLAUSES = {"customer": _customer_fits, "classification": _classification_fits, 
 
 def rule_matches(match: Mapping, customer_id: int, submission: Mapping, classification: Mapping) -> bool:
     """Every clause the rule gives must fit (Argus gives each rule exactly one)."""
-    return bool(match) and all(_CLAUSES[name](clause, customer_id, submission, classification)
-                               for name, clause in match.items())
+    return bool(match) and all(
+        _CLAUSES[name](clause, customer_id, submission, classification) for name, clause in match.items()
+    )
 
 
 def _apply_workers(workers: list[str], clause: Mapping) -> list[str]:
@@ -119,8 +128,7 @@ def _apply_options(options: dict[str, str], clause: Mapping) -> dict[str, str]:
     return {k: v for k, v in options.items() if k not in removed}
 
 
-def apply_policy(snapshot: PolicySnapshot, customer_id: int, submission: Mapping,
-                 classification: Mapping) -> JobPlan:
+def apply_policy(snapshot: PolicySnapshot, customer_id: int, submission: Mapping, classification: Mapping) -> JobPlan:
     """The policy's workers and options after every matching rule, before the workers' own filters."""
     workers, options = list(snapshot.workers), dict(snapshot.options)
     for rule in snapshot.rules_that_may_fit(customer_id, submission, classification):
@@ -132,14 +140,20 @@ def apply_policy(snapshot: PolicySnapshot, customer_id: int, submission: Mapping
 
 def accepts_classification(accepts: Mapping | None, classification: Mapping) -> bool:
     """A worker's filter: every criterion it lists must hold the sample's value; an empty one accepts all."""
-    return all(not (accepts or {}).get(criterion) or classification.get(criterion) in accepts[criterion]
-               for criterion in CLASSIFICATION_FILTER_KEYS)
+    return all(
+        not (accepts or {}).get(criterion) or classification.get(criterion) in accepts[criterion]
+        for criterion in CLASSIFICATION_FILTER_KEYS
+    )
 
 
-def plan_job(snapshot: PolicySnapshot, fallback_worker: str, customer_id: int, submission: Mapping,
-             classification: Mapping) -> JobPlan:
+def plan_job(
+    snapshot: PolicySnapshot, fallback_worker: str, customer_id: int, submission: Mapping, classification: Mapping
+) -> JobPlan:
     """The tasks (worker shortNames, sorted, never none) and options of a new job."""
     decided = apply_policy(snapshot, customer_id, submission, classification)
-    workers = sorted(w for w in decided.workers
-                     if w in snapshot.registry and accepts_classification(snapshot.registry[w], classification))
+    workers = sorted(
+        w
+        for w in decided.workers
+        if w in snapshot.registry and accepts_classification(snapshot.registry[w], classification)
+    )
     return JobPlan(tuple(workers or [fallback_worker]), decided.options)

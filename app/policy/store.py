@@ -17,15 +17,13 @@ import sqlalchemy.orm as so
 
 from app import clock
 from app.accounts.access import Actor
+from app.clock import now_ms
 from app.config import Settings
 from app.errors.domain import Conflict, InvalidArgument, NotFound
 from app.jobs.serialize import user_info
 from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer
-from app.clock import now_ms
-from app.unit_of_work import after_commit
 from app.policy.evaluate import JobPlan, PolicySnapshot, Rule, plan_job
-
-
+from app.unit_of_work import after_commit
 
 
 class RuleNotFound(NotFound):
@@ -48,10 +46,14 @@ _snapshots_lock = threading.Lock()
 
 def load_snapshot(session: so.Session) -> PolicySnapshot:
     policy = session.get(AnalysisPolicy, DEFAULT_POLICY_ID)
-    rules = session.execute(sa.select(AnalysisRule.match, AnalysisRule.action)
-                            .where(AnalysisRule.deleted.is_(False)).order_by(AnalysisRule.position)).all()
-    registry = session.execute(sa.select(AnalysisWorker.short_name, AnalysisWorker.accepts)
-                               .where(AnalysisWorker.deleted.is_(False))).all()
+    rules = session.execute(
+        sa.select(AnalysisRule.match, AnalysisRule.action)
+        .where(AnalysisRule.deleted.is_(False))
+        .order_by(AnalysisRule.position)
+    ).all()
+    registry = session.execute(
+        sa.select(AnalysisWorker.short_name, AnalysisWorker.accepts).where(AnalysisWorker.deleted.is_(False))
+    ).all()
     return PolicySnapshot(
         workers=tuple(policy.workers) if policy else (),
         options=tuple((o["key"], o["value"]) for o in (policy.options if policy else [])),
@@ -75,8 +77,9 @@ def snapshot(session: so.Session, settings: Settings) -> PolicySnapshot:
     return fresh
 
 
-def plan_for(session: so.Session, settings: Settings, customer_id: int, submission: dict,
-             classification: dict) -> JobPlan:
+def plan_for(
+    session: so.Session, settings: Settings, customer_id: int, submission: dict, classification: dict
+) -> JobPlan:
     """The tasks and options of a new job of this submission, under the policy as it is now."""
     return plan_job(snapshot(session, settings), settings.fallback_worker, customer_id, submission, classification)
 
@@ -93,12 +96,15 @@ def forget_snapshots() -> None:
 
 # -- references: workers by id or shortName, customers by id or shortName --------------------------
 
+
 def resolve_workers(session: so.Session, refs: list[str], field: str) -> list[str]:
     """The shortNames of registered, non-deleted workers named by id or shortName, in the given order."""
     ids = [uuid.UUID(r) for r in refs if _is_uuid(r)]
-    rows = session.execute(sa.select(AnalysisWorker.id, AnalysisWorker.short_name).where(
-        AnalysisWorker.deleted.is_(False),
-        sa.or_(AnalysisWorker.short_name.in_(refs), AnalysisWorker.id.in_(ids)))).all()
+    rows = session.execute(
+        sa.select(AnalysisWorker.id, AnalysisWorker.short_name).where(
+            AnalysisWorker.deleted.is_(False), sa.or_(AnalysisWorker.short_name.in_(refs), AnalysisWorker.id.in_(ids))
+        )
+    ).all()
     by_ref = {**{str(i): n for i, n in rows}, **{n: n for _, n in rows}}
     unknown = [r for r in refs if by_ref.get(r.lower() if _is_uuid(r) else r) is None]
     if unknown:
@@ -108,8 +114,9 @@ def resolve_workers(session: so.Session, refs: list[str], field: str) -> list[st
 
 def resolve_customers(session: so.Session, refs: list[str], field: str) -> list[int]:
     ids = [int(r) for r in refs if r.isascii() and r.isdigit() and int(r) < 2**31]
-    rows = session.execute(sa.select(Customer.id, Customer.short_name).where(
-        sa.or_(Customer.short_name.in_(refs), Customer.id.in_(ids)))).all()
+    rows = session.execute(
+        sa.select(Customer.id, Customer.short_name).where(sa.or_(Customer.short_name.in_(refs), Customer.id.in_(ids)))
+    ).all()
     by_ref = {**{str(i): i for i, _ in rows}, **{n: i for i, n in rows}}
     unknown = [r for r in refs if r not in by_ref]
     if unknown:
@@ -133,6 +140,7 @@ def _unique_option_keys(options: list[dict], field: str) -> list[dict]:
 
 
 # -- the default policy ------------------------------------------------------------------------
+
 
 def get_policy(session: so.Session, *, for_update: bool = False) -> AnalysisPolicy:
     stmt = sa.select(AnalysisPolicy).where(AnalysisPolicy.id == DEFAULT_POLICY_ID)
@@ -159,13 +167,16 @@ def update_policy(session: so.Session, data: dict, actor: Actor | None) -> Analy
 
 def include_worker(session: so.Session, short_name: str) -> None:
     """A newly registered worker joins the default policy, so it runs as registered workers always did."""
-    session.execute(sa.update(AnalysisPolicy).where(
-        AnalysisPolicy.id == DEFAULT_POLICY_ID, sa.not_(AnalysisPolicy.workers.has_key(short_name)))
-        .values(workers=AnalysisPolicy.workers + sa.func.jsonb_build_array(short_name)))
+    session.execute(
+        sa.update(AnalysisPolicy)
+        .where(AnalysisPolicy.id == DEFAULT_POLICY_ID, sa.not_(AnalysisPolicy.workers.has_key(short_name)))
+        .values(workers=AnalysisPolicy.workers + sa.func.jsonb_build_array(short_name))
+    )
     changed(session)
 
 
 # -- rules ------------------------------------------------------------------------------------
+
 
 def get_rule(session: so.Session, rule_id: uuid.UUID, *, for_update: bool = False) -> AnalysisRule:
     stmt = sa.select(AnalysisRule).where(AnalysisRule.id == rule_id)
@@ -177,8 +188,9 @@ def get_rule(session: so.Session, rule_id: uuid.UUID, *, for_update: bool = Fals
     return rule
 
 
-def list_rules(session: so.Session, *, limit: int, offset: int,
-               include_deleted: bool) -> tuple[list[AnalysisRule], int]:
+def list_rules(
+    session: so.Session, *, limit: int, offset: int, include_deleted: bool
+) -> tuple[list[AnalysisRule], int]:
     stmt = sa.select(AnalysisRule)
     if not include_deleted:
         stmt = stmt.where(AnalysisRule.deleted.is_(False))
@@ -193,7 +205,7 @@ def _stored_match(session: so.Session, match: dict) -> dict:
     """The request's match clause as stored: customers by id, values as given."""
     if len(match) != 1:
         raise PolicyRejected("match", "give exactly one clause: customer, classification or submission")
-    (name, clause), = match.items()
+    ((name, clause),) = match.items()
     if name == "customer":
         return {"customer": resolve_customers(session, clause["customer_or_group"], "match.customer.customerOrGroup")}
     if name == "classification":
@@ -212,8 +224,9 @@ def _stored_action(session: so.Session, action: dict) -> dict:
         stored.setdefault("workers", {})[verb] = resolve_workers(session, refs, f"action.workers.{verb}")
     for verb, items in (action.get("options") or {}).items():
         field = f"action.options.{verb}"
-        stored.setdefault("options", {})[verb] = list(dict.fromkeys(items)) if verb == "remove" \
-            else _unique_option_keys(items, field)
+        stored.setdefault("options", {})[verb] = (
+            list(dict.fromkeys(items)) if verb == "remove" else _unique_option_keys(items, field)
+        )
     if not stored:
         raise PolicyRejected("action", "set at least one action on workers or options")
     return stored
@@ -222,10 +235,17 @@ def _stored_action(session: so.Session, action: dict) -> dict:
 def add_rule(session: so.Session, data: dict, actor: Actor | None) -> AnalysisRule:
     now = now_ms()
     user_id = actor.id if actor else None
-    rule = AnalysisRule(name=data["name"], description=data["description"],
-                        match=_stored_match(session, data["match"]), action=_stored_action(session, data["action"]),
-                        deleted=False, created_timestamp=now, created_by_user_id=user_id,
-                        last_updated_timestamp=now, last_updated_by_user_id=user_id)
+    rule = AnalysisRule(
+        name=data["name"],
+        description=data["description"],
+        match=_stored_match(session, data["match"]),
+        action=_stored_action(session, data["action"]),
+        deleted=False,
+        created_timestamp=now,
+        created_by_user_id=user_id,
+        last_updated_timestamp=now,
+        last_updated_by_user_id=user_id,
+    )
     session.add(rule)
     session.flush()
     changed(session)
@@ -271,17 +291,27 @@ def _follow_user_ids(session: so.Session, row, relationships: list[str]) -> None
 
 # -- as the API shows them --------------------------------------------------------------------
 
+
 class References:
     """Workers and customers named by policies and rules, looked up once for a whole response."""
 
     def __init__(self, session: so.Session, worker_names: set[str], customer_ids: set[int]):
-        self.workers = {w.short_name: w for w in session.scalars(
-            sa.select(AnalysisWorker).where(AnalysisWorker.short_name.in_(worker_names)))} if worker_names else {}
-        self.customers = {c.id: c for c in session.scalars(
-            sa.select(Customer).where(Customer.id.in_(customer_ids)))} if customer_ids else {}
+        self.workers = (
+            {
+                w.short_name: w
+                for w in session.scalars(sa.select(AnalysisWorker).where(AnalysisWorker.short_name.in_(worker_names)))
+            }
+            if worker_names
+            else {}
+        )
+        self.customers = (
+            {c.id: c for c in session.scalars(sa.select(Customer).where(Customer.id.in_(customer_ids)))}
+            if customer_ids
+            else {}
+        )
 
     @classmethod
-    def of(cls, session: so.Session, policies=(), rules=()) -> "References":
+    def of(cls, session: so.Session, policies=(), rules=()) -> References:
         names = {n for p in policies for n in p.workers}
         names |= {n for r in rules for verb in (r.action.get("workers") or {}).values() for n in verb}
         customers = {c for r in rules for c in r.match.get("customer", ())}
@@ -289,8 +319,11 @@ class References:
 
     def worker_info(self, short_name: str) -> dict:
         worker = self.workers.get(short_name)
-        return {"id": str(worker.id) if worker else None, "shortName": short_name,
-                "localizedName": worker.localized_names.get("english") if worker else None}
+        return {
+            "id": str(worker.id) if worker else None,
+            "shortName": short_name,
+            "localizedName": worker.localized_names.get("english") if worker else None,
+        }
 
     def customer_info(self, customer_id: int) -> dict:
         customer = self.customers.get(customer_id)
@@ -300,8 +333,7 @@ class References:
 def policy_to_dict(policy: AnalysisPolicy, refs: References) -> dict:
     # A deleted worker stays listed in the policy but runs no more: the policy shows the workers that run.
     return {
-        "workers": [refs.worker_info(n) for n in policy.workers
-                    if n in refs.workers and not refs.workers[n].deleted],
+        "workers": [refs.worker_info(n) for n in policy.workers if n in refs.workers and not refs.workers[n].deleted],
         "options": policy.options,
         "lastUpdatedTimestamp": policy.last_updated_timestamp,
         "lastUpdatedByUser": user_info(policy.last_updated_by_user),

@@ -7,8 +7,8 @@ Revises: 0001
 import time
 import uuid
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0002"
@@ -17,18 +17,48 @@ branch_labels = None
 depends_on = None
 
 DEFAULT_WORKERS = [
-    ("static-analyzer", "Static analyzer", "Statisk analyse",
-     "Static analysis of every sample: hashes, strings, file format structure, signatures.", {}),
-    ("sandbox-windows", "Windows sandbox", "Windows-sandkasse",
-     "Dynamic analysis of Windows samples in an instrumented virtual machine.", {"platform": ["win"]}),
-    ("sandbox-linux", "Linux sandbox", "Linux-sandkasse",
-     "Dynamic analysis of Linux samples in an instrumented virtual machine.", {"platform": ["linux"]}),
-    ("sandbox-android", "Android sandbox", "Android-sandkasse",
-     "Dynamic analysis of Android applications in an emulator.", {"platform": ["android"]}),
-    ("sandbox-macos", "macOS sandbox", "macOS-sandkasse",
-     "Dynamic analysis of macOS samples in an instrumented virtual machine.", {"platform": ["macos", "osx"]}),
-    ("document-analyzer", "Document analyzer", "Dokumentanalyse",
-     "Macros, embedded objects and exploits in office documents and PDFs.", {"superType": ["document"]}),
+    (
+        "static-analyzer",
+        "Static analyzer",
+        "Statisk analyse",
+        "Static analysis of every sample: hashes, strings, file format structure, signatures.",
+        {},
+    ),
+    (
+        "sandbox-windows",
+        "Windows sandbox",
+        "Windows-sandkasse",
+        "Dynamic analysis of Windows samples in an instrumented virtual machine.",
+        {"platform": ["win"]},
+    ),
+    (
+        "sandbox-linux",
+        "Linux sandbox",
+        "Linux-sandkasse",
+        "Dynamic analysis of Linux samples in an instrumented virtual machine.",
+        {"platform": ["linux"]},
+    ),
+    (
+        "sandbox-android",
+        "Android sandbox",
+        "Android-sandkasse",
+        "Dynamic analysis of Android applications in an emulator.",
+        {"platform": ["android"]},
+    ),
+    (
+        "sandbox-macos",
+        "macOS sandbox",
+        "macOS-sandkasse",
+        "Dynamic analysis of macOS samples in an instrumented virtual machine.",
+        {"platform": ["macos", "osx"]},
+    ),
+    (
+        "document-analyzer",
+        "Document analyzer",
+        "Dokumentanalyse",
+        "Macros, embedded objects and exploits in office documents and PDFs.",
+        {"superType": ["document"]},
+    ),
 ]
 
 workers = sa.table(
@@ -46,19 +76,22 @@ workers = sa.table(
 
 def upgrade() -> None:
     now = int(time.time() * 1000)
-    op.bulk_insert(workers, [
-        {
-            "id": uuid.uuid5(uuid.NAMESPACE_URL, f"sampledb-worker:{short_name}"),
-            "short_name": short_name,
-            "localized_names": {"english": english, "norwegian": norwegian},
-            "localized_descriptions": {"english": description},
-            "accepts": accepts,
-            "deleted": False,
-            "created_timestamp": now,
-            "last_updated_timestamp": now,
-        }
-        for short_name, english, norwegian, description, accepts in DEFAULT_WORKERS
-    ])
+    op.bulk_insert(
+        workers,
+        [
+            {
+                "id": uuid.uuid5(uuid.NAMESPACE_URL, f"sampledb-worker:{short_name}"),
+                "short_name": short_name,
+                "localized_names": {"english": english, "norwegian": norwegian},
+                "localized_descriptions": {"english": description},
+                "accepts": accepts,
+                "deleted": False,
+                "created_timestamp": now,
+                "last_updated_timestamp": now,
+            }
+            for short_name, english, norwegian, description, accepts in DEFAULT_WORKERS
+        ],
+    )
 
 
 def downgrade() -> None:

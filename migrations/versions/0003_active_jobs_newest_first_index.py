@@ -8,8 +8,8 @@ Revision ID: 0003
 Revises: 0002
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0003"
 down_revision = "0002"
@@ -19,7 +19,9 @@ depends_on = None
 
 def upgrade() -> None:
     op.create_index(
-        "ix_jobs_active_enqueued_newest", "jobs", [sa.text("enqueued_timestamp DESC"), "id"],
+        "ix_jobs_active_enqueued_newest",
+        "jobs",
+        [sa.text("enqueued_timestamp DESC"), "id"],
         postgresql_where=sa.text("state IN ('enqueued', 'executing')"),
     )
 

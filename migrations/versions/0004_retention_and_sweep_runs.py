@@ -9,8 +9,8 @@ Revision ID: 0004
 Revises: 0003
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 
 revision = "0004"
 down_revision = "0003"
@@ -19,8 +19,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.create_index("ix_outbox_sent", "outbox", ["sent_timestamp"],
-                    postgresql_where=sa.text("sent_timestamp IS NOT NULL"))
+    op.create_index(
+        "ix_outbox_sent", "outbox", ["sent_timestamp"], postgresql_where=sa.text("sent_timestamp IS NOT NULL")
+    )
     op.create_table(
         "sweep_runs",
         sa.Column("name", sa.String(64), nullable=False),

@@ -10,8 +10,8 @@ Revision ID: 0005
 Revises: 0006
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0005"
@@ -22,10 +22,13 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("outbox", sa.Column("parked_timestamp", sa.BigInteger(), nullable=True))
-    op.create_index("ix_outbox_unsent_key", "outbox", ["key", "id"],
-                    postgresql_where=sa.text("sent_timestamp IS NULL"))
-    op.create_index("ix_outbox_parked", "outbox", ["id"],
-                    postgresql_where=sa.text("parked_timestamp IS NOT NULL AND sent_timestamp IS NULL"))
+    op.create_index("ix_outbox_unsent_key", "outbox", ["key", "id"], postgresql_where=sa.text("sent_timestamp IS NULL"))
+    op.create_index(
+        "ix_outbox_parked",
+        "outbox",
+        ["id"],
+        postgresql_where=sa.text("parked_timestamp IS NOT NULL AND sent_timestamp IS NULL"),
+    )
     op.create_table(
         "dead_submissions",
         sa.Column("id", sa.BigInteger(), sa.Identity(always=False), nullable=False),
@@ -40,8 +43,13 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_dead_submissions")),
         sa.CheckConstraint("(payload IS NULL) <> (payload_text IS NULL)", name=op.f("ck_dead_submissions_one_payload")),
     )
-    op.create_index("ix_dead_submissions_submission_id", "dead_submissions", ["submission_id"], unique=True,
-                    postgresql_where=sa.text("submission_id IS NOT NULL"))
+    op.create_index(
+        "ix_dead_submissions_submission_id",
+        "dead_submissions",
+        ["submission_id"],
+        unique=True,
+        postgresql_where=sa.text("submission_id IS NOT NULL"),
+    )
 
 
 def downgrade() -> None:

@@ -13,8 +13,8 @@ Revises: 0003
 
 import time
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0006"
@@ -33,8 +33,9 @@ def upgrade() -> None:
         sa.Column("options", postgresql.JSONB(), nullable=False),
         sa.Column("last_updated_timestamp", sa.BigInteger(), nullable=False),
         sa.Column("last_updated_by_user_id", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(["last_updated_by_user_id"], ["users.id"],
-                                name=op.f("fk_analysis_policy_last_updated_by_user_id_users")),
+        sa.ForeignKeyConstraint(
+            ["last_updated_by_user_id"], ["users.id"], name=op.f("fk_analysis_policy_last_updated_by_user_id_users")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_analysis_policy")),
     )
     op.create_table(
@@ -52,31 +53,48 @@ def upgrade() -> None:
         sa.Column("last_updated_by_user_id", sa.Integer(), nullable=True),
         sa.Column("deleted_timestamp", sa.BigInteger(), nullable=True),
         sa.Column("deleted_by_user_id", sa.Integer(), nullable=True),
-        sa.ForeignKeyConstraint(["created_by_user_id"], ["users.id"],
-                                name=op.f("fk_analysis_rules_created_by_user_id_users")),
-        sa.ForeignKeyConstraint(["last_updated_by_user_id"], ["users.id"],
-                                name=op.f("fk_analysis_rules_last_updated_by_user_id_users")),
-        sa.ForeignKeyConstraint(["deleted_by_user_id"], ["users.id"],
-                                name=op.f("fk_analysis_rules_deleted_by_user_id_users")),
+        sa.ForeignKeyConstraint(
+            ["created_by_user_id"], ["users.id"], name=op.f("fk_analysis_rules_created_by_user_id_users")
+        ),
+        sa.ForeignKeyConstraint(
+            ["last_updated_by_user_id"], ["users.id"], name=op.f("fk_analysis_rules_last_updated_by_user_id_users")
+        ),
+        sa.ForeignKeyConstraint(
+            ["deleted_by_user_id"], ["users.id"], name=op.f("fk_analysis_rules_deleted_by_user_id_users")
+        ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_analysis_rules")),
         sa.UniqueConstraint("position", name=op.f("uq_analysis_rules_position")),
     )
-    op.create_index("ix_analysis_rules_live_position", "analysis_rules", ["position"],
-                    postgresql_where=sa.text("NOT deleted"))
-    op.execute(sa.text(
-        "INSERT INTO analysis_policy (id, workers, options, last_updated_timestamp) "
-        "SELECT 1, coalesce(jsonb_agg(short_name ORDER BY short_name), '[]'::jsonb), '[]'::jsonb, :now "
-        "FROM analysis_workers WHERE NOT deleted"
-    ).bindparams(now=int(time.time() * 1000)))
+    op.create_index(
+        "ix_analysis_rules_live_position", "analysis_rules", ["position"], postgresql_where=sa.text("NOT deleted")
+    )
+    op.execute(
+        sa.text(
+            "INSERT INTO analysis_policy (id, workers, options, last_updated_timestamp) "
+            "SELECT 1, coalesce(jsonb_agg(short_name ORDER BY short_name), '[]'::jsonb), '[]'::jsonb, :now "
+            "FROM analysis_workers WHERE NOT deleted"
+        ).bindparams(now=int(time.time() * 1000))
+    )
 
-    op.add_column("jobs", sa.Column("options", postgresql.JSONB(), server_default=sa.text("'[]'::jsonb"),
-                                    nullable=False))
+    op.add_column(
+        "jobs", sa.Column("options", postgresql.JSONB(), server_default=sa.text("'[]'::jsonb"), nullable=False)
+    )
     op.add_column("jobs", sa.Column("reanalysis", sa.Boolean(), server_default=sa.false(), nullable=False))
-    op.create_index("ix_jobs_submission_id_ingested", "jobs", ["submission_id"], unique=True,
-                    postgresql_where=sa.text("NOT reanalysis"))
+    op.create_index(
+        "ix_jobs_submission_id_ingested",
+        "jobs",
+        ["submission_id"],
+        unique=True,
+        postgresql_where=sa.text("NOT reanalysis"),
+    )
     op.drop_constraint("uq_jobs_submission_id", "jobs", type_="unique")
-    op.create_index("ix_jobs_active_reanalysis", "jobs", ["sample_sha256", "customer_id"], unique=True,
-                    postgresql_where=sa.text(f"reanalysis AND {ACTIVE}"))
+    op.create_index(
+        "ix_jobs_active_reanalysis",
+        "jobs",
+        ["sample_sha256", "customer_id"],
+        unique=True,
+        postgresql_where=sa.text(f"reanalysis AND {ACTIVE}"),
+    )
 
 
 def downgrade() -> None:

@@ -4,8 +4,8 @@ Revision ID: 0007
 Revises: 0006
 """
 
-from alembic import op
 import sqlalchemy as sa
+from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0007"
@@ -23,8 +23,7 @@ def upgrade() -> None:
         sa.Column("received_timestamp", sa.BigInteger(), nullable=False),
         sa.PrimaryKeyConstraint("submission_id", name=op.f("pk_pending_submissions")),
     )
-    op.create_index(op.f("ix_pending_submissions_received_timestamp"), "pending_submissions",
-                    ["received_timestamp"])
+    op.create_index(op.f("ix_pending_submissions_received_timestamp"), "pending_submissions", ["received_timestamp"])
 
 
 def downgrade() -> None:

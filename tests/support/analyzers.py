@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 
 from analyzer import Analyzer, Job, Runner
+from app.clock import now_ms
 from app.dev import commands
 from app.dev.processes import Child, free_port
 from app.extensions import db
 from app.jobs import service
-from app.clock import now_ms
 from app.unit_of_work import unit_of_work
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,8 +30,9 @@ def _environment(**settings: str) -> dict:
 
 def client_env(api_url: str, api_key: str, kafka_url: str, **extra: str) -> dict:
     """The environment of a client command (`analyzer run`, `demo`) of the service at api_url."""
-    return _environment(SAMPLEDB_API_URL=api_url, SAMPLEDB_API_KEY=api_key, SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url,
-                        **extra)
+    return _environment(
+        SAMPLEDB_API_URL=api_url, SAMPLEDB_API_KEY=api_key, SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url, **extra
+    )
 
 
 class ApiServer(Child):
@@ -40,13 +41,20 @@ class ApiServer(Child):
     def __init__(self, log_path: Path, *, database_url: str, redis_url: str, kafka_url: str):
         super().__init__("api", log_path)
         self.url = f"http://127.0.0.1:{free_port()}"
-        self.env = _environment(SAMPLEDB_DATABASE_URL=database_url, SAMPLEDB_REDIS_URL=redis_url,
-                                SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url, PYTHONPATH=str(ROOT))
+        self.env = _environment(
+            SAMPLEDB_DATABASE_URL=database_url,
+            SAMPLEDB_REDIS_URL=redis_url,
+            SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url,
+            PYTHONPATH=str(ROOT),
+        )
 
     def start(self, timeout: float = 60) -> ApiServer:
         # An empty working directory: no `.sampledb/dev.env` of a dev stack can leak into its settings.
-        super().start(commands.gunicorn("app.factory:create_app()", self.url.removeprefix("http://")),
-                      env=self.env, cwd=tempfile.mkdtemp(prefix="sampledb-test-api-"))
+        super().start(
+            commands.gunicorn("app.factory:create_app()", self.url.removeprefix("http://")),
+            env=self.env,
+            cwd=tempfile.mkdtemp(prefix="sampledb-test-api-"),
+        )
         self.wait_until(lambda left: commands.answers(f"{self.url}/sampledb/v2/healthz"), timeout, "answering")
         return self
 
@@ -79,15 +87,17 @@ class Recording(Analyzer):
 @contextlib.contextmanager
 def running(*runners: Runner, join_timeout: float = 60):
     """Run each analyzer in a thread of its own until the block ends, then stop it cleanly."""
-    threads = [threading.Thread(target=r.run, name=f"runner-{r.worker}-{i}", daemon=True)
-               for i, r in enumerate(runners)]
+    threads = [
+        threading.Thread(target=r.run, name=f"runner-{r.worker}-{i}", daemon=True) for i, r in enumerate(runners)
+    ]
     for thread in threads:
         thread.start()
     try:
         deadline = time.monotonic() + join_timeout
         for runner in runners:
-            assert runner.joined.wait(max(0.0, deadline - time.monotonic())), \
+            assert runner.joined.wait(max(0.0, deadline - time.monotonic())), (
                 f"the analyzer {runner.instance} did not join its consumer group within {join_timeout} s"
+            )
         yield runners
     finally:
         for runner in runners:
@@ -110,7 +120,10 @@ def sweep_execution_timeouts(app, settings, timeout_seconds: int) -> int:
 
 def claims_per_task(sql, job_ids: list[str]) -> dict[str, int]:
     """How often each task of these jobs moved from enqueued to executing (a claim), from the job history."""
-    rows = sql("SELECT t.id::text, count(h.id) FROM job_tasks t LEFT JOIN job_history h ON h.task_id = t.id "
-               "AND h.from_state = 'enqueued' AND h.to_state = 'executing' "
-               "WHERE t.job_id = ANY(CAST(:ids AS uuid[])) GROUP BY t.id", ids=job_ids)
+    rows = sql(
+        "SELECT t.id::text, count(h.id) FROM job_tasks t LEFT JOIN job_history h ON h.task_id = t.id "
+        "AND h.from_state = 'enqueued' AND h.to_state = 'executing' "
+        "WHERE t.job_id = ANY(CAST(:ids AS uuid[])) GROUP BY t.id",
+        ids=job_ids,
+    )
     return dict(rows)

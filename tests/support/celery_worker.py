@@ -25,8 +25,9 @@ class CeleryWorker(Child):
         self.env, self.hostname = env, hostname
 
     def start(self, timeout: float = 60) -> CeleryWorker:
-        super().start(commands.celery_worker("--pool", "prefork", "-E", "-l", "info", "-n", self.hostname),
-                      env=self.env, cwd=ROOT)
+        super().start(
+            commands.celery_worker("--pool", "prefork", "-E", "-l", "info", "-n", self.hostname), env=self.env, cwd=ROOT
+        )
         self.wait_until(lambda left: " ready." in self.output(), timeout, "ready")
         return self
 

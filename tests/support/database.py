@@ -14,9 +14,22 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
-RESET_TABLES = ["pending_submissions", "dead_submissions", "outbox", "sweep_runs", "job_history", "job_tasks", "jobs",
-                "api_key_customers", "api_keys",
-                "analysis_rules", "analysis_policy", "analysis_workers", "users", "customers"]
+RESET_TABLES = [
+    "pending_submissions",
+    "dead_submissions",
+    "outbox",
+    "sweep_runs",
+    "job_history",
+    "job_tasks",
+    "jobs",
+    "api_key_customers",
+    "api_keys",
+    "analysis_rules",
+    "analysis_policy",
+    "analysis_workers",
+    "users",
+    "customers",
+]
 
 
 def keep_default_workers(engine: sa.Engine) -> None:

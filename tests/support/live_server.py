@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 from importlib import resources
-from typing import Iterator
 
 from werkzeug.serving import make_server
 
@@ -42,8 +42,9 @@ def argus_schemas() -> dict:
 
 
 def argus_model(name: str) -> dict:
-    (schema,) = [s for key, s in argus_schemas().items()
-                 if key.endswith(f".{name}") and not key.startswith("ResultStash")]
+    (schema,) = [
+        s for key, s in argus_schemas().items() if key.endswith(f".{name}") and not key.startswith("ResultStash")
+    ]
     return schema
 
 
@@ -69,8 +70,11 @@ def schema_problems(value, schema: dict, path: str = "data", *, exact: bool = Tr
     if kind == "array":
         if not isinstance(value, list):
             return [f"{path}: not an array"]
-        return [p for i, item in enumerate(value)
-                for p in schema_problems(item, schema["items"], f"{path}[{i}]", exact=exact, top=False)]
+        return [
+            p
+            for i, item in enumerate(value)
+            for p in schema_problems(item, schema["items"], f"{path}[{i}]", exact=exact, top=False)
+        ]
     python_types = {"string": str, "integer": int, "boolean": bool, "object": dict}
     if kind in python_types and not isinstance(value, python_types[kind]):
         return [f"{path}: not a {kind}"]
