@@ -28,7 +28,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from kafka import ConsumerRebalanceListener, TopicPartition
+from kafka import ConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
 
 from analyzer.base import AnalysisFailed, Analyzer, Job, Result
@@ -123,7 +123,7 @@ class Runner:
         self._work: queue.Queue = queue.Queue()
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
         self._tracker = OffsetTracker()
-        self._consumer = None
+        self._consumer: KafkaConsumer | None = None
 
     # -- control ----------------------------------------------------------------------------
 
@@ -139,7 +139,7 @@ class Runner:
         """Consume and analyse until stopped; 0 after a clean stop, 1 if the API refused the key."""
         client_id = f"sampledb-analyzer-{self.worker}"
         follower = AbortFollower(self.bootstrap, abort_topic(self.site), self._on_abort, client_id)
-        self._consumer = group_consumer(
+        consumer = self._consumer = group_consumer(
             self.bootstrap, job_topic(self.site), self.group_id, _Rebalance(self), client_id
         )
         threads = [
@@ -156,10 +156,10 @@ class Runner:
                 free = self.concurrency - self._tracker.in_flight()
                 # Paused rather than not polled: polling keeps this instance a live member of the group.
                 if free <= 0:
-                    self._consumer.pause(*self._consumer.assignment())
-                elif self._consumer.paused():
-                    self._consumer.resume(*self._consumer.paused())
-                batches = self._consumer.poll(timeout_ms=200, max_records=max(free, 1))
+                    consumer.pause(*consumer.assignment())
+                elif consumer.paused():
+                    consumer.resume(*consumer.paused())
+                batches = consumer.poll(timeout_ms=200, max_records=max(free, 1))
                 for tp, records in batches.items():
                     for record in records:
                         self._dispatch(tp, record)
@@ -349,6 +349,7 @@ class Runner:
             except queue.Empty:
                 break
         consumer = self._consumer
+        assert consumer is not None  # set by run() before anything commits
         assigned = consumer.assignment()
         offsets = self._tracker.to_commit([tp for tp in partitions or assigned if tp in assigned])
         if not offsets:

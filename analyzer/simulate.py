@@ -104,6 +104,7 @@ class Simulation:
         whether every job ended as it should (done, the aborted one aborted)."""
         aborted_in_time = self.victim is not None and self.victim_running.wait(min(wait_seconds, 60))
         if aborted_in_time:
+            assert self.victim is not None  # aborted_in_time says there is one
             self.client.abort_job(self.victim, ABORT_REASON)
         jobs = self._wait_final(job_ids, wait_seconds, on_progress)
         for runner in self.runners:
@@ -112,7 +113,7 @@ class Simulation:
             thread.join(30)
         states = [j["state"] for j in jobs.values()]
         done = [j["endTimestamp"] - j["enqueuedTimestamp"] for j in jobs.values() if j["state"] == "done"]
-        victim_state = jobs.get(self.victim, {}).get("state")
+        victim_state = jobs.get(self.victim, {}).get("state") if self.victim is not None else None
         rows = [
             ("analysis workers simulated", ", ".join(self.workers)),
             ("jobs done", str(states.count("done"))),

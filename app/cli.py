@@ -111,7 +111,7 @@ def _selection(row_id: int | None, every: bool) -> list[int] | None:
     """[ID] or --all (None): exactly one of them."""
     if (row_id is None) == (not every):
         raise click.UsageError("name one ID or pass --all")
-    return None if every else [row_id]
+    return None if row_id is None else [row_id]  # after the check above: None exactly with --all
 
 
 def _print_rows(read, title: str, describe) -> None:

@@ -46,7 +46,8 @@ class Database:
     """
 
     def __init__(self) -> None:
-        self.session = so.scoped_session(so.sessionmaker(class_=_AppSession, expire_on_commit=False))
+        # The session of each thread: `session` is the current thread's, `registry` makes and removes them.
+        self.registry = so.scoped_session(so.sessionmaker(class_=_AppSession, expire_on_commit=False))
         self._engines: weakref.WeakSet[sa.Engine] = weakref.WeakSet()
 
     def init_app(self, app: Flask) -> None:
@@ -67,10 +68,15 @@ class Database:
         self._engines.add(engine)
         app.teardown_appcontext(self._end_of_context)
 
+    @property
+    def session(self) -> so.Session:
+        """This thread's session (made on first use, removed when the app context ends)."""
+        return self.registry()
+
     def reader(self) -> sa.Connection:
         """This app context's autocommit connection for reads (returned to the pool when the context ends)."""
         if "db_reader" not in g:
-            bound = self.session.session_factory.kw.get("bind")
+            bound = self.registry.session_factory.kw.get("bind")
             if isinstance(bound, sa.Connection):
                 # A session bound explicitly (a test's outer transaction): reads see what it wrote.
                 g.db_reader, g.db_reader_owned = bound, False
@@ -83,7 +89,7 @@ class Database:
         reader = g.pop("db_reader", None)
         if reader is not None and g.pop("db_reader_owned"):
             reader.close()
-        self.session.remove()
+        self.registry.remove()
 
     @staticmethod
     def engine_of(app: Flask) -> sa.Engine:

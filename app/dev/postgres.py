@@ -60,6 +60,7 @@ def _postgres_identity() -> tuple[int, int] | None:
             f"running as root, PostgreSQL needs an unprivileged system user {POSTGRES_SYSTEM_USER!r} "
             f"and it could not be created with useradd: {exc}"
         ) from exc
+    assert entry is not None  # typed Optional, but it returns the entry it found or made (or raises)
     return entry.pw_uid, entry.pw_gid
 
 
@@ -172,7 +173,7 @@ def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int]
         _commands._logger.addHandler(handler)
         offset = mark_log(log_path, f"initdb {pgdata} (attempt {attempt})")
         try:
-            _commands.initdb(
+            _commands.initdb(  # type: ignore[attr-defined]  # made at import time by setattr, one per binary
                 [
                     "--auth=trust",
                     "--auth-local=trust",

@@ -143,6 +143,7 @@ class Child:
         last_error: BaseException | None = None
         while True:
             if self.exited() is not None:
+                assert self.process is not None  # it exited, so it was started
                 raise ChildError(
                     f"{self.name} exited with code {self.process.returncode} before it was {what}. "
                     f"Last lines of {self.log_path}:\n{self.tail()}"
@@ -162,6 +163,7 @@ class Child:
 
     def signal(self, sig: int) -> None:
         if self.alive():
+            assert self.process is not None  # alive, so started
             try:
                 self.process.send_signal(sig)
             except ProcessLookupError:

@@ -9,7 +9,7 @@ def flatten(errors, prefix: str = "") -> list[tuple[str | None, str]]:
     found: list[tuple[str | None, str]] = []
     if isinstance(errors, dict):
         for key, value in errors.items():
-            name = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
+            name: str | None = f"{prefix}.{key}" if prefix and key != "_schema" else (prefix or str(key))
             if key == "_schema":
                 name = prefix or None
             if isinstance(value, (dict, list)) and not _is_message_list(value):

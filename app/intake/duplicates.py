@@ -26,7 +26,7 @@ def _recent_pairs(session: so.Session, settings: Settings, pairs: set[tuple[str,
             Job.sample_sha256.in_({sha256 for sha256, _ in pairs}), Job.enqueued_timestamp >= cutoff
         )
     ).all()
-    return {tuple(row) for row in rows} & pairs
+    return {(sha256, customer_id) for sha256, customer_id in rows} & pairs
 
 
 def _made_into_jobs(session: so.Session, submission_ids: list[str]) -> set[str]:

@@ -93,29 +93,27 @@ def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> li
     foreign = _made_for_another_customer(
         session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made) if not created]
     )
-    made = iter(made)
+    remaining = iter(made)
     results = []
     for data, duplicate in zip(valid, dropped):
         submission_id = data["submission"]["id"]
         if duplicate:
             results.append(IngestResult(submission_id=submission_id, duplicate=True))
             continue
-        job_id, created = next(made)
+        job_id, created = next(remaining)
         if job_id in foreign:
             results.append(
                 IngestResult(submission_id=submission_id, errors=SubmissionIdTaken().messages, id_taken=True)
             )
         else:
             results.append(IngestResult(submission_id=submission_id, job_id=job_id, created=created))
-    created = sum(1 for r in results if r.created)
-    duplicate = sum(1 for r in results if r.duplicate)
-    refused = sum(1 for r in results if r.id_taken)  # another customer's id: refused like an invalid one
-    for outcome, amount in (
-        ("created", created),
-        ("duplicate", duplicate),
-        ("invalid", refused),
-        ("existing", len(results) - created - duplicate - refused),
-    ):
+    counts = {
+        "created": sum(1 for r in results if r.created),
+        "duplicate": sum(1 for r in results if r.duplicate),
+        "invalid": sum(1 for r in results if r.id_taken),  # another customer's id: refused like an invalid one
+    }
+    counts["existing"] = len(results) - sum(counts.values())
+    for outcome, amount in counts.items():
         metrics.count_submissions(session, outcome, amount)
     return results
 

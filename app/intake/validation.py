@@ -41,7 +41,7 @@ def validate_payload(payload) -> dict:
     try:
         loaded = PAYLOAD_SCHEMA.load(known)
     except ma.ValidationError as err:
-        raise InvalidSubmission(_merge_messages(err.messages, errors)) from None
+        raise InvalidSubmission(_merge_messages(err.messages_dict, errors)) from None
     if errors:
         raise InvalidSubmission(errors)
     dumped = PAYLOAD_SCHEMA.dump(loaded)
@@ -75,10 +75,11 @@ def _split_unknown(schema: ma.Schema, data: Mapping) -> tuple[dict, dict]:
 
 def _unknown_errors(schema: ma.Schema, unknown: dict) -> dict:
     """Messages for unknown fields the database could not store (as a 412 names a bad field)."""
-    declared, errors = _declared(schema), {}
+    declared = _declared(schema)
+    errors: dict = {}
     for key, value in unknown.items():
         if key in declared:
-            inner = _unknown_errors(declared[key].schema, value)
+            inner = _unknown_errors(_nested_schema(declared[key]), value)
             if inner:
                 errors[key] = inner
             continue
@@ -95,9 +96,15 @@ def _merge_unknown(schema: ma.Schema, dumped: dict, unknown: dict) -> None:
     declared = _declared(schema)
     for key, value in unknown.items():
         if key in declared:
-            _merge_unknown(declared[key].schema, dumped[key], value)
+            _merge_unknown(_nested_schema(declared[key]), dumped[key], value)
         else:
             dumped[key] = value
+
+
+def _nested_schema(field: fields.Field) -> ma.Schema:
+    """The schema of a declared field that has unknown fields under it: a nested object (see `_split_unknown`)."""
+    assert isinstance(field, fields.Nested)
+    return field.schema
 
 
 def _merge_messages(first: dict, second: dict) -> dict:

@@ -22,38 +22,46 @@ from app.jobs.service import JobNotFound
 from app.models import Customer, Job, JobTask, User
 
 _jobs, _tasks = Job.__table__, JobTask.__table__
-JOB_FIELDS = (
-    "id",
-    "state",
-    "abort_requested",
-    "site",
-    "sample_sha256",
-    "sample_size",
-    "submission",
-    "classification",
-    "options",
-    "enqueued_timestamp",
-    "start_timestamp",
-    "end_timestamp",
-    "last_updated_timestamp",
-    "abort_requested_timestamp",
-    "abort_reason",
-    "message",
+# The field names are given literally to namedtuple, so that type checkers know the rows' fields.
+JobRow = namedtuple(  # what job_view reads of a job
+    "JobRow",
+    (
+        "id",
+        "state",
+        "abort_requested",
+        "site",
+        "sample_sha256",
+        "sample_size",
+        "submission",
+        "classification",
+        "options",
+        "enqueued_timestamp",
+        "start_timestamp",
+        "end_timestamp",
+        "last_updated_timestamp",
+        "abort_requested_timestamp",
+        "abort_reason",
+        "message",
+    ),
 )
+JOB_FIELDS = JobRow._fields
 CUSTOMER_FIELDS = ("id", "short_name", "name", "domain_id", "domain_name")  # the arguments of Customer.info
 USER_FIELDS = ("id", "short_name", "name")  # the arguments of User.info before the customer
-TASK_FIELDS = (
-    "id",
-    "worker",
-    "state",
-    "enqueued_timestamp",
-    "start_timestamp",
-    "end_timestamp",
-    "last_updated_timestamp",
-    "analyses",
-    "message",
+TaskRow = namedtuple(  # what task_to_dict reads of a task
+    "TaskRow",
+    (
+        "id",
+        "worker",
+        "state",
+        "enqueued_timestamp",
+        "start_timestamp",
+        "end_timestamp",
+        "last_updated_timestamp",
+        "analyses",
+        "message",
+    ),
 )
-TaskRow = namedtuple("TaskRow", TASK_FIELDS)  # what task_to_dict reads of a task
+TASK_FIELDS = TaskRow._fields
 
 
 def _values(table, names) -> sa.ColumnElement:
@@ -99,13 +107,15 @@ _TASKS = (
 JOBS = sa.select(sa.func.json_build_array(*(_jobs.c[name] for name in JOB_FIELDS), *_PEOPLE, _TASKS)).select_from(
     _JOINED
 )
-JobRow = namedtuple("JobRow", JOB_FIELDS)  # what job_view reads of a job
 _CUSTOMER, _UPDATER, _ABORTER, _TASK_LIST = range(len(JOB_FIELDS), len(JOB_FIELDS) + 4)
 _U = len(USER_FIELDS)
 
 
 def _user(values: list) -> dict | None:
-    return None if values[0] is None else User.info(*values[:_U], Customer.info(*values[_U:]))
+    if values[0] is None:
+        return None
+    id_, short_name, name = values[:_U]
+    return User.info(id_, short_name, name, Customer.info(*values[_U:]))
 
 
 def job_dicts(conn, stmt: sa.Select, params: dict | None = None) -> list[dict]:

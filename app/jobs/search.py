@@ -85,7 +85,7 @@ def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: 
         conditions.append(time_condition)
 
     matching = scope.restrict(sa.select(Job.id).where(*conditions))
-    count = session.scalar(sa.select(sa.func.count()).select_from(matching.subquery()))
+    count = session.scalars(sa.select(sa.func.count()).select_from(matching.subquery())).one()
     if criteria.limit == 0 and count > MAX_RESULTS:
         raise TooManyMatches(
             "limit",
@@ -98,17 +98,17 @@ def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: 
     # A deferred join: page through the matching ids (narrow rows, index order) first, then load
     # only that page's jobs with their customers and users, instead of joining every match.
     sort_columns = [SORT_FIELDS[name.lstrip("-")].label(f"sort_{i}") for i, name in enumerate(criteria.sort_by)]
-    page = scope.restrict(sa.select(Job.id, *sort_columns).where(*conditions))
+    inner = scope.restrict(sa.select(Job.id, *sort_columns).where(*conditions))
     if any(name.lstrip("-") == "customer" for name in criteria.sort_by):
-        page = page.join(Customer, Customer.id == Job.customer_id)
+        inner = inner.join(Customer, Customer.id == Job.customer_id)
     inner_order = [
         column.desc() if name.startswith("-") else column.asc()
         for name, column in zip(criteria.sort_by, (SORT_FIELDS[n.lstrip("-")] for n in criteria.sort_by))
     ]
-    page = page.order_by(*inner_order, Job.id.asc()).offset(criteria.offset)  # ties broken by id: stable paging
+    inner = inner.order_by(*inner_order, Job.id.asc()).offset(criteria.offset)  # ties broken by id: stable paging
     if criteria.limit:
-        page = page.limit(criteria.limit)
-    page = page.subquery("page")
+        inner = inner.limit(criteria.limit)
+    page = inner.subquery("page")
     outer_order = [
         page.c[f"sort_{i}"].desc() if name.startswith("-") else page.c[f"sort_{i}"].asc()
         for i, name in enumerate(criteria.sort_by)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.jobs.states import JOB_ACTIVE
-from app.models import Job, JobHistory, JobTask
+from app.models import Job, JobHistory
 
 
 def user_info(user) -> dict | None:
@@ -11,7 +11,7 @@ def user_info(user) -> dict | None:
     return user.to_info() if user is not None else None
 
 
-def task_to_dict(task: JobTask) -> dict:
+def task_to_dict(task) -> dict:
     """`task` is a JobTask or anything with its column attributes (a Core row of app.jobs.read)."""
     return {
         "id": str(task.id),

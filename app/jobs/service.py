@@ -14,6 +14,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -202,7 +203,7 @@ def create_jobs(
             ).all()
         )
 
-    task_rows = []
+    task_rows: list[dict] = []
     with _Changes(session, settings, actor, now) as changes:
         for submission_id, new in ordered:
             if submission_id not in inserted:
@@ -443,14 +444,22 @@ def purge_jobs(session: so.Session, horizon: int, limit: int) -> dict[str, int]:
     if not job_ids:
         return {"jobs": 0, "job_tasks": 0, "job_history": 0}
     # Children first, explicitly: the counts are exact (the foreign keys would cascade silently).
-    tasks = session.execute(
-        sa.delete(JobTask).where(JobTask.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+    # Session.execute is typed as returning Result; for a DELETE it is a CursorResult, which has rowcount.
+    tasks = cast(
+        sa.CursorResult,
+        session.execute(
+            sa.delete(JobTask).where(JobTask.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+        ),
     ).rowcount
-    history = session.execute(
-        sa.delete(JobHistory).where(JobHistory.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+    history = cast(
+        sa.CursorResult,
+        session.execute(
+            sa.delete(JobHistory).where(JobHistory.job_id.in_(job_ids)).execution_options(synchronize_session=False)
+        ),
     ).rowcount
-    jobs = session.execute(
-        sa.delete(Job).where(Job.id.in_(job_ids)).execution_options(synchronize_session=False)
+    jobs = cast(
+        sa.CursorResult,
+        session.execute(sa.delete(Job).where(Job.id.in_(job_ids)).execution_options(synchronize_session=False)),
     ).rowcount
     return {"jobs": jobs, "job_tasks": tasks, "job_history": history}
 

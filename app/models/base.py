@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
@@ -15,6 +17,11 @@ NAMING_CONVENTION = {
 
 class Base(so.DeclarativeBase):
     metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+    if TYPE_CHECKING:
+        # Every model is a declarative table (__tablename__ and mapped columns), so its __table__ is a
+        # Table; DeclarativeBase types it as any FromClause a class could be mapped to.
+        __table__: ClassVar[sa.Table]
 
 
 class Audited:

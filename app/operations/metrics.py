@@ -21,11 +21,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sqlalchemy.orm as so
 
 from app.jobs.states import JOB_TRANSITIONS
 from app.unit_of_work import after_commit
+
+if TYPE_CHECKING:  # imported where the series are made, on first use
+    from prometheus_client import Counter, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +45,13 @@ REQUEST_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 
 @dataclass(frozen=True)
 class _Series:
-    http_requests: object
-    http_request_duration: object
-    submissions: object
-    job_transitions: object
-    outbox_sent: object
-    outbox_send_failures: object
-    purged_rows: object
+    http_requests: Counter
+    http_request_duration: Histogram
+    submissions: Counter
+    job_transitions: Counter
+    outbox_sent: Counter
+    outbox_send_failures: Counter
+    purged_rows: Counter
 
 
 _series: _Series | None = None

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from typing import cast
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -77,10 +78,14 @@ def purge_outbox_batch(session: so.Session, horizon: int, limit: int) -> Purged:
         .limit(limit)
         .with_for_update(skip_locked=True)
     )
-    result = session.execute(
-        sa.delete(OutboxMessage)
-        .where(OutboxMessage.id.in_(claimed.scalar_subquery()))
-        .execution_options(synchronize_session=False)
+    # Session.execute is typed as returning Result; for a DELETE it is a CursorResult, which has rowcount.
+    result = cast(
+        sa.CursorResult,
+        session.execute(
+            sa.delete(OutboxMessage)
+            .where(OutboxMessage.id.in_(claimed.scalar_subquery()))
+            .execution_options(synchronize_session=False)
+        ),
     )
     return Purged(outbox=result.rowcount)
 
@@ -101,7 +106,8 @@ def purge(session: so.Session, settings: Settings, *, budget_seconds: float | No
     total = Purged()
     batches = [lambda: purge_outbox_batch(session, horizons.outbox, settings.purge_batch_size)]
     if horizons.jobs is not None:
-        batches.append(lambda: purge_jobs_batch(session, horizons.jobs, settings.purge_batch_size))
+        jobs_horizon = horizons.jobs
+        batches.append(lambda: purge_jobs_batch(session, jobs_horizon, settings.purge_batch_size))
     for batch in batches:
         while True:
             with unit_of_work(session):
@@ -118,11 +124,11 @@ def purge(session: so.Session, settings: Settings, *, budget_seconds: float | No
 def would_purge(session: so.Session, settings: Settings) -> Purged:
     """What `purge` would delete now, counted without deleting (a dry run)."""
     horizons = Horizons.at(settings, now_ms())
-    counts = Purged(outbox=session.scalar(sa.select(sa.func.count()).where(_expired_outbox(horizons.outbox))))
+    counts = Purged(outbox=session.scalars(sa.select(sa.func.count()).where(_expired_outbox(horizons.outbox))).one())
     if horizons.jobs is not None:
         expired = sa.select(Job.id).where(service.ended_before(horizons.jobs))
-        counts.jobs = session.scalar(sa.select(sa.func.count()).select_from(expired.subquery()))
-        counts.job_tasks = session.scalar(sa.select(sa.func.count()).where(JobTask.job_id.in_(expired)))
-        counts.job_history = session.scalar(sa.select(sa.func.count()).where(JobHistory.job_id.in_(expired)))
+        counts.jobs = session.scalars(sa.select(sa.func.count()).select_from(expired.subquery())).one()
+        counts.job_tasks = session.scalars(sa.select(sa.func.count()).where(JobTask.job_id.in_(expired))).one()
+        counts.job_history = session.scalars(sa.select(sa.func.count()).where(JobHistory.job_id.in_(expired))).one()
     session.rollback()
     return counts

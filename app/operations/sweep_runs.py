@@ -45,5 +45,5 @@ def record(session: so.Session, name: str, moved: int, now: int) -> None:
     )
 
 
-def all_runs(conn: sa.Connection) -> list[SweepRun]:
+def all_runs(conn: sa.Connection) -> list[sa.Row]:
     return list(conn.execute(sa.select(SweepRun.__table__).order_by(SweepRun.name)).all())

@@ -76,7 +76,7 @@ def list_workers(
     stmt = sa.select(AnalysisWorker)
     if not include_deleted:
         stmt = stmt.where(AnalysisWorker.deleted.is_(False))
-    count = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
+    count = session.scalars(sa.select(sa.func.count()).select_from(stmt.subquery())).one()
     order = [columns[n.lstrip("-")].desc() if n.startswith("-") else columns[n.lstrip("-")] for n in sort_by]
     stmt = stmt.order_by(*order, AnalysisWorker.id).offset(offset)
     if limit:

@@ -10,8 +10,9 @@ left it gets the fallback worker.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 CLASSIFICATION_FILTER_KEYS = ("type", "superType", "arch", "platform")
 
@@ -102,7 +103,11 @@ def _submission_fits(clause: Mapping, customer_id: int, submission, classificati
     )
 
 
-_CLAUSES = {"customer": _customer_fits, "classification": _classification_fits, "submission": _submission_fits}
+_CLAUSES: dict[str, Callable[[Any, int, Mapping, Mapping], bool]] = {
+    "customer": _customer_fits,
+    "classification": _classification_fits,
+    "submission": _submission_fits,
+}
 
 
 def rule_matches(match: Mapping, customer_id: int, submission: Mapping, classification: Mapping) -> bool:
@@ -140,8 +145,9 @@ def apply_policy(snapshot: PolicySnapshot, customer_id: int, submission: Mapping
 
 def accepts_classification(accepts: Mapping | None, classification: Mapping) -> bool:
     """A worker's filter: every criterion it lists must hold the sample's value; an empty one accepts all."""
+    filters = accepts or {}
     return all(
-        not (accepts or {}).get(criterion) or classification.get(criterion) in accepts[criterion]
+        not filters.get(criterion) or classification.get(criterion) in filters[criterion]
         for criterion in CLASSIFICATION_FILTER_KEYS
     )
 

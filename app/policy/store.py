@@ -194,7 +194,7 @@ def list_rules(
     stmt = sa.select(AnalysisRule)
     if not include_deleted:
         stmt = stmt.where(AnalysisRule.deleted.is_(False))
-    count = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery()))
+    count = session.scalars(sa.select(sa.func.count()).select_from(stmt.subquery())).one()
     stmt = stmt.order_by(AnalysisRule.position).offset(offset)
     if limit:
         stmt = stmt.limit(limit)

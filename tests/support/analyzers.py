@@ -114,7 +114,7 @@ def sweep_execution_timeouts(app, settings, timeout_seconds: int) -> int:
     with app.app_context():
         with unit_of_work(db.session) as session:
             moved = service.sweep_execution_timeouts(session, short, now_ms(), short.sweep_batch_size)
-        db.session.remove()
+        db.registry.remove()
     return moved
 
 

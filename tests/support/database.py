@@ -56,19 +56,19 @@ class RolledBack:
         self.connection: sa.Connection | None = None
 
     def __enter__(self) -> RolledBack:
-        session = self.database.session
-        session.remove()
+        registry = self.database.registry
+        registry.remove()
         self.connection = self.engine.connect()
         self.outer = self.connection.begin()
-        self.saved = dict(session.session_factory.kw)
-        session.configure(bind=self.connection, join_transaction_mode="create_savepoint")
+        self.saved = dict(registry.session_factory.kw)
+        registry.configure(bind=self.connection, join_transaction_mode="create_savepoint")
         return self
 
     def __exit__(self, *exc) -> None:
-        session = self.database.session
-        session.remove()
-        session.session_factory.kw.clear()
-        session.configure(**self.saved)
+        registry = self.database.registry
+        registry.remove()
+        registry.session_factory.kw.clear()
+        registry.configure(**self.saved)
         self.outer.rollback()
         self.connection.close()
 
