@@ -1,4 +1,5 @@
-"""Which database errors are worth retrying, decided on errors real PostgreSQL raises."""
+"""What a database error means (retry, refused for good, or a bug of ours), decided by SQLSTATE on errors
+real PostgreSQL raises, and what the API and the ingest tasks do with each."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ import pytest
 import sqlalchemy as sa
 import sqlalchemy.exc as sa_exc
 
-from app.errors.database import is_transient, refusal_text
+from app.errors.database import Outcome, is_transient, outcome_of, refusal_text
 from app.extensions import db
+from tests.support.api import BASE, check_envelope
 
 
 def _error_of(statement: str, *setup: str, **params) -> sa_exc.DBAPIError:
@@ -53,3 +55,68 @@ def test_timeouts_and_an_unreachable_server_are_transient(app, database_url):
         away.connect()
     assert is_transient(raised.value)
     assert not is_transient(ValueError("not a database error"))
+
+
+def test_each_error_has_one_outcome(app):
+    with app.app_context():
+        read_only = _error_of(
+            "INSERT INTO customers (short_name, name) VALUES ('ro', 'ro')", "SET TRANSACTION READ ONLY"
+        )
+        division = _error_of("SELECT 1 / 0")
+        missing = _error_of("INSERT INTO customers (short_name) VALUES ('no-name')")
+        ours = _error_of("SELECT no_such_column FROM customers")
+    # A failover that left the connections on a read-only node: the same write succeeds once it is writable.
+    assert read_only.orig.sqlstate == "25006" and outcome_of(read_only) is Outcome.RETRY
+    assert outcome_of(division) is Outcome.REFUSED and outcome_of(missing) is Outcome.REFUSED
+    # A statement PostgreSQL cannot run is our bug, not the data's fault: neither retried nor buried.
+    assert ours.orig.sqlstate == "42703" and outcome_of(ours) is None
+    assert outcome_of(ValueError("a bug of ours")) is None
+
+
+@pytest.mark.committing
+def test_a_database_turned_read_only_answers_503_with_retry_after_and_writes_again_after(
+    app, client, make_key, make_job, sql, database_url
+):
+    """Fault: the database fails over onto a read-only node (SQLSTATE 25006 on every write). A write is a 503 with
+    Retry-After, never a 500; reads go on; once it is writable again the same request succeeds."""
+    headers = make_key("ANALYZER")
+    job_id = make_job()
+    name = sa.make_url(database_url).database
+    engine = db.engine_of(app)
+    sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    try:
+        engine.dispose()  # the new connections are the read-only node's
+        response = client.put(f"{BASE}/job/{job_id}", headers=headers, json={"state": "executing"})
+        body = check_envelope(response, 503)
+        assert response.headers["Retry-After"] == "5" and "retry later" in body["messages"][0]["message"]
+        assert check_envelope(client.get(f"{BASE}/job/{job_id}", headers=headers), 200)["data"]["state"] == "enqueued"
+    finally:
+        with engine.connect() as conn:  # the node writable again (a transaction may still ask to write)
+            conn.execute(sa.text("SET TRANSACTION READ WRITE"))
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+            conn.commit()
+        engine.dispose()
+    response = client.put(f"{BASE}/job/{job_id}", headers=headers, json={"state": "executing"})
+    assert check_envelope(response, 200)["data"]["state"] == "executing"
+
+
+def test_a_failure_that_is_not_the_databases_propagates_instead_of_burying_the_batch(monkeypatch):
+    """A bug of ours in a batched ingest raises (Celery requeues the batch; redelivered messages are ingested
+    alone), instead of storing every submission of the batch as refused by PostgreSQL."""
+    from workers import tasks
+
+    buried = []
+    monkeypatch.setattr(tasks, "_bury", lambda payloads, reason, error, attempts=1: buried.append(reason))
+    batch = tasks.ingest_submission  # the task object is the batching task class's instance
+    with pytest.raises(KeyError):
+        batch._after_failure(KeyError("a bug"), [None], [{"submission": {}}])
+    assert buried == []
+    refused = sa_exc.DataError("INSERT ...", {}, _Refusal("22001"))
+    assert batch._after_failure(refused, [None], [{"submission": {}}]) == [{"dead": 1}]
+    assert buried == ["refused"]
+
+
+class _Refusal(Exception):
+    def __init__(self, sqlstate: str):
+        super().__init__(f"{sqlstate}: value too long")
+        self.sqlstate = sqlstate

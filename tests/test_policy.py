@@ -413,6 +413,7 @@ def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, se
 
     from app.extensions import db
     from app.policy import store
+    from app.unit_of_work import unit_of_work
 
     cached = dataclasses.replace(settings, policy_cache_seconds=3600)
     with app.app_context():
@@ -421,10 +422,10 @@ def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, se
         sql("""UPDATE analysis_policy SET workers = '["sandbox-linux"]'""")
         assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
         assert store.snapshot(db.session, settings).workers == ("sandbox-linux",)
-        # A change made in this process drops the snapshot when it commits.
-        store.update_policy(db.session, {"workers": ["static-analyzer"]}, None)
-        assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
-        db.session.commit()
+        # A change made in this process drops the snapshot when its unit of work commits.
+        with unit_of_work(db.session) as session:
+            store.update_policy(session, {"workers": ["static-analyzer"]}, None)
+            assert store.snapshot(session, cached).workers[-1] == "static-analyzer"
         assert store.snapshot(db.session, cached).workers == ("static-analyzer",)
 
 
