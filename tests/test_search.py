@@ -282,6 +282,23 @@ def test_customer_by_id_and_by_short_name(api, viewer, make_job, sql):
     assert job["customer"]["shortName"] == "acme" and isinstance(job["customer"]["id"], int)
 
 
+def test_only_ascii_digits_name_a_customer_id(api, viewer, make_job, sql):
+    """Fault: digits Python's isdigit() takes that int() refuses ("²") answered 500; Arabic-Indic digits ("١٢")
+    meant customer 12 in search and a shortName elsewhere. Only ASCII digits name an id; any text is a shortName."""
+    first = make_job(customer="acme")
+    acme_id = sql("SELECT id FROM customers WHERE short_name = 'acme'")[0][0]
+    arabic = "".join(chr(0x0660 + int(d)) for d in str(acme_id))  # the id in Arabic-Indic digits
+    for ref in ("²", "¹²", arabic, "٣", "0" * 40, "9" * 1000, "2147483648"):
+        body = api.get("/job", headers=viewer, query_string={"customer": ref})
+        assert body["count"] == 0, ref
+        assert search(api, viewer, customer=[ref])["count"] == 0, ref
+    body = api.get("/job", 412, headers=viewer, query_string={"customer": "9" * 5000})  # longer than any shortName
+    assert [m["field"] for m in body["messages"]] == ["customer"]
+    superscript = make_job(customer="²")  # a shortName of any text still names its customer
+    assert ids(api.get("/job", headers=viewer, query_string={"customer": "²"})) == [superscript]
+    assert ids(api.get("/job", headers=viewer, query_string={"customer": str(acme_id)})) == [first]
+
+
 def test_bad_customer_is_412(api, viewer):
     for bad in ([True], [1.5], [{"id": 1}], [""], [-1], [2**40], ["x" * 1025]):
         body = search(api, viewer, 412, customer=bad)

@@ -8,6 +8,19 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.models import Customer, User
 
+# Customer ids are PostgreSQL integers.
+CUSTOMER_ID_MAX = 2**31 - 1
+
+
+def customer_id_named(ref: int | str) -> int | None:
+    """The customer id a reference names, or None: an int, or text of ASCII digits ("12"; never "١٢" or "²",
+    which Python's isdigit() also takes) within the id column's range. Text always names a shortName too."""
+    if isinstance(ref, int):
+        return ref if 0 <= ref <= CUSTOMER_ID_MAX else None
+    if ref.isascii() and ref.isdigit() and len(ref) <= len(str(CUSTOMER_ID_MAX)) and int(ref) <= CUSTOMER_ID_MAX:
+        return int(ref)
+    return None
+
 
 def ensure_customer(session: so.Session, short_name: str, name: str | None = None) -> Customer:
     """The customer with this shortName, created on first sight (concurrent callers get the same row)."""

@@ -7,6 +7,7 @@ import re
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from app.accounts.customers import CUSTOMER_ID_MAX
 from app.clock import now_ms
 from app.intake.wire import NAME_MAX, ApiSchema
 from app.jobs.search import MAX_RESULTS, SORT_FIELDS, TIME_FIELDS, Criteria
@@ -17,7 +18,6 @@ MESSAGE_MAX = 4096
 # Offsets go into SQL as bigint; anything larger is out of range (412), not a database error.
 OFFSET_MAX = 2**63 - 1
 # Customer ids are PostgreSQL integers.
-CUSTOMER_ID_MAX = 2**31 - 1
 SHA256 = validate.Regexp(r"^[0-9a-fA-F]{64}\Z", error="Not a sha256 hash (64 hexadecimal characters)")
 
 

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.accounts.access import EVERYONE, Actor, Scope
+from app.accounts.customers import customer_id_named
 from app.config import Settings
 from app.errors.domain import NotFound
 from app.jobs import service
@@ -39,10 +40,10 @@ def reanalyse(
     stmt = scope.restrict(sa.select(Job).where(Job.sample_sha256 == sha256.lower()))
     if customer is not None:
         # A query string carries an id as digits: they name the customer of that id or of that shortName.
-        digits = isinstance(customer, int) or (customer.isascii() and customer.isdigit() and int(customer) < 2**31)
+        customer_id = customer_id_named(customer)
         by_name = Customer.short_name == str(customer)
         stmt = stmt.join(Customer, Job.customer_id == Customer.id).where(
-            sa.or_(Customer.id == int(customer), by_name) if digits else by_name
+            by_name if customer_id is None else sa.or_(Customer.id == customer_id, by_name)
         )
     latest = session.scalars(stmt.order_by(Job.enqueued_timestamp.desc(), Job.id.desc()).limit(1)).first()
     if latest is None:

@@ -8,6 +8,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.accounts.access import Scope
+from app.accounts.customers import customer_id_named
 from app.errors.domain import TooManyMatches
 from app.jobs import read
 from app.jobs.states import JOB_ACTIVE
@@ -61,9 +62,8 @@ def _time_condition(criteria: Criteria):
 
 
 def _customer_ids(session: so.Session | sa.Connection, refs: list[str | int]) -> list[int]:
-    ids = {r for r in refs if isinstance(r, int)}
-    names = [str(r) for r in refs if not isinstance(r, int)]
-    ids |= {int(n) for n in names if n.isdigit() and len(n) < 10}
+    ids = {i for i in map(customer_id_named, refs) if i is not None}
+    names = [r for r in refs if isinstance(r, str)]
     if names:
         ids |= set(session.scalars(sa.select(Customer.id).where(Customer.short_name.in_(names))))
     return sorted(ids)

@@ -17,6 +17,7 @@ import sqlalchemy.orm as so
 
 from app import clock
 from app.accounts.access import Actor
+from app.accounts.customers import customer_id_named
 from app.clock import now_ms
 from app.config import Settings
 from app.errors.domain import Conflict, InvalidArgument, NotFound
@@ -113,7 +114,7 @@ def resolve_workers(session: so.Session, refs: list[str], field: str) -> list[st
 
 
 def resolve_customers(session: so.Session, refs: list[str], field: str) -> list[int]:
-    ids = [int(r) for r in refs if r.isascii() and r.isdigit() and int(r) < 2**31]
+    ids = [i for i in map(customer_id_named, refs) if i is not None]
     rows = session.execute(
         sa.select(Customer.id, Customer.short_name).where(sa.or_(Customer.short_name.in_(refs), Customer.id.in_(ids)))
     ).all()
