@@ -226,3 +226,51 @@ def test_fields_the_service_does_not_know_are_kept_on_the_celery_path(
     body = {"submission": {"name": "a.exe", "origin": "x"}, "classification": payload["classification"]}
     answer = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 412, headers=uploader, json=body)
     assert {m["field"] for m in answer["messages"]} == {"submission.origin", "classification.confidence"}
+
+
+def _pending(sql) -> int:
+    return sql("SELECT count(*) FROM pending_submissions")[0][0]
+
+
+def test_a_rest_submission_postgresql_refuses_is_dead_and_no_longer_pending(worker, live_api, make_key, sql):
+    """Fault: a REST submission PostgreSQL refuses for good (a new customer whose name is too large for its
+    index). It was stored dead, but its pending row stayed: deleted in the transaction the refusal rolled back."""
+    uploader = make_key("UPLOADER", customer="acme", all_customers=True)
+    body = {"classification": submission_payload()["classification"]}
+    refused = {**body, "submission": {"customer": _incompressible_name()}}
+    good = {**body, "submission": {"customer": "rest-refused-neighbour"}}
+    refused_id = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=refused)
+    good_id = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=good)
+    refused_id, good_id = (answer["data"]["submission"]["id"] for answer in (refused_id, good_id))
+    wait_for(lambda: len(_dead(sql)) == 1 and _pending(sql) == 0, 30, "the refused submission dead, none pending")
+    (dead,) = _dead(sql)
+    assert (str(dead.submission_id), dead.reason) == (refused_id, "refused")
+    assert sql("SELECT count(*) FROM jobs WHERE submission_id = :s", s=good_id)[0][0] == 1
+
+
+def test_the_safety_net_makes_every_good_pending_submission_despite_a_refused_one(worker, task_sender, wait_idle, sql):
+    """Fault: beat's ingest_pending took the oldest pending rows in one transaction and had no one-by-one
+    fallback, so one row PostgreSQL refuses failed the whole batch at every run: no REST submission whose task
+    was lost became a job. Also: a row whose ingest kept killing its worker is stored dead, not taken forever."""
+    refused = submission_payload(customer=_incompressible_name())
+    good = [submission_payload(customer=f"pending-good-{n}") for n in range(3)]
+    poison = submission_payload(customer="pending-poison")
+    for n, (payload, attempts) in enumerate([(refused, 0), *((p, 0) for p in good), (poison, 99)]):
+        sql(
+            "INSERT INTO pending_submissions (submission_id, customer, payload, received_timestamp, attempts) "
+            "VALUES (:s, :c, CAST(:p AS jsonb), :t, :a)",
+            s=payload["submission"]["id"],
+            c=payload["submission"]["customer"],
+            p=json.dumps(payload),
+            t=n,
+            a=attempts,
+        )
+    task_sender.send(TaskNames.INGEST_PENDING)
+    wait_idle()
+    assert _pending(sql) == 0
+    assert all(_jobs(sql, payload) == 1 for payload in good)
+    assert {(str(d.submission_id), d.reason) for d in _dead(sql)} == {
+        (refused["submission"]["id"], "refused"),
+        (poison["submission"]["id"], "redelivered"),
+    }
+    assert _jobs(sql, refused) == 0 and _jobs(sql, poison) == 0

@@ -286,24 +286,45 @@ def _tally(results: list[ingest.IngestResult]) -> dict:
 @celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
 def ingest_pending() -> dict:
     """Beat's safety net: make the jobs of REST submissions committed a while ago and not made yet
-    (their task was lost with Redis, or never sent)."""
+    (their task was lost with Redis, or never sent).
+
+    One bad row never holds up the others: a batch PostgreSQL refuses is ingested one by one (the
+    refused submission is stored dead and its pending row goes with it), and each row's attempts are
+    counted before the work, so one whose ingest keeps killing the worker process is stored dead after
+    SAMPLEDB_INGEST_MAX_DELIVERIES attempts. An attempt the database was away for is taken back."""
     settings = current_settings()
     received_before = now_ms() - settings.pending_ingest_interval_seconds * 1000
     outcome: dict[str, int] = {}
     while True:
         with _transaction() as session:
-            payloads = ingest.pending_payloads(
-                session, received_before=received_before, limit=settings.sweep_batch_size
-            )
-            taken, results = len(payloads), ingest.ingest_many(session, settings, payloads)
+            taken = ingest.take_pending(session, received_before=received_before, limit=settings.sweep_batch_size)
+        for payload, attempts in taken:
+            if attempts > settings.ingest_max_deliveries:
+                _bury_redelivered([payload], attempts)
+                outcome["dead"] = outcome.get("dead", 0) + 1
+        payloads = [payload for payload, attempts in taken if attempts <= settings.ingest_max_deliveries]
+        try:
+            results = _ingest_batch(payloads) if payloads else []
+        except Exception as err:
+            if _failure_outcome(err) is Outcome.RETRY:
+                _uncount_pending(payloads)
+            raise
         for key, value in _tally(results).items():
             outcome[key] = outcome.get(key, 0) + value
-        if taken < settings.sweep_batch_size:
+        if len(taken) < settings.sweep_batch_size:
             break
     if any(outcome.values()):
         log.info("pending REST submissions ingested: %s", outcome)
     _record_run(TaskNames.INGEST_PENDING, sum(outcome.values()))
     return outcome
+
+
+def _uncount_pending(payloads: list) -> None:
+    try:
+        with unit_of_work(db.session) as session:
+            ingest.uncount_pending(session, [validation.submission_id_of(payload) for payload in payloads])
+    except Exception:  # the database is away: the attempt stays counted, as if its process had died
+        log.warning("could not take back the attempts of %d pending submissions", len(payloads), exc_info=True)
 
 
 def _ingest_alone(payload) -> list[ingest.IngestResult]:

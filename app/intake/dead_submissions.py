@@ -43,7 +43,8 @@ def invalid_error(messages: dict) -> str:
 
 
 def record(session: so.Session, payload, *, reason: str, error: str, attempts: int = 1, as_text: bool = False) -> None:
-    """Store (or count again) a submission that could not be ingested, in the caller's transaction.
+    """Store (or count again) a submission that could not be ingested, in the caller's transaction; a REST
+    submission waiting under its id is done with in the same transaction (it is dead, no longer pending).
     `as_text` keeps the payload as JSON text even where JSONB could hold it (a last resort)."""
     now = now_ms()
     as_jsonb = not as_text and _jsonb_can_hold(payload)
@@ -73,6 +74,7 @@ def record(session: so.Session, payload, *, reason: str, error: str, attempts: i
             },
         )
     session.execute(statement)
+    ingest.forget_pending(session, [values["submission_id"]])
     metrics.count_submissions(session, "dead")
 
 

@@ -128,7 +128,7 @@ def ingest(session: so.Session, settings: Settings, payload) -> IngestResult:
     except InvalidSubmission:
         metrics.count_submissions(None, "invalid")
         raise
-    _forget_pending(session, [data["submission"]["id"]])
+    forget_pending(session, [data["submission"]["id"]])
     result = _make_jobs(session, settings, [data])[0]
     if result.id_taken:
         raise SubmissionIdTaken()
@@ -152,7 +152,7 @@ def ingest_many(session: so.Session, settings: Settings, payloads: list) -> list
     metrics.count_submissions(session, "invalid", len(results))
     # A REST submission waiting to be made is done with (made or refused) in this transaction; its row
     # is locked before any job row, in the order the safety net locks them too, so the two never deadlock.
-    _forget_pending(session, [submission_id_of(payload) for payload in payloads])
+    forget_pending(session, [submission_id_of(payload) for payload in payloads])
     made = _make_jobs(session, settings, [data for _, data in valid])
     results.update((n, dataclasses.replace(result, payload=payloads[n])) for (n, _), result in zip(valid, made))
     return [results[n] for n in range(len(payloads))]  # in the payloads' order
@@ -166,26 +166,53 @@ def _made_for_another_customer(session: so.Session, existing: list[tuple[service
     return {job_id for new, job_id in existing if owners.get(job_id) != new.customer_id}
 
 
-def _forget_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+def forget_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+    """The REST submissions of these ids are done with (made into jobs, or stored dead) in this transaction."""
+    ids = _ids(submission_ids)
+    if ids:
+        session.execute(sa.delete(PendingSubmission).where(PendingSubmission.submission_id.in_(ids)))
+
+
+def _ids(submission_ids: list[str | None]) -> list[uuid.UUID]:
     ids = set()
     for submission_id in submission_ids:
         try:
             ids.add(uuid.UUID(str(submission_id)))
         except ValueError:  # an invalid payload's id is not an id; no REST submission waits under it
             continue
-    if ids:
-        session.execute(sa.delete(PendingSubmission).where(PendingSubmission.submission_id.in_(sorted(ids))))
+    return sorted(ids)
 
 
-def pending_payloads(session: so.Session, *, received_before: int, limit: int) -> list[dict]:
-    """REST submissions committed before `received_before` and not yet made into jobs, oldest first,
-    locked (SKIP LOCKED: two safety nets at once take different rows)."""
-    return list(
-        session.scalars(
-            sa.select(PendingSubmission.payload)
-            .where(PendingSubmission.received_timestamp < received_before)
-            .order_by(PendingSubmission.received_timestamp)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
+def take_pending(session: so.Session, *, received_before: int, limit: int) -> list[tuple[dict, int]]:
+    """REST submissions committed before `received_before` and not yet made into jobs, oldest first, each
+    with its attempts counted, this one included: (payload, attempts). The caller commits the count before
+    the work, so a process that dies on a row leaves it counted. SKIP LOCKED: two safety nets at once take
+    different rows."""
+    table = PendingSubmission.__table__
+    due = (
+        sa.select(table.c.submission_id)
+        .where(table.c.received_timestamp < received_before)
+        .order_by(table.c.received_timestamp)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
     )
+    rows = session.execute(
+        sa.update(table)
+        .where(table.c.submission_id.in_(due.scalar_subquery()))
+        .values(attempts=table.c.attempts + 1)
+        .returning(table.c.payload, table.c.attempts, table.c.received_timestamp)
+    ).all()
+    return [(payload, attempts) for payload, attempts, _ in sorted(rows, key=lambda row: row[2])]
+
+
+def uncount_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+    """Take back the attempt of submissions whose ingest did not happen for a reason of the database's (away,
+    busy): only attempts that died with their process count toward storing a pending submission dead."""
+    ids = _ids(submission_ids)
+    if ids:
+        table = PendingSubmission.__table__
+        session.execute(
+            sa.update(table)
+            .where(table.c.submission_id.in_(ids), table.c.attempts > 0)
+            .values(attempts=table.c.attempts - 1)
+        )

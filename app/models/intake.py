@@ -19,3 +19,6 @@ class PendingSubmission(Base):
     customer: so.Mapped[str] = so.mapped_column(sa.String(1024))
     payload: so.Mapped[dict] = so.mapped_column(JSONB)
     received_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger, index=True)
+    # Times beat's safety net took it (counted in a transaction of their own, before the work): one that
+    # keeps killing its worker process is stored dead after SAMPLEDB_INGEST_MAX_DELIVERIES.
+    attempts: so.Mapped[int] = so.mapped_column(sa.Integer, server_default="0")
