@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -166,14 +167,14 @@ def _made_for_another_customer(session: so.Session, existing: list[tuple[service
     return {job_id for new, job_id in existing if owners.get(job_id) != new.customer_id}
 
 
-def forget_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+def forget_pending(session: so.Session, submission_ids: Sequence[object]) -> None:
     """The REST submissions of these ids are done with (made into jobs, or stored dead) in this transaction."""
     ids = _ids(submission_ids)
     if ids:
         session.execute(sa.delete(PendingSubmission).where(PendingSubmission.submission_id.in_(ids)))
 
 
-def _ids(submission_ids: list[str | None]) -> list[uuid.UUID]:
+def _ids(submission_ids: Sequence[object]) -> list[uuid.UUID]:
     ids = set()
     for submission_id in submission_ids:
         try:
@@ -205,7 +206,7 @@ def take_pending(session: so.Session, *, received_before: int, limit: int) -> li
     return [(payload, attempts) for payload, attempts, _ in sorted(rows, key=lambda row: row[2])]
 
 
-def uncount_pending(session: so.Session, submission_ids: list[str | None]) -> None:
+def uncount_pending(session: so.Session, submission_ids: Sequence[object]) -> None:
     """Take back the attempt of submissions whose ingest did not happen for a reason of the database's (away,
     busy): only attempts that died with their process count toward storing a pending submission dead."""
     ids = _ids(submission_ids)
