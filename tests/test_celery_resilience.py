@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import collections
 import json
+import uuid
 
 import pytest
 import sqlalchemy as sa
 
 from app.clock import now_ms
 from app.dev.kafka import read_topic
+from app.dev.processes import log_tail
 from app.extensions import db
 from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT
-from tests.support.payloads import submission_payload
+from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.celery
@@ -129,3 +131,59 @@ def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(
     event_ids = {dict(r.headers)["event-id"] for r in records}
     assert len(event_ids) == 300
     assert {json.loads(r.value)["jobID"] for r in records} == set(job_ids)
+
+
+def _set_read_only(database_url: str, read_only: bool, *apps) -> None:
+    """A failover onto a read-only node, or back: the database's connections are dropped, and the new ones are
+    read-only (SQLSTATE 25006 on every write) until it is writable again. The pools of `apps` (in this
+    process) are emptied, as their connections are gone."""
+    admin = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    database = admin.url.database
+    with admin.connect() as conn:
+        conn.execute(sa.text("SET TRANSACTION READ WRITE"))  # allowed on this simulated node, not a real standby
+        setting = "SET default_transaction_read_only = on" if read_only else "RESET default_transaction_read_only"
+        conn.execute(sa.text(f'ALTER DATABASE "{database}" {setting}'))
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+            ),
+            {"d": database},
+        )
+        conn.commit()
+    admin.dispose()
+    for application in apps:
+        db.engine_of(application).dispose()
+
+
+def test_a_database_failed_over_to_read_only_stores_nothing_dead_and_makes_every_job_after(
+    worker, celery_worker, task_sender, app, live_app, make_key, sql, wait_idle, database_url
+):
+    """Fault: the database fails over onto a read-only node mid-traffic. Ingest took class 25 for a permanent
+    refusal: it stored good submissions as dead (a write, refused too) and requeued batches at once. Now the
+    REST intake answers 503 with Retry-After, the Celery path backs off, and once the database is writable
+    again every submission sent meanwhile becomes its job: none dead."""
+    uploader = make_key("UPLOADER", customer="acme")
+    client = live_app.test_client()
+    payloads = [submission_payload(customer=f"read-only-{i % 3}") for i in range(30)]
+    rest_body = {"submission": {"id": str(uuid.uuid4())}, "classification": payloads[0]["classification"]}
+    log_start = celery_worker.log_path.stat().st_size
+    _set_read_only(database_url, True, app, live_app)
+    try:
+        task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
+        answer = client.post(f"/sampledb/v2/sample/{SAMPLE_SHA256}/submission", headers=uploader, json=rest_body)
+        assert answer.status_code == 503 and answer.headers["Retry-After"] == "5", answer.get_json()
+        wait_for(
+            lambda: "ReadOnlySqlTransaction" in log_tail(celery_worker.log_path, log_start, lines=10**6),
+            30,
+            "the worker meeting the read-only database",
+        )
+    finally:
+        _set_read_only(database_url, False, app, live_app)
+    answer = client.post(f"/sampledb/v2/sample/{SAMPLE_SHA256}/submission", headers=uploader, json=rest_body)
+    assert answer.status_code == 202, answer.get_json()
+    wait_idle(timeout=180)
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
+    wait_for(lambda: _count_jobs(sql, job_ids) == len(payloads), 60, "every job made after the failover")
+    assert sql("SELECT count(*) FROM dead_submissions")[0][0] == 0
+    rest_job = str(job_id_for(rest_body["submission"]["id"]))
+    wait_for(lambda: _count_jobs(sql, [rest_job]) == 1, 60, "the REST submission's job")
