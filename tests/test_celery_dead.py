@@ -4,6 +4,7 @@ path keeps fields the service does not know."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -79,18 +80,31 @@ def test_invalid_submissions_are_stored_dead_as_received(worker, task_sender, wa
 
 
 def _incompressible_name(length: int = 1024) -> str:
-    """A customer shortName validation accepts (1,024 characters) whose 4-byte UTF-8 characters do not
-    compress: PostgreSQL refuses it as a key of the unique index on customers.short_name."""
+    """A customer shortName of 1,024 characters whose 4-byte UTF-8 characters do not compress: too large a key
+    for the unique index on customers.short_name (PostgreSQL would refuse it with SQLSTATE 54000)."""
     chooser = random.Random(8)
     return "".join(chr(chooser.randrange(0x10000, 0x10FFFF)) for _ in range(length))
 
 
+@contextlib.contextmanager
+def _postgresql_refuses(sql, name: str):
+    """A rule of the database (stood in for by a constraint) that refuses every job of a submission named
+    `name`, for good (SQLSTATE 23514), until the block ends."""
+    sql(f"ALTER TABLE jobs ADD CONSTRAINT test_refused CHECK (submission->>'name' <> '{name}')")
+    try:
+        yield
+    finally:
+        sql("ALTER TABLE jobs DROP CONSTRAINT test_refused")
+
+
 def test_a_submission_postgresql_refuses_is_stored_dead_not_retried_forever(worker, task_sender, wait_idle, sql):
-    refused = submission_payload(customer=_incompressible_name())
+    refused = submission_payload(customer="dead-refused")
+    refused["submission"]["name"] = "refused.exe"
     good = submission_payload(customer="dead-refused-neighbour")
-    task_sender.send(TaskNames.INGEST_SUBMISSION, refused)
-    task_sender.send(TaskNames.INGEST_SUBMISSION, good)
-    wait_idle()
+    with _postgresql_refuses(sql, "refused.exe"):
+        task_sender.send(TaskNames.INGEST_SUBMISSION, refused)
+        task_sender.send(TaskNames.INGEST_SUBMISSION, good)
+        wait_idle()
 
     (dead,) = _dead(sql)
     assert (str(dead.submission_id), dead.reason, dead.attempts, dead.payload) == (
@@ -99,9 +113,23 @@ def test_a_submission_postgresql_refuses_is_stored_dead_not_retried_forever(work
         1,
         refused,
     )
-    # SQLSTATE 54000 arrives as an OperationalError, which is no reason to retry.
-    assert dead.error.startswith("54000: index row size") and "uq_customers_short_name" in dead.error
+    assert dead.error.startswith("23514: ") and "test_refused" in dead.error
     assert _jobs(sql, refused) == 0 and _jobs(sql, good) == 1
+
+
+def test_a_customer_name_too_large_for_its_index_is_refused_up_front_naming_the_field(
+    worker, task_sender, wait_idle, sql
+):
+    """It reached PostgreSQL, which refused it (SQLSTATE 54000, index row size): now validation names it."""
+    too_large = submission_payload(customer=_incompressible_name())
+    good = submission_payload(customer="too-large-neighbour")
+    task_sender.send(TaskNames.INGEST_SUBMISSION, too_large)
+    task_sender.send(TaskNames.INGEST_SUBMISSION, good)
+    wait_idle()
+    (dead,) = _dead(sql)
+    assert (str(dead.submission_id), dead.reason) == (too_large["submission"]["id"], "invalid")
+    assert dead.error.startswith("submission.customer: At most 2000 bytes of UTF-8")
+    assert _jobs(sql, too_large) == 0 and _jobs(sql, good) == 1
 
 
 def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psutil.Process | None:
@@ -233,16 +261,17 @@ def _pending(sql) -> int:
 
 
 def test_a_rest_submission_postgresql_refuses_is_dead_and_no_longer_pending(worker, live_api, make_key, sql):
-    """Fault: a REST submission PostgreSQL refuses for good (a new customer whose name is too large for its
-    index). It was stored dead, but its pending row stayed: deleted in the transaction the refusal rolled back."""
-    uploader = make_key("UPLOADER", customer="acme", all_customers=True)
+    """Fault: a REST submission PostgreSQL refuses for good. It was stored dead, but its pending row stayed:
+    deleted in the transaction the refusal rolled back."""
+    uploader = make_key("UPLOADER", customer="acme")
     body = {"classification": submission_payload()["classification"]}
-    refused = {**body, "submission": {"customer": _incompressible_name()}}
-    good = {**body, "submission": {"customer": "rest-refused-neighbour"}}
-    refused_id = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=refused)
-    good_id = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=good)
-    refused_id, good_id = (answer["data"]["submission"]["id"] for answer in (refused_id, good_id))
-    wait_for(lambda: len(_dead(sql)) == 1 and _pending(sql) == 0, 30, "the refused submission dead, none pending")
+    refused = {**body, "submission": {"name": "refused.exe"}}
+    good = {**body, "submission": {"name": "good.exe"}}
+    with _postgresql_refuses(sql, "refused.exe"):
+        refused_id = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=refused)
+        good_id = live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=uploader, json=good)
+        refused_id, good_id = (answer["data"]["submission"]["id"] for answer in (refused_id, good_id))
+        wait_for(lambda: len(_dead(sql)) == 1 and _pending(sql) == 0, 30, "the refused submission dead, none pending")
     (dead,) = _dead(sql)
     assert (str(dead.submission_id), dead.reason) == (refused_id, "refused")
     assert sql("SELECT count(*) FROM jobs WHERE submission_id = :s", s=good_id)[0][0] == 1
@@ -252,7 +281,8 @@ def test_the_safety_net_makes_every_good_pending_submission_despite_a_refused_on
     """Fault: beat's ingest_pending took the oldest pending rows in one transaction and had no one-by-one
     fallback, so one row PostgreSQL refuses failed the whole batch at every run: no REST submission whose task
     was lost became a job. Also: a row whose ingest kept killing its worker is stored dead, not taken forever."""
-    refused = submission_payload(customer=_incompressible_name())
+    refused = submission_payload(customer="pending-refused")
+    refused["submission"]["name"] = "refused.exe"
     good = [submission_payload(customer=f"pending-good-{n}") for n in range(3)]
     poison = submission_payload(customer="pending-poison")
     for n, (payload, attempts) in enumerate([(refused, 0), *((p, 0) for p in good), (poison, 99)]):
@@ -265,8 +295,9 @@ def test_the_safety_net_makes_every_good_pending_submission_despite_a_refused_on
             t=n,
             a=attempts,
         )
-    task_sender.send(TaskNames.INGEST_PENDING)
-    wait_idle()
+    with _postgresql_refuses(sql, "refused.exe"):
+        task_sender.send(TaskNames.INGEST_PENDING)
+        wait_idle()
     assert _pending(sql) == 0
     assert all(_jobs(sql, payload) == 1 for payload in good)
     assert {(str(d.submission_id), d.reason) for d in _dead(sql)} == {

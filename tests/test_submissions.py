@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import uuid
 
 import pytest
@@ -324,6 +325,18 @@ def test_upload_argument_errors(api, make_key, queued, path, body, field):
     body = api.post(path, 412, headers=make_key("UPLOADER"), json=body)
     assert field in [m["field"] for m in body["messages"]], body["messages"]
     assert all(m["type"] == "FIELD_ERROR" for m in body["messages"])
+    assert queued == []
+
+
+def test_a_customer_name_too_large_for_its_index_is_412_naming_the_field(api, make_key, queued):
+    """It was stored and answered 202, then PostgreSQL refused it (SQLSTATE 54000: the unique index on
+    customers.short_name takes about 2,700 bytes): a permanent refusal the client could not see."""
+    chooser = random.Random(8)
+    name = "".join(chr(chooser.randrange(0x10000, 0x10FFFF)) for _ in range(1024))  # 4 KiB that do not compress
+    everyone = make_key("UPLOADER", customer="mnemonic", all_customers=True)
+    body = api.post(_path(), 412, headers=everyone, json={**_body(), "submission": {"customer": name}})
+    assert [(m["type"], m["field"]) for m in body["messages"]] == [("FIELD_ERROR", "submission.customer")]
+    assert "bytes of UTF-8" in body["messages"][0]["message"]
     assert queued == []
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import marshmallow as ma
 from flask.views import MethodView
-from marshmallow import fields, validate
+from marshmallow import fields
 
 from app.accounts.keys import UPLOADER, USER
 from app.api.auth import current_principal, requires
@@ -14,13 +14,13 @@ from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schem
 from app.extensions import current_settings, db
 from app.intake import upload
 from app.intake.wire import (
-    CUSTOMER_NAME_MAX,
     SHA256_PATTERN,
     ApiSchema,
     ClassificationSchema,
     SampleRefSchema,
     SubmissionSchema,
     Timestamp,
+    customer_name_rules,
 )
 from app.jobs.reanalysis import reanalyse
 from app.jobs.serialize import job_to_dict
@@ -41,7 +41,7 @@ class UploadSubmissionSchema(SubmissionSchema):
     )
     customer = fields.String(
         load_default=None,
-        validate=validate.Length(1, CUSTOMER_NAME_MAX),
+        validate=customer_name_rules(),
         metadata={"description": "Default: the key's own customer"},
     )
     sample = fields.Nested(SampleRefSchema, load_default=None)

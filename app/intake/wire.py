@@ -21,7 +21,29 @@ TLP_LEVELS = ("white", "green", "amber", "red")
 JSON_MAX_BYTES = 64 * 1024
 LIST_MAX = 10_000
 CUSTOMER_NAME_MAX = NAME_MAX  # customers.short_name
+# A key of a btree index may take about a third of a page (2,704 bytes) once compressed: a shortName of
+# 1,024 four-byte characters that do not compress (4 KiB) is refused by PostgreSQL (SQLSTATE 54000). Text
+# that is the key of a unique index is held below this many bytes of UTF-8, so it is refused up front,
+# naming the field, instead of by the database.
+INDEXED_TEXT_MAX_BYTES = 2000
 SHA256_PATTERN = re.compile(r"[0-9a-fA-F]{64}")
+
+
+class Utf8Bytes(validate.Validator):
+    """At most `maximum` bytes once encoded as UTF-8."""
+
+    def __init__(self, maximum: int):
+        self.maximum = maximum
+
+    def __call__(self, value: str) -> str:
+        if len(value.encode("utf-8", "surrogatepass")) > self.maximum:
+            raise ma.ValidationError(f"At most {self.maximum} bytes of UTF-8 (an index key)")
+        return value
+
+
+def customer_name_rules() -> list[validate.Validator]:
+    """What a customer shortName must be: 1 to CUSTOMER_NAME_MAX characters, short enough for its unique index."""
+    return [validate.Length(1, CUSTOMER_NAME_MAX), Utf8Bytes(INDEXED_TEXT_MAX_BYTES)]
 
 
 def camelcase(name: str) -> str:
@@ -119,7 +141,7 @@ class SubmissionSchema(ApiSchema):
     id = fields.UUID(required=True)
     customer = fields.String(
         required=True,
-        validate=validate.Length(1, CUSTOMER_NAME_MAX),
+        validate=customer_name_rules(),
         metadata={"description": "shortName of the customer the sample was seen at"},
     )
     sample = fields.Nested(SampleRefSchema, required=True)
