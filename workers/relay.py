@@ -14,8 +14,10 @@ keys, so batches stay full. A row that fails waits out its back-off and its key 
 with it; every other key flows.
 
 Parking: a row the broker can never take (too large, forbidden or invalid topic) is
-parked at once; a row that failed `outbox_max_attempts` times is parked on a failure in
-a batch where other rows got through (a broker outage parks nothing). A parked row and
+parked at once; a row refused `outbox_max_attempts` times for a reason of its own is parked.
+A refusal is the row's own when other rows of its batch got through and the error is not one
+the broker calls retriable (a leader moving, a timeout, a broker away): an outage, however
+long, and a partial recovery where its partition is still away park nothing. A parked row and
 the later rows of its key wait until `sampledb-jobs outbox retry` puts it back in line.
 """
 
@@ -67,6 +69,11 @@ def is_permanent(error: BaseException) -> bool:
     return isinstance(error, PERMANENT_ERRORS)
 
 
+def _is_broker_trouble(error: BaseException) -> bool:
+    """kafka-python marks the errors a retry can fix as retriable (a leader moving, a timeout, no connection)."""
+    return bool(getattr(error, "retriable", False))
+
+
 def backoff_ms(attempts: int) -> int:
     """Delay before attempt number `attempts + 1`: 0.5 s, 1 s, 2 s, ... at most 30 s."""
     return min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** max(0, attempts - 1))
@@ -103,6 +110,7 @@ class _Batch:
 class _Failure:
     error: str
     permanent: bool
+    broker: bool = True  # the broker's or the producer's trouble (retriable, or no answer), not the row's
 
 
 def relay_outbox(
@@ -186,6 +194,7 @@ def _relay_batch(
                 OutboxMessage.key,
                 OutboxMessage.value,
                 OutboxMessage.attempts,
+                OutboxMessage.refusals,
                 OutboxMessage.created_timestamp,
                 _later_unsent().label("has_successor"),
             )
@@ -243,7 +252,7 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
                 )
             )
         except Exception as err:
-            failures[row.id] = _Failure(f"send: {err!r}", is_permanent(err))
+            failures[row.id] = _Failure(f"send: {err!r}", is_permanent(err), _is_broker_trouble(err))
             if not failures[row.id].permanent:
                 broker_failure = failures[row.id]
     try:
@@ -257,7 +266,7 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
             future.get(timeout=max(0.0, deadline - time.monotonic()))
             acked.append(row_id)
         except Exception as err:
-            failures[row_id] = _Failure(f"ack: {err!r}", is_permanent(err))
+            failures[row_id] = _Failure(f"ack: {err!r}", is_permanent(err), _is_broker_trouble(err))
     if failures:
         log.warning(
             "Kafka did not take %d of %d outbox rows: %s", len(failures), len(rows), next(iter(failures.values())).error
@@ -283,12 +292,15 @@ def _mark(session: so.Session, settings: Settings, rows, acked: list[int], failu
         if failure is None:
             continue
         attempts = row.attempts + 1
-        # Too many failures count only while other rows get through: an outage is not the row's fault.
-        park = failure.permanent or (attempts >= settings.outbox_max_attempts and bool(acked))
+        # A refusal counts only while other rows get through and the broker does not call it retriable.
+        own = bool(acked) and not failure.broker and not failure.permanent
+        refusals = row.refusals + (1 if own else 0)
+        park = failure.permanent or refusals >= settings.outbox_max_attempts
         updates.append(
             {
                 "id": row.id,
                 "attempts": attempts,
+                "refusals": refusals,
                 "next_attempt_timestamp": now + backoff_ms(attempts),
                 "last_error": failure.error[:ERROR_MAX_CHARS],
                 "parked_timestamp": now if park else None,

@@ -21,7 +21,11 @@ class OutboxMessage(Base):
     value: so.Mapped[dict] = so.mapped_column(JSONB)
     created_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger)
     sent_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger)
+    # Every failed send, outages included: it decides the back-off.
     attempts: so.Mapped[int] = so.mapped_column(sa.Integer, default=0)
+    # Failures that were the row's own (others got through, and the broker did not call the error
+    # retriable): only these park a row, so an outage parks nothing however long it lasts.
+    refusals: so.Mapped[int] = so.mapped_column(sa.Integer, default=0, server_default="0")
     next_attempt_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger, default=0)
     last_error: so.Mapped[str | None] = so.mapped_column(sa.Text)
     # Set when the broker can never take the row (or it failed too often): it and its key wait for an operator.

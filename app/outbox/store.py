@@ -54,7 +54,7 @@ def retry_parked(session: so.Session, ids: Sequence[int] | None = None) -> list[
             OutboxMessage.sent_timestamp.is_(None),
             *([OutboxMessage.id.in_(ids)] if ids is not None else []),
         )
-        .values(parked_timestamp=None, attempts=0, next_attempt_timestamp=0)
+        .values(parked_timestamp=None, attempts=0, refusals=0, next_attempt_timestamp=0)
         .returning(OutboxMessage.id)
         .execution_options(synchronize_session=False)
     ).all()
