@@ -13,6 +13,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from flask import Flask, current_app, g
 
+from app import clock
 from app.config import Settings
 
 SETTINGS_KEY = "SAMPLEDB"
@@ -67,6 +68,8 @@ class Database:
         app.extensions[_ENGINE_KEY] = engine
         self._engines.add(engine)
         app.teardown_appcontext(self._end_of_context)
+        # The service's time is the database's (app.clock); the latest app's database tells it.
+        clock.follow(DatabaseClock(settings.database_url, connect_arguments(settings, workers=True)))
 
     @property
     def session(self) -> so.Session:
@@ -104,6 +107,19 @@ class Database:
         """Drop inherited connections of every engine of this process; called in each process after a fork."""
         for engine in list(self._engines):
             engine.dispose(close=False)
+
+
+class DatabaseClock:
+    """PostgreSQL's clock_timestamp() in nanoseconds since the epoch, on a connection of its own (not the pool:
+    a reading must never wait for a pool a burst has emptied)."""
+
+    def __init__(self, database_url: str, connect_args: dict):
+        self.engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+
+    def __call__(self) -> int:
+        with self.engine.connect() as conn:
+            micros = conn.scalar(sa.text("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint"))
+        return int(micros) * 1000
 
 
 def connect_arguments(settings: Settings, *, workers: bool) -> dict:
