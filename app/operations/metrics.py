@@ -14,6 +14,7 @@ counts twice.
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -34,6 +35,8 @@ if TYPE_CHECKING:  # imported where the series are made, on first use
 log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# A multiprocess file starts with 4 bytes of "bytes used" and 4 of padding (prometheus_client.mmap_dict).
+MMAP_HEADER_BYTES = 8
 SUBMISSION_OUTCOMES = ("created", "existing", "duplicate", "invalid", "dead")
 PURGED_TABLES = ("outbox", "jobs", "job_tasks", "job_history")
 # A request that matched no URL rule (404, 405) is counted under this route, never under its raw path.
@@ -124,9 +127,26 @@ def process_registry():
     series()
     if not os.environ.get(MULTIPROC_ENV):
         return REGISTRY
+
+    class ReadyFilesCollector(MultiProcessCollector):
+        """Every process's file that holds its header already. A process that has just created its file has not
+        yet written the header (its size is 0): prometheus-client's own collector fails the whole scrape on it
+        (struct.error), so one worker starting would answer a scrape with a 500."""
+
+        def collect(self):
+            files = glob.glob(os.path.join(self._path, "*.db"))
+            return self.merge([f for f in files if _holds_header(f)], accumulate=True)
+
     registry = CollectorRegistry()
-    MultiProcessCollector(registry)
+    ReadyFilesCollector(registry)
     return registry
+
+
+def _holds_header(path: str) -> bool:
+    try:
+        return os.path.getsize(path) >= MMAP_HEADER_BYTES
+    except OSError:  # removed by mark_process_dead meanwhile
+        return False
 
 
 # -- counting ----------------------------------------------------------------------------------
