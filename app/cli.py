@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime
+import signal
 import sys
-import time
+import threading
 
 import click
 import sqlalchemy as sa
@@ -235,7 +236,12 @@ def status(watch_seconds: float | None) -> None:
     from rich.live import Live
 
     settings = Settings.from_env()
-    engine = sa.create_engine(settings.database_url, pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    # Bounded: a look never waits on a lock or a slow statement for long (status must answer, and stop on Ctrl-C).
+    engine = sa.create_engine(
+        settings.database_url,
+        pool_pre_ping=True,
+        connect_args={"connect_timeout": 5, "options": "-c statement_timeout=10000 -c lock_timeout=2000"},
+    )
 
     def look():
         snapshot = health.take_snapshot(engine, settings)
@@ -247,14 +253,17 @@ def status(watch_seconds: float | None) -> None:
         if watch_seconds is None:
             Console().print(view)
         else:
-            with Live(view, auto_refresh=False) as live:
-                try:
-                    while True:
-                        time.sleep(watch_seconds)
+            # Ctrl-C ends the watch between two looks: as a flag, not an exception raised inside whatever library
+            # call the look is in (a database driver cancelling its query, a Redis socket).
+            stop = threading.Event()
+            previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
+            try:
+                with Live(view, auto_refresh=False) as live:
+                    while not stop.wait(watch_seconds):
                         view, found = look()
                         live.update(view, refresh=True)
-                except KeyboardInterrupt:
-                    pass
+            finally:
+                signal.signal(signal.SIGINT, previous)
     finally:
         engine.dispose()
     if found:
