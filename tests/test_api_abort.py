@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 
+from app import clock as service_clock
 from app.extensions import db
 from app.jobs import service
 from app.jobs.states import StateConflict
@@ -28,7 +28,7 @@ def alice(make_key):
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return service_clock.now_ms()
 
 
 def outbox(sql, job_id: str, topic: str) -> list[dict]:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 
+from app import clock as service_clock
 from tests.support.api import BASE, check_envelope
 
 DEFAULT_WORKERS = [
@@ -75,7 +75,7 @@ def test_fresh_installation_registers_the_default_workers(api, analyzer):
 
 
 def test_register_a_worker(api, analyzer):
-    before = int(time.time() * 1000)
+    before = service_clock.now_ms()
     body = api.post(
         "/worker",
         201,
@@ -98,7 +98,7 @@ def test_register_a_worker(api, analyzer):
     }
     assert worker["schema"] == RESULT_SCHEMA
     assert worker["flags"] == [] and worker["deletedTimestamp"] is None and worker["deletedByUser"] is None
-    assert before <= worker["createdTimestamp"] == worker["lastUpdatedTimestamp"] <= int(time.time() * 1000)
+    assert before <= worker["createdTimestamp"] == worker["lastUpdatedTimestamp"] <= service_clock.now_ms()
     assert worker["createdByUser"]["shortName"] == "registrar"
     assert api.get(f"/worker/{worker['id']}", headers=analyzer)["data"] == worker
     assert api.get("/worker/yara-scanner", headers=analyzer)["data"] == worker

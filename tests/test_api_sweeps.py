@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 
 import pytest
 import sqlalchemy as sa
 import sqlalchemy.orm as so
 
+from app import clock as service_clock
 from app.extensions import db
 from app.jobs import service
 
@@ -20,7 +20,7 @@ EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return service_clock.now_ms()
 
 
 @pytest.fixture

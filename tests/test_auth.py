@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 import uuid
 
 import pytest
 
+from app import clock as service_clock
 from app.accounts.keys import hash_key
 from tests.support.api import BASE, check_envelope
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
@@ -86,7 +86,7 @@ def test_missing_unknown_expired_and_disabled_keys_are_401(
     expired = make_key("ANALYZER", all_customers=True)
     sql(
         "UPDATE api_keys SET expires_timestamp = :t WHERE key_hash = :h",
-        t=int(time.time() * 1000) - 1,
+        t=service_clock.now_ms() - 1,
         h=hash_key(expired["Argus-API-Key"]),
     )
     disabled = make_key("ANALYZER", all_customers=True)

@@ -5,12 +5,12 @@ Timestamps are set directly in SQL so the time tests are exact.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from app import clock as service_clock
 from tests.support.payloads import SAMPLE_SHA256
 
 BASE_MS = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -522,7 +522,7 @@ def test_start_after_end_is_412(api, viewer):
 
 
 def test_relative_time_expressions(api, viewer, make_job, set_job):
-    now = int(time.time() * 1000)
+    now = service_clock.now_ms()
     day = 86_400_000
     recent = set_job(make_job(), enqueued=now - 2 * day, last=now - 2 * day)
     older = set_job(make_job(), enqueued=now - 10 * day, last=now - 10 * day)

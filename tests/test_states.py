@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import pytest
+
+from app import clock as service_clock
 
 JOB_FINAL = ["done", "failed", "timeout", "aborted"]
 TASK_FINAL_ON_UPDATE = ["success", "failed", "cancelled"]
@@ -34,7 +34,7 @@ def job_moves(entries: list[dict]) -> list[tuple]:
 
 
 def now_ms() -> int:
-    return time.time_ns() // 1_000_000
+    return service_clock.now_ms()
 
 
 def put_job(api, headers, job_id, state, status=200, **extra):
