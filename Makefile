@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-given test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,13 @@ run: install
 ## test: the test suite against real servers (embedded ones unless SAMPLEDB_* URLs are set)
 test: install
 	$(BIN)/python -m pytest
+
+## test-given: the same suite on servers this machine already runs (PostgreSQL 15 and Redis 7 here): the run makes
+## and drops a database of its own on that PostgreSQL, and uses Redis database 13 (7 and 11 too) of that Redis
+GIVEN_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+GIVEN_REDIS_URL ?= redis://127.0.0.1:6379/13
+test-given: install
+	SAMPLEDB_DATABASE_URL=$(GIVEN_DATABASE_URL) SAMPLEDB_REDIS_URL=$(GIVEN_REDIS_URL) $(BIN)/python -m pytest
 
 ## test-fast: only the tests that need no server, in seconds (a server start fails the run)
 test-fast: install
