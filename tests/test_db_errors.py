@@ -120,3 +120,33 @@ class _Refusal(Exception):
     def __init__(self, sqlstate: str):
         super().__init__(f"{sqlstate}: value too long")
         self.sqlstate = sqlstate
+
+
+@pytest.mark.committing
+def test_a_job_locked_by_another_session_is_answered_503_within_the_lock_timeout(settings, make_key, make_job):
+    """Fault: a row lock held elsewhere (a stuck transaction, a long migration). The request must not hold its web
+    thread longer than SAMPLEDB_API_LOCK_TIMEOUT_MS: 503 with Retry-After within that timeout and a second."""
+    import dataclasses
+    import time
+
+    from app.factory import create_app
+
+    locked_app = create_app(dataclasses.replace(settings, api_lock_timeout_ms=300))
+    client = locked_app.test_client()
+    headers = make_key("ANALYZER")
+    job_id = make_job()
+    holder = db.engine_of(locked_app).connect()
+    try:
+        holder.execute(sa.text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+        started = time.monotonic()
+        response = client.put(f"{BASE}/job/{job_id}", headers=headers, json={"state": "executing"})
+        elapsed = time.monotonic() - started
+        check_envelope(response, 503)
+        assert response.headers["Retry-After"] == "5"
+        assert elapsed <= 0.3 + 1.0, elapsed
+    finally:
+        holder.rollback()
+        holder.close()
+    response = client.put(f"{BASE}/job/{job_id}", headers=headers, json={"state": "executing"})
+    assert check_envelope(response, 200)["data"]["state"] == "executing"
+    db.engine_of(locked_app).dispose()
