@@ -150,3 +150,56 @@ def test_concurrent_task_updates_without_success_roll_up_to_failed_once(app, api
         ("executing", "failed"),
     ]
     assert len([e for e in entries if e["taskID"] is not None]) == len(tasks)
+
+
+def test_conflicting_final_states_forced_to_overlap_inside_their_transactions(settings, make_key, make_job):
+    """The race made certain: every request is inside its transaction, waiting on the job's row lock (held by
+    another session until all of them wait, as pg_stat_activity shows), before any may go on. Exactly one
+    final state wins; the others are 409, and the history has one final move."""
+    import dataclasses
+
+    import sqlalchemy as sa
+
+    from app.extensions import db
+    from app.factory import create_app
+    from tests.support.waiting import wait_for
+
+    patient = create_app(dataclasses.replace(settings, api_lock_timeout_ms=30_000))
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    analyzer = make_key("ANALYZER", all_customers=True)
+    job_id = make_job()
+    client = patient.test_client()
+    assert client.put(f"{BASE}/job/{job_id}", headers=analyzer, json={"state": "executing"}).status_code == 200
+    wanted = [JOB_FINAL[i % 4] for i in range(THREADS)]
+
+    def waiting_on_a_lock() -> int:
+        with engine.connect() as conn:
+            return conn.scalar(
+                sa.text("SELECT count(*) FROM pg_stat_activity WHERE datname = :d AND wait_event_type = 'Lock'"),
+                {"d": engine.url.database},
+            )
+
+    def send(i: int):
+        response = patient.test_client().put(
+            f"{BASE}/job/{job_id}", headers=analyzer, json={"state": wanted[i], "message": f"thread {i}"}
+        )
+        return response.status_code, check_envelope(response)
+
+    with engine.connect() as holder, ThreadPoolExecutor(max_workers=THREADS) as pool:
+        holder.execute(sa.text("SELECT id FROM jobs WHERE id = :id FOR UPDATE"), {"id": job_id})
+        futures = [pool.submit(send, i) for i in range(THREADS)]
+        wait_for(lambda: waiting_on_a_lock() == THREADS, 30, f"{THREADS} requests waiting inside their transaction")
+        assert not any(f.done() for f in futures)  # none got further while the lock is held
+        holder.rollback()
+        results = [f.result(timeout=60) for f in futures]
+    engine.dispose()
+
+    final = check_envelope(client.get(f"{BASE}/job/{job_id}", headers=analyzer))["data"]
+    winner = final["state"]
+    assert sorted(status for _, (status, _) in zip(wanted, results)) == sorted(
+        200 if state == winner else 409 for state in wanted
+    )
+    history = check_envelope(client.get(f"{BASE}/job/{job_id}/history", headers=analyzer))["data"]
+    moves = [(e["fromState"], e["toState"]) for e in history if e["taskID"] is None]
+    assert moves == [(None, "enqueued"), ("enqueued", "executing"), ("executing", winner)]
+    db.engine_of(patient).dispose()
