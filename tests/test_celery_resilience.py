@@ -133,6 +133,58 @@ def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(
     assert {json.loads(r.value)["jobID"] for r in records} == set(job_ids)
 
 
+def test_a_worker_killed_between_its_commit_and_its_ack_makes_no_second_job_and_no_second_announcement(
+    worker, task_sender, kafka_broker, sql, wait_idle, redis_client, app
+):
+    """Fault: the worker dies after its ingest transaction committed and before it acknowledged the messages.
+    The moment is made certain: the pool waits inside its transaction on a table lock the test holds, the
+    worker's main process (which acknowledges) is stopped, the lock is released and the pool commits, then
+    every process of the worker is SIGKILLed. The messages come back after the visibility timeout: each
+    submission is still one job, one history entry, one creation message, announced once."""
+    import psutil
+
+    payloads = [submission_payload(customer=f"commit-ack-{i % 3}") for i in range(60)]
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
+    with db.engine_of(app).connect() as blocker:
+        blocker.execute(sa.text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))  # ingest INSERTs now wait
+        task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
+        wait_for(lambda: redis_client.hlen("unacked") >= 2, 30, "the worker holding messages", interval=0.05)
+        wait_for(
+            lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0] >= 1,
+            30,
+            "an ingest transaction waiting on the lock",
+            interval=0.05,
+        )
+        main = psutil.Process(worker.pid)
+        main.suspend()  # it alone acknowledges: from here on nothing is acknowledged
+        blocker.rollback()
+    try:
+        wait_for(lambda: _count_jobs(sql, job_ids) > 0, 30, "the stuck batch committed, unacknowledged")
+        committed_unacked = _count_jobs(sql, job_ids)
+    finally:
+        worker.kill()  # main (stopped) and pool processes, SIGKILL
+    print(f"worker SIGKILLed after committing {committed_unacked} jobs it never acknowledged")
+
+    worker.start()
+    wait_for(lambda: _count_jobs(sql, job_ids) == 60, WORKER_VISIBILITY_TIMEOUT + 60, "all 60 jobs after restart")
+    wait_idle(timeout=WORKER_VISIBILITY_TIMEOUT + 60)
+    per_submission = sql(
+        "SELECT submission_id, count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY submission_id",
+        ids=job_ids,
+    )
+    assert len(per_submission) == 60 and all(n == 1 for _, n in per_submission)
+    creation = _creation_rows(sql, job_ids)
+    assert len(creation) == 60 and all(r.sent_timestamp for r in creation)
+    assert sql("SELECT count(*) FROM job_history WHERE job_id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0] == 60
+    records = [r for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10) if r.key.decode() in set(job_ids)]
+    # One creation message per job: a repeat by a relay killed between Kafka's acknowledgement and its commit
+    # carries the same event-id (consumers drop it); a second job would have announced another.
+    event_ids_per_job = collections.defaultdict(set)
+    for record in records:
+        event_ids_per_job[record.key.decode()].add(dict(record.headers)["event-id"])
+    assert set(event_ids_per_job) == set(job_ids) and all(len(ids) == 1 for ids in event_ids_per_job.values())
+
+
 def _set_read_only(database_url: str, read_only: bool, *apps) -> None:
     """A failover onto a read-only node, or back: the database's connections are dropped, and the new ones are
     read-only (SQLSTATE 25006 on every write) until it is writable again. The pools of `apps` (in this
