@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 
 import psutil
@@ -305,3 +306,56 @@ def test_the_safety_net_makes_every_good_pending_submission_despite_a_refused_on
         (poison["submission"]["id"], "redelivered"),
     }
     assert _jobs(sql, refused) == 0 and _jobs(sql, poison) == 0
+
+
+def test_innocent_batch_mates_of_a_process_killing_submission_become_jobs_once(
+    worker, task_sender, wait_idle, sql, app, kafka_broker
+):
+    """Fault: a pool process SIGKILLed while it ingests a batch holding one culprit and several innocent
+    submissions. The batch comes back; each of its messages is then ingested alone, so the innocents become
+    jobs (once each, announced once) and only the culprit keeps dying until it is stored dead."""
+    from app.dev.kafka import read_topic
+
+    engine = db.engine_of(app)
+    plug, culprit = submission_payload(customer="mates-plug"), submission_payload(customer="mates-culprit")
+    innocents = [submission_payload(customer=f"mates-innocent-{n}") for n in range(8)]
+    plug_blocker, culprit_blocker = engine.connect(), engine.connect()
+    # Uncommitted customers of these names: an ingest's INSERT ... ON CONFLICT waits for them.
+    plug_blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('mates-plug', 'plug')"))
+    culprit_blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('mates-culprit', 'c')"))
+    seen: set[int] = set()
+    kills = 0
+    try:
+        # The plug holds the batch slot, so the culprit and the innocents queue up behind it and are taken as one.
+        task_sender.send(TaskNames.INGEST_SUBMISSION, plug)
+        wait_for(lambda: _pool_process_waiting_on(engine, worker, set()), 60, "the plug inside its ingest")
+        task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[culprit], *([p] for p in innocents)])
+        wait_for(lambda: len(innocents) + 1 <= _unacked(worker), 30, "the culprit and the innocents prefetched")
+        plug_blocker.rollback()
+        while not _dead(sql):
+            process = wait_for(
+                lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen), 60, f"delivery {kills + 1}"
+            )
+            if isinstance(process, psutil.Process):
+                os.kill(process.pid, signal.SIGKILL)
+                kills += 1
+    finally:
+        plug_blocker.close()
+        culprit_blocker.rollback()
+        culprit_blocker.close()
+    wait_idle()
+
+    assert re.search(rf"batch of {len(innocents) + 1} {TaskNames.INGEST_SUBMISSION} messages failed", worker.output())
+    assert [(str(d.submission_id), d.reason) for d in _dead(sql)] == [(culprit["submission"]["id"], "redelivered")]
+    assert [_jobs(sql, p) for p in [plug, *innocents]] == [1] * (len(innocents) + 1)
+    job_ids = {str(job_id_for(p["submission"]["id"])) for p in innocents}
+    creation = [r for r in read_topic(kafka_broker.url, JOB_TOPIC, timeout=10) if r.key.decode() in job_ids]
+    assert sorted(r.key.decode() for r in {dict(r.headers)["event-id"]: r for r in creation}.values()) == sorted(
+        job_ids
+    )
+
+
+def _unacked(worker) -> int:
+    import redis
+
+    return redis.Redis.from_url(worker.env["SAMPLEDB_REDIS_URL"]).hlen("unacked")

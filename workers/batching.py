@@ -62,6 +62,24 @@ def _events(requests: list, kind: str, **fields) -> None:
         request.send_event(kind, **fields)
 
 
+def _redelivered(request) -> bool:
+    return bool((request.delivery_info or {}).get("redelivered"))
+
+
+def _next_batch(waiting: list, size: int) -> list:
+    """The next batch from the front of `waiting`: a message the broker delivers again (its batch's pool process
+    died, or it outlived the visibility timeout) goes alone, so a payload that kills its process takes no
+    batch-mate down a second time; otherwise up to `size` messages that are delivered for the first time."""
+    if _redelivered(waiting[0]):
+        return waiting[:1]
+    batch = []
+    for request in waiting[:size]:
+        if _redelivered(request):
+            break
+        batch.append(request)
+    return batch
+
+
 def batching_strategy(task, app, consumer, **_kwargs):
     """The worker's handler of the task's messages (Celery calls it once per worker with the task)."""
     Request = create_request_cls(
@@ -76,8 +94,8 @@ def batching_strategy(task, app, consumer, **_kwargs):
 
     def dispatch() -> None:
         while waiting and running[0] < processes:
-            batch = waiting[: task.batch_size]
-            del waiting[: task.batch_size]
+            batch = _next_batch(waiting, task.batch_size)
+            del waiting[: len(batch)]
             running[0] += 1
             messages = [Message(r.id, tuple(r.args), dict(r.kwargs), r.request_dict.get("retries", 0)) for r in batch]
             started = time.monotonic()
