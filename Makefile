@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-given test-fast lint bench clean
+.PHONY: install run test test-given test-fast fuzz lint bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ test-given: install
 ## test-fast: only the tests that need no server, in seconds (a server start fails the run)
 test-fast: install
 	TESTS_START_NO_SERVERS=1 $(BIN)/python -m pytest -m "not servers"
+
+## fuzz: the OpenAPI fuzzing at 500 examples per operation and key (make test runs 50); SAMPLEDB_FUZZ_SEED=N repeats a run
+fuzz: install
+	SAMPLEDB_FUZZ_EXAMPLES=500 $(BIN)/python -m pytest -s tests/test_openapi_fuzz.py tests/test_fuzz.py
 
 ## lint: ruff (lint and format check) and mypy, as configured in pyproject.toml
 lint: install
