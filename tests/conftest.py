@@ -233,7 +233,7 @@ def kafka_broker():
         _may_start_servers()
     broker = KafkaBroker(os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"))
     yield broker
-    broker.stop()
+    broker.close()
 
 
 @pytest.fixture(scope="session")
