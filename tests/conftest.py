@@ -32,7 +32,14 @@ from app.jobs import service
 from app.operations.migrate import upgrade
 from app.unit_of_work import unit_of_work
 from tests.support.api import Api
-from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, broker_idle
+from tests.support.celery_worker import (
+    WORKER_VISIBILITY_TIMEOUT,
+    CeleryWorker,
+    KafkaBroker,
+    TaskSender,
+    broker_idle,
+    worker_env,
+)
 from tests.support.database import RolledBack, keep_default_workers, truncate
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.settings import make_settings
@@ -255,19 +262,16 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
     redis_client.flushdb()  # the tests' own Redis database: no tasks left from an earlier run
     from app.dev.processes import free_port
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
     metrics_port = free_port()
-    env.update(
-        SAMPLEDB_DATABASE_URL=database_url,
-        SAMPLEDB_REDIS_URL=redis_url,
-        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
-        SAMPLEDB_SITE="OSL",
+    env = worker_env(
+        database_url,
+        redis_url,
+        kafka_broker.url,
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
         SAMPLEDB_SWEEP_BATCH_SIZE="20",
         SAMPLEDB_PURGE_BATCH_SIZE="20",
         SAMPLEDB_POLICY_CACHE_SECONDS="0",
         SAMPLEDB_WORKER_METRICS_PORT=str(metrics_port),
-        PYTHONUNBUFFERED="1",
     )
     worker = CeleryWorker(
         env, tmp_path_factory.mktemp("celery") / "worker.log", f"sampledb-test-{uuid.uuid4().hex[:6]}@%h"

@@ -4,7 +4,6 @@ times nothing out early and writes no timestamp from the future."""
 from __future__ import annotations
 
 import glob
-import os
 import re
 import uuid
 from datetime import datetime
@@ -14,7 +13,7 @@ import redis
 
 from app.dev.processes import free_port
 from app.task_names import TaskNames
-from tests.support.celery_worker import CeleryWorker, TaskSender
+from tests.support.celery_worker import CeleryWorker, TaskSender, worker_env
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.celery
@@ -37,15 +36,12 @@ def skewed_worker(database_url, redis_url, kafka_broker, tmp_path):
         pytest.skip("libfaketime is not installed: the skewed-clock test did not run (apt-get install faketime)")
     own_redis = redis_url.rsplit("/", 1)[0] + "/11"
     redis.Redis.from_url(own_redis).flushdb()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
-    env.update(
-        SAMPLEDB_DATABASE_URL=database_url,
-        SAMPLEDB_REDIS_URL=own_redis,
-        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
-        SAMPLEDB_SITE="OSL",
+    env = worker_env(
+        database_url,
+        own_redis,
+        kafka_broker.url,
         SAMPLEDB_EXECUTION_TIMEOUT_SECONDS=str(EXECUTION_TIMEOUT_SECONDS),
         SAMPLEDB_WORKER_METRICS_PORT=str(free_port()),
-        PYTHONUNBUFFERED="1",
         LD_PRELOAD=library,
         FAKETIME=SKEW,
         FAKETIME_DONT_FAKE_MONOTONIC="1",  # timers and timeouts run as usual; only the wall clock is off

@@ -153,6 +153,22 @@ def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psuti
     return None
 
 
+def _kill_each_delivery_until_dead(engine: sa.Engine, worker, sql, seen: set[int]) -> int:
+    """SIGKILL every pool process found waiting inside an ingest (on a lock the test holds) until a dead submission
+    is stored; the number of kills."""
+    kills = 0
+    while not _dead(sql):
+        process = wait_for(
+            lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen),
+            60,
+            f"delivery {kills + 1} inside its ingest",
+        )
+        if isinstance(process, psutil.Process):
+            os.kill(process.pid, signal.SIGKILL)
+            kills += 1
+    return kills
+
+
 def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
     worker, task_sender, wait_idle, sql, app, run_cli, kafka_broker
 ):
@@ -164,19 +180,9 @@ def test_a_submission_whose_pool_process_dies_at_every_delivery_is_stored_dead(
     engine = db.engine_of(app)
     blocker = engine.connect()
     blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('doomed-customer', 'doomed')"))
-    seen: set[int] = set()
-    kills = 0
     try:
         task_sender.send(TaskNames.INGEST_SUBMISSION, doomed)
-        while not _dead(sql):
-            process = wait_for(
-                lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen),
-                60,
-                f"delivery {kills + 1} inside its ingest",
-            )
-            if isinstance(process, psutil.Process):
-                os.kill(process.pid, signal.SIGKILL)
-                kills += 1
+        kills = _kill_each_delivery_until_dead(engine, worker, sql, set())
     finally:
         blocker.rollback()
         blocker.close()
@@ -323,8 +329,6 @@ def test_innocent_batch_mates_of_a_process_killing_submission_become_jobs_once(
     # Uncommitted customers of these names: an ingest's INSERT ... ON CONFLICT waits for them.
     plug_blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('mates-plug', 'plug')"))
     culprit_blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('mates-culprit', 'c')"))
-    seen: set[int] = set()
-    kills = 0
     try:
         # The plug holds the batch slot, so the culprit and the innocents queue up behind it and are taken as one.
         task_sender.send(TaskNames.INGEST_SUBMISSION, plug)
@@ -332,13 +336,7 @@ def test_innocent_batch_mates_of_a_process_killing_submission_become_jobs_once(
         task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[culprit], *([p] for p in innocents)])
         wait_for(lambda: len(innocents) + 1 <= _unacked(worker), 30, "the culprit and the innocents prefetched")
         plug_blocker.rollback()
-        while not _dead(sql):
-            process = wait_for(
-                lambda: _dead(sql) or _pool_process_waiting_on(engine, worker, seen), 60, f"delivery {kills + 1}"
-            )
-            if isinstance(process, psutil.Process):
-                os.kill(process.pid, signal.SIGKILL)
-                kills += 1
+        _kill_each_delivery_until_dead(engine, worker, sql, set())
     finally:
         plug_blocker.close()
         culprit_blocker.rollback()

@@ -214,17 +214,22 @@ def _check(response, template: str):
     check_envelope(response)
 
 
+def _real_parameters(targets: dict) -> dict[str, str]:
+    """A path parameter's value that names something that exists: the job, its task, a worker, a sample."""
+    return {
+        "job_id": targets["job_id"],
+        "task_id": targets["task_id"],
+        "id_or_short_name": "static-analyzer",
+        "sha256": "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9",
+    }
+
+
 def _path(template: str, targets: dict, draw) -> str:
     """Fill the template's parameters: the real job/task/worker, another valid id, or junk."""
 
     def value(name: str) -> str:
         choice = draw(st.integers(0, 9))
-        real = {
-            "job_id": targets["job_id"],
-            "task_id": targets["task_id"],
-            "id_or_short_name": "static-analyzer",
-            "sha256": "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9",
-        }.get(name, "x")
+        real = _real_parameters(targets).get(name, "x")
         if choice <= 6:
             return real
         if choice <= 8:
@@ -406,12 +411,7 @@ def test_every_query_and_path_parameter_of_every_operation_takes_hostile_values(
                 continue
             parameters = [*operations.get("parameters", []), *operation.get("parameters", [])]
             path_names = [p["name"] for p in parameters if p["in"] == "path"]
-            real = {
-                "job_id": targets["job_id"],
-                "task_id": targets["task_id"],
-                "id_or_short_name": "static-analyzer",
-                "sha256": "8f84837cf04c1694512256ef78fa67c051b92326e31af2598efad37ccd2e01d9",
-            }
+            real = _real_parameters(targets)
 
             def url(hostile_name=None, hostile=None, template=template, path_names=path_names, real=real):
                 def fill(match):

@@ -6,6 +6,7 @@ session's database, Redis and broker. Tests that go through it commit for real.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from app.dev import commands
@@ -15,6 +16,20 @@ from celeryconfig import QueueNames
 ROOT = Path(__file__).resolve().parents[2]
 # Seconds after which Redis hands the messages of a SIGKILLed worker to the next one.
 WORKER_VISIBILITY_TIMEOUT = 12
+
+
+def worker_env(database_url: str, redis_url: str, kafka_url: str, **settings: str) -> dict[str, str]:
+    """A test worker's environment: this process's without its service settings, the servers, and `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
+    env.update(
+        SAMPLEDB_DATABASE_URL=database_url,
+        SAMPLEDB_REDIS_URL=redis_url,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url,
+        SAMPLEDB_SITE="OSL",
+        PYTHONUNBUFFERED="1",
+        **settings,
+    )
+    return env
 
 
 class CeleryWorker(Child):
