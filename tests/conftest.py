@@ -240,7 +240,7 @@ def kafka_broker():
         _may_start_servers()
     broker = KafkaBroker(os.environ.get("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS"))
     yield broker
-    broker.close()
+    broker.stop()
 
 
 @pytest.fixture(scope="session")

