@@ -16,6 +16,7 @@ from app.extensions import db
 from app.intake.ingest import job_id_for
 from celeryconfig import TaskNames
 from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT
+from tests.support.database import set_read_only
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.waiting import wait_for
 
@@ -185,28 +186,6 @@ def test_a_worker_killed_between_its_commit_and_its_ack_makes_no_second_job_and_
     assert set(event_ids_per_job) == set(job_ids) and all(len(ids) == 1 for ids in event_ids_per_job.values())
 
 
-def _set_read_only(database_url: str, read_only: bool, *apps) -> None:
-    """A failover onto a read-only node, or back: the database's connections are dropped, and the new ones are
-    read-only (SQLSTATE 25006 on every write) until it is writable again. The pools of `apps` (in this
-    process) are emptied, as their connections are gone."""
-    admin = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
-    database = admin.url.database
-    with admin.connect() as conn:
-        conn.execute(sa.text("SET TRANSACTION READ WRITE"))  # allowed on this simulated node, not a real standby
-        setting = "SET default_transaction_read_only = on" if read_only else "RESET default_transaction_read_only"
-        conn.execute(sa.text(f'ALTER DATABASE "{database}" {setting}'))
-        conn.execute(
-            sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
-            ),
-            {"d": database},
-        )
-        conn.commit()
-    admin.dispose()
-    for application in apps:
-        db.engine_of(application).dispose()
-
-
 def test_a_database_failed_over_to_read_only_stores_nothing_dead_and_makes_every_job_after(
     worker, celery_worker, task_sender, app, live_app, make_key, sql, wait_idle, database_url
 ):
@@ -219,7 +198,7 @@ def test_a_database_failed_over_to_read_only_stores_nothing_dead_and_makes_every
     payloads = [submission_payload(customer=f"read-only-{i % 3}") for i in range(30)]
     rest_body = {"submission": {"id": str(uuid.uuid4())}, "classification": payloads[0]["classification"]}
     log_start = celery_worker.log_path.stat().st_size
-    _set_read_only(database_url, True, app, live_app)
+    set_read_only(database_url, True, app, live_app)
     try:
         task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
         answer = client.post(f"/sampledb/v2/sample/{SAMPLE_SHA256}/submission", headers=uploader, json=rest_body)
@@ -230,7 +209,7 @@ def test_a_database_failed_over_to_read_only_stores_nothing_dead_and_makes_every
             "the worker meeting the read-only database",
         )
     finally:
-        _set_read_only(database_url, False, app, live_app)
+        set_read_only(database_url, False, app, live_app)
     answer = client.post(f"/sampledb/v2/sample/{SAMPLE_SHA256}/submission", headers=uploader, json=rest_body)
     assert answer.status_code == 202, answer.get_json()
     wait_idle(timeout=180)

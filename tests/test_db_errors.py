@@ -12,6 +12,7 @@ import sqlalchemy.exc as sa_exc
 from app.errors.database import Outcome, is_transient, outcome_of, refusal_text
 from app.extensions import db
 from tests.support.api import BASE, check_envelope
+from tests.support.database import set_read_only
 
 
 def _error_of(statement: str, *setup: str, **params) -> sa_exc.DBAPIError:
@@ -81,21 +82,14 @@ def test_a_database_turned_read_only_answers_503_with_retry_after_and_writes_aga
     Retry-After, never a 500; reads go on; once it is writable again the same request succeeds."""
     headers = make_key("ANALYZER")
     job_id = make_job()
-    name = sa.make_url(database_url).database
-    engine = db.engine_of(app)
-    sql(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    set_read_only(database_url, True, app)  # the new connections are the read-only node's
     try:
-        engine.dispose()  # the new connections are the read-only node's
         response = client.put(f"{BASE}/job/{job_id}", headers=headers, json={"state": "executing"})
         body = check_envelope(response, 503)
         assert response.headers["Retry-After"] == "5" and "retry later" in body["messages"][0]["message"]
         assert check_envelope(client.get(f"{BASE}/job/{job_id}", headers=headers), 200)["data"]["state"] == "enqueued"
     finally:
-        with engine.connect() as conn:  # the node writable again (a transaction may still ask to write)
-            conn.execute(sa.text("SET TRANSACTION READ WRITE"))
-            conn.execute(sa.text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
-            conn.commit()
-        engine.dispose()
+        set_read_only(database_url, False, app)
     response = client.put(f"{BASE}/job/{job_id}", headers=headers, json={"state": "executing"})
     assert check_envelope(response, 200)["data"]["state"] == "executing"
 

@@ -336,20 +336,7 @@ def test_search_criteria_fuzz(client, targets, data):
     # Search is where most arguments meet SQL: only known criteria, with junk values, in body and query.
     criteria = data.draw(
         st.dictionaries(
-            st.sampled_from(
-                [
-                    "limit",
-                    "offset",
-                    "sortBy",
-                    "state",
-                    "sampleSha256",
-                    "customer",
-                    "startTimestamp",
-                    "endTimestamp",
-                    "timeFieldStrategy",
-                    "timeMatchStrategy",
-                ]
-            ),
+            st.sampled_from(CRITERIA),
             st.one_of(json_values, st.sampled_from(WORDS), st.lists(st.sampled_from(WORDS), max_size=3)),
             max_size=6,
         )

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 
 import sqlalchemy as sa
 
+from app.extensions import db
+
 RESET_TABLES = [
     "pending_submissions",
     "dead_submissions",
@@ -77,3 +79,25 @@ class RolledBack:
         """A savepoint on the test's connection, released at the end (what engine.begin() is elsewhere)."""
         with self.connection.begin_nested():
             yield self.connection
+
+
+def set_read_only(database_url: str, read_only: bool, *apps) -> None:
+    """A failover onto a read-only node, or back: the database's connections are dropped, and the new ones are
+    read-only (SQLSTATE 25006 on every write) until it is writable again. The pools of `apps` (in this
+    process) are emptied, as their connections are gone."""
+    admin = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    database = admin.url.database
+    with admin.connect() as conn:
+        conn.execute(sa.text("SET TRANSACTION READ WRITE"))  # allowed on this simulated node, not a real standby
+        setting = "SET default_transaction_read_only = on" if read_only else "RESET default_transaction_read_only"
+        conn.execute(sa.text(f'ALTER DATABASE "{database}" {setting}'))
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
+            ),
+            {"d": database},
+        )
+        conn.commit()
+    admin.dispose()
+    for application in apps:
+        db.engine_of(application).dispose()
