@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-given test-fast fuzz lint bench clean
+.PHONY: install run test test-given test-pgbouncer test-fast fuzz lint bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,12 +21,23 @@ run: install
 test: install
 	$(BIN)/python -m pytest
 
-## test-given: the same suite on servers this machine already runs (PostgreSQL 15 and Redis 7 here): the run makes
-## and drops a database of its own on that PostgreSQL, and uses Redis database 13 (7 and 11 too) of that Redis
+## test-given: the same suite on servers this machine already runs (PostgreSQL 15, Redis 7 and RabbitMQ here): the
+## run makes and drops a database of its own on that PostgreSQL and a virtual host of its own on that RabbitMQ
+## (with rabbitmqctl), Celery's broker, and uses Redis database 13 (7 and 11 too) of that Redis
 GIVEN_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 GIVEN_REDIS_URL ?= redis://127.0.0.1:6379/13
+GIVEN_BROKER_URL ?= amqp://guest:guest@127.0.0.1:5672/
+GIVEN = SAMPLEDB_DATABASE_URL=$(GIVEN_DATABASE_URL) SAMPLEDB_REDIS_URL=$(GIVEN_REDIS_URL)
 test-given: install
-	SAMPLEDB_DATABASE_URL=$(GIVEN_DATABASE_URL) SAMPLEDB_REDIS_URL=$(GIVEN_REDIS_URL) $(BIN)/python -m pytest
+	$(GIVEN) SAMPLEDB_CELERY_BROKER_URL=$(GIVEN_BROKER_URL) $(BIN)/python -m pytest
+
+## test-pgbouncer: the API and Celery tests through a PgBouncer in transaction mode (Debian's pgbouncer) that the run
+## starts in front of the given PostgreSQL (Redis stays Celery's broker)
+PGBOUNCER_TESTS ?= tests/test_api_*.py tests/test_search.py tests/test_submissions.py tests/test_states.py \
+	tests/test_pgbouncer.py tests/test_celery_intake.py tests/test_celery_resilience.py tests/test_celery_dead.py \
+	tests/test_celery_sweeps.py tests/test_celery_order.py
+test-pgbouncer: install
+	$(GIVEN) SAMPLEDB_DATABASE_POOLER=transaction $(BIN)/python -m pytest $(PGBOUNCER_TESTS)
 
 ## test-fast: only the tests that need no server, in seconds (a server start fails the run)
 test-fast: install
@@ -45,6 +56,11 @@ lint: install
 ## bench: the benchmarks at a million jobs (see docs/BENCHMARKS.md)
 bench: install
 	$(BIN)/python -m bench
+
+## soak: the service as `make run` runs it, under half its capacity with simulated analyzers, for SOAK_MINUTES (30);
+## writes bench/results/soak-<date>.json and docs/soak-rss.png (see README, "Memory of a long run")
+soak: install
+	$(BIN)/python -m bench.soak
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

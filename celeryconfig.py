@@ -1,8 +1,8 @@
 """Celery settings, read by `workers.celery_app` (and by the web app's task dispatcher, app.dispatch).
 
-Redis is the broker; there is no result backend (nothing reads task results: the
-database and Kafka are the outcome). Every task is idempotent, so messages are
-acknowledged late and re-queued when a worker process dies. Queue and task names
+Redis is the broker unless SAMPLEDB_CELERY_BROKER_URL names a RabbitMQ (amqp://); there is no
+result backend (nothing reads task results: the database and Kafka are the outcome). Every
+task is idempotent, so messages are acknowledged late and re-queued when a worker process dies. Queue and task names
 live in app.task_names, in one place, for the worker, beat, the dispatcher and the tests.
 """
 
@@ -10,26 +10,65 @@ from __future__ import annotations
 
 from kombu import Exchange, Queue
 
-from app.config import Settings
+from app.config import AMQP_SCHEMES, Settings
 from app.task_names import QueueNames, TaskNames
 
 _settings = Settings.from_env()
 
-# A message a worker took but never acknowledged (the worker was SIGKILLed, the machine
+# Redis: a message a worker took but never acknowledged (the worker was SIGKILLed, the machine
 # died) goes back to its queue after this long. It must exceed the longest task and the
 # longest retry countdown (60 s), or Redis hands the message to a second worker meanwhile.
+# RabbitMQ needs no such timeout: it re-queues a message the moment its consumer's connection is gone.
 VISIBILITY_TIMEOUT_SECONDS = _settings.celery_visibility_timeout_seconds
 
-broker_url = _settings.redis_url
+# A worker process takes up to this many ingest messages as one batch (workers.batching).
+INGEST_BATCH_SIZE = 100
+
+
+def broker_options(url: str, sentinel_master: str | None = None) -> dict:
+    """The settings that depend on the kind of broker at `url`: the worker's and every sender's (app.dispatch
+    applies them to the URL it sends to, whatever this process's own environment says). `sentinel_master`:
+    the master a sentinel:// URL names (default: this process's SAMPLEDB_REDIS_SENTINEL_MASTER)."""
+    if url.startswith(AMQP_SCHEMES):
+        return {
+            # Publisher confirms: send_task returns once RabbitMQ has the message (a 202 or a relay trigger is
+            # never a message only the client's socket held).
+            "broker_transport_options": {"confirm_publish": True},
+            # Durable quorum queues: replicated, and they keep their messages through a broker crash. Celery
+            # detects them and sends a countdown (retries, the relay's next attempt) through its native delayed
+            # delivery, which routes by topic: hence topic exchanges.
+            "task_queues": [
+                Queue(name, Exchange(name, type="topic"), routing_key=name, queue_arguments={"x-queue-type": "quorum"})
+                for name in QueueNames.all()
+            ],
+            # With quorum queues a consumer's prefetch is fixed when it starts (per-consumer QoS): the batching
+            # strategy cannot raise it later as it does on Redis, so it is a batch per pool process from the start.
+            # RabbitMQ re-queues whatever a dead worker held at once.
+            "worker_prefetch_multiplier": INGEST_BATCH_SIZE,
+        }
+    transport: dict[str, object] = {
+        "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
+        # Look for abandoned messages often enough that a short visibility timeout is honoured.
+        "unacked_restore_interval": max(1, min(10, VISIBILITY_TIMEOUT_SECONDS // 4)),
+        "unacked_restore_throttle": 1,
+        "socket_connect_timeout": 5,
+        "socket_timeout": 30,
+    }
+    if url.startswith("sentinel://"):
+        transport["master_name"] = sentinel_master or _settings.redis_sentinel_master
+    return {
+        "broker_transport_options": transport,
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QueueNames.all()],
+        "worker_prefetch_multiplier": 1,
+    }
+
+
+broker_url = _settings.celery_broker
 broker_connection_retry_on_startup = True
-broker_transport_options = {
-    "visibility_timeout": VISIBILITY_TIMEOUT_SECONDS,
-    # Look for abandoned messages often enough that a short visibility timeout is honoured.
-    "unacked_restore_interval": max(1, min(10, VISIBILITY_TIMEOUT_SECONDS // 4)),
-    "unacked_restore_throttle": 1,
-    "socket_connect_timeout": 5,
-    "socket_timeout": 30,
-}
+_broker = broker_options(broker_url)
+broker_transport_options = _broker["broker_transport_options"]
+task_queues = _broker["task_queues"]
+worker_prefetch_multiplier = _broker["worker_prefetch_multiplier"]
 
 task_serializer = "json"
 result_serializer = "json"
@@ -45,7 +84,6 @@ task_reject_on_worker_lost = True
 # A task running when the broker connection drops is re-delivered anyway; stop it instead
 # of letting it finish twice.
 worker_cancel_long_running_tasks_on_connection_loss = True
-worker_prefetch_multiplier = 1
 # A task that outlives its soft limit (the database hung) raises SoftTimeLimitExceeded and is
 # retried; one that reaches the hard limit has its pool process killed and its message re-queued,
 # never acknowledged: the work is done again, not lost.
@@ -53,7 +91,6 @@ task_soft_time_limit = _settings.task_soft_time_limit_seconds
 task_time_limit = max(_settings.task_time_limit_seconds, task_soft_time_limit + 1)
 task_acks_on_timeout = False
 
-task_queues = [Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QueueNames.all()]
 task_default_queue = QueueNames.INGEST
 task_create_missing_queues = False
 task_routes = {

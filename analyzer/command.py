@@ -150,6 +150,7 @@ class Connection(NamedTuple):
     api_key: str
     bootstrap_servers: str
     site: str
+    kafka_security: dict = {}  # kafka-python's TLS and SASL arguments (SAMPLEDB_KAFKA_SECURITY_PROTOCOL, ...)
 
 
 def analyzer_group(connect: Callable[[str | None, str | None, str | None], Connection]) -> click.Group:
@@ -226,6 +227,7 @@ def analyzer_group(connect: Callable[[str | None, str | None, str | None], Conne
             site=target.site,
             concurrency=concurrency,
             heartbeat_seconds=heartbeat,
+            kafka_security=target.kafka_security,
         )
         from kafka.errors import KafkaError
 

@@ -92,6 +92,7 @@ class Runner:
         stop_grace_seconds: float = 30.0,
         retry_seconds: float = 300.0,
         group_id: str | None = None,
+        kafka_security: dict | None = None,
     ):
         if not analyzer.worker:
             raise ValueError(f"{type(analyzer).__name__}.worker must name an analysis worker")
@@ -100,6 +101,7 @@ class Runner:
         self.analyzer = analyzer
         self.worker = analyzer.worker
         self.bootstrap = bootstrap_servers
+        self.kafka_security = kafka_security or {}
         self.site = site
         self.concurrency = concurrency
         self.heartbeat_seconds = heartbeat_seconds
@@ -138,9 +140,9 @@ class Runner:
     def run(self) -> int:
         """Consume and analyse until stopped; 0 after a clean stop, 1 if the API refused the key."""
         client_id = f"sampledb-analyzer-{self.worker}"
-        follower = AbortFollower(self.bootstrap, abort_topic(self.site), self._on_abort, client_id)
+        follower = AbortFollower(self.bootstrap, abort_topic(self.site), self._on_abort, client_id, self.kafka_security)
         consumer = self._consumer = group_consumer(
-            self.bootstrap, job_topic(self.site), self.group_id, _Rebalance(self), client_id
+            self.bootstrap, job_topic(self.site), self.group_id, _Rebalance(self), client_id, self.kafka_security
         )
         threads = [
             threading.Thread(target=self._analyse_records, name=f"analyse-{self.worker}-{n}", daemon=True)

@@ -2,8 +2,10 @@
 
 One runner per registered analysis worker analyses each task in a short random time and
 reports success; the first submitted job whose analysis had not started yet is held
-instead, aborted over the API once it is executing, and must end `aborted` through the
-analyzer's `cancelled` report.
+instead, aborted over the API as soon as it is executing (not when the demo ends: a held
+analysis gives up after HOLD_SECONDS), and must end `aborted` through the analyzer's
+`cancelled` report. An abort the API refuses (the job was already final) is a line of the
+summary and fails the demo, never a traceback.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ class SimulatedAnalyzer(Analyzer):
 
     def analyse(self, job: Job) -> Result | None:
         if self.simulation.begins(job.id):
-            self.simulation.victim_running.set()
             job.stop.wait(HOLD_SECONDS)
             return Result("failed", "the abort request never reached the analyzer")
         job.stop.wait(self.simulation.rng.uniform(*self.simulation.seconds))
@@ -54,12 +55,15 @@ class Simulation:
         seconds: tuple[float, float] = (0.05, 0.5),
         seed: int | None = None,
         join_timeout: float = 60,
+        kafka_security: dict | None = None,
     ):
         self.client = Client(api_url, api_key, retry_seconds=60)
         self.rng = random.Random(seed)
         self.seconds = seconds
         self.victim: str | None = None
         self.victim_running = threading.Event()
+        self.abort_refused: str | None = None  # the API's answer to the abort, when it refused it
+        self._abort_sent = threading.Event()
         self._started: set[str] = set()
         self._lock = threading.Lock()
         workers = sorted(w["shortName"] for w in self.client.workers())
@@ -69,6 +73,7 @@ class Simulation:
                 api_url=api_url,
                 api_key=api_key,
                 bootstrap_servers=bootstrap,
+                kafka_security=kafka_security,
                 site=site,
                 concurrency=concurrency,
                 heartbeat_seconds=5,
@@ -88,10 +93,26 @@ class Simulation:
         return [r.worker for r in self.runners]
 
     def begins(self, job_id: str) -> bool:
-        """Note that an analysis of the job starts; True if it is the job to hold for the abort."""
+        """Note that an analysis of the job starts; True if it is the job to hold for the abort (its first
+        analysis to start sends the abort, from a thread of its own)."""
         with self._lock:
             self._started.add(job_id)
-            return job_id == self.victim
+            hold = job_id == self.victim
+            first = hold and not self.victim_running.is_set()
+            if first:
+                self.victim_running.set()
+        if first:
+            threading.Thread(target=self._abort_victim, name="demo-abort", daemon=True).start()
+        return hold
+
+    def _abort_victim(self) -> None:
+        assert self.victim is not None  # begins() starts this only for the victim
+        try:
+            self.client.abort_job(self.victim, ABORT_REASON)
+        except ApiError as refused:
+            self.abort_refused = str(refused)
+        finally:
+            self._abort_sent.set()
 
     def submitted(self, job_id: str) -> None:
         """A job of this demo; the first one no analyzer has started yet becomes the one to abort."""
@@ -102,10 +123,11 @@ class Simulation:
     def finish(self, job_ids: list[str], wait_seconds: float, on_progress=None) -> tuple[list[tuple[str, str]], bool]:
         """Abort the held job, wait until every job is final, stop the runners; the summary rows and
         whether every job ended as it should (done, the aborted one aborted)."""
-        aborted_in_time = self.victim is not None and self.victim_running.wait(min(wait_seconds, 60))
-        if aborted_in_time:
-            assert self.victim is not None  # aborted_in_time says there is one
-            self.client.abort_job(self.victim, ABORT_REASON)
+        aborted_in_time = (
+            self.victim is not None
+            and self.victim_running.wait(min(wait_seconds, 60))
+            and self._abort_sent.wait(min(wait_seconds, 60))
+        )
         jobs = self._wait_final(job_ids, wait_seconds, on_progress)
         for runner in self.runners:
             runner.stop()
@@ -118,6 +140,7 @@ class Simulation:
             ("analysis workers simulated", ", ".join(self.workers)),
             ("jobs done", str(states.count("done"))),
             ("jobs aborted mid-analysis", f"{states.count('aborted')} ({self.victim}: {victim_state})"),
+            *([("abort refused", self.abort_refused)] if self.abort_refused else []),
             ("jobs failed / timed out", f"{states.count('failed')} / {states.count('timeout')}"),
             ("jobs not final", str(len(job_ids) - sum(s in FINAL for s in states))),
             ("time to done p50", f"{_percentile(done, 50):.0f} ms"),
@@ -125,6 +148,7 @@ class Simulation:
         ]
         ok = (
             aborted_in_time
+            and self.abort_refused is None
             and victim_state == "aborted"
             and len(jobs) == len(job_ids)
             and all(j["state"] == "done" for i, j in jobs.items() if i != self.victim)

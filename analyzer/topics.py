@@ -28,10 +28,14 @@ def abort_topic(site: str) -> str:
     return f"Sample.Analysis.Job.Abort.{site}"
 
 
-def group_consumer(bootstrap: str, topic: str, group_id: str, listener, client_id: str) -> KafkaConsumer:
-    """The job topic in the worker's consumer group; offsets committed by hand, after the final report."""
+def group_consumer(
+    bootstrap: str, topic: str, group_id: str, listener, client_id: str, security: dict | None = None
+) -> KafkaConsumer:
+    """The job topic in the worker's consumer group; offsets committed by hand, after the final report.
+    `security`: kafka-python's TLS and SASL arguments, as the service's settings give them."""
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap.split(","),
+        **(security or {}),
         group_id=group_id,
         client_id=client_id,
         enable_auto_commit=False,
@@ -100,7 +104,14 @@ class AbortFollower(threading.Thread):
     request, whatever partitions of the job topic it holds), from its end, and calls
     `on_abort(job_id, reason)` for each request."""
 
-    def __init__(self, bootstrap: str, topic: str, on_abort: Callable[[str, str | None], None], client_id: str):
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        on_abort: Callable[[str, str | None], None],
+        client_id: str,
+        security: dict | None = None,
+    ):
         super().__init__(name="abort-follower", daemon=True)
         self.on_abort = on_abort
         self.stop_event = threading.Event()
@@ -110,8 +121,9 @@ class AbortFollower(threading.Thread):
             client_id=client_id,
             enable_auto_commit=False,
             fetch_max_wait_ms=200,
+            **(security or {}),
         )
-        partitions = _partitions(self.consumer, bootstrap, topic)
+        partitions = _partitions(self.consumer, bootstrap, topic, security)
         assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
         self.consumer.assign(assigned)
         self.consumer.seek_to_end(*assigned)
@@ -140,13 +152,13 @@ class AbortFollower(threading.Thread):
         self.stop_event.set()
 
 
-def _partitions(consumer: KafkaConsumer, bootstrap: str, topic: str) -> set[int]:
+def _partitions(consumer: KafkaConsumer, bootstrap: str, topic: str, security: dict | None) -> set[int]:
     """The topic's partitions, creating the topic if it does not exist yet (no abort requested so far)."""
     partitions = consumer.partitions_for_topic(topic)
     if partitions:
         return partitions
     # A consumer's metadata request never creates a topic; a producer's does (auto-creation).
-    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), max_block_ms=30000)
+    producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), max_block_ms=30000, **(security or {}))
     try:
         return producer.partitions_for(topic)
     finally:

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import datetime
+import json
 import signal
 import sys
 import threading
 
 import click
-import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from analyzer.command import Connection, analyzer_group
 from app.accounts.keys import create_key
 from app.config import ConfigError, Settings
+from app.extensions import database_engine, timeouts_ms
 from app.extensions import db as database
 from app.factory import create_app
 from app.intake import dead_submissions
@@ -209,7 +210,7 @@ def submissions_retry(row_id: int | None, every: bool) -> None:
 def purge(dry_run: bool) -> None:
     """Delete sent outbox rows and final jobs past their retention, once; print the rows per table."""
     settings = Settings.from_env()
-    engine = sa.create_engine(settings.database_url)
+    engine = database_engine(settings, timeouts_ms=timeouts_ms(settings, workers=True))
     try:
         with so.Session(engine) as session:
             counts = retention.would_purge(session, settings) if dry_run else retention.purge(session, settings)
@@ -230,44 +231,57 @@ def purge(dry_run: bool) -> None:
     default=None,
     help="refresh in place every SECONDS until Ctrl-C",
 )
-def status(watch_seconds: float | None) -> None:
-    """Show the running service's health; exit 1 naming the reason when a threshold is crossed."""
+@click.option(
+    "--check",
+    is_flag=True,
+    help="a monitoring plugin: one line with performance data; exit 0 OK, 1 WARNING, 2 CRITICAL",
+)
+@click.option("--json", "as_json", is_flag=True, help="every figure and reason as JSON (with --check: its exit codes)")
+def status(watch_seconds: float | None, check: bool, as_json: bool) -> None:
+    """Show the running service's health; exit 1 naming the reason when a threshold is crossed.
+
+    With --check the exit code tells the level instead: 0 OK, 1 WARNING (items wait for an operator),
+    2 CRITICAL (jobs are not announced or swept, or the service cannot be read)."""
     from rich.console import Console
     from rich.live import Live
 
+    if watch_seconds is not None and (check or as_json):
+        raise click.UsageError("--watch draws for a terminal: not with --check or --json")
     settings = Settings.from_env()
     # Bounded: a look never waits on a lock or a slow statement for long (status must answer, and stop on Ctrl-C).
-    engine = sa.create_engine(
-        settings.database_url,
-        pool_pre_ping=True,
-        connect_args={"connect_timeout": 5, "options": "-c statement_timeout=10000 -c lock_timeout=2000"},
-    )
+    engine = database_engine(settings, timeouts_ms=(10_000, 2_000), pool_pre_ping=True)
 
     def look():
         snapshot = health.take_snapshot(engine, settings)
-        found = health.problems(snapshot, settings)
-        return health.render(snapshot, found), found
+        return snapshot, health.problems(snapshot, settings)
 
     try:
-        view, found = look()
-        if watch_seconds is None:
-            Console().print(view)
+        snapshot, found = look()
+        if as_json:
+            click.echo(json.dumps(health.as_json(snapshot, found), indent=2))
+        elif check:
+            click.echo(health.check_line(snapshot, found))
+        elif watch_seconds is None:
+            Console().print(health.render(snapshot, found))
         else:
             # Ctrl-C ends the watch between two looks: as a flag, not an exception raised inside whatever library
             # call the look is in (a database driver cancelling its query, a Redis socket).
             stop = threading.Event()
             previous = signal.signal(signal.SIGINT, lambda *_: stop.set())
             try:
-                with Live(view, auto_refresh=False) as live:
+                with Live(health.render(snapshot, found), auto_refresh=False) as live:
                     while not stop.wait(watch_seconds):
-                        view, found = look()
-                        live.update(view, refresh=True)
+                        snapshot, found = look()
+                        live.update(health.render(snapshot, found), refresh=True)
             finally:
                 signal.signal(signal.SIGINT, previous)
     finally:
         engine.dispose()
+    if check:
+        sys.exit(int(health.level_of(found)))
     if found:
-        click.echo(f"unhealthy: {'; '.join(found)}", err=True)
+        if not as_json:
+            click.echo(f"unhealthy: {'; '.join(p.reason for p in found)}", err=True)
         sys.exit(1)
 
 
@@ -329,6 +343,7 @@ def demo(
             api_url=api_url,
             key=api_key,
             bootstrap=settings.kafka_bootstrap_servers,
+            kafka_security=settings.kafka_client_options,
             topic=settings.job_topic,
             concurrency=concurrency,
             wait_seconds=wait_seconds,
@@ -358,7 +373,9 @@ def service_api(api_url: str | None, api_key: str | None) -> tuple[str, str, Set
 
 def _analyzer_connection(api_url: str | None, api_key: str | None, bootstrap: str | None) -> Connection:
     api_url, api_key, settings = service_api(api_url, api_key)
-    return Connection(api_url, api_key, bootstrap or settings.kafka_bootstrap_servers, settings.site)
+    return Connection(
+        api_url, api_key, bootstrap or settings.kafka_bootstrap_servers, settings.site, settings.kafka_client_options
+    )
 
 
 main.add_command(analyzer_group(_analyzer_connection), "analyzer")

@@ -75,10 +75,24 @@ def _database_url(name: str, raw: str) -> str:
     return url
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://", "sentinel://")
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://")
+
+
 def _redis_url(name: str, raw: str) -> str:
     url = _text(name, raw)
-    if not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError(f"{name} must be a redis:// URL, got {raw!r}")
+    if not url.startswith(REDIS_SCHEMES):
+        raise ConfigError(f"{name} must be a redis://, rediss://, unix:// or sentinel:// URL, got {raw!r}")
+    return url
+
+
+def _broker_url(name: str, raw: str) -> str:
+    """Celery's broker: RabbitMQ (amqp://, amqps://) or Redis; empty means the Redis of SAMPLEDB_REDIS_URL."""
+    if not raw.strip():
+        return ""
+    url = raw.strip()
+    if not url.startswith(AMQP_SCHEMES + REDIS_SCHEMES):
+        raise ConfigError(f"{name} must be an amqp://, amqps:// or redis:// URL, got {raw!r}")
     return url
 
 
@@ -91,6 +105,35 @@ def _bootstrap(name: str, raw: str) -> str:
     if not servers or not all(valid(s) for s in servers):
         raise ConfigError(f"{name} must be a comma-separated list of host:port, got {raw!r}")
     return ",".join(servers)
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _one_of(choices: tuple[str, ...], *, optional: bool = False) -> Callable[[str, str], str]:
+    def parse(name: str, raw: str) -> str:
+        value = raw.strip().upper()
+        if optional and not value:
+            return ""
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+        return value
+
+    return parse
+
+
+def _optional_text(name: str, raw: str) -> str:
+    return raw
+
+
+def _optional_file(name: str, raw: str) -> str:
+    path = raw.strip()
+    if path and not os.access(path, os.R_OK):
+        raise ConfigError(f"{name} must name a readable file, got {raw!r}")
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{name} must name a file, got {raw!r}")
+    return path
 
 
 def _switch(name: str, raw: str) -> bool:
@@ -126,7 +169,22 @@ class Settings:
         "SAMPLEDB_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/sampledb", _database_url
     )
     redis_url: str = _setting("SAMPLEDB_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url)
+    # Celery's broker when it is not that Redis (RabbitMQ); Redis still keeps the service's flags and counters.
+    celery_broker_url: str = _setting("SAMPLEDB_CELERY_BROKER_URL", "", _broker_url)
+    # The master's name a sentinel:// Redis URL asks the sentinels for.
+    redis_sentinel_master: str = _setting("SAMPLEDB_REDIS_SENTINEL_MASTER", "mymaster", _text)
     kafka_bootstrap_servers: str = _setting("SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092", _bootstrap)
+    # TLS and SASL toward Kafka (SPEC 13.2), for the relay, the readiness check and the analyzer alike.
+    kafka_security_protocol: str = _setting(
+        "SAMPLEDB_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT", _one_of(KAFKA_SECURITY_PROTOCOLS)
+    )
+    kafka_sasl_mechanism: str = _setting(
+        "SAMPLEDB_KAFKA_SASL_MECHANISM", "", _one_of(KAFKA_SASL_MECHANISMS, optional=True)
+    )
+    kafka_sasl_username: str = _setting("SAMPLEDB_KAFKA_SASL_USERNAME", "", _optional_text)
+    kafka_sasl_password: str = _setting("SAMPLEDB_KAFKA_SASL_PASSWORD", "", _optional_text)
+    # The CA that signed the brokers' certificates (empty: the system's trust store).
+    kafka_ssl_cafile: str = _setting("SAMPLEDB_KAFKA_SSL_CAFILE", "", _optional_file)
     site: str = _setting("SAMPLEDB_SITE", "OSL", _site)
     execution_timeout_seconds: int = _setting("SAMPLEDB_EXECUTION_TIMEOUT_SECONDS", "3600", _seconds)
     enqueued_timeout_seconds: int = _setting(
@@ -142,7 +200,7 @@ class Settings:
     )
     # Policy, rules and the worker registry are read once per this many seconds per process (0 = every job).
     policy_cache_seconds: int = _setting(
-        "SAMPLEDB_POLICY_CACHE_SECONDS", "5", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
+        "SAMPLEDB_POLICY_CACHE_SECONDS", "300", lambda n, r: _whole(n, r, unit=" of seconds", allow_zero=True)
     )
     # A customer's submission of a sample it had a job for this recently makes no new job (0 = off).
     duplicate_window_seconds: int = _setting(
@@ -165,6 +223,7 @@ class Settings:
     )
     worker_metrics_port: int = _setting("SAMPLEDB_WORKER_METRICS_PORT", "9808", _port)
     status_outbox_max_age_seconds: int = _setting("SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS", "60", _seconds)
+    status_queue_max_length: int = _setting("SAMPLEDB_STATUS_QUEUE_MAX_LENGTH", "10000", _count)
     # Every API request runs under these (a stalled database answers 503 instead of holding the request).
     api_statement_timeout_ms: int = _setting("SAMPLEDB_API_STATEMENT_TIMEOUT_MS", "5000", _milliseconds)
     api_lock_timeout_ms: int = _setting("SAMPLEDB_API_LOCK_TIMEOUT_MS", "2000", _milliseconds)
@@ -172,6 +231,9 @@ class Settings:
     worker_statement_timeout_ms: int = _setting("SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS", "30000", _milliseconds)
     worker_lock_timeout_ms: int = _setting("SAMPLEDB_WORKER_LOCK_TIMEOUT_MS", "10000", _milliseconds)
     database_connect_timeout_seconds: int = _setting("SAMPLEDB_DATABASE_CONNECT_TIMEOUT_SECONDS", "5", _seconds)
+    # What stands between the service and PostgreSQL: `none`, or `transaction` for PgBouncer in transaction
+    # mode (no server-side prepared statements, timeouts set per transaction; docs/DEPLOYMENT.md).
+    database_pooler: str = _setting("SAMPLEDB_DATABASE_POOLER", "none", _one_of(("NONE", "TRANSACTION")))
     # A task past its soft limit (a hung database) is retried; past its hard limit its process is killed
     # and its message re-queued. The hard limit must exceed the soft one.
     task_soft_time_limit_seconds: int = _setting("SAMPLEDB_TASK_SOFT_TIME_LIMIT_SECONDS", "60", _seconds)
@@ -188,6 +250,9 @@ class Settings:
     api_port: int = _setting("SAMPLEDB_API_PORT", "8000", _port)
     flower_port: int = _setting("SAMPLEDB_FLOWER_PORT", "5555", _port)
 
+    def __post_init__(self) -> None:
+        _check_kafka_security(self)
+
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """Parse every setting; unset URLs fall back to a local dev stack's dev.env, then to defaults."""
@@ -202,6 +267,33 @@ class Settings:
         return cls(**values)
 
     @property
+    def kafka_client_options(self) -> dict[str, str]:
+        """kafka-python's security arguments of every Kafka client the service and its analyzers make."""
+        options = {"security_protocol": self.kafka_security_protocol}
+        if self.kafka_sasl_mechanism:
+            options.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        if self.kafka_ssl_cafile:
+            options["ssl_cafile"] = self.kafka_ssl_cafile
+        return options
+
+    @property
+    def through_transaction_pooler(self) -> bool:
+        return self.database_pooler == "TRANSACTION"
+
+    @property
+    def celery_broker(self) -> str:
+        """The URL Celery's tasks go through: SAMPLEDB_CELERY_BROKER_URL, else the Redis."""
+        return self.celery_broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return self.celery_broker.startswith(AMQP_SCHEMES)
+
+    @property
     def job_topic(self) -> str:
         return f"Sample.Analysis.Job.{self.site}"
 
@@ -212,6 +304,33 @@ class Settings:
     @property
     def event_topic(self) -> str:
         return f"Sample.Analysis.Job.Event.{self.site}"
+
+
+def _check_kafka_security(settings: Settings) -> None:
+    """The Kafka settings that only make sense together (the variables they come from are named)."""
+    protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
+    if protocol is None:  # a Settings built field by field in a test, before from_env's values
+        return
+    sasl = protocol.startswith("SASL_")
+    if sasl and not mechanism:
+        raise ConfigError(f"SAMPLEDB_KAFKA_SECURITY_PROTOCOL={protocol} needs SAMPLEDB_KAFKA_SASL_MECHANISM")
+    if mechanism and not sasl:
+        raise ConfigError(
+            f"SAMPLEDB_KAFKA_SASL_MECHANISM={mechanism} needs SAMPLEDB_KAFKA_SECURITY_PROTOCOL SASL_PLAINTEXT or "
+            f"SASL_SSL, got {protocol}"
+        )
+    for name, value in (
+        ("SAMPLEDB_KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+        ("SAMPLEDB_KAFKA_SASL_PASSWORD", settings.kafka_sasl_password),
+    ):
+        if mechanism and not value:
+            raise ConfigError(f"{name} must be set with SAMPLEDB_KAFKA_SASL_MECHANISM={mechanism}")
+        if value and not mechanism:
+            raise ConfigError(f"{name} is set but SAMPLEDB_KAFKA_SASL_MECHANISM is not")
+    if settings.kafka_ssl_cafile and protocol not in ("SSL", "SASL_SSL"):
+        raise ConfigError(
+            f"SAMPLEDB_KAFKA_SSL_CAFILE needs SAMPLEDB_KAFKA_SECURITY_PROTOCOL SSL or SASL_SSL, got {protocol}"
+        )
 
 
 def read_dev_env(path: Path = DEV_ENV_FILE) -> dict[str, str]:

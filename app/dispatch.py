@@ -1,25 +1,32 @@
-"""Sending tasks from outside a task (the REST intake, the outbox trigger), by their stable names.
+"""Sending tasks from outside a task (the REST intake, the outbox trigger), by their stable names, and the
+one way the service reaches its Redis.
 
 Used by the web app as well as the Celery workers, so it imports no task code (nothing of
-`workers/`): tasks are sent by their names (app.task_names) to the broker of the caller's
-settings (one Celery client per broker URL and process, routes and serialisation from
-celeryconfig, loaded when the first client is made).
+`workers/`): tasks are sent by their names (app.task_names) to the Celery broker of the caller's
+settings (RabbitMQ or Redis; one Celery client per broker URL and process, routes and serialisation
+from celeryconfig, loaded when the first client is made). Redis keeps the service's own flags and
+counters whichever broker Celery uses; `redis_connection` opens it from a redis://, rediss://,
+unix:// or sentinel:// URL.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+from urllib.parse import unquote, urlsplit
 
 import redis
+import redis.sentinel
 from celery import Celery
 
+from app.config import AMQP_SCHEMES, Settings
 from app.task_names import TaskNames
 
 REDIS_TIMEOUT_SECONDS = 0.5
 
 _lock = threading.Lock()
-_celery_clients: dict[tuple[int, str], object] = {}
+_celery_clients: dict[tuple[int, str, str | None], object] = {}
 _redis_clients: dict[tuple[int, str], redis.Redis] = {}
 
 
@@ -27,39 +34,72 @@ class BrokerUnavailable(RuntimeError):
     """The task could not be handed to the broker."""
 
 
-def celery_client(redis_url: str):
-    """A Celery app that only sends tasks, configured from celeryconfig, for this broker URL."""
-    key = (os.getpid(), redis_url)
+def celery_client(broker_url: str, *, sentinel_master: str | None = None):
+    """A Celery app that only sends tasks, configured from celeryconfig, for this broker URL (and the master a
+    sentinel:// URL names)."""
+    key = (os.getpid(), broker_url, sentinel_master)
     with _lock:
         client = _celery_clients.get(key)
         if client is None:
             client = Celery("sampledb-dispatch", set_as_current=False)
             client.config_from_object("celeryconfig")
-            client.conf.broker_url = redis_url
+            import celeryconfig  # loaded by the line above; its options for this URL's kind of broker
+
+            client.conf.update(broker_url=broker_url, **celeryconfig.broker_options(broker_url, sentinel_master))
             _celery_clients[key] = client
         return client
 
 
-def redis_client(redis_url: str) -> redis.Redis:
-    key = (os.getpid(), redis_url)
+def countdown_for(broker_url: str, seconds: float) -> float:
+    """A task's countdown as the broker can keep it: RabbitMQ's delayed delivery (quorum queues) counts whole
+    seconds and refuses less than one, so a shorter wait becomes one second there."""
+    if broker_url.startswith(AMQP_SCHEMES):
+        return float(max(1, math.ceil(seconds)))
+    return seconds
+
+
+def redis_connection(url: str, *, timeout: float, sentinel_master: str = "mymaster") -> redis.Redis:
+    """A Redis client for a redis://, rediss:// or unix:// URL, or for the master that the sentinels of a
+    sentinel:// URL name (kombu's form: `sentinel://[:password@]host:port[;sentinel://host:port...]/db`)."""
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    parts = [urlsplit(part) for part in url.split(";") if part.strip()]
+    password = next((unquote(p.password) for p in parts if p.password), None)
+    path = next((p.path.strip("/") for p in reversed(parts) if p.path.strip("/")), "")
+    sentinels = [(p.hostname or "127.0.0.1", p.port or 26379) for p in parts]
+    sentinel = redis.sentinel.Sentinel(
+        sentinels, socket_timeout=timeout, socket_connect_timeout=timeout, sentinel_kwargs={"password": password}
+    )
+    return sentinel.master_for(
+        sentinel_master,
+        db=int(path) if path.isdigit() else 0,
+        password=password,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """This process's client of the service's Redis (flags, delivery counters): short timeouts, never a hang."""
+    key = (os.getpid(), settings.redis_url)
     with _lock:
         client = _redis_clients.get(key)
         if client is None:
-            client = redis.Redis.from_url(
-                redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+            client = redis_connection(
+                settings.redis_url, timeout=REDIS_TIMEOUT_SECONDS, sentinel_master=settings.redis_sentinel_master
             )
             _redis_clients[key] = client
         return client
 
 
-def send_ingest(redis_url: str, payload: dict) -> None:
-    """Hand one submission payload to `sampledb.ingest_submission`; BrokerUnavailable if Redis refuses."""
+def send_ingest(settings: Settings, payload: dict) -> None:
+    """Hand one submission payload to `sampledb.ingest_submission`; BrokerUnavailable if the broker refuses."""
     try:
         # argsrepr: what Flower and the task events show of the argument. The submission's id says which
         # it is; a rendering of the whole payload (Celery's default) costs the sender about a sixth of the
         # send and repeats the customer's metadata in every event.
         submission = payload.get("submission") if isinstance(payload, dict) else None
-        celery_client(redis_url).send_task(
+        celery_client(settings.celery_broker, sentinel_master=settings.redis_sentinel_master).send_task(
             TaskNames.INGEST_SUBMISSION,
             args=[payload],
             retry=True,

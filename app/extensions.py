@@ -7,6 +7,8 @@ session handle (`db.session`, one session per thread) binds to the current app's
 
 from __future__ import annotations
 
+import os
+import socket
 import weakref
 
 import sqlalchemy as sa
@@ -58,18 +60,19 @@ class Database:
         # No pre-ping (a SELECT 1 round trip per checkout): a connection the server dropped fails its
         # request once (503), SQLAlchemy sees the disconnect and invalidates the whole pool, the next
         # checkouts reconnect; pool_recycle replaces idle connections before servers or proxies drop them.
-        engine = sa.create_engine(
-            settings.database_url,
+        engine = database_engine(
+            settings,
+            timeouts_ms=timeouts_ms(settings, workers=app.config[WORKERS_KEY]),
+            role="worker" if app.config[WORKERS_KEY] else "api",
             pool_size=10,
             max_overflow=20,
             pool_recycle=POOL_RECYCLE_SECONDS,
-            connect_args=connect_arguments(settings, workers=app.config[WORKERS_KEY]),
         )
         app.extensions[_ENGINE_KEY] = engine
         self._engines.add(engine)
         app.teardown_appcontext(self._end_of_context)
         # The service's time is the database's (app.clock); the latest app's database tells it.
-        clock.follow(DatabaseClock(settings.database_url, connect_arguments(settings, workers=True)))
+        clock.follow(DatabaseClock(settings))
 
     @property
     def session(self) -> so.Session:
@@ -113,8 +116,10 @@ class DatabaseClock:
     """PostgreSQL's clock_timestamp() in nanoseconds since the epoch, on a connection of its own (not the pool:
     a reading must never wait for a pool a burst has emptied)."""
 
-    def __init__(self, database_url: str, connect_args: dict):
-        self.engine = sa.create_engine(database_url, poolclass=sa.pool.NullPool, connect_args=connect_args)
+    def __init__(self, settings: Settings):
+        self.engine = database_engine(
+            settings, timeouts_ms=timeouts_ms(settings, workers=True), role="clock", poolclass=sa.pool.NullPool
+        )
 
     def __call__(self) -> int:
         with self.engine.connect() as conn:
@@ -122,17 +127,62 @@ class DatabaseClock:
         return int(micros) * 1000
 
 
-def connect_arguments(settings: Settings, *, workers: bool) -> dict:
-    """libpq options of every connection: the statement and lock timeouts of the API or of the workers."""
-    statement, lock = (
-        (settings.worker_statement_timeout_ms, settings.worker_lock_timeout_ms)
-        if workers
-        else (settings.api_statement_timeout_ms, settings.api_lock_timeout_ms)
-    )
-    return {
-        "options": f"-c statement_timeout={statement} -c lock_timeout={lock}",
-        "connect_timeout": settings.database_connect_timeout_seconds,
-    }
+def timeouts_ms(settings: Settings, *, workers: bool) -> tuple[int, int]:
+    """(statement, lock) timeouts of the API's connections or of the workers'."""
+    if workers:
+        return settings.worker_statement_timeout_ms, settings.worker_lock_timeout_ms
+    return settings.api_statement_timeout_ms, settings.api_lock_timeout_ms
+
+
+# Both timeouts for the transaction only (set_config's `true`): through PgBouncer in transaction mode the next
+# transaction may run on another server connection, and this one's settings must not stay behind on it.
+_TRANSACTION_TIMEOUTS = "SELECT set_config('statement_timeout', %s, true), set_config('lock_timeout', %s, true)"
+
+
+def application_name(role: str) -> str:
+    """What pg_stat_activity shows for a connection of this process: the role, the process and its host, so a
+    session holding a lock is traced to its host and process (PgBouncer passes it on). At most 63 bytes: the
+    host, last, is what PostgreSQL cuts."""
+    return f"sampledb-jobs {role} {os.getpid()}@{socket.gethostname()}"[:63]
+
+
+def database_engine(
+    settings: Settings, *, timeouts_ms: tuple[int, int], role: str = "cli", **engine_options
+) -> sa.Engine:
+    """Every engine of the service: its statement and lock timeouts on every connection, directly or through
+    PgBouncer in transaction mode (SAMPLEDB_DATABASE_POOLER=transaction; docs/DEPLOYMENT.md)."""
+    statement, lock = timeouts_ms
+    connect_args: dict = {"connect_timeout": settings.database_connect_timeout_seconds}
+    if not settings.through_transaction_pooler:
+        connect_args["options"] = f"-c statement_timeout={statement} -c lock_timeout={lock}"
+        return _named(sa.create_engine(settings.database_url, connect_args=connect_args, **engine_options), role)
+    # PgBouncer refuses the `options` startup parameter, and before 1.21 cannot follow a server-side prepared
+    # statement from one server connection to the next: psycopg prepares none.
+    connect_args["prepare_threshold"] = None
+    engine = _named(sa.create_engine(settings.database_url, connect_args=connect_args, **engine_options), role)
+
+    @sa.event.listens_for(engine, "begin")
+    def _timeouts_of_this_transaction(conn: sa.Connection) -> None:
+        dbapi_connection = conn.connection.dbapi_connection
+        if dbapi_connection is None or dbapi_connection.autocommit:
+            return  # no transaction to scope them to: the role's defaults apply (docs/DEPLOYMENT.md)
+        # On the DBAPI cursor: the statement opens the transaction SQLAlchemy is beginning, without re-entering it.
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(_TRANSACTION_TIMEOUTS, (f"{statement}ms", f"{lock}ms"))
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _named(engine: sa.Engine, role: str) -> sa.Engine:
+    @sa.event.listens_for(engine, "do_connect")
+    def _application_name(_dialect, _record, _cargs, cparams) -> None:
+        # At each connect, not once: a pool process forked from the worker's main process has its own pid.
+        cparams["application_name"] = application_name(role)
+
+    return engine
 
 
 db = Database()

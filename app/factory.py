@@ -26,4 +26,4 @@ def create_app(settings: Settings | None = None, *, workers: bool = False) -> Fl
 def _trigger_relay_of_current_app() -> None:
     """The relay trigger on the broker of the app whose context committed (a shell without one relays by beat)."""
     if has_app_context():
-        trigger_relay(current_settings().redis_url)
+        trigger_relay(current_settings())

@@ -24,6 +24,7 @@ import json
 import multiprocessing
 import os
 import queue
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -208,22 +209,39 @@ def _queue_drained(client, queue: str) -> bool:
     return client.llen(queue) == 0 and client.hlen("unacked") == 0
 
 
+def _tasks_done(control, hostname: str, task: str) -> int:
+    """How many `task`s the worker has run (its own count: RabbitMQ's statistics lag by seconds)."""
+    replies = control.inspect(destination=[hostname], timeout=1, limit=1).stats() or {}
+    return sum(reply.get("total", {}).get(task, 0) for reply in replies.values())
+
+
 # -- baselines ----------------------------------------------------------------------------------
 
 
 def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_pids: dict[str, int]) -> dict:
-    """No-op tasks per second through Redis and a `-c 2` worker: sent as fast as possible, until drained."""
+    """No-op tasks per second through the broker and a `-c 2` worker: sent as fast as possible, until drained."""
     import redis
 
     from bench import noop_worker
 
-    sender = noop_worker.celery
-    sender.conf.broker_url = settings.redis_url  # celeryconfig read this process's environment, not the bench's
-    worker = start_worker("bench.noop_worker", [noop_worker.NOOP_QUEUE], env, workdir / "celery-noop.log")
-    client = redis.Redis.from_url(settings.redis_url)
+    # celeryconfig read this process's environment, not the bench's settings: an app for this broker.
+    sender = noop_worker.make_app(settings.celery_broker)
+    hostname = f"bench-noop-{uuid.uuid4().hex[:6]}"
+    argv = commands.celery_worker(
+        "--loglevel",
+        "WARNING",
+        "--hostname",
+        f"{hostname}@%h",
+        queues=[noop_worker.NOOP_QUEUE],
+        app="bench.noop_worker",
+    )
+    worker = start_child("celery bench.noop_worker", argv, env, workdir / "celery-noop.log")
+    client = None if settings.broker_is_amqp else redis.Redis.from_url(settings.redis_url)
+    control = sender.control
+    node = f"{hostname}@{socket.gethostname()}"
     runs = []
     try:
-        wait_worker_ready(settings.redis_url, worker)
+        wait_worker_ready(settings.celery_broker, worker)
         cpu = CpuMeter(
             {
                 "worker main": (worker.pid, "self"),
@@ -237,8 +255,12 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
             started = time.perf_counter()
             for n in range(tasks):
                 sender.send_task(noop_worker.NOOP_TASK, args=[n], queue=noop_worker.NOOP_QUEUE)
-            while not _queue_drained(client, noop_worker.NOOP_QUEUE):
-                time.sleep(0.005)
+            if client is not None:
+                while not _queue_drained(client, noop_worker.NOOP_QUEUE):
+                    time.sleep(0.005)
+            else:
+                while _tasks_done(control, node, noop_worker.NOOP_TASK) < tasks * (len(runs) + 1):
+                    time.sleep(0.2)  # each look is a control message the worker answers: not too often
             seconds = time.perf_counter() - started
             runs.append(
                 {
@@ -250,14 +272,15 @@ def noop_rate(settings: Settings, env: dict, workdir: Path, tasks: int, servers_
             )
     finally:
         worker.stop()
-        client.close()
+        if client is not None:
+            client.close()
     return summarize_runs(runs, ("per_s",))
 
 
-def wait_worker_ready(redis_url: str, worker: Child, timeout: float = 60) -> None:
+def wait_worker_ready(broker_url: str, worker: Child, timeout: float = 60) -> None:
     from app.dispatch import celery_client
 
-    control = celery_client(redis_url).control
+    control = celery_client(broker_url).control
     worker.wait_until(lambda left: control.ping(timeout=0.5), timeout, "answering a ping")
 
 
@@ -459,10 +482,10 @@ def run(
     worker = start_worker(commands.CELERY_APP, None, env, workdir / "celery-ingest.log")
     follower = None
     try:
-        wait_worker_ready(settings.redis_url, worker)
+        wait_worker_ready(settings.celery_broker, worker)
         follower = Follower(settings.kafka_bootstrap_servers, settings.job_topic)
-        send = lambda body: send_ingest(settings.redis_url, body)  # noqa: E731
-        send_bulk = lambda bodies: celery_client(settings.redis_url).send_task(  # noqa: E731
+        send = lambda body: send_ingest(settings, body)  # noqa: E731
+        send_bulk = lambda bodies: celery_client(settings.celery_broker).send_task(  # noqa: E731
             TaskNames.INGEST_SUBMISSIONS, args=[bodies]
         )
         for n in range(20):  # warm-up: makes the topic, the worker's producer and its connections

@@ -153,7 +153,7 @@ def run(
     api = follower = None
     closed, open_runs, phases = [], [], []
     try:
-        ingest.wait_worker_ready(settings.redis_url, worker)
+        ingest.wait_worker_ready(settings.celery_broker, worker)
         api, base = start_gunicorn("wsgi:app", env, workdir / "gunicorn-b7.log", HEALTH_PATH)
         follower = ingest.Follower(settings.kafka_bootstrap_servers, settings.job_topic)
         warm = python_load(base, submission_request, headers, 1)  # warm-up: the topic, the worker's producer

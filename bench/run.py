@@ -21,12 +21,15 @@ import sqlalchemy.orm as so
 
 from app.accounts.keys import create_key
 from app.clock import now_ms
+from app.config import Settings
 from bench import api_load, dataset, ingest, intake, machine, policy, purge, report, searches, sweep
 from bench.stack import Databases, Servers, bench_settings, start_servers
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("B1", "B2", "B3", "B4", "B7", "B6")
+ALL = ("B1", "B2", "B3", "B3R", "B4", "B7", "B6")
+# B3R: B3 again with RabbitMQ as Celery's broker, in a virtual host of the run's own on this RabbitMQ.
+RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
 
 @dataclass
@@ -145,6 +148,20 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
     timings["load"] = round(time.perf_counter() - started, 1)
     key = _viewer_key(main_db.url)
 
+    def b3(on: Settings, broker_pids: dict[str, int]) -> dict:
+        """B3 with the broker of `on`; `broker_pids`: its processes when it is not one of the run's servers."""
+        return ingest.run(
+            on,
+            workdir,
+            {**servers.pids(), **broker_pids},
+            duration=d["b3_duration"],
+            bulk_duration=d["b3_bulk_duration"],
+            latency_duration=d["b3_latency_duration"],
+            baseline_duration=d["b3_baseline_duration"],
+            noop_tasks=d["b3_noop_tasks"],
+            runs=runs,
+        )
+
     # B3 and B7 add jobs to the big database and B4 changes 10,000 of them: all after the read benchmarks.
     benchmarks = {
         "B2": (
@@ -157,23 +174,8 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
                 settings, key, workdir, duration=d["b1_duration"], runs=d["b1_runs"], warmup=d["b1_warmup"]
             ),
         ),
-        "B3": (
-            "ingest",
-            lambda: {
-                **ingest.run(
-                    settings,
-                    workdir,
-                    servers.pids(),
-                    duration=d["b3_duration"],
-                    bulk_duration=d["b3_bulk_duration"],
-                    latency_duration=d["b3_latency_duration"],
-                    baseline_duration=d["b3_baseline_duration"],
-                    noop_tasks=d["b3_noop_tasks"],
-                    runs=runs,
-                ),
-                "policy_evaluation": policy.run(settings),
-            },
-        ),
+        "B3": ("ingest", lambda: {**b3(settings, {}), "policy_evaluation": policy.run(settings)}),
+        "B3R": ("ingest with RabbitMQ as Celery's broker", lambda: _on_rabbitmq(settings, b3)),
         "B7": (
             "REST intake",
             lambda: intake.run(
@@ -223,6 +225,28 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
     return results
 
 
+def _on_rabbitmq(settings, measure):
+    """`measure(settings, pids)` with Celery's broker a virtual host of this run's own on the RabbitMQ of
+    BENCH_RABBITMQ_URL (removed afterwards), and the broker's process ids for the CPU figures."""
+    import dataclasses
+
+    import psutil
+
+    from app.dev.rabbitmq import RabbitVhost
+
+    vhost = RabbitVhost(RABBITMQ_URL, prefix="sampledb_bench")
+    beams = [
+        p.pid
+        for p in psutil.process_iter(["name", "cmdline"])
+        if p.info["name"] == "beam.smp" and any("rabbit" in part for part in p.info["cmdline"] or ())
+    ]
+    pids = {"rabbitmq": beams[0]} if beams else {}
+    try:
+        return measure(dataclasses.replace(settings, celery_broker_url=vhost.url), pids)
+    finally:
+        vhost.delete()
+
+
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -235,7 +259,7 @@ def main() -> int:
         " BENCH_QUICK" if config.quick else "",
         workdir,
     )
-    servers = start_servers(need_workers=bool({"B3", "B7"} & set(config.only)))
+    servers = start_servers(need_workers=bool({"B3", "B3R", "B7"} & set(config.only)))
     dbs = Databases(servers.postgres_url, servers.run_id)
     try:
         results = run_benchmarks(servers, dbs, config, workdir)

@@ -32,21 +32,23 @@ from app.jobs import service
 from app.operations.migrate import upgrade
 from app.unit_of_work import unit_of_work
 from tests.support.api import Api
-from tests.support.celery_worker import (
-    WORKER_VISIBILITY_TIMEOUT,
-    CeleryWorker,
-    KafkaBroker,
-    TaskSender,
-    broker_idle,
-    worker_env,
-)
+from tests.support.brokers import BrokerQueues, RabbitVhost, is_amqp
+from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, worker_env
 from tests.support.database import RolledBack, keep_default_workers, truncate
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
-from tests.support.settings import make_settings
+from tests.support.pgbouncer import start_pgbouncer
+from tests.support.settings import DATABASE_POOLER, make_settings
 from tests.support.waiting import wait_for
 
 # Fixtures that start (or reach) a server: a test needing any of them is marked `servers`.
-SERVER_FIXTURES = {"servers_dir", "postgres_server_url", "redis_url", "kafka_bootstrap", "kafka_broker"}
+SERVER_FIXTURES = {
+    "servers_dir",
+    "postgres_server_url",
+    "redis_url",
+    "celery_broker_url",
+    "kafka_bootstrap",
+    "kafka_broker",
+}
 
 
 def pytest_collection_modifyitems(config, items):
@@ -89,7 +91,7 @@ def postgres_server_url(request) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(postgres_server_url) -> str:
+def database_url(request, postgres_server_url) -> str:
     """A database of the test session's own on that server, migrated to head with Alembic."""
     name = f"sampledb_test_{uuid.uuid4().hex[:12]}"
     server = sa.make_url(postgres_server_url)
@@ -97,8 +99,13 @@ def database_url(postgres_server_url) -> str:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = server.set(database=name).render_as_string(hide_password=False)
-    upgrade(url)
-    yield url
+    upgrade(url)  # directly on the server, as a release is migrated
+    if DATABASE_POOLER.lower() == "transaction":
+        bouncer = start_pgbouncer(postgres_server_url, request.getfixturevalue("servers_dir") / "pgbouncer")
+        yield sa.make_url(bouncer.url).set(database=name).render_as_string(hide_password=False)
+        bouncer.stop()
+    else:
+        yield url
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -109,6 +116,19 @@ def redis_url(request) -> str:
     from app.dev.redis import start_redis
 
     yield from _server_url(request, "SAMPLEDB_REDIS_URL", "redis_url", lambda d: start_redis(d / "redis"))
+
+
+@pytest.fixture(scope="session")
+def celery_broker_url(redis_url) -> str:
+    """Celery's broker: a virtual host of the session's own on the RabbitMQ SAMPLEDB_CELERY_BROKER_URL names
+    (tests.support.brokers), else the session's Redis."""
+    given = os.environ.get("SAMPLEDB_CELERY_BROKER_URL", "").strip()
+    if not given or not is_amqp(given):
+        yield given or redis_url
+        return
+    vhost = RabbitVhost(given, prefix="sampledb_test")
+    yield vhost.url
+    vhost.delete()
 
 
 @pytest.fixture(scope="session")
@@ -244,8 +264,13 @@ def kafka_broker():
 
 
 @pytest.fixture(scope="session")
-def worker_settings(database_url, redis_url, kafka_broker) -> Settings:
-    return make_settings(database_url, SAMPLEDB_REDIS_URL=redis_url, SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url)
+def worker_settings(database_url, redis_url, celery_broker_url, kafka_broker) -> Settings:
+    return make_settings(
+        database_url,
+        SAMPLEDB_REDIS_URL=redis_url,
+        SAMPLEDB_CELERY_BROKER_URL=celery_broker_url,
+        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_broker.url,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -258,7 +283,14 @@ def redis_client(redis_url):
 
 
 @pytest.fixture(scope="session")
-def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_factory):
+def broker_queues(celery_broker_url):
+    queues = BrokerQueues(celery_broker_url)
+    yield queues
+    queues.close()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database_url, redis_url, celery_broker_url, kafka_broker, redis_client, tmp_path_factory):
     redis_client.flushdb()  # the tests' own Redis database: no tasks left from an earlier run
     from app.dev.processes import free_port
 
@@ -267,10 +299,10 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
         database_url,
         redis_url,
         kafka_broker.url,
+        broker_url=celery_broker_url,
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(WORKER_VISIBILITY_TIMEOUT),
         SAMPLEDB_SWEEP_BATCH_SIZE="20",
         SAMPLEDB_PURGE_BATCH_SIZE="20",
-        SAMPLEDB_POLICY_CACHE_SECONDS="0",
         SAMPLEDB_WORKER_METRICS_PORT=str(metrics_port),
     )
     worker = CeleryWorker(
@@ -282,12 +314,12 @@ def celery_worker(database_url, redis_url, kafka_broker, redis_client, tmp_path_
 
 
 @pytest.fixture(scope="session")
-def task_sender(redis_url) -> TaskSender:
-    return TaskSender(redis_url)
+def task_sender(celery_broker_url) -> TaskSender:
+    return TaskSender(celery_broker_url)
 
 
 @pytest.fixture
-def wait_idle(celery_worker, redis_client, task_sender, app):
+def wait_idle(celery_worker, broker_queues, task_sender, app):
     """wait_idle(timeout): until the broker is idle and every outbox row is relayed (the test plays beat)."""
     import time
 
@@ -300,16 +332,19 @@ def wait_idle(celery_worker, redis_client, task_sender, app):
     def wait(timeout: float = 60) -> None:
         last_relay = [time.monotonic()]
         idle_checks = [0]
+        idle_since = [0.0]
 
         def idle() -> bool:
             # A message the worker is taking is briefly in neither its queue nor "unacked": only an
-            # idleness seen on consecutive checks counts.
-            if not broker_idle(redis_client):
+            # idleness seen on consecutive checks, and for as long as the broker's counts may lag, counts.
+            if not broker_queues.idle():
                 idle_checks[0] = 0
                 return False
             if unsent() == 0:
                 idle_checks[0] += 1
-                return idle_checks[0] >= 3
+                if idle_checks[0] == 1:
+                    idle_since[0] = time.monotonic()
+                return idle_checks[0] >= 3 and time.monotonic() - idle_since[0] >= broker_queues.settle_seconds
             idle_checks[0] = 0
             if time.monotonic() - last_relay[0] > 1:  # beat's safety net, every second
                 task_sender.send(TaskNames.RELAY_OUTBOX)
@@ -347,9 +382,9 @@ def live_app(worker_settings):
 
 
 @pytest.fixture
-def run_cli(database_url, redis_url):
+def run_cli(database_url, redis_url, celery_broker_url):
     """run_cli(*args) -> click Result: `sampledb-jobs ...` in this process, against the test database and
-    the workers' Redis (a commit it makes schedules the relay for real)."""
+    the workers' Redis and broker (a commit it makes schedules the relay for real)."""
     from click.testing import CliRunner
 
     from app.cli import main
@@ -359,7 +394,11 @@ def run_cli(database_url, redis_url):
         main,
         list(args),
         catch_exceptions=False,
-        env={"SAMPLEDB_DATABASE_URL": database_url, "SAMPLEDB_REDIS_URL": redis_url},
+        env={
+            "SAMPLEDB_DATABASE_URL": database_url,
+            "SAMPLEDB_REDIS_URL": redis_url,
+            "SAMPLEDB_CELERY_BROKER_URL": celery_broker_url,
+        },
     )
 
 

@@ -38,11 +38,12 @@ EXECUTION_TIMEOUT = 2  # seconds, for the sweeps these tests run
 
 
 @pytest.fixture(scope="module")
-def api_server(celery_worker, database_url, redis_url, kafka_broker, tmp_path_factory):
+def api_server(celery_worker, database_url, redis_url, celery_broker_url, kafka_broker, tmp_path_factory):
     server = ApiServer(
         tmp_path_factory.mktemp("api") / "gunicorn.log",
         database_url=database_url,
         redis_url=redis_url,
+        broker_url=celery_broker_url,
         kafka_url=kafka_broker.url,
     ).start()
     yield server
@@ -390,6 +391,32 @@ def test_demo_analyze_follows_every_job_to_its_end(worker, api_server, kafka_bro
     for figure in ("jobs done", "jobs aborted mid-analysis", "time to done p50", "time to done p99"):
         assert figure in demo.stdout
     assert sql("SELECT count(*) FROM job_tasks WHERE state = 'cancelled'")[0][0] >= 1
+
+
+def test_a_demo_victim_already_final_is_a_summary_line_not_a_traceback(
+    worker, api_server, kafka_broker, analyzer_key, ingest, live_api
+):
+    """The demo's abort victim is final before its abort (found from outside: the abort's 409 "failed is final"
+    ended `demo --analyze` in a traceback): the refusal is a row of the summary and the demo fails."""
+    from analyzer.simulate import Simulation
+
+    (victim,) = ingest([submission_payload(customer="demo-victim")])
+    headers = {"Argus-API-Key": analyzer_key}
+    for task in live_api.get(f"/job/{victim}", headers=headers)["data"]["tasks"]:
+        for state in ("executing", "failed"):
+            live_api.put(
+                f"/job/{victim}/task/{task['id']}", headers=headers, json={"state": state, "message": "ended first"}
+            )
+    assert live_api.get(f"/job/{victim}", headers=headers)["data"]["state"] == "failed"
+
+    simulation = Simulation(api_server.url, analyzer_key, kafka_broker.url, "OSL", seed=3)
+    simulation.submitted(victim)  # no analyzer started it: the job to abort
+    assert simulation.begins(victim)  # its analysis starts: the abort goes out at once
+    rows, ok = simulation.finish([victim], wait_seconds=30)
+    summary = dict(rows)
+    assert not ok
+    assert summary["abort refused"].startswith(f"DELETE /job/{victim}: 409"), summary
+    assert summary["jobs aborted mid-analysis"] == f"0 ({victim}: failed)"
 
 
 def test_analyzers_stopped_together_hand_their_group_to_the_next(worker, make_runner, ingest, sql):

@@ -147,7 +147,12 @@ def test_readyz_stays_ready_without_redis_and_kafka_and_names_them_quickly(clien
     elapsed = time.monotonic() - started
     body = check_envelope(response, 200)
     assert elapsed < 10, elapsed
-    assert body["data"] == {"postgresql": "ok", "redis": "unavailable", "kafka": "unavailable"}
+    assert body["data"] == {
+        "postgresql": "ok",
+        "redis": "unavailable",
+        "celeryBroker": "unavailable",
+        "kafka": "unavailable",
+    }
     assert sorted(m["message"].split()[0] for m in body["messages"]) == ["kafka", "redis"]
     assert all(m["type"] == "WARNING" for m in body["messages"])
 
@@ -173,4 +178,21 @@ def test_readyz_is_200_when_every_part_is_reachable(settings, redis_url, kafka_b
 
     ready = create_app(dataclasses.replace(settings, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap))
     body = check_envelope(ready.test_client().get(f"{BASE}/readyz"), 200)
-    assert body["data"] == {"postgresql": "ok", "redis": "ok", "kafka": "ok"}
+    assert body["data"] == {"postgresql": "ok", "redis": "ok", "celeryBroker": "ok", "kafka": "ok"}
+
+
+def test_readyz_reports_a_rabbitmq_broker_of_its_own_and_stays_ready_without_it(settings, redis_url, kafka_bootstrap):
+    """Fault: Celery's broker is a RabbitMQ (SAMPLEDB_CELERY_BROKER_URL) that does not answer; Redis does."""
+    import dataclasses
+
+    from app.factory import create_app
+
+    away = "amqp://guest:guest@127.0.0.1:1//"
+    app = create_app(
+        dataclasses.replace(
+            settings, redis_url=redis_url, kafka_bootstrap_servers=kafka_bootstrap, celery_broker_url=away
+        )
+    )
+    body = check_envelope(app.test_client().get(f"{BASE}/readyz"), 200)
+    assert body["data"] == {"postgresql": "ok", "redis": "ok", "celeryBroker": "unavailable", "kafka": "ok"}
+    assert [m["message"].split()[0] for m in body["messages"]] == ["celeryBroker"]

@@ -98,19 +98,73 @@ def test_beat_intervals_come_from_settings():
 
 def test_reliability_settings():
     conf = celery.conf
-    assert conf.broker_url == celeryconfig._settings.redis_url
+    assert conf.broker_url == celeryconfig._settings.celery_broker
     assert conf.task_serializer == "json" and conf.accept_content == ["json"] and conf.result_serializer == "json"
     assert conf.task_acks_late is True and conf.task_reject_on_worker_lost is True
     # A task killed at its hard time limit (a hung database) is re-queued, not acknowledged and gone.
     assert conf.task_acks_on_timeout is False
-    assert conf.worker_prefetch_multiplier == 1
+    # Prefetch 1 on Redis (the batching strategy raises it as a batch fills); on RabbitMQ's quorum queues a
+    # consumer keeps the prefetch it started with, so it starts with room for one ingest batch.
+    amqp = celeryconfig._settings.broker_is_amqp
+    assert conf.worker_prefetch_multiplier == (celeryconfig.INGEST_BATCH_SIZE if amqp else 1)
     assert conf.worker_send_task_events is True and conf.task_send_sent_event is True
     assert conf.broker_connection_retry_on_startup is True
     assert conf.task_ignore_result is True
-    # Redis re-delivers unacknowledged messages after the visibility timeout: it must outlast
-    # the longest retry countdown (60 s) and task (hard limit).
-    visibility = conf.broker_transport_options["visibility_timeout"]
-    assert visibility > 60 and visibility > conf.task_time_limit
+    if not celeryconfig._settings.broker_is_amqp:
+        # Redis re-delivers unacknowledged messages after the visibility timeout: it must outlast
+        # the longest retry countdown (60 s) and task (hard limit).
+        visibility = conf.broker_transport_options["visibility_timeout"]
+        assert visibility > 60 and visibility > conf.task_time_limit
+
+
+def _celeryconfig_under(**environment: str) -> dict:
+    """What celeryconfig sets up in a fresh interpreter whose environment holds `environment`."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    probe = (
+        "import json, celeryconfig as c; print(json.dumps({'broker_url': c.broker_url, "
+        "'transport': c.broker_transport_options, 'queues': [{'name': q.name, 'exchange': q.exchange.type, "
+        "'arguments': q.queue_arguments or {}, 'durable': q.durable} for q in c.task_queues], "
+        "'prefetch': c.worker_prefetch_multiplier}))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
+    env.update(environment, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    # Elsewhere than a checkout, where no dev stack's .sampledb/dev.env fills in the unset URLs.
+    with tempfile.TemporaryDirectory() as elsewhere:
+        out = subprocess.run(
+            [sys.executable, "-c", probe], env=env, cwd=elsewhere, capture_output=True, text=True, check=True
+        ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def test_a_rabbitmq_broker_gets_durable_quorum_queues_on_topic_exchanges_and_publisher_confirms():
+    conf = _celeryconfig_under(
+        SAMPLEDB_REDIS_URL="redis://127.0.0.1:6379/3", SAMPLEDB_CELERY_BROKER_URL="amqp://guest:guest@mq:5672/sdb"
+    )
+    assert conf["broker_url"] == "amqp://guest:guest@mq:5672/sdb"
+    assert conf["transport"] == {"confirm_publish": True}
+    # A quorum queue's consumer keeps the prefetch it started with: room for a whole ingest batch from the start.
+    assert conf["prefetch"] == celeryconfig.INGEST_BATCH_SIZE
+    assert {q["name"] for q in conf["queues"]} == set(QueueNames.all())
+    for queue in conf["queues"]:
+        assert queue["arguments"] == {"x-queue-type": "quorum"} and queue["durable"]
+        assert queue["exchange"] == "topic"  # Celery's native delayed delivery routes countdowns by topic
+
+
+def test_without_a_broker_url_celery_uses_the_redis_and_a_sentinel_url_names_its_master():
+    conf = _celeryconfig_under(SAMPLEDB_REDIS_URL="redis://127.0.0.1:6379/3")
+    assert conf["broker_url"] == "redis://127.0.0.1:6379/3"
+    assert {q["exchange"] for q in conf["queues"]} == {"direct"} and all(not q["arguments"] for q in conf["queues"])
+    assert conf["prefetch"] == 1
+    sentinel = _celeryconfig_under(
+        SAMPLEDB_REDIS_URL="sentinel://s1:26379;sentinel://s2:26379/2", SAMPLEDB_REDIS_SENTINEL_MASTER="sampledb"
+    )
+    assert sentinel["broker_url"] == "sentinel://s1:26379;sentinel://s2:26379/2"
+    assert sentinel["transport"]["master_name"] == "sampledb"
 
 
 def test_relay_backoff_doubles_up_to_a_cap():
@@ -133,3 +187,17 @@ def test_ingest_retries_transient_errors_with_backoff_and_never_retries_bad_payl
         # An invalid payload is stored dead inside the task, never retried.
         assert not any(issubclass(InvalidSubmission, error) for error in task.autoretry_for)
     assert celeryconfig.task_time_limit < celeryconfig.VISIBILITY_TIMEOUT_SECONDS
+
+
+def test_a_sender_configures_for_the_broker_it_sends_to_not_for_its_own_environment():
+    """The web app and beat send with app.dispatch: a RabbitMQ URL gets quorum queues and confirms even in a
+    process whose environment names Redis, and a countdown below RabbitMQ's one second becomes one second."""
+    from app.dispatch import celery_client, countdown_for
+
+    rabbit = celery_client("amqp://guest:guest@mq.invalid:5672/sampledb")
+    assert rabbit.conf.broker_transport_options == {"confirm_publish": True}
+    assert {q.queue_arguments["x-queue-type"] for q in rabbit.conf.task_queues} == {"quorum"}
+    redis_client = celery_client("redis://127.0.0.1:6379/9")
+    assert "visibility_timeout" in redis_client.conf.broker_transport_options
+    assert countdown_for("amqp://mq/sampledb", 0.05) == 1.0 and countdown_for("amqp://mq/sampledb", 2.2) == 3.0
+    assert countdown_for("redis://127.0.0.1:6379/9", 0.05) == 0.05

@@ -134,22 +134,23 @@ def test_a_customer_name_too_large_for_its_index_is_refused_up_front_naming_the_
 
 
 def _pool_process_waiting_on(engine: sa.Engine, worker, seen: set[int]) -> psutil.Process | None:
-    """The worker's pool process whose database session is waiting on a lock (and was not seen before)."""
-    name = engine.url.database
+    """A live pool process of the worker (not one returned before) whose database session waits on a lock: told
+    by the application_name of its session, so found directly or through PgBouncer alike. A process killed
+    before can still have a session waiting (PostgreSQL notices a dead client only when the lock is granted),
+    and stays a zombie child until its worker reaps it: `seen` is of processes."""
     with engine.connect() as conn:
         waiting = conn.execute(
-            sa.text("SELECT pid, client_port FROM pg_stat_activity WHERE datname = :name AND wait_event_type = 'Lock'"),
-            {"name": name},
-        ).all()
-    ports = {port: backend for backend, port in waiting if backend not in seen}
+            sa.text(
+                "SELECT application_name FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        ).scalars()
+        pids = {int(found[1]) for name in waiting if (found := re.match(r"sampledb-jobs worker (\d+)@", name or ""))}
     for child in psutil.Process(worker.pid).children():
-        try:
-            for connection in child.net_connections(kind="tcp"):
-                if connection.laddr and connection.laddr.port in ports:
-                    seen.add(ports[connection.laddr.port])
-                    return child
-        except psutil.NoSuchProcess:
-            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if child.pid in pids and child.pid not in seen and child.status() != psutil.STATUS_ZOMBIE:
+                seen.add(child.pid)
+                return child
     return None
 
 
@@ -354,6 +355,6 @@ def test_innocent_batch_mates_of_a_process_killing_submission_become_jobs_once(
 
 
 def _unacked(worker) -> int:
-    import redis
+    from tests.support.brokers import BrokerQueues
 
-    return redis.Redis.from_url(worker.env["SAMPLEDB_REDIS_URL"]).hlen("unacked")
+    return BrokerQueues(worker.env["SAMPLEDB_CELERY_BROKER_URL"]).unacked()

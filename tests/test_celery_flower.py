@@ -27,7 +27,7 @@ def flower(celery_worker, tmp_path):
     """Flower as the Procfile runs it: basic auth on, the worker's broker."""
     port = free_port()
     process = Child("flower", tmp_path / "flower.log").start(
-        commands.celery("flower", "--address=127.0.0.1", f"--port={port}", f"--basic-auth={BASIC_AUTH}"),
+        commands.flower("--address=127.0.0.1", f"--port={port}", f"--basic-auth={BASIC_AUTH}"),
         env=celery_worker.env,
         cwd=ROOT,
     )

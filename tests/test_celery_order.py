@@ -12,7 +12,7 @@ import pytest
 from app.dev.kafka import read_topic
 from app.intake.ingest import job_id_for
 from app.task_names import TaskNames
-from tests.support.celery_worker import CeleryWorker, broker_idle
+from tests.support.celery_worker import CeleryWorker
 from tests.support.payloads import submission_payload
 from tests.support.waiting import wait_for
 
@@ -135,7 +135,7 @@ def test_every_jobs_messages_arrive_in_history_order_after_an_outage(
 
 
 def test_a_message_too_large_is_parked_its_job_waits_and_the_rest_flows(
-    worker_with, task_sender, live_api, make_key, kafka_broker, sql, wait_idle, redis_client, run_cli, worker
+    worker_with, task_sender, live_api, make_key, kafka_broker, sql, wait_idle, broker_queues, run_cli, worker
 ):
     # The producer refuses records above its max request size: lower it for this worker.
     analyzer = make_key("ANALYZER", user="analyzer", all_customers=True)
@@ -149,7 +149,7 @@ def test_a_message_too_large_is_parked_its_job_waits_and_the_rest_flows(
         _drive(live_api, analyzer, job_id, "executing")
 
     def settled() -> bool:
-        if not broker_idle(redis_client):
+        if not broker_queues.idle():
             return False
         waiting = sql("SELECT key FROM outbox WHERE sent_timestamp IS NULL")
         parked = sql("SELECT count(*) FROM outbox WHERE parked_timestamp IS NOT NULL")[0][0]

@@ -45,13 +45,16 @@ def test_kafka_outage_during_ingest_loses_nothing_and_sends_each_message_once(
     payloads = [submission_payload(customer=f"outage-{i % 5}") for i in range(500)]
     job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
 
-    task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
+    # The first 100 go in before the stop and the other 400 during the outage, so the split does not
+    # depend on how fast this machine relays (a fast one had sent 439 before a single stop landed).
+    task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads[:100]])
     wait_for(
         lambda: sum(1 for r in _creation_rows(sql, job_ids) if r.sent_timestamp) >= 50,
         60,
         "the first creation messages acknowledged",
     )
-    kafka_broker.crash()  # while the worker is still ingesting
+    kafka_broker.crash()
+    task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads[100:]])
     wait_for(lambda: _count_jobs(sql, job_ids) == 500, 90, "500 jobs while Kafka is down")
     # The relay tried during the outage and recorded its failure on the rows it could not send.
     wait_for(lambda: any(r.attempts for r in _creation_rows(sql, job_ids)), 30, "a failed relay attempt")
@@ -64,7 +67,7 @@ def test_kafka_outage_during_ingest_loses_nothing_and_sends_each_message_once(
     assert len(rows) == 500 and all(r.sent_timestamp for r in rows)
     before = {r.key for r in rows if r.sent_timestamp < restarted_at}  # acknowledged by the broker that stopped
     after = {r.key for r in rows if r.sent_timestamp >= restarted_at}
-    assert len(before) >= 50 and len(after) >= 100, (len(before), len(after))
+    assert len(before) >= 50 and len(after) >= 400, (len(before), len(after))
     print(f"Kafka outage: {len(before)} creation messages acknowledged before the stop, {len(after)} after the restart")
 
     # The restarted broker lost what it had: it holds exactly the messages sent after the restart, once each.
@@ -77,7 +80,7 @@ def test_kafka_outage_during_ingest_loses_nothing_and_sends_each_message_once(
 
 
 def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(
-    worker, task_sender, kafka_broker, sql, wait_idle, redis_client, app
+    worker, task_sender, kafka_broker, sql, wait_idle, broker_queues, app
 ):
     """SIGKILL the worker (main and pool processes at once) while both pool processes are inside an
     ingest transaction and the rest of the burst waits in Redis.
@@ -98,7 +101,7 @@ def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(
         stuck = {"seen": 0, "unacked": -1}
 
         def pool_stuck() -> bool:
-            unacked = redis_client.hlen("unacked")
+            unacked = broker_queues.unacked()
             stuck["seen"] = stuck["seen"] + 1 if unacked >= 2 and unacked == stuck["unacked"] else 0
             stuck["unacked"] = unacked
             return stuck["seen"] >= 5
@@ -135,7 +138,7 @@ def test_worker_killed_mid_burst_loses_no_submission_and_doubles_no_job(
 
 
 def test_a_worker_killed_between_its_commit_and_its_ack_makes_no_second_job_and_no_second_announcement(
-    worker, task_sender, kafka_broker, sql, wait_idle, redis_client, app
+    worker, task_sender, kafka_broker, sql, wait_idle, broker_queues, app
 ):
     """Fault: the worker dies after its ingest transaction committed and before it acknowledged the messages.
     The moment is made certain: the pool waits inside its transaction on a table lock the test holds, the
@@ -149,7 +152,7 @@ def test_a_worker_killed_between_its_commit_and_its_ack_makes_no_second_job_and_
     with db.engine_of(app).connect() as blocker:
         blocker.execute(sa.text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))  # ingest INSERTs now wait
         task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
-        wait_for(lambda: redis_client.hlen("unacked") >= 2, 30, "the worker holding messages", interval=0.05)
+        wait_for(lambda: broker_queues.unacked() >= 2, 30, "the worker holding messages", interval=0.05)
         wait_for(
             lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0] >= 1,
             30,

@@ -14,6 +14,14 @@ BAD_VALUES = {
     "SAMPLEDB_DATABASE_URL": ["mysql://root@localhost/db", "", "   ", "127.0.0.1:5432", "sqlite:///x.db"],
     "SAMPLEDB_REDIS_URL": ["http://127.0.0.1:6379", "", "127.0.0.1:6379"],
     "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": ["", "localhost", "host:port", "a:1,b", "a:99999", "a :1", ",", "a:0"],
+    "SAMPLEDB_CELERY_BROKER_URL": ["http://mq:5672", "127.0.0.1:5672", "kafka://x"],
+    "SAMPLEDB_REDIS_SENTINEL_MASTER": ["", "   "],
+    "SAMPLEDB_KAFKA_SECURITY_PROTOCOL": ["", "TLS", "SASL", "SSL_SASL"],
+    "SAMPLEDB_KAFKA_SASL_MECHANISM": ["MD5", "GSSAPI", "PLAIN"],  # PLAIN alone: the protocol is PLAINTEXT
+    "SAMPLEDB_KAFKA_SASL_USERNAME": ["sampledb"],  # without a mechanism
+    "SAMPLEDB_KAFKA_SASL_PASSWORD": ["secret"],
+    "SAMPLEDB_KAFKA_SSL_CAFILE": ["/nonexistent/ca.pem", "/"],
+    "SAMPLEDB_DATABASE_POOLER": ["", "pgbouncer", "session"],
     "SAMPLEDB_SITE": ["", "O/S", "OSL SVG", "x" * 33, "Ø", "OSL\nSVG"],
     "SAMPLEDB_EXECUTION_TIMEOUT_SECONDS": SECONDS,
     "SAMPLEDB_ENQUEUED_TIMEOUT_SECONDS": ["abc", "1.5", "-1", "", "99999999999"],
@@ -39,6 +47,7 @@ BAD_VALUES = {
     "SAMPLEDB_METRICS_CACHE_SECONDS": ["abc", "-1", "2.5", "9" * 5000],
     "SAMPLEDB_WORKER_METRICS_PORT": ["http", "0", "65536"],
     "SAMPLEDB_STATUS_OUTBOX_MAX_AGE_SECONDS": SECONDS,
+    "SAMPLEDB_STATUS_QUEUE_MAX_LENGTH": ["abc", "0", "-1", "2.5", "9" * 5000],
     "SAMPLEDB_API_STATEMENT_TIMEOUT_MS": SECONDS,
     "SAMPLEDB_API_LOCK_TIMEOUT_MS": SECONDS,
     "SAMPLEDB_WORKER_STATEMENT_TIMEOUT_MS": SECONDS,
@@ -80,7 +89,7 @@ def test_defaults():
         1048576,
         5,
     )
-    assert (settings.policy_cache_seconds, settings.duplicate_window_seconds) == (5, 0)
+    assert (settings.policy_cache_seconds, settings.duplicate_window_seconds) == (300, 0)
     assert (settings.outbox_retention_hours, settings.job_retention_days, settings.purge_interval_seconds) == (
         24,
         0,
@@ -143,3 +152,61 @@ def test_unset_urls_come_from_a_dev_stacks_env_file(monkeypatch, tmp_path):
     assert settings.database_url == "postgresql+psycopg://dev@127.0.0.1:15432/sampledb"
     assert settings.redis_url == "redis://127.0.0.1:16379/0"
     assert settings.kafka_bootstrap_servers == "broker:9092"
+
+
+KAFKA_MISMATCHES = [
+    ({"SAMPLEDB_KAFKA_SECURITY_PROTOCOL": "SASL_SSL"}, "SAMPLEDB_KAFKA_SASL_MECHANISM"),
+    (
+        {"SAMPLEDB_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "SAMPLEDB_KAFKA_SASL_MECHANISM": "PLAIN"},
+        "SAMPLEDB_KAFKA_SASL_USERNAME",
+    ),
+    (
+        {
+            "SAMPLEDB_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "SAMPLEDB_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "SAMPLEDB_KAFKA_SASL_USERNAME": "sampledb",
+        },
+        "SAMPLEDB_KAFKA_SASL_PASSWORD",
+    ),
+    ({"SAMPLEDB_KAFKA_SSL_CAFILE": __file__}, "SAMPLEDB_KAFKA_SECURITY_PROTOCOL"),
+]
+
+
+@pytest.mark.parametrize("environment, named", KAFKA_MISMATCHES, ids=[n for _, n in KAFKA_MISMATCHES])
+def test_kafka_security_settings_that_do_not_fit_together_stop_start_up_naming_the_variable(environment, named):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(environment)
+    assert named in str(raised.value)
+
+
+def test_kafka_security_settings_reach_kafka_python_as_its_own_arguments():
+    plain = Settings.from_env({})
+    assert plain.kafka_client_options == {"security_protocol": "PLAINTEXT"}
+    secured = Settings.from_env(
+        {
+            "SAMPLEDB_KAFKA_SECURITY_PROTOCOL": "sasl_ssl",
+            "SAMPLEDB_KAFKA_SASL_MECHANISM": "scram-sha-256",
+            "SAMPLEDB_KAFKA_SASL_USERNAME": "sampledb",
+            "SAMPLEDB_KAFKA_SASL_PASSWORD": " pass word ",  # kept as given: a password may have spaces
+            "SAMPLEDB_KAFKA_SSL_CAFILE": __file__,
+        }
+    )
+    assert secured.kafka_client_options == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "sampledb",
+        "sasl_plain_password": " pass word ",
+        "ssl_cafile": __file__,
+    }
+    # Every one is an argument kafka-python's clients take.
+    from kafka import KafkaConsumer, KafkaProducer
+    from kafka.admin import KafkaAdminClient
+
+    for client in (KafkaProducer, KafkaConsumer, KafkaAdminClient):
+        assert set(secured.kafka_client_options) <= set(client.DEFAULT_CONFIG), client
+
+
+def test_the_celery_broker_is_the_redis_unless_a_broker_url_is_given():
+    assert Settings.from_env({"SAMPLEDB_REDIS_URL": "redis://r:6379/2"}).celery_broker == "redis://r:6379/2"
+    rabbit = Settings.from_env({"SAMPLEDB_CELERY_BROKER_URL": "amqp://guest:guest@mq:5672/sampledb"})
+    assert rabbit.celery_broker == "amqp://guest:guest@mq:5672/sampledb" and rabbit.broker_is_amqp

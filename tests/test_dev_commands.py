@@ -36,3 +36,10 @@ def test_the_procfile_worker_consumes_the_queues_of_the_code():
     assert _option(worker, "-Q").split(",") == QueueNames.all()
     assert _option(commands.celery_worker(), "-Q").split(",") == QueueNames.all()
     assert _option(commands.celery_worker(queues=["bench-noop"], app="bench.noop_worker"), "-Q") == "bench-noop"
+
+
+def test_the_procfile_bounds_flower_as_the_code_does():
+    flower = _procfile_command("flower")
+    assert flower[:4] == ["celery", "-A", commands.CELERY_APP, "flower"]
+    assert flower[4 : 4 + len(commands.FLOWER_OPTIONS)] == commands.FLOWER_OPTIONS
+    assert commands.flower("--port=1")[-1 - len(commands.FLOWER_OPTIONS) : -1] == commands.FLOWER_OPTIONS

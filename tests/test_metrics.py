@@ -226,7 +226,7 @@ def test_worker_port_sums_its_pool_processes(worker, task_sender, wait_idle, liv
 
 @pytest.mark.celery
 def test_web_metrics_under_gunicorn_sum_both_workers(
-    worker_settings, database_url, redis_url, make_key, make_job, tmp_path
+    worker_settings, database_url, redis_url, celery_broker_url, make_key, make_job, tmp_path
 ):
     port = free_port()
     metrics_dir = tmp_path / "web-metrics"
@@ -236,6 +236,7 @@ def test_web_metrics_under_gunicorn_sum_both_workers(
     env.update(
         SAMPLEDB_DATABASE_URL=database_url,
         SAMPLEDB_REDIS_URL=redis_url,
+        SAMPLEDB_CELERY_BROKER_URL=celery_broker_url,
         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=worker_settings.kafka_bootstrap_servers,
         PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),
         PYTHONUNBUFFERED="1",
@@ -375,3 +376,31 @@ sys.stdout.write(generate_latest(metrics.process_registry()).decode())
         for s in family.samples
     }
     assert samples[("sampledb_submissions_total", "created")] == 3
+
+
+def test_each_periodic_task_reports_its_interval_and_how_long_ago_it_ran(database_url, quiet_redis_url, sql):
+    """What the alert "a sweep not run for three intervals" reads (deploy/prometheus/)."""
+    from app.config import Settings
+    from app.operations.sweep_runs import periodic_intervals
+
+    app = create_app(
+        make_settings(database_url, SAMPLEDB_REDIS_URL=quiet_redis_url, SAMPLEDB_METRICS_CACHE_SECONDS="0")
+    )
+    intervals = periodic_intervals(Settings.from_env({}))
+    assert "sampledb_periodic_task_last_run_age_seconds" not in scrape_client(app.test_client()).names()
+    now = now_ms()
+    ran, never_ran = list(intervals)[:2]
+    sql(
+        "INSERT INTO sweep_runs (name, expected_since_timestamp, last_run_timestamp, last_moved) "
+        "VALUES (:ran, :t, :ago, 0), (:never, :t, NULL, NULL)",
+        ran=ran,
+        never=never_ran,
+        t=now - 600_000,
+        ago=now - 120_000,
+    )
+    scrape = scrape_client(app.test_client())
+    assert scrape.value("sampledb_periodic_task_interval_seconds", task=ran) == intervals[ran]
+    assert 120 <= scrape.value("sampledb_periodic_task_last_run_age_seconds", task=ran) < 130
+    assert 600 <= scrape.value("sampledb_periodic_task_last_run_age_seconds", task=never_ran) < 610
+    third = list(intervals)[2]  # beat never scheduled it here: no series (status names it)
+    assert not [s for s in scrape.samples if s.labels.get("task") == third]

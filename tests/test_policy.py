@@ -408,25 +408,60 @@ def test_openapi_documents_the_policy_and_reanalysis(client):
     assert "options" in document["components"]["schemas"]["Job"]["properties"]
 
 
-def test_the_snapshot_is_cached_per_process_and_dropped_by_a_change_here(app, settings, sql):
+def test_the_snapshot_is_cached_until_the_generation_moves_whoever_made_the_change(app, settings, sql):
+    """Found from outside: a rule or a worker added by one process reached the others only after their 5 s
+    cache. Now any change (here plain SQL, as another process or an operator would make it) bumps the policy's
+    generation, and the next snapshot is read afresh however long the cache lifetime."""
     import dataclasses
+
+    import sqlalchemy as sa
 
     from app.extensions import db
     from app.policy import store
-    from app.unit_of_work import unit_of_work
 
     cached = dataclasses.replace(settings, policy_cache_seconds=3600)
+    reads: list[str] = []
+
+    def count(_conn, _cursor, statement, *_args) -> None:
+        reads.append(statement)
+
     with app.app_context():
-        assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
-        # Another process's change shows once the cache lifetime is over, not before.
-        sql("""UPDATE analysis_policy SET workers = '["sandbox-linux"]'""")
-        assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
-        assert store.snapshot(db.session, settings).workers == ("sandbox-linux",)
-        # A change made in this process drops the snapshot when its unit of work commits.
-        with unit_of_work(db.session) as session:
-            store.update_policy(session, {"workers": ["static-analyzer"]}, None)
-            assert store.snapshot(session, cached).workers[-1] == "static-analyzer"
-        assert store.snapshot(db.session, cached).workers == ("static-analyzer",)
+        bind = db.session.get_bind()
+        sa.event.listen(bind, "before_cursor_execute", count)
+        try:
+            assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
+            reads.clear()
+            assert store.snapshot(db.session, cached).workers[-1] == "static-analyzer"
+            assert len(reads) == 1 and "policy_generation" in reads[0]  # cached: the generation's read only
+            sql("""UPDATE analysis_policy SET workers = '["sandbox-linux"]'""")
+            assert store.snapshot(db.session, cached).workers == ("sandbox-linux",)
+            sql(
+                "UPDATE analysis_workers SET accepts = '{\"platform\": [\"plan9\"]}' WHERE short_name = 'sandbox-linux'"
+            )
+            assert store.snapshot(db.session, cached).registry["sandbox-linux"] == {"platform": ["plan9"]}
+        finally:
+            sa.event.remove(bind, "before_cursor_execute", count)
+
+
+def test_a_rolled_back_change_never_matches_a_later_generation(app):
+    """The generation comes from a sequence: the number a rolled-back change took is never the number of a
+    later committed change, so a snapshot read inside the rolled-back transaction is never taken for it."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+
+    generation = sa.text("SELECT generation FROM policy_generation")
+    touch = sa.text("UPDATE analysis_rules SET name = name")  # no row at all: the statement bumps it
+    with db.engine_of(app).connect() as conn:
+        before = conn.scalar(generation)
+        conn.execute(touch)
+        rolled_back = conn.scalar(generation)
+        conn.rollback()
+        assert conn.scalar(generation) == before != rolled_back
+        conn.execute(touch)
+        later = conn.scalar(generation)
+        conn.rollback()
+    assert later not in (before, rolled_back)
 
 
 def test_the_rule_index_finds_every_rule_that_fits():

@@ -156,3 +156,38 @@ def test_reanalyse_sample(url, make_key, make_job, api):
     viewer = sdk_session(url, make_key("VIEWER", customer="acme"))
     with pytest.raises(AccessDeniedException):
         sample.reanalyse_sample(SAMPLE_SHA256, api_session=viewer)
+
+
+@pytest.mark.celery
+def test_a_worker_added_through_the_sdk_gets_its_task_on_the_very_next_submission(
+    url, analyzer, worker, task_sender, sql
+):
+    """Found from outside: an Argus client that registered a worker and submitted at once got the old policy
+    (each process kept it up to SAMPLEDB_POLICY_CACHE_SECONDS, 5 s). The Celery worker here runs with the
+    default cache and has just read the policy; the worker registered by the API process reaches its next job."""
+    from argus_api.lib.sampledb.v2 import worker as workers_sdk
+
+    from app.intake.ingest import job_id_for
+    from celeryconfig import TaskNames
+    from tests.support.payloads import submission_payload
+    from tests.support.waiting import wait_for
+
+    def ingested_tasks(payload: dict) -> list[str]:
+        job_id = str(job_id_for(payload["submission"]["id"]))
+        task_sender.send(TaskNames.INGEST_SUBMISSION, payload)
+        wait_for(lambda: sql("SELECT count(*) FROM jobs WHERE id = :id", id=job_id)[0][0], 30, "the job")
+        rows = sql("SELECT worker FROM job_tasks WHERE job_id = :id ORDER BY worker", id=job_id)
+        return [row[0] for row in rows]
+
+    # Each submission alone, one after another: every pool process of the worker has read the policy (each
+    # keeps its own snapshot; eight in a row leave a process without one once in 128 runs).
+    for _ in range(8):
+        assert "yara-scanner" not in ingested_tasks(submission_payload(customer="acme"))
+    added = workers_sdk.add_analysis_worker(
+        shortName="yara-scanner",
+        localizedNames={"english": "YARA scanner"},
+        localizedDescriptions={"english": "Matches YARA rules"},
+        api_session=analyzer,
+    )
+    assert added["data"]["shortName"] == "yara-scanner"
+    assert "yara-scanner" in ingested_tasks(submission_payload(customer="acme"))

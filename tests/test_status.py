@@ -1,7 +1,10 @@
-"""§9.3 `sampledb-jobs status`: the figures of a running stack, exit 0 when healthy, 1 naming the reason."""
+"""§9.3 `sampledb-jobs status`: the figures of a running stack, exit 0 when healthy, 1 naming the reason; with
+--check the monitoring plugins' levels (0 OK, 1 WARNING, 2 CRITICAL), with --json every figure and reason."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -24,10 +27,11 @@ PERIODIC_INTERVALS = periodic_intervals(Settings.from_env({}))
 
 
 @pytest.fixture
-def status_env(database_url, redis_url, kafka_broker) -> dict:
+def status_env(database_url, redis_url, celery_broker_url, kafka_broker) -> dict:
     return {
         "SAMPLEDB_DATABASE_URL": database_url,
         "SAMPLEDB_REDIS_URL": redis_url,
+        "SAMPLEDB_CELERY_BROKER_URL": celery_broker_url,
         "SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS": kafka_broker.url,
     }
 
@@ -184,35 +188,120 @@ def test_beat_marks_the_periodic_tasks_expected_when_it_starts(database_url, red
     assert all(r[1] >= before and r[2] is None for r in rows)
 
 
-def test_parked_rows_dead_submissions_and_a_silent_redis_are_named():
+def test_parked_rows_dead_submissions_and_a_long_queue_warn_a_silent_broker_is_critical():
     from app.operations import status as health
     from app.operations.vitals import Vitals
 
     now = now_ms()
     fresh = [health.PeriodicRun(name, interval, now, now, 0) for name, interval in PERIODIC_INTERVALS.items()]
-    vitals = Vitals(
-        jobs_active={"enqueued": 1, "executing": 0},
-        outbox_backlog=0,
-        outbox_oldest_unsent_age_seconds=0.0,
-        outbox_parked=1,
-        dead_submissions=2,
-        queue_lengths=None,
-    )
-    found = health.problems(health.Snapshot(now, vitals, 0, 0, fresh), Settings.from_env({}))
-    assert found == [
-        "outbox: 1 parked rows wait for an operator",
-        "submissions: 2 dead submissions are stored",
-        "redis: the Celery broker does not answer",
-    ]
     healthy = Vitals(
         jobs_active={"enqueued": 1, "executing": 0},
         outbox_backlog=3,
         outbox_oldest_unsent_age_seconds=59.0,
         outbox_parked=0,
         dead_submissions=0,
-        queue_lengths={"ingest": 0, "outbox": 0, "periodic": 0},
+        queue_lengths={"ingest": 10_000, "outbox": 0, "periodic": 0},
     )
-    assert health.problems(health.Snapshot(now, healthy, 0, 0, fresh), Settings.from_env({})) == []
+
+    def found_with(**changed) -> list:
+        vitals = dataclasses.replace(healthy, **changed)
+        return health.problems(health.Snapshot(now, vitals, 0, 0, fresh), Settings.from_env({}))
+
+    found = found_with(outbox_parked=1, dead_submissions=2, queue_lengths=None)
+    assert [(p.level.name, p.reason) for p in found] == [
+        ("WARNING", "outbox: 1 parked rows wait for an operator"),
+        ("WARNING", "submissions: 2 dead submissions are stored"),
+        ("CRITICAL", "broker: the Celery broker does not answer"),
+    ]
+    assert health.level_of(found) is health.Level.CRITICAL
+    found = found_with(dead_submissions=1, queue_lengths={"ingest": 10_001, "outbox": 0, "periodic": 0})
+    assert [(p.level.name, p.reason) for p in found] == [
+        ("WARNING", "submissions: 1 dead submissions are stored"),
+        ("WARNING", "queue ingest: 10,001 messages wait (more than 10,000): too few workers?"),
+    ]
+    assert health.level_of(found) is health.Level.WARNING
+    found = found_with()
+    assert found == [] and health.level_of(found) is health.Level.OK
+
+
+def _sweeps_ran(sql, now: int, late: str | None = None) -> None:
+    """Every periodic task ran just now; `late` four of its intervals ago."""
+    for name, interval in PERIODIC_INTERVALS.items():
+        ran = now - 4 * interval * 1000 if name == late else now
+        sql(
+            "INSERT INTO sweep_runs (name, expected_since_timestamp, last_run_timestamp, last_moved) "
+            "VALUES (:name, :t, :ran, 0)",
+            name=name,
+            t=now,
+            ran=ran,
+        )
+
+
+def _store_dead(sql, now: int) -> None:
+    sql(
+        "INSERT INTO dead_submissions (payload_text, reason, error, attempts, first_seen, last_seen) "
+        "VALUES ('{', 'invalid', 'not JSON', 1, :t, :t)",
+        t=now,
+    )
+
+
+def test_check_levels_ok_then_a_dead_submission_warns_then_an_overdue_sweep_is_critical(status_env, sql):
+    """Found from outside: one dead submission kept for inspection made status exit 1 "UNHEALTHY" for as long as
+    it was stored, the same as a stopped relay. With --check a monitoring system tells them apart."""
+    now = now_ms()
+    _sweeps_ran(sql, now)
+    result = status(status_env, "--check")
+    assert (result.exit_code, result.output.split(" | ")[0]) == (0, "SAMPLEDB-JOBS OK - healthy"), result.output
+    assert "dead_submissions=0;0" in result.output and "queue_ingest=0" in result.output
+
+    _store_dead(sql, now)
+    result = status(status_env, "--check")
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("SAMPLEDB-JOBS WARNING - submissions: 1 dead submissions are stored |")
+    assert status(status_env).exit_code == 1  # without --check: §9.3's 0 or 1
+
+    late = next(iter(PERIODIC_INTERVALS))
+    sql("DELETE FROM sweep_runs")
+    _sweeps_ran(sql, now, late=late)
+    result = status(status_env, "--check")
+    assert result.exit_code == 2, result.output
+    # The worst first: the overdue sweep, then the dead submission.
+    assert result.output.startswith(f"SAMPLEDB-JOBS CRITICAL - {late}: last ran "), result.output
+    assert "; submissions: 1 dead submissions are stored |" in result.output
+    assert status(status_env).exit_code == 1
+
+
+def test_status_json_holds_every_figure_and_reason(status_env, sql, make_job):
+    now = now_ms()
+    _sweeps_ran(sql, now)
+    _store_dead(sql, now)
+    result = status(status_env, "--json")
+    assert result.exit_code == 1, result.output
+    body = json.loads(result.output)
+    assert body["level"] == "WARNING"
+    assert body["problems"] == [{"level": "WARNING", "reason": "submissions: 1 dead submissions are stored"}]
+    assert body["figures"]["deadSubmissions"] == 1 and body["figures"]["outboxParked"] == 0
+    assert set(body["figures"]["jobsActive"]) == {"enqueued", "executing"}
+    assert set(body["figures"]["queueLengths"]) == {"ingest", "outbox", "periodic"}
+    assert {run["task"] for run in body["periodic"]} == set(PERIODIC_INTERVALS)
+    assert all(run["lastRun"] == now for run in body["periodic"])
+    assert set(body["jobsCreated"]) == {"lastMinute", "lastHour"}
+    assert status(status_env, "--json", "--check").exit_code == 1
+
+
+def test_check_is_critical_when_the_database_does_not_answer():
+    from app.dev.processes import free_port
+
+    closed = free_port()
+    env = {
+        "SAMPLEDB_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{closed}/sampledb",
+        "SAMPLEDB_REDIS_URL": f"redis://127.0.0.1:{closed}/0",
+    }
+    result = status(env, "--check")
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("SAMPLEDB-JOBS CRITICAL - postgresql: cannot read the figures")
+    body = json.loads(status(env, "--json").output)
+    assert body["level"] == "CRITICAL" and body["figures"] is None
 
 
 def test_status_names_an_unreachable_database_instead_of_crashing():

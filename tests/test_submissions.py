@@ -235,7 +235,7 @@ def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql)
 def queued(monkeypatch):
     """The payloads the REST intake handed to `sampledb.ingest_submission`."""
     sent = []
-    monkeypatch.setattr(dispatch, "send_ingest", lambda redis_url, payload: sent.append(payload))
+    monkeypatch.setattr(dispatch, "send_ingest", lambda settings, payload: sent.append(payload))
     return sent
 
 

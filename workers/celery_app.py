@@ -22,7 +22,7 @@ from app.extensions import current_settings, db
 from app.factory import create_app
 from app.operations import sweep_runs
 from app.unit_of_work import unit_of_work
-from workers import kafka, metrics_port
+from workers import heap, kafka, metrics_port
 
 # kafka-python narrates every connection at INFO; the relay logs what matters.
 logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -79,6 +79,7 @@ def _after_fork(**_kwargs) -> None:
     db.dispose()  # connections opened before the fork belong to the parent
     kafka.forget_inherited()
     flask_app()  # made now, so the first task does not pay for it
+    heap.trace_if_asked()
 
 
 @signals.worker_process_shutdown.connect

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 
 from app import dispatch
+from app.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +25,15 @@ def _key(task_request) -> str:
     return f"sampledb:deliveries:{task_request.id}:{task_request.retries or 0}"
 
 
-def count(redis_url: str, task_request) -> int:
+def count(settings: Settings, task_request) -> int:
     """This delivery's number (1 for the first); 1 when Redis cannot count (the work goes ahead)."""
-    return count_many(redis_url, [task_request])[0]
+    return count_many(settings, [task_request])[0]
 
 
-def count_many(redis_url: str, task_requests: list) -> list[int]:
+def count_many(settings: Settings, task_requests: list) -> list[int]:
     """count() of each message of a batch, in one round trip to Redis."""
     try:
-        pipe = dispatch.redis_client(redis_url).pipeline(transaction=False)
+        pipe = dispatch.redis_client(settings).pipeline(transaction=False)
         for task_request in task_requests:
             pipe.incr(_key(task_request))
             pipe.expire(_key(task_request), COUNTER_TTL_SECONDS)
@@ -42,14 +43,14 @@ def count_many(redis_url: str, task_requests: list) -> list[int]:
         return [1] * len(task_requests)
 
 
-def forget(redis_url: str, task_request) -> None:
-    forget_many(redis_url, [task_request])
+def forget(settings: Settings, task_request) -> None:
+    forget_many(settings, [task_request])
 
 
-def forget_many(redis_url: str, task_requests: list) -> None:
+def forget_many(settings: Settings, task_requests: list) -> None:
     if not task_requests:
         return
     try:
-        dispatch.redis_client(redis_url).delete(*(_key(task_request) for task_request in task_requests))
+        dispatch.redis_client(settings).delete(*(_key(task_request) for task_request in task_requests))
     except Exception:  # they expire on their own
         log.debug("could not remove the delivery counters of tasks %s", [r.id for r in task_requests], exc_info=True)

@@ -33,16 +33,22 @@ _owner_pid: int | None = None
 
 
 def producer(
-    bootstrap_servers: str, topics: Iterable[str] = (), *, max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
+    bootstrap_servers: str,
+    topics: Iterable[str] = (),
+    *,
+    max_request_size: int = DEFAULT_MAX_REQUEST_SIZE,
+    security: dict[str, str] | None = None,
 ) -> KafkaProducer:
     """This process's producer, made on first use (raises if the broker cannot be reached).
 
     `topics` are the topics it will send to: they are tracked from the start (see _track).
     `max_request_size`: a larger record is refused by send() (MessageSizeTooLargeError).
+    `security`: TLS and SASL arguments (Settings.kafka_client_options).
     """
     global _producer, _config, _owner_pid
     with _lock:
-        if _producer is not None and (_owner_pid != os.getpid() or _config != (bootstrap_servers, max_request_size)):
+        config = (bootstrap_servers, max_request_size, tuple(sorted((security or {}).items())))
+        if _producer is not None and (_owner_pid != os.getpid() or _config != config):
             _forget()
         if _producer is None:
             _producer = KafkaProducer(
@@ -58,8 +64,9 @@ def producer(
                 request_timeout_ms=REQUEST_TIMEOUT_MS,
                 delivery_timeout_ms=DELIVERY_TIMEOUT_MS,
                 max_request_size=max_request_size,
+                **(security or {}),
             )
-            _config, _owner_pid = (bootstrap_servers, max_request_size), os.getpid()
+            _config, _owner_pid = config, os.getpid()
             try:
                 _track(_producer, topics)
             except Exception:

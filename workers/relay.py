@@ -228,6 +228,7 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
             settings.kafka_bootstrap_servers,
             (settings.job_topic, settings.abort_topic, settings.event_topic),
             max_request_size=settings.kafka_max_request_bytes,
+            security=settings.kafka_client_options,
         )
     except Exception as err:
         log.warning("Kafka unreachable, %d outbox rows wait: %r", len(rows), err)

@@ -19,6 +19,8 @@ import sqlalchemy.exc as sa_exc
 from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
+import celeryconfig
+from app import dispatch
 from app.clock import now_ms
 from app.errors.database import TRANSIENT_ERROR_CLASSES, Outcome, outcome_of, refusal_text
 from app.extensions import current_settings, db
@@ -43,7 +45,7 @@ RETRY = {
     "retry_jitter": True,
 }
 # Submissions one ingest transaction takes at most; the worker's prefetch grows by as many.
-INGEST_BATCH_SIZE = 100
+INGEST_BATCH_SIZE = celeryconfig.INGEST_BATCH_SIZE
 RELAY_BUDGET_SECONDS = 10.0
 # A relay that finds another one mid-batch tries again this soon: rows committed after that one read the
 # outbox wait for it, and on the hot path that wait is their latency.
@@ -104,14 +106,14 @@ def _bury(payloads: list, reason: str, error: str, attempts: int = 1) -> None:
 def _counted(task, payloads: list, work):
     """Run `work()` unless this delivery is one too many: then the payloads are stored dead instead."""
     settings = current_settings()
-    delivery = deliveries.count(settings.redis_url, task.request)
+    delivery = deliveries.count(settings, task.request)
     try:
         if delivery > settings.ingest_max_deliveries:
             _bury_redelivered(payloads, delivery)
             return {"dead": len(payloads)}
         return work()
     finally:
-        deliveries.forget(settings.redis_url, task.request)
+        deliveries.forget(settings, task.request)
 
 
 def _bury_redelivered(payloads: list, delivery: int) -> None:
@@ -146,7 +148,7 @@ class _IngestInBatches(FlaskTask):
         has been delivered more than SAMPLEDB_INGEST_MAX_DELIVERIES times.
         """
         settings = current_settings()
-        counts = deliveries.count_many(settings.redis_url, messages)
+        counts = deliveries.count_many(settings, messages)
         try:
             outcomes = {
                 n: self._ingest_redelivered(messages[n], count, settings.ingest_max_deliveries)
@@ -158,7 +160,7 @@ class _IngestInBatches(FlaskTask):
                 outcomes.update(zip(fresh, self._ingest_together([messages[n] for n in fresh])))
             return [outcomes[n] for n in range(len(messages))]
         finally:
-            deliveries.forget_many(settings.redis_url, messages)
+            deliveries.forget_many(settings, messages)
 
     def _ingest_together(self, messages: list[batching.Message]) -> list[dict]:
         payloads = [_payload_of(message) for message in messages]
@@ -352,21 +354,22 @@ def relay_outbox(self, triggered: bool = False) -> dict:
         db.session,
         settings,
         budget_seconds=RELAY_BUDGET_SECONDS,
-        on_first_lock=lambda: trigger.relay_started(settings.redis_url),
+        on_first_lock=lambda: trigger.relay_started(settings),
     )
     if outcome.busy and triggered:
         # Another relay is mid-batch; it may finish before reading the rows that triggered us.
         try:
-            raise self.retry(countdown=RELAY_BUSY_RETRY_SECONDS, max_retries=round(60 / RELAY_BUSY_RETRY_SECONDS))
+            countdown = dispatch.countdown_for(settings.celery_broker, RELAY_BUSY_RETRY_SECONDS)
+            raise self.retry(countdown=countdown, max_retries=round(60 / countdown))
         except MaxRetriesExceededError:
             log.warning("relay lock busy for a minute; beat's safety net takes over")
     try:
         if outcome.more:
-            trigger.send_relay(settings.redis_url)
+            trigger.send_relay(settings)
         elif outcome.failed:
             due_in = relay.next_attempt_in_ms(db.session)
             if due_in is not None:
-                trigger.schedule_relay_retry(settings.redis_url, countdown=max(0.1, due_in / 1000))
+                trigger.schedule_relay_retry(settings, countdown=max(0.1, due_in / 1000))
     except Exception:  # the rows wait in the outbox; beat's safety net relays them
         log.warning("could not schedule the next relay", exc_info=True)
     if outcome.sent or outcome.failed:

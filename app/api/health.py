@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import kombu
 import marshmallow as ma
-import redis
 import sqlalchemy as sa
 from flask import current_app
 from kafka import KafkaAdminClient
@@ -14,6 +14,7 @@ from marshmallow import fields
 from app.api.base import BASE_PATH, Blueprint
 from app.api.envelope import envelope, message
 from app.api.schemas import envelope_schema
+from app.dispatch import redis_connection
 from app.extensions import current_settings, db
 
 blp = Blueprint("health", __name__, url_prefix=BASE_PATH, description="Liveness and readiness")
@@ -27,6 +28,11 @@ class LivenessSchema(ma.Schema):
 class ReadinessSchema(ma.Schema):
     postgresql = fields.String(**PART_STATE)
     redis = fields.String(**PART_STATE)
+    celeryBroker = fields.String(
+        metadata={
+            "description": "ok: Celery's broker (the same Redis unless SAMPLEDB_CELERY_BROKER_URL names RabbitMQ)"
+        }
+    )
     kafka = fields.String(**PART_STATE)
 
 
@@ -45,11 +51,17 @@ def _check_database() -> None:
 
 
 def _check_redis() -> None:
-    client = redis.Redis.from_url(current_settings().redis_url, socket_connect_timeout=1, socket_timeout=1)
+    settings = current_settings()
+    client = redis_connection(settings.redis_url, timeout=1, sentinel_master=settings.redis_sentinel_master)
     try:
         client.ping()
     finally:
         client.close()
+
+
+def _check_rabbitmq() -> None:
+    with kombu.Connection(current_settings().celery_broker, connect_timeout=1) as conn:
+        conn.ensure_connection(max_retries=1)
 
 
 def _check_kafka() -> None:
@@ -60,11 +72,12 @@ def _check_kafka() -> None:
         request_timeout_ms=2000,
         bootstrap_timeout_ms=2000,
         client_id="sampledb-jobs-readyz",
+        **current_settings().kafka_client_options,
     )
     admin.close()
 
 
-CHECKS = {"postgresql": _check_database, "redis": _check_redis, "kafka": _check_kafka}
+CHECKS = {"postgresql": _check_database, "redis": _check_redis, "celeryBroker": _check_rabbitmq, "kafka": _check_kafka}
 # The API needs only PostgreSQL to answer: Redis and Kafka are reported, never a reason to take the host
 # out of service (the outbox and the pending submissions exist so the API serves through their outages).
 DECIDES_READINESS = ("postgresql",)
@@ -75,10 +88,13 @@ DECIDES_READINESS = ("postgresql",)
 @blp.response(200, envelope_schema(ReadinessSchema))
 @blp.alt_response(503, response="SERVICE_UNAVAILABLE", description="PostgreSQL does not answer")
 def readyz():
-    """Readiness: 503 only when PostgreSQL does not answer; Redis and Kafka are reported in the body (a WARNING
-    message for each one that does not answer)"""
+    """Readiness: 503 only when PostgreSQL does not answer; Redis, Celery's broker and Kafka are reported in the
+    body (a WARNING message for each one that does not answer)"""
     results, problems = {}, []
     for name, check in CHECKS.items():
+        if name == "celeryBroker" and not current_settings().broker_is_amqp:
+            results[name] = results["redis"]  # that Redis is the broker: checked once, reported once
+            continue
         try:
             check()
             results[name] = "ok"

@@ -27,9 +27,7 @@ def register_metrics(app: Flask) -> None:
 
     processes = metrics.process_registry()
     service = CollectorRegistry(auto_describe=False)
-    service.register(
-        metrics.ServiceGauges(lambda: read_vitals(db.engine, settings.redis_url), settings.metrics_cache_seconds)
-    )
+    service.register(metrics.ServiceGauges(lambda: read_vitals(db.engine, settings), settings.metrics_cache_seconds))
 
     @app.get(METRICS_PATH)
     def prometheus_metrics():

@@ -31,6 +31,16 @@ def celery_worker(*options: str, queues: list[str] | None = None, app: str = CEL
     )
 
 
+# Flower keeps every task it saw in memory, 100,000 by default (~1.5 kB each, and its RSS grew with every
+# demo run): the last 10,000 are plenty to inspect, and bound its memory (README, "Flower").
+FLOWER_OPTIONS = ["--max_tasks=10000"]
+
+
+def flower(*options: str) -> list[str]:
+    """Flower as the Procfile runs it (its memory bounded), with `options` (port, address, basic auth)."""
+    return celery("flower", *FLOWER_OPTIONS, *options)
+
+
 def answers(url: str) -> bool:
     """`url` answers 200 right now."""
     try:

@@ -111,6 +111,7 @@ class TopicReader:
         create: bool = False,
         client_id: str = "sampledb-topic-reader",
         fetch_max_wait_ms: int = 100,
+        security: dict | None = None,
     ):
         from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -121,9 +122,10 @@ class TopicReader:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=fetch_max_wait_ms,
             client_id=client_id,
+            **(security or {}),
         )
         if create:
-            producer = KafkaProducer(bootstrap_servers=bootstrap.split(","))
+            producer = KafkaProducer(bootstrap_servers=bootstrap.split(","), **(security or {}))
             producer.partitions_for(topic)
             producer.close()
         deadline = time.monotonic() + wait
@@ -166,14 +168,14 @@ class TopicReader:
 
 
 def read_topic(
-    bootstrap: str, topic: str, timeout: float = 10, expect: int | None = None
+    bootstrap: str, topic: str, timeout: float = 10, expect: int | None = None, security: dict | None = None
 ) -> list[kafka.consumer.fetcher.ConsumerRecord]:
     """Every record now on the topic (all partitions, from the beginning), stopping once
     `expect` records were read, or (``expect=None``) every partition was read to its end,
     or `timeout` passed. Records come back sorted by (partition, offset). A topic that does
     not exist (yet) is waited for until `timeout`, then [] is returned."""
     deadline = time.monotonic() + timeout
-    reader = TopicReader(bootstrap, topic, wait=timeout, client_id="sampledb-read-topic")
+    reader = TopicReader(bootstrap, topic, wait=timeout, client_id="sampledb-read-topic", security=security)
     records: list = []
     try:
         while reader.partitions:

@@ -97,9 +97,7 @@ class DevStack:
             ),
             (
                 service("flower"),
-                commands.celery(
-                    "flower", f"--port={self.flower_port}", "--address=127.0.0.1", f"--basic-auth={flower_auth}"
-                ),
+                commands.flower(f"--port={self.flower_port}", "--address=127.0.0.1", f"--basic-auth={flower_auth}"),
             ),
         ]
         for child, argv in planned:

@@ -74,22 +74,19 @@ def _make_jobs(session: so.Session, settings: Settings, valid: list[dict]) -> li
     customers.load({data["submission"]["customer"] for data in valid})
     dropped = duplicates.dropped_in_batch(session, settings, valid, customers)
     kept = [data for data, duplicate in zip(valid, dropped) if not duplicate]
-    new_jobs = [
-        service.NewJob(
-            submission=data["submission"],
-            classification=data["classification"],
-            customer_id=customers[data["submission"]["customer"]].id,
-            plan=policy_store.plan_for(
-                session,
-                settings,
-                customers[data["submission"]["customer"]].id,
-                data["submission"],
-                data["classification"],
-            ),
-            job_id=job_id_for(data["submission"]["id"]),
-        )
-        for data in kept
-    ]
+    new_jobs: list[service.NewJob] = []
+    if kept:  # the policy read once for the whole batch
+        plan = policy_store.planner(session, settings)
+        new_jobs = [
+            service.NewJob(
+                submission=data["submission"],
+                classification=data["classification"],
+                customer_id=customers[data["submission"]["customer"]].id,
+                plan=plan(customers[data["submission"]["customer"]].id, data["submission"], data["classification"]),
+                job_id=job_id_for(data["submission"]["id"]),
+            )
+            for data in kept
+        ]
     made = service.create_jobs(session, settings, new_jobs)
     foreign = _made_for_another_customer(
         session, [(new, job_id) for new, (job_id, created) in zip(new_jobs, made) if not created]

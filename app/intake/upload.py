@@ -148,7 +148,7 @@ def submit(
             return RecentlySeen(payload["submission"]["sample"]["id"])
         accept_upload(session, payload)
     try:
-        dispatch.send_ingest(settings.redis_url, payload)
+        dispatch.send_ingest(settings, payload)
     except dispatch.BrokerUnavailable:
         log.warning("submission %s stored; its ingest task waits for the broker", payload["submission"]["id"])
     submission = payload["submission"]

@@ -7,7 +7,7 @@ from app.models.dead import DeadSubmission
 from app.models.intake import PendingSubmission
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
-from app.models.policy import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule
+from app.models.policy import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, PolicyGeneration
 from app.models.sweeps import SweepRun
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "JobTask",
     "OutboxMessage",
     "PendingSubmission",
+    "PolicyGeneration",
     "SweepRun",
     "User",
 ]

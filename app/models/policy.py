@@ -48,3 +48,13 @@ class AnalysisRule(Audited, Base):
         # Job creation reads the live rules in order.
         sa.Index("ix_analysis_rules_live_position", "position", postgresql_where=sa.text("NOT deleted")),
     )
+
+
+class PolicyGeneration(Base):
+    """One row: a number PostgreSQL's triggers bump whenever the policy, a rule or the worker registry changes
+    (migration 0010), so each process knows when its cached policy snapshot is out of date."""
+
+    __tablename__ = "policy_generation"
+
+    id: so.Mapped[int] = so.mapped_column(sa.SmallInteger, primary_key=True)
+    generation: so.Mapped[int] = so.mapped_column(sa.BigInteger)

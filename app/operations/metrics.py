@@ -227,6 +227,20 @@ class ServiceGauges:
         )
         yield GaugeMetricFamily("sampledb_outbox_parked", "Parked outbox rows", value=vitals.outbox_parked)
         yield GaugeMetricFamily("sampledb_dead_submissions", "Stored dead submissions", value=vitals.dead_submissions)
+        if vitals.periodic:
+            interval = GaugeMetricFamily(
+                "sampledb_periodic_task_interval_seconds", "How often beat runs a periodic task", labels=["task"]
+            )
+            age = GaugeMetricFamily(
+                "sampledb_periodic_task_last_run_age_seconds",
+                "Seconds since a periodic task last ran (since beat scheduled it, when it never ran)",
+                labels=["task"],
+            )
+            for task, (every, seconds) in vitals.periodic.items():
+                interval.add_metric([task], every)
+                age.add_metric([task], seconds)
+            yield interval
+            yield age
         if vitals.queue_lengths is not None:
             queues = GaugeMetricFamily(
                 "sampledb_celery_queue_length", "Messages waiting in a Celery queue", labels=["queue"]

@@ -2,11 +2,19 @@
 
 `take_snapshot` reads the figures (the same vital signs as the metrics' gauges, the jobs
 created lately, the periodic tasks' last runs); `problems` names every threshold
-crossed; `render` draws the snapshot as a rich table for the terminal.
+crossed, each at its level; `render` draws the snapshot as a rich table for the terminal,
+`as_json` and `check_line` give it to a machine.
+
+Levels follow the monitoring plugins' convention (0 OK, 1 WARNING, 2 CRITICAL): CRITICAL
+when jobs stop being announced or swept or the service cannot be read (outbox older than
+its threshold, a periodic task overdue or never scheduled, PostgreSQL or the Celery broker
+silent), WARNING when something waits for an operator but nothing stops (parked rows,
+dead submissions, a queue longer than SAMPLEDB_STATUS_QUEUE_MAX_LENGTH).
 """
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -18,6 +26,21 @@ from app.operations.vitals import Vitals, read_vitals
 
 # A periodic task not run for this many of its intervals is overdue.
 OVERDUE_INTERVALS = 3
+
+
+class Level(enum.IntEnum):
+    OK = 0
+    WARNING = 1
+    CRITICAL = 2
+
+
+@dataclass(frozen=True)
+class Problem:
+    level: Level
+    reason: str
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 @dataclass(frozen=True)
@@ -42,7 +65,7 @@ class Snapshot:
 def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
     now = now_ms()
     try:
-        vitals = read_vitals(engine, settings.redis_url)
+        vitals = read_vitals(engine, settings)
         with engine.connect() as conn:
             created = "SELECT count(*) FROM jobs WHERE enqueued_timestamp >= :since"
             created_minute = conn.scalar(sa.text(created), {"since": now - 60_000})
@@ -64,40 +87,110 @@ def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
     return Snapshot(now, vitals, created_minute, created_hour, periodic)
 
 
-def problems(snapshot: Snapshot, settings: Settings) -> list[str]:
-    """Every threshold the snapshot crosses, in words; empty when healthy."""
-    found = list(snapshot.errors)
+def problems(snapshot: Snapshot, settings: Settings) -> list[Problem]:
+    """Every threshold the snapshot crosses, in words and at its level; empty when healthy."""
+    found = [Problem(Level.CRITICAL, error) for error in snapshot.errors]
     vitals = snapshot.vitals
     if vitals is not None:
         if vitals.outbox_oldest_unsent_age_seconds > settings.status_outbox_max_age_seconds:
             found.append(
-                f"outbox: the oldest unsent row is {vitals.outbox_oldest_unsent_age_seconds:.0f} s old "
-                f"(more than {settings.status_outbox_max_age_seconds} s): is Kafka or the relay down?"
+                Problem(
+                    Level.CRITICAL,
+                    f"outbox: the oldest unsent row is {vitals.outbox_oldest_unsent_age_seconds:.0f} s old "
+                    f"(more than {settings.status_outbox_max_age_seconds} s): is Kafka or the relay down?",
+                )
             )
         if vitals.outbox_parked:
-            found.append(f"outbox: {vitals.outbox_parked} parked rows wait for an operator")
+            found.append(Problem(Level.WARNING, f"outbox: {vitals.outbox_parked} parked rows wait for an operator"))
         if vitals.dead_submissions:
-            found.append(f"submissions: {vitals.dead_submissions} dead submissions are stored")
+            found.append(Problem(Level.WARNING, f"submissions: {vitals.dead_submissions} dead submissions are stored"))
         if vitals.queue_lengths is None:
-            found.append("redis: the Celery broker does not answer")
+            found.append(Problem(Level.CRITICAL, "broker: the Celery broker does not answer"))
+        for queue, length in (vitals.queue_lengths or {}).items():
+            if length > settings.status_queue_max_length:
+                found.append(
+                    Problem(
+                        Level.WARNING,
+                        f"queue {queue}: {length:,} messages wait (more than {settings.status_queue_max_length:,}): "
+                        "too few workers?",
+                    )
+                )
     for run in snapshot.periodic:
         since = run.last_run or run.expected_since
         if since is None:
-            found.append(f"{run.name}: never scheduled (is beat running?)")
+            found.append(Problem(Level.CRITICAL, f"{run.name}: never scheduled (is beat running?)"))
         elif snapshot.taken_at - since > OVERDUE_INTERVALS * run.interval_seconds * 1000:
             what = "last ran" if run.last_run else "never ran since beat scheduled it"
             found.append(
-                f"{run.name}: {what} {(snapshot.taken_at - since) / 1000:.0f} s ago "
-                f"(more than {OVERDUE_INTERVALS} intervals of {run.interval_seconds} s)"
+                Problem(
+                    Level.CRITICAL,
+                    f"{run.name}: {what} {(snapshot.taken_at - since) / 1000:.0f} s ago "
+                    f"(more than {OVERDUE_INTERVALS} intervals of {run.interval_seconds} s)",
+                )
             )
     return found
+
+
+def level_of(found: list[Problem]) -> Level:
+    return max((problem.level for problem in found), default=Level.OK)
+
+
+def as_json(snapshot: Snapshot, found: list[Problem]) -> dict:
+    """Every figure and every reason, for a machine (`status --json`); times in epoch milliseconds."""
+    vitals = snapshot.vitals
+    figures = None
+    if vitals is not None:
+        figures = {
+            "jobsActive": vitals.jobs_active,
+            "outboxBacklog": vitals.outbox_backlog,
+            "outboxOldestUnsentAgeSeconds": vitals.outbox_oldest_unsent_age_seconds,
+            "outboxParked": vitals.outbox_parked,
+            "deadSubmissions": vitals.dead_submissions,
+            "queueLengths": vitals.queue_lengths,
+        }
+    return {
+        "level": level_of(found).name,
+        "takenAt": snapshot.taken_at,
+        "figures": figures,
+        "jobsCreated": {"lastMinute": snapshot.created_last_minute, "lastHour": snapshot.created_last_hour},
+        "periodic": [
+            {
+                "task": run.name,
+                "intervalSeconds": run.interval_seconds,
+                "expectedSince": run.expected_since,
+                "lastRun": run.last_run,
+                "lastMoved": run.last_moved,
+            }
+            for run in snapshot.periodic
+        ],
+        "problems": [{"level": problem.level.name, "reason": problem.reason} for problem in found],
+    }
+
+
+def check_line(snapshot: Snapshot, found: list[Problem]) -> str:
+    """The one line of a monitoring plugin: `SAMPLEDB-JOBS LEVEL - reasons | performance data`."""
+    level = level_of(found)
+    worst_first = sorted(found, key=lambda problem: -problem.level)
+    summary = "; ".join(problem.reason for problem in worst_first) or "healthy"
+    vitals = snapshot.vitals
+    perfdata = [f"jobs_created_last_minute={snapshot.created_last_minute}"]
+    if vitals is not None:
+        perfdata += [f"jobs_{state}={count}" for state, count in vitals.jobs_active.items()]
+        perfdata += [
+            f"outbox_backlog={vitals.outbox_backlog}",
+            f"outbox_oldest_unsent_age={vitals.outbox_oldest_unsent_age_seconds:.1f}s",
+            f"outbox_parked={vitals.outbox_parked};0",
+            f"dead_submissions={vitals.dead_submissions};0",
+        ]
+        perfdata += [f"queue_{queue}={length}" for queue, length in (vitals.queue_lengths or {}).items()]
+    return f"SAMPLEDB-JOBS {level.name} - {summary} | {' '.join(perfdata)}"
 
 
 def _ago(taken_at: int, timestamp: int | None) -> str:
     return "never" if timestamp is None else f"{(taken_at - timestamp) / 1000:.0f} s ago"
 
 
-def render(snapshot: Snapshot, found: list[str]):
+def render(snapshot: Snapshot, found: list[Problem]):
     """The snapshot as rich renderables: the figures, the periodic tasks, and the verdict."""
     from rich.console import Group
     from rich.table import Table
@@ -129,9 +222,13 @@ def render(snapshot: Snapshot, found: list[str]):
             _ago(snapshot.taken_at, run.last_run),
             "-" if run.last_moved is None else f"{run.last_moved:,}",
         )
+    level = level_of(found)
     verdict = (
         Text("healthy", style="bold green")
         if not found
-        else Text("UNHEALTHY\n" + "\n".join(f"- {problem}" for problem in found), style="bold red")
+        else Text(
+            f"UNHEALTHY ({level.name})\n" + "\n".join(f"- {p.reason} [{p.level.name}]" for p in found),
+            style="bold red" if level is Level.CRITICAL else "bold yellow",
+        )
     )
     return Group(figures, periodic, verdict)

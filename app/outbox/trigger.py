@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 
 from app import clock
-from app.dispatch import celery_client, redis_client
+from app.config import Settings
+from app.dispatch import celery_client, countdown_for, redis_client
 from app.task_names import TaskNames
 
 log = logging.getLogger(__name__)
@@ -32,38 +33,39 @@ QUIET_AFTER_FAILURE_SECONDS = 2.0
 _quiet_until: dict[str, float] = {}  # by Redis URL
 
 
-def send_relay(redis_url: str, *, triggered: bool = True, countdown: float | None = None) -> None:
-    celery_client(redis_url).send_task(
+def send_relay(settings: Settings, *, triggered: bool = True, countdown: float | None = None) -> None:
+    celery_client(settings.celery_broker, sentinel_master=settings.redis_sentinel_master).send_task(
         TaskNames.RELAY_OUTBOX, kwargs={"triggered": triggered}, retry=False, countdown=countdown
     )
 
 
-def trigger_relay(redis_url: str) -> None:
+def trigger_relay(settings: Settings) -> None:
     """After a commit that wrote outbox rows: schedule a relay unless one is pending."""
-    if clock.monotonic() < _quiet_until.get(redis_url, 0.0):
+    if clock.monotonic() < _quiet_until.get(settings.redis_url, 0.0):
         return
-    client = redis_client(redis_url)
+    client = redis_client(settings)
     try:
         if client.set(RELAY_PENDING_KEY, "1", nx=True, px=RELAY_PENDING_TTL_MS):
             try:
-                send_relay(redis_url)
+                send_relay(settings)
             except Exception:
                 client.delete(RELAY_PENDING_KEY)
                 raise
     except Exception:
-        _quiet_until[redis_url] = clock.monotonic() + QUIET_AFTER_FAILURE_SECONDS
+        _quiet_until[settings.redis_url] = clock.monotonic() + QUIET_AFTER_FAILURE_SECONDS
         raise
 
 
-def schedule_relay_retry(redis_url: str, countdown: float) -> None:
+def schedule_relay_retry(settings: Settings, countdown: float) -> None:
     """A relay when failed rows are due again, so recovery does not wait for beat; one at a time."""
-    if redis_client(redis_url).set(RELAY_RETRY_KEY, "1", nx=True, px=max(1, int(countdown * 1000))):
-        send_relay(redis_url, triggered=False, countdown=countdown)
+    countdown = countdown_for(settings.celery_broker, countdown)
+    if redis_client(settings).set(RELAY_RETRY_KEY, "1", nx=True, px=max(1, int(countdown * 1000))):
+        send_relay(settings, triggered=False, countdown=countdown)
 
 
-def relay_started(redis_url: str) -> None:
+def relay_started(settings: Settings) -> None:
     """The relay holds the lock and is about to read the outbox: later commits must trigger anew."""
     try:
-        redis_client(redis_url).delete(RELAY_PENDING_KEY)
+        redis_client(settings).delete(RELAY_PENDING_KEY)
     except Exception:  # the flag expires on its own; until then beat relays
         log.warning("could not clear the relay-pending flag", exc_info=True)

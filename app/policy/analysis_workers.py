@@ -137,6 +137,5 @@ def delete_worker(session: so.Session, id_or_short_name: str, actor: Actor | Non
 
 def _follow_user_ids(session: so.Session, worker: AnalysisWorker) -> None:
     """Make the *_by_user relationships show the user ids just set (they were loaded before)."""
-    policy_store.changed(session)  # the worker's filter or its being deleted decides new jobs' tasks
     session.flush()
     session.expire(worker, ["last_updated_by_user", "deleted_by_user"])

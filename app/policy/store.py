@@ -1,16 +1,20 @@
 """The default analysis policy and its rules in PostgreSQL, as the API shows them, and the
 per-process snapshot job creation evaluates.
 
-The snapshot (policy, live rules, the workers' filters) is read at most once per
-`SAMPLEDB_POLICY_CACHE_SECONDS` per process, so deciding a job's tasks costs no query in
-the steady state. A change made in this process drops the snapshot when it commits; other
-processes see it within the cache lifetime.
+The snapshot (policy, live rules, the workers' filters) is cached per process with the
+generation number it was read at (table `policy_generation`, bumped by PostgreSQL's triggers
+on every change of the policy, a rule or the worker registry: migration 0010). Job creation
+reads that one row once per batch (`planner`) and the snapshot again only when the number
+moved, so a change made by any process applies to the very next job everywhere, at no query
+per submission in the steady state. SAMPLEDB_POLICY_CACHE_SECONDS bounds a snapshot's age
+besides (for a change that bypassed the triggers, e.g. a restore with triggers disabled).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
+from collections.abc import Callable
 
 import sqlalchemy as sa
 import sqlalchemy.orm as so
@@ -22,9 +26,8 @@ from app.clock import now_ms
 from app.config import Settings
 from app.errors.domain import Conflict, InvalidArgument, NotFound
 from app.jobs.serialize import user_info
-from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer
+from app.models import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, AnalysisWorker, Customer, PolicyGeneration
 from app.policy.evaluate import JobPlan, PolicySnapshot, Rule, plan_job
-from app.unit_of_work import after_commit
 
 
 class RuleNotFound(NotFound):
@@ -41,8 +44,10 @@ class RuleDeleted(Conflict):
 
 # -- the snapshot job creation reads ----------------------------------------------------------
 
-_snapshots: dict[str, tuple[float, PolicySnapshot]] = {}
+# Per database: (generation, monotonic time read, snapshot).
+_snapshots: dict[str, tuple[int, float, PolicySnapshot]] = {}
 _snapshots_lock = threading.Lock()
+_GENERATION = sa.select(PolicyGeneration.generation).where(PolicyGeneration.id == 1)
 
 
 def load_snapshot(session: so.Session) -> PolicySnapshot:
@@ -64,30 +69,44 @@ def load_snapshot(session: so.Session) -> PolicySnapshot:
 
 
 def snapshot(session: so.Session, settings: Settings) -> PolicySnapshot:
-    """The policy snapshot, from this process's cache while it is younger than the cache lifetime."""
+    """The policy as this transaction sees it: this process's cached snapshot while its generation is the
+    database's (one primary-key read) and it is younger than the cache lifetime, else read afresh."""
+    generation = session.scalar(_GENERATION)
     key = settings.database_url
     now = clock.monotonic()
     with _snapshots_lock:
         cached = _snapshots.get(key)
-    if cached is not None and now - cached[0] < settings.policy_cache_seconds:
-        return cached[1]
+    if (
+        cached is not None
+        and generation is not None
+        and cached[0] == generation
+        and now - cached[1] < settings.policy_cache_seconds
+    ):
+        return cached[2]
     fresh = load_snapshot(session)
-    if settings.policy_cache_seconds:
+    if settings.policy_cache_seconds and generation is not None:
         with _snapshots_lock:
-            _snapshots[key] = (now, fresh)
+            _snapshots[key] = (generation, now, fresh)
     return fresh
+
+
+Planner = Callable[[int, dict, dict], JobPlan]
+
+
+def planner(session: so.Session, settings: Settings) -> Planner:
+    """Decide the tasks and options of new jobs in this transaction: `plan(customer_id, submission,
+    classification)`, under the policy as the transaction sees it (read once, for a whole batch)."""
+    policy = snapshot(session, settings)
+    return lambda customer_id, submission, classification: plan_job(
+        policy, settings.fallback_worker, customer_id, submission, classification
+    )
 
 
 def plan_for(
     session: so.Session, settings: Settings, customer_id: int, submission: dict, classification: dict
 ) -> JobPlan:
-    """The tasks and options of a new job of this submission, under the policy as it is now."""
-    return plan_job(snapshot(session, settings), settings.fallback_worker, customer_id, submission, classification)
-
-
-def changed(session: so.Session) -> None:
-    """Policy, rules or the worker registry changed in this transaction: drop the snapshot once it commits."""
-    after_commit(session, forget_snapshots, once=forget_snapshots)
+    """The tasks and options of one new job (a batch uses `planner` once instead)."""
+    return planner(session, settings)(customer_id, submission, classification)
 
 
 def forget_snapshots() -> None:
@@ -162,7 +181,6 @@ def update_policy(session: so.Session, data: dict, actor: Actor | None) -> Analy
     policy.last_updated_timestamp = now_ms()
     policy.last_updated_by_user_id = actor.id if actor else None
     _follow_user_ids(session, policy, ["last_updated_by_user"])
-    changed(session)
     return policy
 
 
@@ -173,7 +191,6 @@ def include_worker(session: so.Session, short_name: str) -> None:
         .where(AnalysisPolicy.id == DEFAULT_POLICY_ID, sa.not_(AnalysisPolicy.workers.has_key(short_name)))
         .values(workers=AnalysisPolicy.workers + sa.func.jsonb_build_array(short_name))
     )
-    changed(session)
 
 
 # -- rules ------------------------------------------------------------------------------------
@@ -249,7 +266,6 @@ def add_rule(session: so.Session, data: dict, actor: Actor | None) -> AnalysisRu
     )
     session.add(rule)
     session.flush()
-    changed(session)
     return rule
 
 
@@ -268,7 +284,6 @@ def update_rule(session: so.Session, rule_id: uuid.UUID, data: dict, actor: Acto
     rule.last_updated_timestamp = now_ms()
     rule.last_updated_by_user_id = actor.id if actor else None
     _follow_user_ids(session, rule, ["last_updated_by_user"])
-    changed(session)
     return rule
 
 
@@ -280,7 +295,6 @@ def delete_rule(session: so.Session, rule_id: uuid.UUID, actor: Actor | None) ->
         rule.deleted_timestamp = now_ms()
         rule.deleted_by_user_id = actor.id if actor else None
         _follow_user_ids(session, rule, ["deleted_by_user"])
-        changed(session)
     return rule
 
 

@@ -18,6 +18,7 @@ from app.dev.processes import Child, free_port
 from app.extensions import db
 from app.jobs import service
 from app.unit_of_work import unit_of_work
+from tests.support.settings import DATABASE_POOLER
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,12 +39,14 @@ def client_env(api_url: str, api_key: str, kafka_url: str, **extra: str) -> dict
 class ApiServer(Child):
     """The API under gunicorn, as the dev stack and the Procfile run it, on a free port of 127.0.0.1."""
 
-    def __init__(self, log_path: Path, *, database_url: str, redis_url: str, kafka_url: str):
+    def __init__(self, log_path: Path, *, database_url: str, redis_url: str, broker_url: str, kafka_url: str):
         super().__init__("api", log_path)
         self.url = f"http://127.0.0.1:{free_port()}"
         self.env = _environment(
             SAMPLEDB_DATABASE_URL=database_url,
+            SAMPLEDB_DATABASE_POOLER=DATABASE_POOLER,
             SAMPLEDB_REDIS_URL=redis_url,
+            SAMPLEDB_CELERY_BROKER_URL=broker_url,
             SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url,
             PYTHONPATH=str(ROOT),
         )

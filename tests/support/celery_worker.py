@@ -11,19 +11,24 @@ from pathlib import Path
 
 from app.dev import commands
 from app.dev.processes import Child
-from celeryconfig import QueueNames
+from tests.support.settings import DATABASE_POOLER
 
 ROOT = Path(__file__).resolve().parents[2]
 # Seconds after which Redis hands the messages of a SIGKILLed worker to the next one.
 WORKER_VISIBILITY_TIMEOUT = 12
 
 
-def worker_env(database_url: str, redis_url: str, kafka_url: str, **settings: str) -> dict[str, str]:
-    """A test worker's environment: this process's without its service settings, the servers, and `settings`."""
+def worker_env(
+    database_url: str, redis_url: str, kafka_url: str, *, broker_url: str | None = None, **settings: str
+) -> dict[str, str]:
+    """A test worker's environment: this process's without its service settings, the servers (Celery's broker is
+    the Redis unless `broker_url` names another), and `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
     env.update(
         SAMPLEDB_DATABASE_URL=database_url,
+        SAMPLEDB_DATABASE_POOLER=DATABASE_POOLER,
         SAMPLEDB_REDIS_URL=redis_url,
+        SAMPLEDB_CELERY_BROKER_URL=broker_url or redis_url,
         SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url,
         SAMPLEDB_SITE="OSL",
         PYTHONUNBUFFERED="1",
@@ -87,10 +92,10 @@ class KafkaBroker:
 class TaskSender:
     """Sends tasks by name to the worker's broker, as the sample service and beat do."""
 
-    def __init__(self, redis_url: str):
+    def __init__(self, broker_url: str):
         from app.dispatch import celery_client
 
-        self.client = celery_client(redis_url)
+        self.client = celery_client(broker_url)
 
     def send(self, name: str, *args, **kwargs):
         return self.client.send_task(name, args=list(args), kwargs=kwargs)
@@ -99,9 +104,3 @@ class TaskSender:
         with self.client.producer_or_acquire() as producer:
             for args in arg_lists:
                 self.client.send_task(name, args=list(args), producer=producer)
-
-
-def broker_idle(redis_client) -> bool:
-    """No message waiting in a queue (any priority) and none taken but unacknowledged (running or due later)."""
-    keys = [name + suffix for name in QueueNames.all() for suffix in ("", "\x06\x163", "\x06\x166", "\x06\x169")]
-    return all(redis_client.llen(key) == 0 for key in keys) and redis_client.hlen("unacked") == 0

@@ -10,6 +10,7 @@ threads) are marked `committing` and get the tables truncated after them instead
 
 from __future__ import annotations
 
+import contextlib
 from contextlib import contextmanager
 
 import sqlalchemy as sa
@@ -85,19 +86,22 @@ def set_read_only(database_url: str, read_only: bool, *apps) -> None:
     """A failover onto a read-only node, or back: the database's connections are dropped, and the new ones are
     read-only (SQLSTATE 25006 on every write) until it is writable again. The pools of `apps` (in this
     process) are emptied, as their connections are gone."""
-    admin = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+    admin = sa.create_engine(database_url, poolclass=sa.pool.NullPool, isolation_level="AUTOCOMMIT")
     database = admin.url.database
     with admin.connect() as conn:
-        conn.execute(sa.text("SET TRANSACTION READ WRITE"))  # allowed on this simulated node, not a real standby
         setting = "SET default_transaction_read_only = on" if read_only else "RESET default_transaction_read_only"
-        conn.execute(sa.text(f'ALTER DATABASE "{database}" {setting}'))
+        # In a transaction of its own (allowed on this simulated node, not a real standby), committed before any
+        # session is dropped: a session opened in between (a worker's, PgBouncer's) must get the new setting.
+        conn.execute(sa.text(f'BEGIN READ WRITE; ALTER DATABASE "{database}" {setting}; COMMIT'))
         conn.execute(
             sa.text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()"
             ),
             {"d": database},
         )
-        conn.commit()
+        # This session too: through PgBouncer it would go back to its pool, opened before the change.
+        with contextlib.suppress(sa.exc.OperationalError):
+            conn.execute(sa.text("SELECT pg_terminate_backend(pg_backend_pid())"))
     admin.dispose()
     for application in apps:
         db.engine_of(application).dispose()

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import os
+
 from app.config import Settings
+
+# `transaction`: the session's database is reached through a PgBouncer in transaction mode (tests.support.pgbouncer),
+# and every setting and worker the tests make says so.
+DATABASE_POOLER = os.environ.get("SAMPLEDB_DATABASE_POOLER", "none")
 
 
 def make_settings(database_url: str, **overrides: str) -> Settings:
-    # Tests change the analysis policy between jobs: every job reads it afresh.
+    # The default policy cache: a policy change must reach the next job through the generation alone.
     environ = {
         "SAMPLEDB_DATABASE_URL": database_url,
         "SAMPLEDB_SITE": "OSL",
-        "SAMPLEDB_POLICY_CACHE_SECONDS": "0",
+        "SAMPLEDB_DATABASE_POOLER": DATABASE_POOLER,
         **overrides,
     }
     return Settings.from_env(environ)

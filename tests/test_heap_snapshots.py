@@ -1,0 +1,55 @@
+"""workers.heap: with SAMPLEDB_HEAP_SNAPSHOT_DIR set, a process writes a heap snapshot on SIGUSR2 that two of
+can be diffed to name what grew."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+from tests.support.waiting import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+GROWING = """
+import os, signal, sys, time
+from workers import heap
+heap.trace_if_asked()
+kept = []
+os.kill(os.getpid(), signal.SIGUSR2)
+kept.extend(bytearray(1000) for _ in range(5000))  # 5 MB that stay
+os.kill(os.getpid(), signal.SIGUSR2)
+time.sleep(0.5)
+"""
+GROWTH_LINE = next(n for n, line in enumerate(GROWING.splitlines(), 1) if line.startswith("kept.extend"))
+
+
+def test_two_snapshots_name_the_line_whose_memory_grew(tmp_path):
+    subprocess.run(
+        [sys.executable, "-c", GROWING],
+        cwd=ROOT,
+        env={"SAMPLEDB_HEAP_SNAPSHOT_DIR": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        check=True,
+        timeout=60,
+    )
+    wait_for(lambda: len(list(tmp_path.glob("*.snapshot"))) == 2, 10, "two snapshots")
+    first, second = sorted(tmp_path.glob("*.snapshot"), key=lambda p: int(p.stem.split("-")[1]))
+    grown = tracemalloc.Snapshot.load(str(second)).compare_to(tracemalloc.Snapshot.load(str(first)), "lineno")[0]
+    assert grown.size_diff > 5_000_000 and grown.traceback[0].lineno == GROWTH_LINE, grown
+
+
+def test_without_the_setting_nothing_is_traced(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import tracemalloc; from workers import heap; heap.trace_if_asked(); print(tracemalloc.is_tracing())",
+        ],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert result.stdout.strip() == "False"
