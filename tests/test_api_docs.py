@@ -91,6 +91,42 @@ def test_openapi_document_is_valid_openapi_3_with_every_path(client):
     assert {"200", "404", "409", "412"} <= set(update["responses"])
 
 
+def _unescape(pointer_part: str) -> str:
+    return pointer_part.replace("~1", "/").replace("~0", "~")
+
+
+def test_openapi_links_name_real_operations_and_fields_the_answers_carry(client):
+    """A client (and the stateful fuzzing) follows a response's links: each names an operation of the document,
+    one of its path parameters, and a field of the response's own schema."""
+    document = client.get(f"{BASE}/openapi.json").get_json()
+    links = {
+        (path, method, status, name): link
+        for path, item in document["paths"].items()
+        for method, operation in item.items()
+        if method in HTTP_METHODS
+        for status, response in operation["responses"].items()
+        for name, link in response.get("links", {}).items()
+    }
+    sources = {(path, method, status) for path, method, status, _ in links}
+    assert {
+        (f"{BASE}/sample/{{sha256}}/submission", "post", "202"),
+        (f"{BASE}/worker", "post", "201"),
+        (f"{BASE}/policy/default/rule", "post", "201"),
+    } == sources
+    for (path, method, status, name), link in links.items():
+        target_path, target_method = link["operationRef"].removeprefix("#/paths/").rsplit("/", 1)
+        target = document["paths"][_unescape(target_path)][target_method]
+        (parameter, expression), *rest = link["parameters"].items()
+        assert not rest and parameter in set(re.findall(r"\{([^}]+)\}", _unescape(target_path))), name
+        assert target["responses"], name
+        # "$response.body#/data/jobID": the answer's envelope schema has data.jobID.
+        field = expression.removeprefix("$response.body#/data/")
+        answer = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        data = _resolve(document, answer["$ref"])["properties"]["data"]
+        (data_schema,) = [_resolve(document, one["$ref"]) for one in data.get("anyOf", [data]) if "$ref" in one]
+        assert field in data_schema["properties"], (name, field)
+
+
 def test_openapi_documents_the_search_criteria_and_the_envelope(client):
     document = client.get(f"{BASE}/openapi.json").get_json()
     parameters = {p["name"] for p in document["paths"][f"{BASE}/job"]["get"]["parameters"] if p["in"] == "query"}

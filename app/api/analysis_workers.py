@@ -9,7 +9,7 @@ from flask.views import MethodView
 
 from app.accounts.keys import ANALYZER, VIEWER
 from app.api.auth import current_principal, requires
-from app.api.base import BASE_PATH, Blueprint
+from app.api.base import BASE_PATH, Blueprint, links
 from app.api.envelope import ApiError, envelope
 from app.api.schemas import (
     NoArgsSchema,
@@ -43,6 +43,19 @@ class WorkerCollection(MethodView):
     @requires(ANALYZER)
     @blp.arguments(WorkerCreateSchema)
     @blp.response(201, WorkerEnvelope)
+    @blp.doc(
+        **links(
+            201,
+            "id_or_short_name",
+            "$response.body#/data/id",
+            {
+                "GetWorker": ("get", "/worker/{id_or_short_name}"),
+                "GetWorkerSchema": ("get", "/worker/{id_or_short_name}/schema"),
+                "UpdateWorker": ("put", "/worker/{id_or_short_name}"),
+                "DeleteWorker": ("delete", "/worker/{id_or_short_name}"),
+            },
+        )
+    )
     @blp.alt_response(409, response="CONFLICT")
     def post(self, data: dict):
         """Register an analysis worker"""

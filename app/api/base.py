@@ -1,4 +1,4 @@
-"""What every blueprint shares: the flask-smorest Api, the strict argument parser, the base path."""
+"""What every blueprint shares: the flask-smorest Api, the strict argument parser, the base path, response links."""
 
 from __future__ import annotations
 
@@ -37,3 +37,25 @@ class Blueprint(flask_smorest.Blueprint):
         # a marshmallow schema's construction (a deep copy of its fields) costs more than loading a small
         # request. The schemas keep no state between loads.
         return super().arguments(schema() if isinstance(schema, type) else schema, *args, **kwargs)
+
+
+def links(status: int, parameter: str, expression: str, targets: dict[str, tuple[str, str]]) -> dict:
+    """OpenAPI links of a response (for `Blueprint.doc`): the value at `expression` (a runtime expression such as
+    `$response.body#/data/id`) is the path parameter `parameter` of each target, named `{name: (method, path)}`
+    with `path` below BASE_PATH. Clients read them; the stateful fuzzing follows them with real ids."""
+    return {
+        "responses": {
+            status: {  # an int, as flask-smorest keys the response it documents: the two merge
+                "links": {
+                    name: {
+                        "operationRef": "#/paths/"
+                        + (BASE_PATH + path).replace("~", "~0").replace("/", "~1")
+                        + "/"
+                        + method,
+                        "parameters": {parameter: expression},
+                    }
+                    for name, (method, path) in targets.items()
+                }
+            }
+        }
+    }

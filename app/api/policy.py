@@ -10,7 +10,7 @@ from marshmallow import fields, validate
 
 from app.accounts.keys import ANALYZER, VIEWER
 from app.api.auth import current_principal, requires
-from app.api.base import BASE_PATH, Blueprint
+from app.api.base import BASE_PATH, Blueprint, links
 from app.api.envelope import envelope
 from app.api.schemas import (
     MESSAGE_MAX,
@@ -247,6 +247,18 @@ class RuleCollection(MethodView):
     @requires(ANALYZER)
     @blp.arguments(RuleAddSchema)
     @blp.response(201, RuleEnvelope)
+    @blp.doc(
+        **links(
+            201,
+            "rule_id",
+            "$response.body#/data/id",
+            {
+                "GetRule": ("get", "/policy/default/rule/{rule_id}"),
+                "UpdateRule": ("put", "/policy/default/rule/{rule_id}"),
+                "DeleteRule": ("delete", "/policy/default/rule/{rule_id}"),
+            },
+        )
+    )
     def post(self, data: dict):
         """Add a rule: when its match clause fits a submission, its action changes the job's workers and options"""
         with unit_of_work(db.session) as session:

@@ -8,7 +8,7 @@ from marshmallow import fields
 
 from app.accounts.keys import UPLOADER, USER
 from app.api.auth import current_principal, requires
-from app.api.base import BASE_PATH, Blueprint
+from app.api.base import BASE_PATH, Blueprint, links
 from app.api.envelope import ApiError, envelope
 from app.api.schemas import CustomerRef, JobSchema, NoArgsSchema, envelope_schema
 from app.extensions import current_settings, db
@@ -79,6 +79,20 @@ class SampleSubmission(MethodView):
     @requires(UPLOADER)
     @blp.arguments(UploadPayloadSchema)
     @blp.response(202, envelope_schema(SubmissionAcceptedSchema))
+    @blp.doc(
+        **links(
+            202,
+            "job_id",
+            "$response.body#/data/jobID",
+            {
+                "GetJob": ("get", "/job/{job_id}"),
+                "GetJobHistory": ("get", "/job/{job_id}/history"),
+                "GetJobTasks": ("get", "/job/{job_id}/tasks"),
+                "UpdateJob": ("put", "/job/{job_id}"),
+                "AbortJob": ("delete", "/job/{job_id}"),
+            },
+        )
+    )
     @blp.alt_response(
         409, response="CONFLICT", description="The submission id belongs to another customer's submission"
     )
