@@ -10,14 +10,19 @@ import os
 import random
 import re
 import signal
+import time
+import uuid
 
 import psutil
 import pytest
+import redis
 import sqlalchemy as sa
 
+from app.dev.processes import free_port
 from app.extensions import db
 from app.intake.ingest import job_id_for
 from app.task_names import TaskNames
+from tests.support.celery_worker import CeleryWorker, TaskSender, worker_env
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.waiting import wait_for
 
@@ -358,3 +363,62 @@ def _unacked(worker) -> int:
     from tests.support.brokers import BrokerQueues
 
     return BrokerQueues(worker.env["SAMPLEDB_CELERY_BROKER_URL"]).unacked()
+
+
+@pytest.fixture
+def impatient_worker(database_url, redis_url, kafka_broker, tmp_path):
+    """A worker on a Redis database of its own whose visibility timeout (3 s) is far shorter than the time its
+    messages wait, and that stores a submission dead at its second delivery."""
+    own_redis = redis_url.rsplit("/", 1)[0] + "/11"
+    redis.Redis.from_url(own_redis).flushdb()
+    env = worker_env(
+        database_url,
+        own_redis,
+        kafka_broker.url,
+        SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS="3",
+        SAMPLEDB_INGEST_MAX_DELIVERIES="1",
+        SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="60000",  # the batch waits on the test's lock rather than retrying
+        SAMPLEDB_WORKER_METRICS_PORT=str(free_port()),
+    )
+    worker = CeleryWorker(env, tmp_path / "worker.log", f"sampledb-impatient-{uuid.uuid4().hex[:6]}@%h").start()
+    yield worker, TaskSender(own_redis)
+    worker.stop()
+
+
+def test_messages_redelivered_after_the_visibility_timeout_without_running_are_not_failed_deliveries(
+    impatient_worker, app, sql
+):
+    """Fault: a backlog outlives Redis' visibility timeout. The first batch waits inside its transaction on a table
+    lock the test holds for 15 s (five visibility timeouts), while the other messages wait in the worker, taken and
+    not started: Redis hands every one of them back, again and again, and the worker takes the copies too. A
+    delivery is counted only when its work starts, and a copy runs after its original finished (its count gone),
+    so even with SAMPLEDB_INGEST_MAX_DELIVERIES=1 no submission is stored dead: each is one job, announced once."""
+    worker, sender = impatient_worker
+    payloads = [submission_payload(customer=f"backlog-{i % 2}") for i in range(20)]
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
+    with db.engine_of(app).connect() as blocker:
+        blocker.execute(sa.text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))  # ingest INSERTs now wait
+        sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
+        wait_for(
+            lambda: sql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")[0][0] >= 1,
+            30,
+            "the first batch waiting on the lock",
+        )
+        time.sleep(15)
+        blocker.rollback()
+
+    def ingested() -> bool:
+        return sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0] == 20
+
+    wait_for(ingested, 60, f"20 jobs; worker log:\n{worker.tail(40)}")
+    # Redis handed the waiting messages back and the worker ran the copies too (each a duplicate of its job).
+    wait_for(lambda: worker.output().count("sampledb.ingest_submission[") > 40, 60, "the copies run")
+    succeeded = worker.output().count("succeeded in")
+    assert _dead(sql) == []
+    per_submission = sql(
+        "SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY submission_id", ids=job_ids
+    )
+    assert len(per_submission) == 20 and {n for (n,) in per_submission} == {1}
+    creation = sql("SELECT count(*) FROM outbox WHERE topic = :t AND key = ANY(:keys)", t=JOB_TOPIC, keys=job_ids)
+    assert creation[0][0] == 20
+    print(f"{succeeded} ingest deliveries succeeded for 20 submissions held 15 s past a 3 s visibility timeout")
