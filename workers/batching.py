@@ -51,10 +51,14 @@ def run_in_pool(task_name: str, messages: list[Message]) -> Any:
     run_batch returning means every message is dealt with (acknowledged), with a list of one return value
     per message (logged and announced as each task's result) or None; raising puts them all back.
     """
+    from workers import heap
     from workers.celery_app import celery, flask_app
 
-    with flask_app().app_context():
-        return celery.tasks[task_name].run_batch(messages)
+    try:
+        with flask_app().app_context():
+            return celery.tasks[task_name].run_batch(messages)
+    finally:
+        heap.give_back_free_memory()
 
 
 def _events(requests: list, kind: str, **fields) -> None:

@@ -43,8 +43,11 @@ class FlaskTask(Task):
     """A task that runs inside the Flask app context (the session is removed when it ends)."""
 
     def __call__(self, *args, **kwargs):
-        with flask_app().app_context():
-            return self.run(*args, **kwargs)
+        try:
+            with flask_app().app_context():
+                return self.run(*args, **kwargs)
+        finally:
+            heap.give_back_free_memory()
 
 
 celery = Celery("sampledb", task_cls=FlaskTask, include=["workers.tasks"])

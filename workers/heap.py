@@ -1,4 +1,10 @@
-"""Heap snapshots of a worker's pool processes, for finding what grows (README, "Memory of a long run").
+"""A pool process's heap: the free memory given back to the system, and snapshots for finding what grows
+(README, "Memory of a long run").
+
+`give_back_free_memory()` runs after each task and batch, at most once a second: glibc's malloc keeps the pages
+of freed memory (in the middle of its heaps and in the arenas of other threads, such as kafka-python's network
+thread) until malloc_trim() returns them, so a process whose live memory stays flat still grows in RSS as
+allocations of different sizes come and go.
 
 With SAMPLEDB_HEAP_SNAPSHOT_DIR set, each pool process (workers.celery_app, at its start) traces its
 allocations (tracemalloc, 25 frames: it costs CPU and memory, so only for a diagnosis) and writes a snapshot
@@ -8,14 +14,41 @@ to that directory, `<pid>-<n>.snapshot`, each time it gets SIGUSR2. Two snapshot
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import itertools
 import os
 import signal
+import time
 import tracemalloc
 from pathlib import Path
 
 SNAPSHOT_DIR_ENV = "SAMPLEDB_HEAP_SNAPSHOT_DIR"
+TRIM_INTERVAL_SECONDS = 1.0
+
+_malloc_trim = None
+_next_trim = 0.0
+
+
+def _find_malloc_trim():
+    """glibc's malloc_trim, or a no-op where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return lambda _pad: 0
+
+
+def give_back_free_memory() -> None:
+    """malloc_trim(0) unless it ran less than TRIM_INTERVAL_SECONDS ago (it walks the heap: about a millisecond)."""
+    global _malloc_trim, _next_trim
+    now = time.monotonic()
+    if now < _next_trim:
+        return
+    if _malloc_trim is None:
+        _malloc_trim = _find_malloc_trim()
+    _malloc_trim(0)
+    _next_trim = time.monotonic() + TRIM_INTERVAL_SECONDS
 
 
 def trace_if_asked() -> None:
