@@ -7,6 +7,8 @@ session handle (`db.session`, one session per thread) binds to the current app's
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import socket
 import weakref
@@ -17,6 +19,8 @@ from flask import Flask, current_app, g
 
 from app import clock
 from app.config import Settings
+
+log = logging.getLogger(__name__)
 
 SETTINGS_KEY = "SAMPLEDB"
 WORKERS_KEY = "SAMPLEDB_WORKERS"  # True in Celery processes: their database timeouts, not the API's
@@ -92,10 +96,35 @@ class Database:
         return g.db_reader
 
     def _end_of_context(self, _exc) -> None:
+        # Never raises: the answer is made by now, and an exception out of a teardown reaches the WSGI server,
+        # which sends a bare 500 in its place. A connection the database dropped under the request can fail
+        # even its return to the pool (the isolation level the reader set is reset on a dead socket).
         reader = g.pop("db_reader", None)
-        if reader is not None and g.pop("db_reader_owned"):
-            reader.close()
-        self.registry.remove()
+        owned = g.pop("db_reader_owned", False)
+        try:
+            if reader is not None and owned:
+                try:
+                    reader.close()
+                except Exception:
+                    log.warning("could not return a read connection to the pool; dropping it", exc_info=True)
+                    with contextlib.suppress(Exception):
+                        reader.invalidate()
+        finally:
+            self._end_session()
+
+    def _end_session(self) -> None:
+        if not self.registry.registry.has():
+            return
+        session = self.registry()
+        connection = session.connection() if session.in_transaction() else None
+        try:
+            self.registry.remove()
+        except Exception:
+            log.warning("could not close this context's database session; dropping it", exc_info=True)
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    connection.invalidate()  # closed, and its pool slot freed
+            self.registry.registry.clear()  # the next request of this thread gets a new session
 
     @staticmethod
     def engine_of(app: Flask) -> sa.Engine:

@@ -321,7 +321,7 @@ def test_database_outage_and_stall_answer_503_never_500_and_lose_nothing(stack, 
     statuses = collections.Counter((a.phase, a.status) for a in answers)
     print("answers by phase and status:", dict(sorted(statuses.items())))
     wrong = [(a.phase, a.what, a.status, a.body) for a in answers if not (200 <= a.status < 300 or a.status == 503)]
-    assert wrong == [], wrong[:5]
+    assert wrong == [], (wrong[:5], stack.api.tail(80))  # the API log says where a 500 came from
     unavailable = [a for a in answers if a.status == 503]
     for answer in unavailable:
         assert answer.retry_after and int(answer.retry_after) > 0
