@@ -42,6 +42,13 @@ class _AppSession(so.Session):
         return self.bind if self.bind is not None else db.engine
 
 
+@sa.event.listens_for(_AppSession, "after_begin")
+def _remember_connection(session: so.Session, _transaction, connection: sa.Connection) -> None:
+    # The connection to drop if the session cannot be closed (Database._end_session). Asking the session for it
+    # then would connect, when its transaction began without one (the database was down).
+    session.info["connection"] = connection
+
+
 POOL_RECYCLE_SECONDS = 300
 
 
@@ -115,8 +122,7 @@ class Database:
     def _end_session(self) -> None:
         if not self.registry.registry.has():
             return
-        session = self.registry()
-        connection = session.connection() if session.in_transaction() else None
+        connection = self.registry().info.pop("connection", None)
         try:
             self.registry.remove()
         except Exception:

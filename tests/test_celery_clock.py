@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import glob
 import re
-import uuid
 from datetime import datetime
 
 import pytest
-import redis
 
-from app.dev.processes import free_port
 from app.task_names import TaskNames
-from tests.support.celery_worker import CeleryWorker, TaskSender, worker_env
+from tests.support.celery_worker import start_own_worker
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.celery
@@ -34,20 +31,18 @@ def skewed_worker(database_url, redis_url, kafka_broker, tmp_path):
     library = _libfaketime()
     if library is None:
         pytest.skip("libfaketime is not installed: the skewed-clock test did not run (apt-get install faketime)")
-    own_redis = redis_url.rsplit("/", 1)[0] + "/11"
-    redis.Redis.from_url(own_redis).flushdb()
-    env = worker_env(
+    worker, sender = start_own_worker(
         database_url,
-        own_redis,
+        redis_url,
         kafka_broker.url,
+        tmp_path,
+        "skewed",
         SAMPLEDB_EXECUTION_TIMEOUT_SECONDS=str(EXECUTION_TIMEOUT_SECONDS),
-        SAMPLEDB_WORKER_METRICS_PORT=str(free_port()),
         LD_PRELOAD=library,
         FAKETIME=SKEW,
         FAKETIME_DONT_FAKE_MONOTONIC="1",  # timers and timeouts run as usual; only the wall clock is off
     )
-    worker = CeleryWorker(env, tmp_path / "worker.log", f"sampledb-skewed-{uuid.uuid4().hex[:6]}@%h").start()
-    yield worker, TaskSender(own_redis)
+    yield worker, sender
     worker.stop()
 
 

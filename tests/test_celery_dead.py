@@ -11,18 +11,15 @@ import random
 import re
 import signal
 import time
-import uuid
 
 import psutil
 import pytest
-import redis
 import sqlalchemy as sa
 
-from app.dev.processes import free_port
 from app.extensions import db
 from app.intake.ingest import job_id_for
 from app.task_names import TaskNames
-from tests.support.celery_worker import CeleryWorker, TaskSender, worker_env
+from tests.support.celery_worker import start_own_worker
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.waiting import wait_for
 
@@ -369,19 +366,17 @@ def _unacked(worker) -> int:
 def impatient_worker(database_url, redis_url, kafka_broker, tmp_path):
     """A worker on a Redis database of its own whose visibility timeout (3 s) is far shorter than the time its
     messages wait, and that stores a submission dead at its second delivery."""
-    own_redis = redis_url.rsplit("/", 1)[0] + "/11"
-    redis.Redis.from_url(own_redis).flushdb()
-    env = worker_env(
+    worker, sender = start_own_worker(
         database_url,
-        own_redis,
+        redis_url,
         kafka_broker.url,
+        tmp_path,
+        "impatient",
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS="3",
         SAMPLEDB_INGEST_MAX_DELIVERIES="1",
         SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="60000",  # the batch waits on the test's lock rather than retrying
-        SAMPLEDB_WORKER_METRICS_PORT=str(free_port()),
     )
-    worker = CeleryWorker(env, tmp_path / "worker.log", f"sampledb-impatient-{uuid.uuid4().hex[:6]}@%h").start()
-    yield worker, TaskSender(own_redis)
+    yield worker, sender
     worker.stop()
 
 

@@ -180,3 +180,22 @@ def test_a_session_whose_rollback_fails_at_the_end_of_a_request_still_answers_an
     finally:
         event.remove(engine, "rollback", fail_once)
         engine.dispose()
+
+
+@pytest.mark.committing
+def test_the_end_of_a_request_whose_database_cannot_be_reached_raises_nothing(settings):
+    """Fault: the database is down when a request starts, so its session began a transaction but never got a
+    connection. Ending the app context must not try to connect again (in a request, the refusal came out of the
+    teardown and gunicorn answered a bare 500: 224 of them in the outage test's 36 s outage)."""
+    import dataclasses
+
+    from app.dev.processes import free_port
+    from app.factory import create_app
+
+    unreachable = settings.database_url.rsplit("@", 1)[0] + f"@127.0.0.1:{free_port()}/sampledb"
+    down = create_app(dataclasses.replace(settings, database_url=unreachable, database_connect_timeout_seconds=2))
+    with down.app_context():
+        with pytest.raises(sa_exc.OperationalError):
+            db.session.execute(sa.text("SELECT 1"))
+        assert db.session.in_transaction()  # begun, without a connection
+    db.engine_of(down).dispose()

@@ -12,7 +12,6 @@ import threading
 import uuid
 
 import pytest
-import redis
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.errors import KafkaError
 
@@ -20,7 +19,7 @@ from app.dev.kafka import read_topic
 from app.dev.processes import HOST, free_port
 from app.intake.ingest import job_id_for
 from app.task_names import TaskNames
-from tests.support.celery_worker import CeleryWorker, TaskSender, worker_env
+from tests.support.celery_worker import start_own_worker
 from tests.support.payloads import submission_payload
 from tests.support.tls import TlsProxy, make_certificates
 from tests.support.waiting import wait_for
@@ -97,21 +96,18 @@ def test_the_relay_announces_through_tls_with_the_settings_it_was_given(
 ):
     """A worker started with SAMPLEDB_KAFKA_SECURITY_PROTOCOL=SSL and the CA file: its relay's producer speaks
     TLS (the listener takes nothing else), and every job's creation message arrives."""
-    own_redis = redis_url.rsplit("/", 1)[0] + "/11"  # its broker and flags: only it takes these tasks
-    redis.Redis.from_url(own_redis).flushdb()
-    env = worker_env(
+    worker, sender = start_own_worker(
         database_url,
-        own_redis,
+        redis_url,
         tls_kafka.bootstrap,
+        tmp_path,
+        "tls",
         SAMPLEDB_KAFKA_SECURITY_PROTOCOL="SSL",
         SAMPLEDB_KAFKA_SSL_CAFILE=tls_kafka.cafile,
-        SAMPLEDB_WORKER_METRICS_PORT=str(free_port()),
     )
-    worker = CeleryWorker(env, tmp_path / "worker.log", f"sampledb-tls-{uuid.uuid4().hex[:6]}@%h").start()
     try:
         payloads = [submission_payload(customer=f"tls-{n % 2}") for n in range(20)]
         job_ids = {str(job_id_for(p["submission"]["id"])) for p in payloads}
-        sender = TaskSender(own_redis)
         for payload in payloads:
             sender.send(TaskNames.INGEST_SUBMISSION, payload)
 

@@ -53,6 +53,28 @@ class CeleryWorker(Child):
         return self
 
 
+# The Redis database of a test's own worker: only it takes the tasks sent there.
+OWN_WORKER_REDIS_DB = 11
+
+
+def start_own_worker(
+    database_url: str, redis_url: str, kafka_url: str, log_dir: Path, name: str, **settings: str
+) -> tuple[CeleryWorker, TaskSender]:
+    """A worker of the test's own, beside the session's: Celery's broker is a Redis database of its own (emptied
+    first), so only it takes what the returned sender sends; `settings` are its environment's (SAMPLEDB_*)."""
+    import uuid
+
+    import redis
+
+    from app.dev.processes import free_port
+
+    own_redis = redis_url.rsplit("/", 1)[0] + f"/{OWN_WORKER_REDIS_DB}"
+    redis.Redis.from_url(own_redis).flushdb()
+    env = worker_env(database_url, own_redis, kafka_url, SAMPLEDB_WORKER_METRICS_PORT=str(free_port()), **settings)
+    worker = CeleryWorker(env, log_dir / "worker.log", f"sampledb-{name}-{uuid.uuid4().hex[:6]}@%h").start()
+    return worker, TaskSender(own_redis)
+
+
 class KafkaBroker:
     """An embedded Tansu the tests can crash and start again on the same port, or the broker
     SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed). Its records are in memory, so a restart loses them; inside
