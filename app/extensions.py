@@ -107,17 +107,14 @@ class Database:
         # which sends a bare 500 in its place. A connection the database dropped under the request can fail
         # even its return to the pool (the isolation level the reader set is reset on a dead socket).
         reader = g.pop("db_reader", None)
-        owned = g.pop("db_reader_owned", False)
-        try:
-            if reader is not None and owned:
-                try:
-                    reader.close()
-                except Exception:
-                    log.warning("could not return a read connection to the pool; dropping it", exc_info=True)
-                    with contextlib.suppress(Exception):
-                        reader.invalidate()
-        finally:
-            self._end_session()
+        if g.pop("db_reader_owned", False):
+            try:
+                reader.close()
+            except Exception:
+                log.warning("could not return a read connection to the pool; dropping it", exc_info=True)
+                with contextlib.suppress(Exception):
+                    reader.invalidate()
+        self._end_session()
 
     def _end_session(self) -> None:
         if not self.registry.registry.has():

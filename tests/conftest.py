@@ -33,7 +33,7 @@ from app.operations.migrate import upgrade
 from app.unit_of_work import unit_of_work
 from tests.support.api import Api
 from tests.support.brokers import BrokerQueues, RabbitVhost, is_amqp
-from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, worker_env
+from tests.support.celery_worker import WORKER_VISIBILITY_TIMEOUT, CeleryWorker, KafkaBroker, TaskSender, service_env
 from tests.support.database import RolledBack, keep_default_workers, truncate
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 from tests.support.pgbouncer import start_pgbouncer
@@ -295,7 +295,7 @@ def celery_worker(database_url, redis_url, celery_broker_url, kafka_broker, redi
     from app.dev.processes import free_port
 
     metrics_port = free_port()
-    env = worker_env(
+    env = service_env(
         database_url,
         redis_url,
         kafka_broker.url,

@@ -11,8 +11,6 @@ from __future__ import annotations
 import collections
 import os
 import random
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -32,7 +30,7 @@ from schemathesis.specs.openapi.checks import (
 from app.dev import commands
 from app.dev.processes import Child, free_port
 from tests.support.api import BASE
-from tests.support.settings import DATABASE_POOLER
+from tests.support.celery_worker import service_env
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.committing  # gunicorn, another process, must see the test's key and job
@@ -57,29 +55,13 @@ CHECKS = [
 def _serve(database_url: str, redis_url: str, celery_broker_url: str, kafka_url: str, log_dir: Path):
     """gunicorn serving the app on these servers, for a generator fixture: yields its URL, then stops it."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAMPLEDB_")}
-    env.update(
-        SAMPLEDB_DATABASE_URL=database_url,
-        SAMPLEDB_DATABASE_POOLER=DATABASE_POOLER,
-        SAMPLEDB_REDIS_URL=redis_url,
-        SAMPLEDB_CELERY_BROKER_URL=celery_broker_url,
-        SAMPLEDB_KAFKA_BOOTSTRAP_SERVERS=kafka_url,
-        SAMPLEDB_SITE="OSL",
-    )
+    env = service_env(database_url, redis_url, kafka_url, broker_url=celery_broker_url)
     api = Child("gunicorn", log_dir / "api.log")
     api.start(commands.gunicorn("app.factory:create_app()", f"127.0.0.1:{port}"), env=env, cwd=ROOT)
     url = f"http://127.0.0.1:{port}"
     api.wait_until(lambda left: commands.answers(f"{url}{BASE}/healthz"), 60, "answering")
     yield url
     api.stop()
-
-
-def _answers_ok(url: str, headers: dict) -> bool:
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as answer:
-            return answer.status == 200
-    except urllib.error.HTTPError:
-        return False
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +168,9 @@ def test_stateful_scenarios_follow_the_links_with_real_ids(served_api_with_worke
             if label.endswith("/submission") and response.status_code == 202:
                 # The 202 says the job will exist once a worker made it; the steps after act on it.
                 job_id = response.json()["data"]["jobID"]
-                wait_for(lambda: _answers_ok(f"{url}{BASE}/job/{job_id}", headers), 30, f"the job {job_id} of a 202")
+                wait_for(
+                    lambda: commands.answers(f"{url}{BASE}/job/{job_id}", headers), 30, f"the job {job_id} of a 202"
+                )
                 submitted_jobs.add(job_id)
             elif (case.path_parameters or {}).get("job_id") in submitted_jobs and _exists(response.status_code):
                 reached_from_submission[label] += 1

@@ -51,14 +51,10 @@ def run_in_pool(task_name: str, messages: list[Message]) -> Any:
     run_batch returning means every message is dealt with (acknowledged), with a list of one return value
     per message (logged and announced as each task's result) or None; raising puts them all back.
     """
-    from workers import heap
-    from workers.celery_app import celery, flask_app
+    from workers.celery_app import celery, work_context
 
-    try:
-        with flask_app().app_context():
-            return celery.tasks[task_name].run_batch(messages)
-    finally:
-        heap.give_back_free_memory()
+    with work_context():
+        return celery.tasks[task_name].run_batch(messages)
 
 
 def _events(requests: list, kind: str, **fields) -> None:

@@ -9,6 +9,7 @@ producer when it first relays (never before the fork).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -39,15 +40,23 @@ def flask_app() -> Flask:
         return _flask_app
 
 
+@contextlib.contextmanager
+def work_context():
+    """Where a pool process runs a task or a batch: the Flask app context (the session is removed when it ends),
+    then the memory it freed given back to the system (workers.heap)."""
+    try:
+        with flask_app().app_context():
+            yield
+    finally:
+        heap.give_back_free_memory()
+
+
 class FlaskTask(Task):
-    """A task that runs inside the Flask app context (the session is removed when it ends)."""
+    """A task that runs in `work_context()`."""
 
     def __call__(self, *args, **kwargs):
-        try:
-            with flask_app().app_context():
-                return self.run(*args, **kwargs)
-        finally:
-            heap.give_back_free_memory()
+        with work_context():
+            return self.run(*args, **kwargs)
 
 
 celery = Celery("sampledb", task_cls=FlaskTask, include=["workers.tasks"])

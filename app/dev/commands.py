@@ -41,10 +41,10 @@ def flower(*options: str) -> list[str]:
     return celery("flower", *FLOWER_OPTIONS, *options)
 
 
-def answers(url: str) -> bool:
-    """`url` answers 200 right now."""
+def answers(url: str, headers: dict[str, str] | None = None) -> bool:
+    """`url` answers 200 right now (to a GET with `headers`)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as response:
             return response.status == 200
     except OSError:
         return False

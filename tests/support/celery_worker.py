@@ -18,11 +18,11 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKER_VISIBILITY_TIMEOUT = 12
 
 
-def worker_env(
+def service_env(
     database_url: str, redis_url: str, kafka_url: str, *, broker_url: str | None = None, **settings: str
 ) -> dict[str, str]:
-    """A test worker's environment: this process's without its service settings, the servers (Celery's broker is
-    the Redis unless `broker_url` names another), and `settings`."""
+    """The environment of a service process a test starts (a worker, gunicorn): this process's without its service
+    settings, the servers (Celery's broker is the Redis unless `broker_url` names another), and `settings`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SAMPLEDB_", "CELERY_", "FLOWER_", "PROMETHEUS_"))}
     env.update(
         SAMPLEDB_DATABASE_URL=database_url,
@@ -69,7 +69,7 @@ def start_own_worker(
 
     own_redis = redis_url.rsplit("/", 1)[0] + f"/{OWN_WORKER_REDIS_DB}"
     redis.Redis.from_url(own_redis).flushdb()
-    env = worker_env(database_url, own_redis, kafka_url, SAMPLEDB_WORKER_METRICS_PORT=str(free_port()), **settings)
+    env = service_env(database_url, own_redis, kafka_url, SAMPLEDB_WORKER_METRICS_PORT=str(free_port()), **settings)
     worker = CeleryWorker(env, log_dir / "worker.log", f"sampledb-{name}-{uuid.uuid4().hex[:6]}@%h").start()
     return worker, TaskSender(own_redis)
 
