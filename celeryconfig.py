@@ -122,6 +122,9 @@ def _every(seconds: int, task: str, queue: str, **kwargs) -> dict:
     }
 
 
+# However many beat processes run, only the one holding the scheduler lease sends (workers.scheduler).
+beat_scheduler = "workers.scheduler:LeasedScheduler"
+
 beat_schedule = {
     "relay-outbox": _every(_settings.outbox_relay_interval_seconds, TaskNames.RELAY_OUTBOX, QueueNames.OUTBOX),
     "ingest-pending": _every(_settings.pending_ingest_interval_seconds, TaskNames.INGEST_PENDING, QueueNames.PERIODIC),

@@ -193,6 +193,9 @@ class Settings:
     abort_grace_seconds: int = _setting("SAMPLEDB_ABORT_GRACE_SECONDS", "300", _seconds)
     sweep_interval_seconds: int = _setting("SAMPLEDB_SWEEP_INTERVAL_SECONDS", "60", _seconds)
     outbox_relay_interval_seconds: int = _setting("SAMPLEDB_OUTBOX_RELAY_INTERVAL_SECONDS", "5", _seconds)
+    # However many beat processes run, the one holding this lease schedules (SPEC 13.1); another takes over
+    # within the lease and a second after its holder dies: keep it below twice the shortest interval above.
+    scheduler_lease_seconds: int = _setting("SAMPLEDB_SCHEDULER_LEASE_SECONDS", "8", _seconds)
     sweep_batch_size: int = _setting("SAMPLEDB_SWEEP_BATCH_SIZE", "500", _count)
     # A task a dead worker took goes back to its queue after this long; above the longest task and retry countdown.
     api_key_cache_seconds: int = _setting(

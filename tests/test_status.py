@@ -286,7 +286,22 @@ def test_status_json_holds_every_figure_and_reason(status_env, sql, make_job):
     assert {run["task"] for run in body["periodic"]} == set(PERIODIC_INTERVALS)
     assert all(run["lastRun"] == now for run in body["periodic"])
     assert set(body["jobsCreated"]) == {"lastMinute", "lastHour"}
+    assert body["scheduler"] is None  # no beat ever held the lease here
     assert status(status_env, "--json", "--check").exit_code == 1
+
+    sql(
+        "INSERT INTO scheduler_leases (name, holder, held_since_timestamp, expires_timestamp) "
+        "VALUES ('beat', 'worker-2:4242:ab12cd34', :since, :until)",
+        since=now - 60_000,
+        until=now + 8_000,
+    )
+    body = json.loads(status(status_env, "--json").output)
+    assert body["scheduler"] == {
+        "holder": "worker-2:4242:ab12cd34",
+        "heldSince": now - 60_000,
+        "expiresAt": now + 8_000,
+    }
+    assert "worker-2:4242:ab12cd34, lease " in status(status_env).output
 
 
 def test_check_is_critical_when_the_database_does_not_answer():

@@ -8,7 +8,7 @@ from app.models.intake import PendingSubmission
 from app.models.jobs import Job, JobHistory, JobTask
 from app.models.outbox import OutboxMessage
 from app.models.policy import DEFAULT_POLICY_ID, AnalysisPolicy, AnalysisRule, PolicyGeneration
-from app.models.sweeps import SweepRun
+from app.models.sweeps import SchedulerLease, SweepRun
 
 __all__ = [
     "AnalysisPolicy",
@@ -26,6 +26,7 @@ __all__ = [
     "OutboxMessage",
     "PendingSubmission",
     "PolicyGeneration",
+    "SchedulerLease",
     "SweepRun",
     "User",
 ]

@@ -21,6 +21,8 @@ import sqlalchemy as sa
 
 from app.clock import now_ms
 from app.config import Settings
+from app.operations import scheduler_lease
+from app.operations.scheduler_lease import Lease
 from app.operations.sweep_runs import all_runs, periodic_intervals
 from app.operations.vitals import Vitals, read_vitals
 
@@ -60,6 +62,7 @@ class Snapshot:
     created_last_hour: int
     periodic: list[PeriodicRun]
     errors: list[str] = field(default_factory=list)  # parts that could not be read
+    scheduler: Lease | None = None  # the beat that schedules (its lease, expired or not); None: none ever did
 
 
 def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
@@ -71,6 +74,7 @@ def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
             created_minute = conn.scalar(sa.text(created), {"since": now - 60_000})
             created_hour = conn.scalar(sa.text(created), {"since": now - 3_600_000})
             runs = {run.name: run for run in all_runs(conn)}
+            lease = scheduler_lease.current(conn)
     except sa.exc.SQLAlchemyError as err:  # status reports an unreachable database, it does not crash on it
         reason = str(getattr(err, "orig", None) or err).strip().splitlines()[0][:200]
         return Snapshot(now, None, 0, 0, [], [f"postgresql: cannot read the figures: {reason}"])
@@ -84,7 +88,7 @@ def take_snapshot(engine: sa.Engine, settings: Settings) -> Snapshot:
         )
         for name, interval in periodic_intervals(settings).items()
     ]
-    return Snapshot(now, vitals, created_minute, created_hour, periodic)
+    return Snapshot(now, vitals, created_minute, created_hour, periodic, scheduler=lease)
 
 
 def problems(snapshot: Snapshot, settings: Settings) -> list[Problem]:
@@ -153,6 +157,13 @@ def as_json(snapshot: Snapshot, found: list[Problem]) -> dict:
         "takenAt": snapshot.taken_at,
         "figures": figures,
         "jobsCreated": {"lastMinute": snapshot.created_last_minute, "lastHour": snapshot.created_last_hour},
+        "scheduler": None
+        if snapshot.scheduler is None
+        else {
+            "holder": snapshot.scheduler.holder,
+            "heldSince": snapshot.scheduler.held_since_timestamp,
+            "expiresAt": snapshot.scheduler.expires_timestamp,
+        },
         "periodic": [
             {
                 "task": run.name,
@@ -212,6 +223,13 @@ def render(snapshot: Snapshot, found: list[Problem]):
         figures.add_row("dead submissions", f"{vitals.dead_submissions:,}")
         for queue, length in (vitals.queue_lengths or {}).items():
             figures.add_row(f"queue {queue}", f"{length:,}")
+    lease = snapshot.scheduler
+    if lease is None:
+        figures.add_row("scheduler (beat)", "none yet")
+    else:
+        left = (lease.expires_timestamp - snapshot.taken_at) / 1000
+        state = f"lease {left:.0f} s left" if left >= 0 else f"lease expired {-left:.0f} s ago"
+        figures.add_row("scheduler (beat)", f"{lease.holder}, {state}")
     periodic = Table(show_header=True, title="periodic tasks", title_justify="left")
     for column in ("task", "every", "last ran", "moved"):
         periodic.add_column(column)

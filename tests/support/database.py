@@ -22,6 +22,7 @@ RESET_TABLES = [
     "dead_submissions",
     "outbox",
     "sweep_runs",
+    "scheduler_leases",
     "job_history",
     "job_tasks",
     "jobs",
