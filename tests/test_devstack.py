@@ -131,9 +131,55 @@ def test_dev_runs_the_whole_service_stops_cleanly_and_keeps_its_data(tmp_path, d
     try:
         _wait_ready(process, f"{api_url}/sampledb/v2/readyz")
         assert _count_jobs(api_url, key) == 20
+        _second_beat_schedules_nothing(tmp_path, dev_env, process)
     finally:
         _stop(process)
     assert process.returncode == 0
+
+
+def _second_beat_schedules_nothing(directory: Path, env: dict, stack: subprocess.Popen) -> None:
+    """A second `celery beat` started beside the stack's (a second scheduler host by mistake) sends nothing
+    for longer than the lease while the stack's beat lives (SPEC 13.1)."""
+    import sqlalchemy as sa
+
+    database_url = next(
+        line.split("=", 1)[1]
+        for line in (directory / ".sampledb" / "dev.env").read_text().splitlines()
+        if line.startswith("SAMPLEDB_DATABASE_URL=")
+    )
+    engine = sa.create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+
+    def holder() -> str | None:
+        with engine.connect() as conn:
+            return conn.execute(sa.text("SELECT holder FROM scheduler_leases WHERE name = 'beat'")).scalar()
+
+    stack_pids = {c.pid for c in psutil.Process(stack.pid).children(recursive=True)}
+    deadline = time.monotonic() + 60
+    while not (holder() and int(holder().split(":")[1]) in stack_pids):
+        assert time.monotonic() < deadline, f"the stack's beat never took the scheduler lease (holder {holder()})"
+        time.sleep(0.5)
+    held_by = holder()
+    log_path = directory / "second-beat.log"
+    with open(log_path, "wb") as log:
+        second = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "beat", "-l", "info"]
+            + ["--schedule", str(directory / "second-beat-schedule")],
+            cwd=directory,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        time.sleep(10)  # longer than the lease (8 s): time enough to take it, had the stack's beat let it lapse
+        assert second.poll() is None, log_path.read_text()
+    finally:
+        second.terminate()
+        second.wait(30)
+        engine.dispose()
+    output = log_path.read_text()
+    assert "beat: Starting..." in output, output
+    assert "Sending due task" not in output, f"the second beat scheduled beside the stack's:\n{output}"
+    assert holder() == held_by
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
