@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: install run test test-given test-pgbouncer test-fast fuzz lint bench soak clean
+.PHONY: install run test test-given test-pgbouncer test-cluster test-fast fuzz lint bench soak clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ PGBOUNCER_TESTS ?= tests/test_api_*.py tests/test_search.py tests/test_submissio
 	tests/test_celery_sweeps.py tests/test_celery_order.py
 test-pgbouncer: install
 	$(GIVEN) SAMPLEDB_DATABASE_POOLER=transaction $(BIN)/python -m pytest $(PGBOUNCER_TESTS)
+
+## test-cluster: faults across hosts on a cluster of network namespaces (servers, two API hosts, two worker hosts),
+## as root; prints each scenario's figures (tests/cluster, README "Several hosts")
+test-cluster: install
+	SAMPLEDB_TEST_CLUSTER=1 $(BIN)/python -m pytest -s -p no:cacheprovider tests/cluster
 
 ## test-fast: only the tests that need no server, in seconds (a server start fails the run)
 test-fast: install

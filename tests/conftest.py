@@ -40,6 +40,9 @@ from tests.support.pgbouncer import start_pgbouncer
 from tests.support.settings import DATABASE_POOLER, make_settings
 from tests.support.waiting import wait_for
 
+# The multi-host harness (tests/cluster) builds network namespaces as root and runs on its own: `make test-cluster`.
+collect_ignore = [] if os.environ.get("SAMPLEDB_TEST_CLUSTER") == "1" else ["cluster"]
+
 # Fixtures that start (or reach) a server: a test needing any of them is marked `servers`.
 SERVER_FIXTURES = {
     "servers_dir",

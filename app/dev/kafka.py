@@ -21,13 +21,13 @@ if TYPE_CHECKING:  # pragma: no cover
     import kafka.consumer.fetcher
 
 
-def _tcp_accepts(p: int, timeout: float) -> None:
-    with socket.create_connection((HOST, p), timeout=timeout):
+def _tcp_accepts(p: int, timeout: float, host: str = HOST) -> None:
+    with socket.create_connection((host, p), timeout=timeout):
         pass
 
 
-def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
-    """Tansu broker, memory storage, listener and advertised listener on 127.0.0.1:port,
+def start_kafka(port: int | None = None, log_dir: Path | None = None, host: str = HOST) -> Server:
+    """Tansu broker, memory storage, listener and advertised listener on host:port (127.0.0.1),
     wait until a kafka-python KafkaAdminClient bootstraps and gets cluster metadata.
     The log goes to log_dir/kafka.log; without log_dir to a temp dir that stop() removes.
 
@@ -57,16 +57,16 @@ def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
         return [
             broker,
             "broker",
-            "--listener-url", f"tcp://{HOST}:{p}",
-            "--advertised-listener-url", f"tcp://{HOST}:{p}",
+            "--listener-url", f"tcp://{host}:{p}",
+            "--advertised-listener-url", f"tcp://{host}:{p}",
             "--storage-engine", "memory://tansu/",
         ]  # fmt: skip
 
     def probe(p: int, left: float) -> None:
-        _tcp_accepts(p, min(left, 1))
+        _tcp_accepts(p, min(left, 1), host)
         ms = int(min(left, 5) * 1000)
         admin = KafkaAdminClient(
-            bootstrap_servers=f"{HOST}:{p}",
+            bootstrap_servers=f"{host}:{p}",
             bootstrap_timeout_ms=ms,
             request_timeout_ms=max(ms, 1000),
             client_id="sampledb-kafka-probe",
@@ -83,7 +83,7 @@ def start_kafka(port: int | None = None, log_dir: Path | None = None) -> Server:
         port,
         log_path,
         probe,
-        lambda p: f"{HOST}:{p}",
+        lambda p: f"{host}:{p}",
         stop_signal=signal.SIGTERM,
         data_dir=log_dir,
         popen_kwargs={"env": env, "cwd": str(log_dir)},

@@ -206,9 +206,14 @@ def _initdb(data_dir: Path, pgdata: Path, log_path: Path, ident: tuple[int, int]
 
 
 def start_postgres(
-    data_dir: Path, port: int | None = None, database: str = "sampledb", server_settings: dict[str, str] | None = None
+    data_dir: Path,
+    port: int | None = None,
+    database: str = "sampledb",
+    server_settings: dict[str, str] | None = None,
+    host: str = HOST,
 ) -> Server:
-    """initdb on first use (trust auth, utf8, superuser 'postgres'), start on 127.0.0.1:port,
+    """initdb on first use (trust auth, utf8, superuser 'postgres'), start on host:port (127.0.0.1:port;
+    another address, a test host's, also trusts the clients of its subnet),
     wait until it accepts connections, create `database` if missing. Reuses an existing
     data_dir (data survives restarts). If a postmaster from an earlier crashed run still
     holds data_dir, it is stopped first (fast shutdown) — never two on one cluster.
@@ -248,6 +253,12 @@ def start_postgres(
         _initdb(data_dir, pgdata, log_path, ident, env)
     else:
         _stop_stale_postmaster(pgdata)
+    if host != HOST:
+        hba = pgdata / "pg_hba.conf"
+        trust_subnet = "host all all samenet trust\n"
+        if trust_subnet not in hba.read_text():
+            with open(hba, "a") as lines:
+                lines.write(trust_subnet)
 
     popen_kwargs: dict = {"env": env, "cwd": str(pgdata) if ident is None else "/"}
     if ident is not None:
@@ -261,7 +272,7 @@ def start_postgres(
         return [
             str(POSTGRES_BIN_PATH / "postgres"),
             "-D", str(pgdata),
-            "-h", HOST,
+            "-h", host,
             "-p", str(p),
             "-k", "",  # no unix socket: TCP only (no socket-path length/permission trouble)
             "-c", "logging_collector=off",  # log to stderr = our log file
@@ -270,7 +281,7 @@ def start_postgres(
 
     def probe(p: int, left: float) -> None:
         with psycopg.connect(
-            host=HOST, port=p, user=POSTGRES_SUPERUSER, dbname="postgres", connect_timeout=max(1, int(min(left, 3)))
+            host=host, port=p, user=POSTGRES_SUPERUSER, dbname="postgres", connect_timeout=max(1, int(min(left, 3)))
         ) as conn:
             conn.execute("SELECT 1")
 
@@ -280,7 +291,7 @@ def start_postgres(
         port,
         log_path,
         probe,
-        lambda p: f"postgresql+psycopg://{POSTGRES_SUPERUSER}@{HOST}:{p}/{database}",
+        lambda p: f"postgresql+psycopg://{POSTGRES_SUPERUSER}@{host}:{p}/{database}",
         stop_signal=signal.SIGINT,  # fast shutdown: roll back clients, checkpoint, exit
         stop_steps=((signal.SIGQUIT, 5),),  # immediate shutdown, crash recovery on next start
         data_dir=data_dir,
@@ -289,7 +300,7 @@ def start_postgres(
     )
     try:
         with psycopg.connect(
-            host=HOST, port=server.port, user=POSTGRES_SUPERUSER, dbname="postgres", autocommit=True
+            host=host, port=server.port, user=POSTGRES_SUPERUSER, dbname="postgres", autocommit=True
         ) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,)).fetchone() is None:
                 try:

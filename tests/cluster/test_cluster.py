@@ -1,0 +1,320 @@
+"""Faults across hosts (SPEC 13, 14), on a cluster of network namespaces (tests/cluster/harness.py):
+a "servers" host (PostgreSQL, Redis, the Kafka-protocol broker), two API hosts (gunicorn), two worker
+hosts (a Celery worker with its relay, and a beat, on each), and the client the test works from.
+
+Run with `make test-cluster` (root: it makes network namespaces). Each scenario prints its figures.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import json
+import os
+import random
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from app.dev.kafka import read_topic, start_kafka
+from app.dev.postgres import start_postgres
+from app.dev.redis import start_redis
+from app.dev.synthetic import random_submission
+from app.intake.ingest import job_id_for
+from app.operations.migrate import upgrade
+from app.task_names import TaskNames
+from tests.cluster import harness
+from tests.support.celery_worker import TaskSender, service_env
+from tests.support.waiting import wait_for
+
+HOSTS = ["servers", "api1", "api2", "worker1", "worker2", "client"]
+API_HOSTS = ("api1", "api2")
+WORKER_HOSTS = ("worker1", "worker2")
+JOB_TOPIC = "Sample.Analysis.Job.OSL"
+EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
+INTERVAL_SECONDS = 3  # of every periodic task here
+LEASE_SECONDS = 5
+VISIBILITY_SECONDS = 20  # a cut-off worker's messages go to the other worker after this long
+
+
+class Site:
+    def __init__(self, cluster: harness.Cluster, database_url: str, redis_url: str, kafka_url: str, env: dict):
+        self.cluster, self.database_url, self.redis_url, self.kafka_url, self.env = (
+            cluster,
+            database_url,
+            redis_url,
+            kafka_url,
+            env,
+        )
+        self.api_urls = [f"http://{cluster.address(host)}:8000/sampledb/v2" for host in API_HOSTS]
+        with cluster.inside("client"):
+            self.engine = sa.create_engine(database_url, pool_size=2)
+            self.sender = TaskSender(redis_url)
+        self.key = ""
+        self.analyzer_key = ""
+
+    def sql(self, statement: str, **params):
+        with self.cluster.inside("client"), self.engine.begin() as conn:
+            result = conn.execute(sa.text(statement), params)
+            return result.all() if result.returns_rows else None
+
+    def request(self, url: str, method: str, body: dict | None, key: str) -> tuple[int, dict]:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(
+            url, data=data, method=method, headers={"Argus-API-Key": key, "Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, json.loads(err.read() or b"{}")
+
+
+def _start_site(cluster: harness.Cluster) -> Site:
+    servers = cluster.address("servers")
+    with cluster.inside("servers"):
+        postgres = start_postgres(cluster.directory / "postgres", port=5432, host=servers)
+        redis_server = start_redis(cluster.directory / "redis", port=6379, host=servers)
+        kafka = start_kafka(port=9092, log_dir=cluster.directory / "kafka", host=servers)
+    cluster.hosts["servers"].processes += [postgres, redis_server, kafka]
+    with cluster.inside("client"):
+        upgrade(postgres.url)
+    intervals = {
+        f"SAMPLEDB_{name}_INTERVAL_SECONDS": str(INTERVAL_SECONDS)
+        for name in ("SWEEP", "OUTBOX_RELAY", "PENDING_INGEST", "PURGE")
+    }
+    env = service_env(
+        postgres.url,
+        redis_server.url,
+        kafka.url,
+        SAMPLEDB_SCHEDULER_LEASE_SECONDS=str(LEASE_SECONDS),
+        SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_SECONDS),
+        **intervals,
+    )
+    site = Site(cluster, postgres.url, redis_server.url, kafka.url, env)
+    for host in API_HOSTS:
+        cluster.start(host, "gunicorn", harness.gunicorn(cluster.address(host)), env)
+    for host in WORKER_HOSTS:
+        cluster.start(host, "worker", harness.worker(host), env)
+        cluster.start(host, "beat", harness.beat(cluster.directory, host), env)
+    with cluster.inside("client"):
+        for url in site.api_urls:
+            wait_for(lambda url=url: _answers(f"{url}/readyz"), 90, f"{url} ready")
+    for host in WORKER_HOSTS:
+        worker = cluster.hosts[host].processes[0]
+        worker.wait_until(lambda left, worker=worker: " ready." in worker.output(), 90, "ready")
+    site.key = _make_key(site, "SAMPLEDB-UPLOADER", "uploader", "acme")
+    site.analyzer_key = _make_key(site, "SAMPLEDB-ANALYZER", "analyzer", "mnemonic", all_customers=True)
+    return site
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def _make_key(site: Site, role: str, user: str, customer: str, **options) -> str:
+    from app.accounts.keys import create_key
+    from app.extensions import db
+    from app.factory import create_app
+    from app.unit_of_work import unit_of_work
+    from tests.support.settings import make_settings
+
+    with site.cluster.inside("client"):
+        app = create_app(make_settings(site.database_url))
+        with app.app_context(), unit_of_work(db.session) as session:
+            secret = create_key(session, user=user, customer=customer, role=role, **options)
+        db.engine_of(app).dispose()
+    return secret
+
+
+@pytest.fixture(scope="module")
+def site():
+    if os.geteuid() != 0:
+        pytest.fail("the cluster harness makes network namespaces: run it as root (`make test-cluster`)")
+    cluster = harness.Cluster(HOSTS).build()
+    try:
+        yield _start_site(cluster)
+    finally:
+        cluster.close()
+
+
+def _beat_pid(holder: str | None) -> int | None:
+    return int(holder.split(":")[1]) if holder else None
+
+
+def _beat_host(site: Site) -> str | None:
+    holder = site.sql("SELECT holder FROM scheduler_leases WHERE name = 'beat'")
+    pid = _beat_pid(holder[0][0] if holder else None)
+    for host in WORKER_HOSTS:
+        if any(child.pid == pid for child in site.cluster.hosts[host].processes):
+            return host
+    return None
+
+
+def _rest_submission(rng_seed: int) -> tuple[str, dict]:
+    payload = random_submission(random.Random(rng_seed), customer="acme")
+    submission = {k: v for k, v in payload["submission"].items() if k in ("id", "name", "mimeType", "tlp", "metaData")}
+    classification = {
+        k: payload["classification"][k]
+        for k in ("type", "superType", "arch", "platform")
+        if k in payload["classification"]
+    }
+    return payload["submission"]["sample"]["id"], {"submission": submission, "classification": classification}
+
+
+def _submit_rest(site: Site, url: str, seeds: list[int], accepted: list[str], failures: collections.Counter) -> None:
+    for seed in seeds:
+        sha256, body = _rest_submission(seed)
+        for _attempt in range(20):  # a client retries with the same submission id until it has its 202
+            try:
+                status, answer = site.request(f"{url}/sample/{sha256}/submission", "POST", body, site.key)
+            except OSError:
+                failures["connection"] += 1
+                time.sleep(0.5)
+                continue
+            if status == 202:
+                accepted.append(answer["data"]["jobID"])
+                break
+            failures[status] += 1
+            time.sleep(0.5)
+
+
+@pytest.mark.timeout(900)
+def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site):
+    """Scenario: worker1's link cut for 30 s in the middle of 2,000 submissions (half REST over both API
+    hosts, half Celery messages): one job per submission, one creation message per job, none dead."""
+    rest_count, celery_count = 1000, 1000
+    rest_jobs: list[str] = []
+    failures: collections.Counter = collections.Counter()
+    rng = random.Random(19)
+    celery_payloads = [random_submission(rng, customer="acme") for _ in range(celery_count)]
+    celery_jobs = [str(job_id_for(p["submission"]["id"])) for p in celery_payloads]
+
+    def rest_load() -> None:
+        with site.cluster.inside("client"), concurrent.futures.ThreadPoolExecutor(8) as pool:
+            seeds = list(range(100_000, 100_000 + rest_count))
+            clients = [
+                pool.submit(_submit_rest, site, site.api_urls[i % 2], seeds[i::8], rest_jobs, failures)
+                for i in range(8)
+            ]
+            for client in clients:
+                client.result()
+
+    def celery_load() -> None:
+        with site.cluster.inside("client"):
+            for start in range(0, celery_count, 50):
+                site.sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in celery_payloads[start : start + 50]])
+                time.sleep(0.1)
+
+    errors: list[BaseException] = []
+
+    def running(load):
+        def run() -> None:
+            try:
+                load()
+            except BaseException as err:  # seen by the test below
+                errors.append(err)
+
+        return threading.Thread(target=run)
+
+    loads = [running(rest_load), running(celery_load)]
+    for load in loads:
+        load.start()
+    time.sleep(3)
+    site.cluster.cut("worker1")
+    cut_at = time.monotonic()
+    time.sleep(30)
+    site.cluster.plug("worker1")
+    for load in loads:
+        load.join(300)
+    sent_at_end = time.monotonic() - cut_at
+    assert not errors, errors
+    assert len(rest_jobs) == rest_count, f"{len(rest_jobs)} of {rest_count} REST submissions accepted: {failures}"
+    job_ids = sorted(set(rest_jobs) | set(celery_jobs))
+    assert len(job_ids) == rest_count + celery_count
+
+    def made() -> int:
+        return site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0]
+
+    wait_for(lambda: made() == len(job_ids), 300, f"{len(job_ids)} jobs (made so far: {made()})", interval=1)
+    wait_for(
+        lambda: site.sql("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")[0][0] == 0,
+        120,
+        "every creation message relayed",
+        interval=1,
+    )
+    made_at = time.monotonic() - cut_at
+    dead = site.sql("SELECT count(*) FROM dead_submissions")[0][0]
+    with site.cluster.inside("client"):
+        records = [r for r in read_topic(site.kafka_url, JOB_TOPIC, timeout=30) if r.key.decode() in set(job_ids)]
+    event_ids = collections.defaultdict(set)
+    for record in records:
+        event_ids[record.key.decode()].add(dict(record.headers)["event-id"])
+    per_job = collections.Counter(record.key.decode() for record in records)
+    repeated = sum(count - 1 for count in per_job.values())
+    announced_twice = sum(1 for ids in event_ids.values() if len(ids) > 1)
+    print(
+        f"\nworker host cut 30 s mid-burst: sent {len(job_ids)} ({rest_count} REST over 2 API hosts, "
+        f"{celery_count} Celery), jobs made {made()}, dead {dead}, creation messages {len(records)} "
+        f"(repeats of one event-id {repeated}, jobs announced under two event-ids {announced_twice}), "
+        f"REST retries {dict(failures)}; load sent by {sent_at_end:.0f} s, every job made and announced "
+        f"{made_at:.0f} s after the cut"
+    )
+    assert dead == 0
+    assert set(event_ids) == set(job_ids), f"{len(set(job_ids) - set(event_ids))} jobs never announced"
+    assert announced_twice == 0
+
+
+def test_the_scheduler_host_killed_another_schedules_within_three_intervals(site):
+    """Scenario: every process of the host whose beat holds the lease SIGKILLed: the other host's beat
+    takes the lease, and the sweeps, `ingest_pending` and the relay's safety net run again."""
+    holder_host = wait_for(lambda: _beat_host(site), 30, "a beat holding the scheduler lease")
+    other = next(host for host in WORKER_HOSTS if host != holder_host)
+    # A row no commit triggered a relay for: only beat's safety net sends it.
+    job_id = str(uuid.uuid4())
+    killed_at_ms = site.sql("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")[0][0]
+    site.cluster.kill(holder_host)
+    killed_at = time.monotonic()
+    site.sql(
+        "INSERT INTO outbox (event_id, topic, key, value, created_timestamp, attempts, next_attempt_timestamp) "
+        "VALUES (:event_id, :topic, :key, CAST(:value AS jsonb), :now, 0, 0)",
+        event_id=str(uuid.uuid4()),
+        topic=EVENT_TOPIC,
+        key=job_id,
+        value=json.dumps({"jobID": job_id, "probe": "safety net"}),
+        now=killed_at_ms,
+    )
+    wait_for(lambda: _beat_host(site) == other, 3 * INTERVAL_SECONDS + LEASE_SECONDS, f"{other}'s beat to take over")
+    take_over = time.monotonic() - killed_at
+
+    def ran_again() -> bool:
+        rows = site.sql("SELECT name, last_run_timestamp FROM sweep_runs")
+        return len(rows) == 5 and all((last or 0) > killed_at_ms for _, last in rows)
+
+    wait_for(
+        ran_again, 3 * INTERVAL_SECONDS + LEASE_SECONDS + 10, "every periodic task run after the kill", interval=0.5
+    )
+    periodic_again = time.monotonic() - killed_at
+    wait_for(
+        lambda: site.sql("SELECT sent_timestamp FROM outbox WHERE key = :k", k=job_id)[0][0] is not None,
+        3 * INTERVAL_SECONDS + LEASE_SECONDS + 10,
+        "the safety net to relay the row",
+        interval=0.5,
+    )
+    relayed = time.monotonic() - killed_at
+    print(
+        f"\nscheduler host {holder_host} killed: lease taken over by {other} after {take_over:.1f} s "
+        f"(lease {LEASE_SECONDS} s), every periodic task ran again after {periodic_again:.1f} s, "
+        f"the safety net relayed an untriggered row after {relayed:.1f} s (interval {INTERVAL_SECONDS} s)"
+    )
+    assert take_over <= 2 * INTERVAL_SECONDS + 1, f"the take-over took {take_over:.1f} s"
+    assert periodic_again <= 3 * INTERVAL_SECONDS, f"the periodic tasks ran again only after {periodic_again:.1f} s"
