@@ -249,6 +249,9 @@ def _send(settings: Settings, rows, send_timeout: float) -> tuple[list[int], dic
                         key=row.key.encode("utf-8"),
                         value=_encode(row.value),
                         headers=[("event-id", str(row.event_id).encode("ascii"))],
+                        # The record's time is the database's (SPEC 13.1), not this host's wall clock, which
+                        # kafka-python would use: a relay on a host whose clock runs ahead wrote future times.
+                        timestamp_ms=now_ms(),
                     ),
                 )
             )

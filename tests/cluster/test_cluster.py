@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import glob
 import json
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime
 
 import pytest
 import sqlalchemy as sa
@@ -40,6 +43,14 @@ EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
 INTERVAL_SECONDS = 3  # of every periodic task here
 LEASE_SECONDS = 5
 VISIBILITY_SECONDS = 20  # a cut-off worker's messages go to the other worker after this long
+# worker2's clock runs five minutes ahead (libfaketime, wall clock only) in every scenario; an executing job
+# silent for four minutes times out, so a host that used its own clock would time every executing job out.
+SKEWED_HOST = "worker2"
+EXECUTION_TIMEOUT_SECONDS = 240
+LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
+# Its monotonic clock moves by the same constant, which changes no duration. (With
+# FAKETIME_DONT_FAKE_MONOTONIC=1, libfaketime 0.9.10 makes every time.sleep fail with EINVAL: beat died.)
+SKEWED_CLOCK = {"LD_PRELOAD": LIBFAKETIME[0] if LIBFAKETIME else "", "FAKETIME": "+5m"}
 
 
 class Site:
@@ -94,14 +105,16 @@ def _start_site(cluster: harness.Cluster) -> Site:
         kafka.url,
         SAMPLEDB_SCHEDULER_LEASE_SECONDS=str(LEASE_SECONDS),
         SAMPLEDB_CELERY_VISIBILITY_TIMEOUT_SECONDS=str(VISIBILITY_SECONDS),
+        SAMPLEDB_EXECUTION_TIMEOUT_SECONDS=str(EXECUTION_TIMEOUT_SECONDS),
         **intervals,
     )
     site = Site(cluster, postgres.url, redis_server.url, kafka.url, env)
     for host in API_HOSTS:
         cluster.start(host, "gunicorn", harness.gunicorn(cluster.address(host)), env)
     for host in WORKER_HOSTS:
-        cluster.start(host, "worker", harness.worker(host), env)
-        cluster.start(host, "beat", harness.beat(cluster.directory, host), env)
+        host_env = {**env, **(SKEWED_CLOCK if host == SKEWED_HOST else {})}
+        cluster.start(host, "worker", harness.worker(host), host_env)
+        cluster.start(host, "beat", harness.beat(cluster.directory, host), host_env)
     with cluster.inside("client"):
         for url in site.api_urls:
             wait_for(lambda url=url: _answers(f"{url}/readyz"), 90, f"{url} ready")
@@ -140,6 +153,8 @@ def _make_key(site: Site, role: str, user: str, customer: str, **options) -> str
 def site():
     if os.geteuid() != 0:
         pytest.fail("the cluster harness makes network namespaces: run it as root (`make test-cluster`)")
+    if not LIBFAKETIME:
+        pytest.fail("the cluster's skewed worker host needs libfaketime (apt-get install faketime; .ci/run does)")
     cluster = harness.Cluster(HOSTS).build()
     try:
         yield _start_site(cluster)
@@ -272,6 +287,99 @@ def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site)
     assert dead == 0
     assert set(event_ids) == set(job_ids), f"{len(set(job_ids) - set(event_ids))} jobs never announced"
     assert announced_twice == 0
+
+
+def _database_now_ms(site: Site) -> int:
+    return site.sql("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")[0][0]
+
+
+def test_relays_on_both_worker_hosts_keep_each_jobs_messages_in_order_and_a_skewed_clock_changes_nothing(site):
+    """Scenario: 300 jobs, each moved to executing and then done through both API hosts while both worker
+    hosts relay (their relay tasks race for the outbox); worker2's clock is five minutes ahead all along.
+    Every job's messages reach Kafka in its history's order, no executing job times out early (on worker2's
+    clock each is past the 4-minute timeout), and no timestamp in any answer is later than the database's
+    clock."""
+    skewed = site.cluster.hosts[SKEWED_HOST].processes[0]
+    stamp = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),\d+: ", skewed.output())
+    assert stamp and (datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S") - datetime.now()).total_seconds() > 240
+
+    rng = random.Random(20)
+    payloads = [random_submission(rng, customer="acme") for _ in range(300)]
+    job_ids = [str(job_id_for(p["submission"]["id"])) for p in payloads]
+    with site.cluster.inside("client"):
+        site.sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
+    wait_for(
+        lambda: site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0] == 300,
+        120,
+        "300 jobs",
+        interval=0.5,
+    )
+    refused: collections.Counter = collections.Counter()
+
+    def move(state: str, index_and_job: tuple[int, str]) -> None:
+        index, job_id = index_and_job
+        url = site.api_urls[index % 2]
+        status, _ = site.request(f"{url}/job/{job_id}", "PUT", {"state": state}, site.analyzer_key)
+        if status != 200:
+            refused[(state, status)] += 1
+
+    with site.cluster.inside("client"), concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda item: move("executing", item), enumerate(job_ids)))
+        time.sleep(4 * INTERVAL_SECONDS)  # several execution-timeout sweeps, from either worker host
+        list(pool.map(lambda item: move("done", item), enumerate(job_ids)))
+    wait_for(
+        lambda: site.sql("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")[0][0] == 0,
+        120,
+        "every message relayed",
+        interval=0.5,
+    )
+    states = dict(
+        site.sql("SELECT state, count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY state", ids=job_ids)
+    )
+    with site.cluster.inside("client"):
+        records = collections.defaultdict(lambda: collections.defaultdict(list))
+        for topic in (JOB_TOPIC, EVENT_TOPIC):
+            for record in read_topic(site.kafka_url, topic, timeout=30):
+                if record.key.decode() in set(job_ids):
+                    records[record.key.decode()][topic].append(record)
+    violations = 0
+    with site.cluster.inside("client"):
+        for job_id in job_ids:
+            status, answer = site.request(f"{site.api_urls[0]}/job/{job_id}/history", "GET", None, site.analyzer_key)
+            history = [(e["fromState"], e["toState"]) for e in answer["data"] if e["taskID"] is None]
+            events = [
+                (json.loads(r.value)["fromState"], json.loads(r.value)["toState"]) for r in records[job_id][EVENT_TOPIC]
+            ]
+            creations = records[job_id][JOB_TOPIC]
+            if (
+                events != history
+                or len(creations) != 1
+                or creations[0].timestamp
+                > min((r.timestamp for r in records[job_id][EVENT_TOPIC]), default=creations[0].timestamp)
+            ):
+                violations += 1
+    read_at = _database_now_ms(site)
+    latest = 0
+    with site.cluster.inside("client"):
+        for index, job_id in enumerate(job_ids[:50]):
+            status, answer = site.request(f"{site.api_urls[index % 2]}/job/{job_id}", "GET", None, site.analyzer_key)
+            assert status == 200
+            latest = max([latest] + [v for k, v in answer["data"].items() if k.endswith("Timestamp") and v])
+    latest_record = max(r.timestamp for topics in records.values() for rs in topics.values() for r in rs)
+    stored_latest = site.sql(
+        "SELECT max(greatest(enqueued_timestamp, last_updated_timestamp, coalesce(end_timestamp, 0))) FROM jobs"
+    )[0][0]
+    print(
+        f"\nrelays on both worker hosts, {SKEWED_HOST}'s clock 5 min ahead: 300 jobs moved executing → done over "
+        f"both API hosts, states {states}, refused updates {dict(refused)}, order violations {violations}; "
+        f"latest timestamp in an answer {latest - read_at:+d} ms, stored {stored_latest - read_at:+d} ms, "
+        f"on a Kafka record {latest_record - read_at:+d} ms from the database's clock"
+    )
+    assert states == {"done": 300}, "a job timed out early or did not end"
+    assert not refused
+    assert violations == 0
+    assert latest <= read_at and stored_latest <= read_at
+    assert latest_record <= read_at, "a relay wrote its host's clock into a Kafka record"
 
 
 def test_the_scheduler_host_killed_another_schedules_within_three_intervals(site):
