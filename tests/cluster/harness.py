@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from app.dev import commands
 from app.dev.processes import Child
 
@@ -113,6 +115,28 @@ class Cluster:
             child.start(argv, env=env, cwd=ROOT)
         self.hosts[host].processes.append(child)
         return child
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) used so far by each process this cluster started, with everything it
+        started (pool processes, gunicorn workers, PostgreSQL's backends, those that ended included), by
+        "<host>/<name>"."""
+        used = {}
+        for host in self.hosts.values():
+            for child in host.processes:
+                if child.pid is None or not psutil.pid_exists(child.pid):
+                    continue
+                try:
+                    root = psutil.Process(child.pid)
+                    tree = [root, *root.children(recursive=True)]
+                except psutil.NoSuchProcess:
+                    continue
+                total = 0.0
+                for process in tree:
+                    with contextlib.suppress(psutil.NoSuchProcess):
+                        times = process.cpu_times()
+                        total += times.user + times.system + times.children_user + times.children_system
+                used[f"{host.name}/{child.name.split('@')[0]}"] = total
+        return used
 
     def cut(self, host: str) -> None:
         """Unplug `host` from the switch: what it sends is lost, nothing tells it."""
