@@ -19,8 +19,12 @@ import atexit
 import contextlib
 import ctypes
 import os
+import queue
+import socket as socket_module
 import subprocess
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,3 +175,69 @@ def worker(name: str) -> list[str]:
 
 def beat(directory: Path, host: str) -> list[str]:
     return commands.celery("beat", "-l", "info", "--schedule", str(directory / f"{host}-celerybeat-schedule"))
+
+
+class SlowLink:
+    """A TCP forwarder that delays what crosses it, for a link with latency and loss (the kernel here has no
+    netem). While `slow`, each chunk waits `delay` ± `jitter` seconds in each direction, in order; a share
+    `loss` of them waits a further `retransmit` seconds, as a segment TCP lost and sent again does (TCP turns
+    loss into delay; no byte is dropped). It listens on `listen` (an address of the host it runs on) and
+    forwards to `target`; start it inside the host whose network it belongs to."""
+
+    def __init__(self, listen: tuple[str, int], target: tuple[str, int], *, delay: float, jitter: float,
+                 loss: float, retransmit: float = 0.2, seed: int = 0):  # fmt: skip
+        import random
+
+        self.target, self.delay, self.jitter, self.loss, self.retransmit = target, delay, jitter, loss, retransmit
+        self.random = random.Random(seed)
+        self.server = socket_module.create_server(listen)
+        self.slow = False  # until a test turns it on: a plain forwarder
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._closed:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket_module.create_connection(self.target)
+            for source, sink in ((client, upstream), (upstream, client)):
+                line: queue.Queue = queue.Queue()
+                threading.Thread(target=self._read, args=(source, line), daemon=True).start()
+                threading.Thread(target=self._write, args=(line, sink), daemon=True).start()
+
+    def _read(self, source, line: queue.Queue) -> None:
+        while True:
+            try:
+                chunk = source.recv(65536)
+            except OSError:
+                chunk = b""
+            wait = 0.0
+            if self.slow:
+                wait = max(0.0, self.random.gauss(self.delay, self.jitter / 2))
+                if self.random.random() < self.loss:
+                    wait += self.retransmit
+            line.put((time.monotonic() + wait, chunk))
+            if not chunk:
+                return
+
+    def _write(self, line: queue.Queue, sink) -> None:
+        due_before = 0.0
+        while True:
+            due, chunk = line.get()
+            due = max(due, due_before)  # in order, as TCP delivers
+            due_before = due
+            time.sleep(max(0.0, due - time.monotonic()))
+            if not chunk:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket_module.SHUT_WR)
+                return
+            try:
+                sink.sendall(chunk)
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._closed = True
+        self.server.close()

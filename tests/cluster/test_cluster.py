@@ -45,6 +45,9 @@ LEASE_SECONDS = 5
 VISIBILITY_SECONDS = 20  # a cut-off worker's messages go to the other worker after this long
 # worker2's clock runs five minutes ahead (libfaketime, wall clock only) in every scenario; an executing job
 # silent for four minutes times out, so a host that used its own clock would time every executing job out.
+# 25 ms ± 10 ms each way (a round trip 50 ms ± 20 ms longer) and 1 % of chunks 200 ms late (a lost segment
+# sent again), between api1 and the servers, while a scenario wants it.
+SLOW_LINK = {"delay": 0.025, "jitter": 0.010, "loss": 0.01, "retransmit": 0.2}
 SKEWED_HOST = "worker2"
 EXECUTION_TIMEOUT_SECONDS = 240
 LIBFAKETIME = sorted(glob.glob("/usr/lib/*/faketime/libfaketime.so.1"))
@@ -68,6 +71,7 @@ class Site:
             self.sender = TaskSender(redis_url)
         self.key = ""
         self.analyzer_key = ""
+        self.slow_links: list[harness.SlowLink] = []
 
     def sql(self, statement: str, **params):
         with self.cluster.inside("client"), self.engine.begin() as conn:
@@ -109,8 +113,19 @@ def _start_site(cluster: harness.Cluster) -> Site:
         **intervals,
     )
     site = Site(cluster, postgres.url, redis_server.url, kafka.url, env)
+    # api1 reaches PostgreSQL and Redis over a link that a scenario makes slow (SLOW_LINK).
+    with cluster.inside("servers"):
+        site.slow_links = [
+            harness.SlowLink((servers, port + 10000), (servers, port), **SLOW_LINK) for port in (5432, 6379)
+        ]
+    slow_env = {
+        **env,
+        "SAMPLEDB_DATABASE_URL": postgres.url.replace(":5432/", ":15432/"),
+        "SAMPLEDB_REDIS_URL": redis_server.url.replace(":6379/", ":16379/"),
+        "SAMPLEDB_CELERY_BROKER_URL": redis_server.url.replace(":6379/", ":16379/"),
+    }
     for host in API_HOSTS:
-        cluster.start(host, "gunicorn", harness.gunicorn(cluster.address(host)), env)
+        cluster.start(host, "gunicorn", harness.gunicorn(cluster.address(host)), slow_env if host == "api1" else env)
     for host in WORKER_HOSTS:
         host_env = {**env, **(SKEWED_CLOCK if host == SKEWED_HOST else {})}
         cluster.start(host, "worker", harness.worker(host), host_env)
@@ -186,12 +201,22 @@ def _rest_submission(rng_seed: int) -> tuple[str, dict]:
     return payload["submission"]["sample"]["id"], {"submission": submission, "classification": classification}
 
 
-def _submit_rest(site: Site, url: str, seeds: list[int], accepted: list[str], failures: collections.Counter) -> None:
+def _submit_rest(
+    site: Site,
+    url: str,
+    seeds: list[int],
+    accepted: list[str],
+    failures: collections.Counter,
+    latencies: list[float] | None = None,
+) -> None:
     for seed in seeds:
         sha256, body = _rest_submission(seed)
         for _attempt in range(20):  # a client retries with the same submission id until it has its 202
             try:
+                sent = time.monotonic()
                 status, answer = site.request(f"{url}/sample/{sha256}/submission", "POST", body, site.key)
+                if latencies is not None:
+                    latencies.append(time.monotonic() - sent)
             except OSError:
                 failures["connection"] += 1
                 time.sleep(0.5)
@@ -357,6 +382,52 @@ def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site)
     assert dead == 0
     assert set(event_ids) == set(job_ids), f"{len(set(job_ids) - set(event_ids))} jobs never announced"
     assert announced_twice == 0
+
+
+def test_a_slow_lossy_link_between_an_api_host_and_the_servers_adds_latency_and_no_error(site):
+    """Scenario: api1's link to PostgreSQL and Redis 50 ms ± 20 ms longer a round trip, 1 % of its chunks
+    200 ms late (harness.SlowLink: this kernel has no netem); 400 REST submissions to each API host from 4
+    clients each: no 5xx, every job made, and the latency the link adds, from api2 beside it."""
+    for link in site.slow_links:
+        link.slow = True
+    try:
+        rng = random.Random(22)
+        results = {}
+        for index, host in enumerate(API_HOSTS):
+            accepted: list[str] = []
+            failures: collections.Counter = collections.Counter()
+            latencies: list[float] = []
+            seeds = [rng.randrange(10**9) for _ in range(400)]
+            with site.cluster.inside("client"), concurrent.futures.ThreadPoolExecutor(4) as pool:
+                clients = [
+                    pool.submit(_submit_rest, site, site.api_urls[index], seeds[i::4], accepted, failures, latencies)
+                    for i in range(4)
+                ]
+                for client in clients:
+                    client.result()
+            results[host] = (accepted, failures, sorted(latencies))
+    finally:
+        for link in site.slow_links:
+            link.slow = False
+    job_ids = [job for accepted, _, _ in results.values() for job in accepted]
+    _all_made_and_announced(site, job_ids, 120)
+
+    def ms(values: list[float], q: float) -> float:
+        return 1000 * values[min(len(values) - 1, int(q * len(values)))]
+
+    print(
+        "\nslow, lossy link api1 ↔ servers (round trip +50 ± 20 ms, 1 % of chunks +200 ms): "
+        + "; ".join(
+            f"{host}: {len(accepted)} accepted, errors {dict(failures)}, 202 p50 {ms(lat, 0.5):.0f} ms "
+            f"p99 {ms(lat, 0.99):.0f} ms"
+            for host, (accepted, failures, lat) in results.items()
+        )
+        + f"; added by the link: p50 {ms(results['api1'][2], 0.5) - ms(results['api2'][2], 0.5):+.0f} ms, "
+        f"p99 {ms(results['api1'][2], 0.99) - ms(results['api2'][2], 0.99):+.0f} ms; every job made and announced"
+    )
+    for host, (accepted, failures, _) in results.items():
+        assert len(accepted) == 400 and not failures, f"{host}: {len(accepted)} accepted, {dict(failures)}"
+    assert ms(results["api1"][2], 0.5) > ms(results["api2"][2], 0.5), "the link was not slow"
 
 
 def _database_now_ms(site: Site) -> int:
