@@ -86,6 +86,38 @@ def test_limit_defaults_to_25_and_count_is_the_total(api, viewer, bulk_jobs):
     assert (body["count"], body["size"], body["data"]) == (31, 0, [])
 
 
+def test_a_page_not_full_from_offset_0_is_the_count_in_one_query(api, viewer, bulk_jobs, app):
+    """The count query is skipped when the page itself holds every match (SPEC 5.3's count is still exact):
+    one statement reads the jobs; a full page, or one past offset 0, still counts."""
+    import sqlalchemy as sa
+
+    from app.extensions import db
+
+    bulk_jobs(9, state="enqueued")  # 10 active jobs with the one of the fixture
+    counting: list[str] = []
+
+    def capture(conn, cursor, statement, parameters, context, executemany):
+        if "FROM jobs" in statement:
+            counting.append("count(*)" if "count(*)" in statement else "page")
+
+    sa.event.listen(db.engine_of(app), "before_cursor_execute", capture)
+    try:
+        figures = {}
+        for limit, offset in ((25, 0), (10, 0), (4, 0), (4, 8), (4, 12)):
+            counting.clear()
+            body = search(api, viewer, limit=limit, offset=offset)
+            figures[(limit, offset)] = (body["count"], body["size"], sorted(counting))
+    finally:
+        sa.event.remove(db.engine_of(app), "before_cursor_execute", capture)
+    assert figures == {
+        (25, 0): (10, 10, ["page"]),
+        (10, 0): (10, 10, ["count(*)", "page"]),  # full: there may be more
+        (4, 0): (10, 4, ["count(*)", "page"]),
+        (4, 8): (10, 2, ["count(*)", "page"]),
+        (4, 12): (10, 0, ["count(*)", "page"]),
+    }
+
+
 def test_limit_zero_means_every_match(api, viewer, bulk_jobs):
     bulk_jobs(60, state="enqueued")
     body = api.get("/job", headers=viewer, query_string={"limit": 0})
