@@ -30,8 +30,7 @@ class LeasedScheduler(PersistentScheduler):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-        self.holding = False
-        self._renewed_at: float | None = None  # monotonic time of the last renewal that succeeded
+        self._renewed_at: float | None = None  # monotonic time of the last renewal that succeeded; None: not held
         self._unanswered = False  # the database did not answer the last ask (said once, not at every retry)
 
         with flask_app().app_context():
@@ -40,10 +39,15 @@ class LeasedScheduler(PersistentScheduler):
         # How often a beat without the lease asks for it: a fifth of the lease, at least every second.
         self.retry = max(0.2, min(1.0, self.lease_seconds / 5))
 
+    @property
+    def holding(self) -> bool:
+        return self._renewed_at is not None
+
     def tick(self, *args, **kwargs) -> float:
-        if not self._hold():
+        renewed_at = self._hold()
+        if renewed_at is None:
             return self.retry
-        return min(super().tick(*args, **kwargs), max(0.0, self._renewed_at + self.renew_every - monotonic()))
+        return min(super().tick(*args, **kwargs), max(0.0, renewed_at + self.renew_every - monotonic()))
 
     def close(self) -> None:
         try:
@@ -52,9 +56,11 @@ class LeasedScheduler(PersistentScheduler):
             if self.holding:
                 self._release()
 
-    def _hold(self) -> bool:
-        if self.holding and self._renewed_at is not None and monotonic() - self._renewed_at < self.renew_every:
-            return True
+    def _hold(self) -> float | None:
+        """When the lease was last renewed (monotonic), renewing it first if that is a third of it ago; None
+        while another beat holds it or the database does not answer."""
+        if self._renewed_at is not None and monotonic() - self._renewed_at < self.renew_every:
+            return self._renewed_at
         asked_at = monotonic()
         try:
             with flask_app().app_context(), unit_of_work(db.session):
@@ -68,9 +74,8 @@ class LeasedScheduler(PersistentScheduler):
             self._unanswered = False
         if held != self.holding:
             log.info("scheduler lease %s by %s", "taken: periodic tasks are scheduled" if held else "lost", self.holder)
-        self.holding = held
         self._renewed_at = asked_at if held else None
-        return held
+        return self._renewed_at
 
     def _release(self) -> None:
         try:
@@ -79,4 +84,4 @@ class LeasedScheduler(PersistentScheduler):
             log.info("scheduler lease released by %s", self.holder)
         except Exception as err:  # it expires on its own
             log.warning("scheduler lease: could not release (%s); it expires in %.0f s", err, self.lease_seconds)
-        self.holding = False
+        self._renewed_at = None

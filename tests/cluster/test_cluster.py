@@ -57,14 +57,8 @@ SKEWED_CLOCK = {"LD_PRELOAD": LIBFAKETIME[0] if LIBFAKETIME else "", "FAKETIME":
 
 
 class Site:
-    def __init__(self, cluster: harness.Cluster, database_url: str, redis_url: str, kafka_url: str, env: dict):
-        self.cluster, self.database_url, self.redis_url, self.kafka_url, self.env = (
-            cluster,
-            database_url,
-            redis_url,
-            kafka_url,
-            env,
-        )
+    def __init__(self, cluster: harness.Cluster, database_url: str, redis_url: str, kafka_url: str):
+        self.cluster, self.database_url, self.redis_url, self.kafka_url = cluster, database_url, redis_url, kafka_url
         self.api_urls = [f"http://{cluster.address(host)}:8000/sampledb/v2" for host in API_HOSTS]
         with cluster.inside("client"):
             self.engine = sa.create_engine(database_url, pool_size=2)
@@ -112,7 +106,7 @@ def _start_site(cluster: harness.Cluster) -> Site:
         SAMPLEDB_EXECUTION_TIMEOUT_SECONDS=str(EXECUTION_TIMEOUT_SECONDS),
         **intervals,
     )
-    site = Site(cluster, postgres.url, redis_server.url, kafka.url, env)
+    site = Site(cluster, postgres.url, redis_server.url, kafka.url)
     # api1 reaches PostgreSQL and Redis over a link that a scenario makes slow (SLOW_LINK).
     with cluster.inside("servers"):
         site.slow_links = [
@@ -239,22 +233,23 @@ def _by_role(before: dict[str, float], after: dict[str, float]) -> dict[str, flo
     return dict(used)
 
 
-def _all_made_and_announced(site: Site, job_ids: list[str], timeout: float) -> None:
-    wait_for(
-        lambda: (
-            site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0]
-            == len(job_ids)
-        ),
-        timeout,
-        f"{len(job_ids)} jobs",
-        interval=0.2,
-    )
+def _made(site: Site, job_ids: list[str]) -> int:
+    """How many of these jobs exist."""
+    return site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0]
+
+
+def _wait_relayed(site: Site, timeout: float, interval: float = 0.2) -> None:
     wait_for(
         lambda: site.sql("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")[0][0] == 0,
         timeout,
-        "every creation message relayed",
-        interval=0.2,
+        "every outbox message relayed",
+        interval=interval,
     )
+
+
+def _all_made_and_announced(site: Site, job_ids: list[str], timeout: float) -> None:
+    wait_for(lambda: _made(site, job_ids) == len(job_ids), timeout, f"{len(job_ids)} jobs", interval=0.2)
+    _wait_relayed(site, timeout)
 
 
 def test_cpu_per_submission_on_each_role(site):
@@ -352,16 +347,13 @@ def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site)
     job_ids = sorted(set(rest_jobs) | set(celery_jobs))
     assert len(job_ids) == rest_count + celery_count
 
-    def made() -> int:
-        return site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0]
-
-    wait_for(lambda: made() == len(job_ids), 300, f"{len(job_ids)} jobs (made so far: {made()})", interval=1)
     wait_for(
-        lambda: site.sql("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")[0][0] == 0,
-        120,
-        "every creation message relayed",
+        lambda: _made(site, job_ids) == len(job_ids),
+        300,
+        f"{len(job_ids)} jobs (made so far: {_made(site, job_ids)})",
         interval=1,
     )
+    _wait_relayed(site, 120, interval=1)
     made_at = time.monotonic() - cut_at
     dead = site.sql("SELECT count(*) FROM dead_submissions")[0][0]
     with site.cluster.inside("client"):
@@ -374,7 +366,7 @@ def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site)
     announced_twice = sum(1 for ids in event_ids.values() if len(ids) > 1)
     print(
         f"\nworker host cut 30 s mid-burst: sent {len(job_ids)} ({rest_count} REST over 2 API hosts, "
-        f"{celery_count} Celery), jobs made {made()}, dead {dead}, creation messages {len(records)} "
+        f"{celery_count} Celery), jobs made {_made(site, job_ids)}, dead {dead}, creation messages {len(records)} "
         f"(repeats of one event-id {repeated}, jobs announced under two event-ids {announced_twice}), "
         f"REST retries {dict(failures)}; load sent by {sent_at_end:.0f} s, every job made and announced "
         f"{made_at:.0f} s after the cut"
@@ -451,7 +443,7 @@ def test_relays_on_both_worker_hosts_keep_each_jobs_messages_in_order_and_a_skew
     with site.cluster.inside("client"):
         site.sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
     wait_for(
-        lambda: site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0] == 300,
+        lambda: _made(site, job_ids) == 300,
         120,
         "300 jobs",
         interval=0.5,
@@ -469,12 +461,7 @@ def test_relays_on_both_worker_hosts_keep_each_jobs_messages_in_order_and_a_skew
         list(pool.map(lambda item: move("executing", item), enumerate(job_ids)))
         time.sleep(4 * INTERVAL_SECONDS)  # several execution-timeout sweeps, from either worker host
         list(pool.map(lambda item: move("done", item), enumerate(job_ids)))
-    wait_for(
-        lambda: site.sql("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")[0][0] == 0,
-        120,
-        "every message relayed",
-        interval=0.5,
-    )
+    _wait_relayed(site, 120, interval=0.5)
     states = dict(
         site.sql("SELECT state, count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[])) GROUP BY state", ids=job_ids)
     )
@@ -531,7 +518,7 @@ def test_the_scheduler_host_killed_another_schedules_within_three_intervals(site
     other = next(host for host in WORKER_HOSTS if host != holder_host)
     # A row no commit triggered a relay for: only beat's safety net sends it.
     job_id = str(uuid.uuid4())
-    killed_at_ms = site.sql("SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint")[0][0]
+    killed_at_ms = _database_now_ms(site)
     site.cluster.kill(holder_host)
     killed_at = time.monotonic()
     site.sql(
