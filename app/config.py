@@ -243,6 +243,9 @@ class Settings:
     task_time_limit_seconds: int = _setting("SAMPLEDB_TASK_TIME_LIMIT_SECONDS", "90", _seconds)
     # Beat's safety net for REST submissions committed but not yet made into jobs.
     pending_ingest_interval_seconds: int = _setting("SAMPLEDB_PENDING_INGEST_INTERVAL_SECONDS", "5", _seconds)
+    # A worker that claimed pending REST submissions has them this long; past it (its host died or was cut
+    # off mid-batch) another takes them. Well above a batch's ingest, below the task's soft time limit.
+    pending_claim_seconds: int = _setting("SAMPLEDB_PENDING_CLAIM_SECONDS", "30", _seconds)
     # A row that failed this often while the broker took other rows is parked (SPEC 10.1).
     outbox_max_attempts: int = _setting("SAMPLEDB_OUTBOX_MAX_ATTEMPTS", "50", _count)
     # The producer refuses larger messages (kafka-python's max_request_size); they are parked.

@@ -11,23 +11,31 @@ unix:// or sentinel:// URL.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
+from collections.abc import Callable
 from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.sentinel
 from celery import Celery
 
+from app import clock
 from app.config import AMQP_SCHEMES, Settings
 from app.task_names import TaskNames
 
+log = logging.getLogger(__name__)
+
 REDIS_TIMEOUT_SECONDS = 0.5
+# After the broker or Redis failed, wake-ups skip them for this long instead of each waiting on them.
+QUIET_AFTER_FAILURE_SECONDS = 2.0
 
 _lock = threading.Lock()
 _celery_clients: dict[tuple[int, str, str | None], object] = {}
 _redis_clients: dict[tuple[int, str], redis.Redis] = {}
+_quiet_until: dict[str, float] = {}  # by Redis URL
 
 
 class BrokerUnavailable(RuntimeError):
@@ -93,7 +101,8 @@ def redis_client(settings: Settings) -> redis.Redis:
 
 
 def send_ingest(settings: Settings, payload: dict) -> None:
-    """Hand one submission payload to `sampledb.ingest_submission`; BrokerUnavailable if the broker refuses."""
+    """Hand one submission payload to `sampledb.ingest_submission`, as the upstream sample service does (the
+    REST intake sends none: SPEC 13.3); BrokerUnavailable if the broker refuses."""
     try:
         # argsrepr: what Flower and the task events show of the argument. The submission's id says which
         # it is; a rendering of the whole payload (Celery's default) costs the sender about a sixth of the
@@ -108,3 +117,37 @@ def send_ingest(settings: Settings, payload: dict) -> None:
         )
     except Exception as err:
         raise BrokerUnavailable(f"the submission queue is unavailable: {type(err).__name__}") from err
+
+
+# -- wake-ups: one task message per burst of commits ---------------------------------------------
+
+
+def wake(settings: Settings, flag: str, ttl_ms: int, send: Callable[[], None]) -> None:
+    """`send()` the task that works through what a commit left (the outbox, the pending submissions) unless one
+    is pending under `flag`: the first caller sets the flag (SET NX) and sends at once; later callers send
+    nothing, because that task has not started and will see their rows. The task clears the flag
+    (`woken`) before it reads, so every commit after that point wakes it again. A burst of commits thus costs
+    a few messages a second instead of one per commit. The flag expires after `ttl_ms` in case its message
+    is lost; beat's safety nets do what a lost wake-up left. A broker or Redis that fails raises, and
+    wake-ups skip them quietly for QUIET_AFTER_FAILURE_SECONDS."""
+    if clock.monotonic() < _quiet_until.get(settings.redis_url, 0.0):
+        return
+    client = redis_client(settings)
+    try:
+        if client.set(flag, "1", nx=True, px=ttl_ms):
+            try:
+                send()
+            except Exception:
+                client.delete(flag)
+                raise
+    except Exception:
+        _quiet_until[settings.redis_url] = clock.monotonic() + QUIET_AFTER_FAILURE_SECONDS
+        raise
+
+
+def woken(settings: Settings, flag: str) -> None:
+    """The task `wake` sent under `flag` is about to read: later commits must wake it anew."""
+    try:
+        redis_client(settings).delete(flag)
+    except Exception:  # the flag expires on its own; until then beat's safety net does the work
+        log.warning("could not clear the wake-up flag %s", flag, exc_info=True)

@@ -323,14 +323,20 @@ def task_sender(celery_broker_url) -> TaskSender:
 
 @pytest.fixture
 def wait_idle(celery_worker, broker_queues, task_sender, app):
-    """wait_idle(timeout): until the broker is idle and every outbox row is relayed (the test plays beat)."""
+    """wait_idle(timeout): until the broker is idle, every REST submission made into its job and every outbox
+    row relayed (the test plays beat)."""
     import time
 
     from celeryconfig import TaskNames
 
     def unsent() -> int:
         with db.engine_of(app).connect() as conn:
-            return conn.scalar(sa.text("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL"))
+            return conn.scalar(
+                sa.text(
+                    "SELECT (SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL)"
+                    " + (SELECT count(*) FROM pending_submissions)"
+                )
+            )
 
     def wait(timeout: float = 60) -> None:
         last_relay = [time.monotonic()]
@@ -349,8 +355,9 @@ def wait_idle(celery_worker, broker_queues, task_sender, app):
                     idle_since[0] = time.monotonic()
                 return idle_checks[0] >= 3 and time.monotonic() - idle_since[0] >= broker_queues.settle_seconds
             idle_checks[0] = 0
-            if time.monotonic() - last_relay[0] > 1:  # beat's safety net, every second
+            if time.monotonic() - last_relay[0] > 1:  # beat's safety nets, every second
                 task_sender.send(TaskNames.RELAY_OUTBOX)
+                task_sender.send(TaskNames.INGEST_PENDING)
                 last_relay[0] = time.monotonic()
             return False
 

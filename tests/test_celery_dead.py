@@ -356,6 +356,79 @@ def test_innocent_batch_mates_of_a_process_killing_submission_become_jobs_once(
     )
 
 
+def _store_pending(sql, payloads: list) -> None:
+    """Pending REST submissions, as the intake commits them before its 202, oldest first."""
+    for n, payload in enumerate(payloads):
+        sql(
+            "INSERT INTO pending_submissions (submission_id, customer, payload, received_timestamp) "
+            "VALUES (:s, :c, CAST(:p AS jsonb), :t)",
+            s=payload["submission"]["id"],
+            c=payload["submission"]["customer"],
+            p=json.dumps(payload),
+            t=n,
+        )
+
+
+def test_batch_mates_of_a_pending_submission_that_kills_its_drain_become_jobs_once(app, sql, tmp_path, request):
+    """Fault: a drain of the pending REST submissions SIGKILLed after its claim committed and before its batch
+    did (a worker host that died mid-batch), again and again: the batch holds one culprit and four innocent
+    submissions. Before, the safety net took the same batch whole each time, so after
+    SAMPLEDB_INGEST_MAX_DELIVERIES deaths every row of it was stored dead. Now the claim runs out (2 s here),
+    each row taken before is made alone: the innocents become jobs once each, and only the culprit keeps
+    dying until it is stored dead."""
+    worker, sender = start_own_worker(
+        request.getfixturevalue("database_url"),
+        request.getfixturevalue("redis_url"),
+        request.getfixturevalue("kafka_broker").url,
+        tmp_path,
+        "claims",
+        SAMPLEDB_PENDING_CLAIM_SECONDS="2",
+        SAMPLEDB_INGEST_MAX_DELIVERIES="3",
+        SAMPLEDB_WORKER_LOCK_TIMEOUT_MS="60000",  # the ingest waits on the test's lock rather than retrying
+    )
+    engine = db.engine_of(app)
+    culprit = submission_payload(customer="claim-culprit")
+    innocents = [submission_payload(customer="claim-innocent") for _ in range(4)]
+    _store_pending(sql, [innocents[0], culprit, *innocents[1:]])
+    blocker = engine.connect()
+    # An uncommitted customer of the culprit's name: every ingest holding the culprit waits inside its transaction.
+    blocker.execute(sa.text("INSERT INTO customers (short_name, name) VALUES ('claim-culprit', 'c')"))
+    beating = [True]
+
+    def beat() -> None:  # beat's safety net, every second
+        while beating[0]:
+            sender.send(TaskNames.INGEST_PENDING)
+            time.sleep(1)
+
+    import threading
+
+    beat_thread = threading.Thread(target=beat, daemon=True)
+    try:
+        sender.send(TaskNames.INGEST_PENDING, triggered=True)  # the REST intake's wake-up
+        wait_for(lambda: _pool_process_waiting_on(engine, worker, set()), 60, "the drain inside its batch")
+        claimed = sql("SELECT attempts, claimed_until_timestamp IS NOT NULL FROM pending_submissions")
+        assert sorted(claimed) == [(1, True)] * 5  # the whole batch claimed, its claim committed
+        beat_thread.start()
+        kills = _kill_each_delivery_until_dead(engine, worker, sql, set())
+    finally:
+        beating[0] = False
+        blocker.rollback()
+        blocker.close()
+    try:
+        wait_for(lambda: _pending(sql) == 0, 30, f"nothing pending; worker log:\n{worker.tail(40)}")
+        assert kills == 3  # the batch's death, then the culprit's alone until its fourth claim stores it dead
+        assert [(str(d.submission_id), d.reason) for d in _dead(sql)] == [(culprit["submission"]["id"], "redelivered")]
+        assert [_jobs(sql, p) for p in innocents] == [1, 1, 1, 1] and _jobs(sql, culprit) == 0
+        creation = sql(
+            "SELECT key FROM outbox WHERE topic = :t AND key = ANY(:keys)",
+            t=JOB_TOPIC,
+            keys=[str(job_id_for(p["submission"]["id"])) for p in innocents],
+        )
+        assert len(creation) == 4  # each innocent announced once
+    finally:
+        worker.stop()
+
+
 def _unacked(worker) -> int:
     from tests.support.brokers import BrokerQueues
 

@@ -18,6 +18,7 @@ from tests.support.waiting import wait_for
 pytestmark = pytest.mark.celery
 
 JOB_TOPIC = "Sample.Analysis.Job.OSL"
+CLASS = {"type": "PE", "superType": "executable", "platform": "win"}
 EVENT_TOPIC = "Sample.Analysis.Job.Event.OSL"
 
 
@@ -90,6 +91,50 @@ def test_rest_submission_makes_a_job_and_announces_it(worker, live_api, make_key
 
     (event,) = records_of(kafka_broker.url, EVENT_TOPIC, {job_id}, expect=1)
     assert json.loads(event.value)["toState"] == "enqueued" and json.loads(event.value)["fromState"] is None
+
+
+def _tasks_run(task_sender) -> dict[str, int]:
+    """What the test worker has run since it started, by task name (Celery's own `inspect stats`)."""
+    stats = task_sender.client.control.inspect(timeout=5).stats() or {}
+    totals: dict[str, int] = {}
+    for worker_stats in stats.values():
+        for name, amount in worker_stats.get("total", {}).items():
+            totals[name] = totals.get(name, 0) + amount
+    return totals
+
+
+def test_500_rest_submissions_make_500_jobs_with_far_fewer_ingest_messages(
+    worker, live_api, make_key, task_sender, kafka_broker, sql
+):
+    """SPEC 13.3: a REST submission is one INSERT and its commit; workers are woken per burst, not per
+    submission, and make every job once, announced once."""
+    headers = make_key("UPLOADER", customer="burst")
+    before = _tasks_run(task_sender)
+    job_ids = [
+        live_api.post(f"/sample/{SAMPLE_SHA256}/submission", 202, headers=headers, json={"classification": CLASS})[
+            "data"
+        ]["jobID"]
+        for _ in range(500)
+    ]
+    wait_for(
+        lambda: (
+            count(
+                sql, "SELECT count(*) FROM jobs j JOIN customers c ON c.id = j.customer_id WHERE c.short_name = 'burst'"
+            )
+            == 500
+            and count(sql, "SELECT count(*) FROM pending_submissions") == 0
+        ),
+        120,
+        "the 500 jobs made",
+    )
+    after = _tasks_run(task_sender)
+    runs = {name: after.get(name, 0) - before.get(name, 0) for name in after}
+    assert runs.get(TaskNames.INGEST_SUBMISSION, 0) == 0  # no Celery message per REST submission
+    assert 1 <= runs.get(TaskNames.INGEST_PENDING, 0) <= 25, runs  # a few wake-ups for the whole burst
+    made = sql("SELECT j.id FROM jobs j JOIN customers c ON c.id = j.customer_id WHERE c.short_name = 'burst'")
+    assert sorted(str(row.id) for row in made) == sorted(job_ids) and len(set(job_ids)) == 500
+    records = records_of(kafka_broker.url, JOB_TOPIC, set(job_ids), expect=500, timeout=60)
+    assert sorted(r.key.decode() for r in records) == sorted(job_ids)  # each job announced once
 
 
 def test_the_same_submission_three_times_makes_one_job(worker, task_sender, wait_idle, kafka_broker, sql):

@@ -10,9 +10,8 @@ import uuid
 import pytest
 import sqlalchemy as sa
 
-from app import dispatch
 from app.extensions import db
-from app.intake import ingest, validation
+from app.intake import ingest, trigger, upload, validation
 from app.models import Job, JobHistory, OutboxMessage
 from tests.support.payloads import SAMPLE_SHA256, submission_payload
 
@@ -228,15 +227,22 @@ def test_a_sample_no_worker_accepts_gets_the_fallback_worker(app, settings, sql)
         assert [t.worker for t in db.session.get(Job, job_id).tasks] == [settings.fallback_worker]
 
 
-# -- REST upload, with the hand-off to the queue captured ------------------------------------
+# -- REST upload, with what it commits for the workers captured -------------------------------
 
 
 @pytest.fixture
 def queued(monkeypatch):
-    """The payloads the REST intake handed to `sampledb.ingest_submission`."""
-    sent = []
-    monkeypatch.setattr(dispatch, "send_ingest", lambda settings, payload: sent.append(payload))
-    return sent
+    """The payloads the REST intake committed for the workers, one per accepted POST (no worker is woken)."""
+    accepted = []
+    accept = upload.accept_upload
+
+    def accepting(session, payload):
+        accept(session, payload)
+        accepted.append(payload)
+
+    monkeypatch.setattr(upload, "accept_upload", accepting)
+    monkeypatch.setattr(trigger, "trigger_ingest", lambda settings: None)
+    return accepted
 
 
 def _path(sha256: str = SAMPLE_SHA256) -> str:

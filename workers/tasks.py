@@ -13,6 +13,7 @@ retried in a loop, never dropped. Any other error is a bug and propagates.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import contextmanager
 
 import sqlalchemy.exc as sa_exc
@@ -25,6 +26,7 @@ from app.clock import now_ms
 from app.errors.database import TRANSIENT_ERROR_CLASSES, Outcome, outcome_of, refusal_text
 from app.extensions import current_settings, db
 from app.intake import dead_submissions, ingest, validation
+from app.intake import trigger as intake_trigger
 from app.jobs import service
 from app.operations import retention, sweep_runs
 from app.outbox import trigger
@@ -52,6 +54,11 @@ RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.05
 # Well inside the soft time limit; what is left waits for the next run.
 PURGE_BUDGET_SECONDS = 40.0
+# A woken drain of the pending REST submissions hands the stream on to a new task after this long (well
+# inside the soft time limit and the wake-up flag's expiry), and waits this long after a claim that found
+# less than a batch, so rows are made in batches without holding a submission up for long.
+PENDING_BUDGET_SECONDS = 10.0
+PENDING_LINGER_SECONDS = 0.02
 
 
 @contextmanager
@@ -286,39 +293,84 @@ def _tally(results: list[ingest.IngestResult]) -> dict:
 
 
 @celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
-def ingest_pending() -> dict:
-    """Beat's safety net: make the jobs of REST submissions committed a while ago and not made yet
-    (their task was lost with Redis, or never sent).
+def ingest_pending(triggered: bool = False) -> dict:
+    """Make the jobs of committed REST submissions (SPEC 13.3), oldest first, a claimed batch per transaction.
 
-    One bad row never holds up the others: a batch PostgreSQL refuses is ingested one by one (the
-    refused submission is stored dead and its pending row goes with it), and each row's attempts are
-    counted before the work, so one whose ingest keeps killing the worker process is stored dead after
-    SAMPLEDB_INGEST_MAX_DELIVERIES attempts. An attempt the database was away for is taken back."""
+    Woken on the ingest queue by the REST intake (`triggered`), it drains until a claim finds nothing, holding
+    the wake-up flag meanwhile, so a steady stream of submissions costs one message per PENDING_BUDGET_SECONDS;
+    a claim that found less than a batch lingers PENDING_LINGER_SECONDS before the next, so rows arrive in
+    batches, not one per transaction. Only then does it clear the flag and claim once more: a commit that saw
+    the flag still set came before that claim. A claim that comes back full sends one more drain, so a backlog
+    is shared among every free worker; past its budget it hands the flag on to a drain it sends. Beat runs
+    it too (not triggered: until a claim comes back short), the safety net of a wake-up that was lost.
+
+    One bad row never holds up the others: a batch PostgreSQL refuses is ingested one by one (the refused
+    submission is stored dead and its pending row goes with it); each row's attempts are counted with its
+    claim, before the work, so a row taken before (its worker died or was cut off) is ingested alone, and one
+    whose ingest keeps killing the worker process is stored dead after SAMPLEDB_INGEST_MAX_DELIVERIES
+    attempts. An attempt the database was away for is taken back."""
     settings = current_settings()
-    received_before = now_ms() - settings.pending_ingest_interval_seconds * 1000
+    batch_size = settings.sweep_batch_size
     outcome: dict[str, int] = {}
+    holding_flag = triggered
+    deadline = time.monotonic() + PENDING_BUDGET_SECONDS
     while True:
-        with _transaction() as session:
-            taken = ingest.take_pending(session, received_before=received_before, limit=settings.sweep_batch_size)
-        for payload, attempts in taken:
-            if attempts > settings.ingest_max_deliveries:
-                _bury_redelivered([payload], attempts)
-                outcome["dead"] = outcome.get("dead", 0) + 1
-        payloads = [payload for payload, attempts in taken if attempts <= settings.ingest_max_deliveries]
-        try:
-            results = _ingest_batch(payloads) if payloads else []
-        except Exception as err:
-            if _failure_outcome(err) is Outcome.RETRY:
-                _uncount_pending(payloads)
-            raise
-        for key, value in _tally(results).items():
-            outcome[key] = outcome.get(key, 0) + value
-        if len(taken) < settings.sweep_batch_size:
+        taken = _claim_and_ingest(settings, outcome)
+        full = len(taken) == batch_size
+        sent = full and _send_another(settings)
+        if time.monotonic() > deadline:  # past its budget, the stream goes on in a task of its own
+            if holding_flag and not (sent or _send_another(settings)):
+                intake_trigger.ingest_started(settings)
             break
+        if full:
+            continue
+        if not holding_flag:
+            break  # beat's run, or the claim after the flag was cleared: later commits woke another
+        if taken:
+            time.sleep(PENDING_LINGER_SECONDS)
+            continue
+        intake_trigger.ingest_started(settings)
+        holding_flag = False
     if any(outcome.values()):
         log.info("pending REST submissions ingested: %s", outcome)
-    _record_run(TaskNames.INGEST_PENDING, sum(outcome.values()))
+    if not triggered:
+        _record_run(TaskNames.INGEST_PENDING, sum(outcome.values()))
     return outcome
+
+
+def _claim_and_ingest(settings, outcome: dict[str, int]) -> list:
+    """Claim one batch of pending submissions and make their jobs; what happened is added to `outcome`."""
+    with _transaction() as session:
+        taken = ingest.claim_pending(
+            session, limit=settings.sweep_batch_size, claim_ms=settings.pending_claim_seconds * 1000
+        )
+    for payload, attempts in taken:
+        if attempts > settings.ingest_max_deliveries:
+            _bury_redelivered([payload], attempts)
+            outcome["dead"] = outcome.get("dead", 0) + 1
+    first = [payload for payload, attempts in taken if attempts == 1]
+    again = [payload for payload, attempts in taken if 1 < attempts <= settings.ingest_max_deliveries]
+    try:
+        results = _ingest_batch(first) if first else []
+        results += [result for payload in again for result in _ingest_alone(payload)]
+    except Exception as err:
+        if _failure_outcome(err) is Outcome.RETRY:
+            _uncount_pending(first + again)
+        raise
+    for key, value in _tally(results).items():
+        outcome[key] = outcome.get(key, 0) + value
+    return taken
+
+
+def _send_another(settings) -> bool:
+    """One more drain of the pending submissions (past the wake-up flag, which this one holds or has just
+    cleared); False if the broker refused it."""
+    try:
+        intake_trigger.send_drain(settings)
+        return True
+    except Exception:  # this worker goes on alone; beat's safety net shares the rest
+        log.warning("could not send another drain of the pending submissions", exc_info=True)
+        return False
 
 
 def _uncount_pending(payloads: list) -> None:

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 
 from app.accounts.customers import CustomerCache
+from app.clock import now_ms
 from app.config import Settings
 from app.errors.domain import ArgumentConflict
 from app.intake import duplicates
@@ -181,15 +182,18 @@ def _ids(submission_ids: Sequence[object]) -> list[uuid.UUID]:
     return sorted(ids)
 
 
-def take_pending(session: so.Session, *, received_before: int, limit: int) -> list[tuple[dict, int]]:
-    """REST submissions committed before `received_before` and not yet made into jobs, oldest first, each
-    with its attempts counted, this one included: (payload, attempts). The caller commits the count before
-    the work, so a process that dies on a row leaves it counted. SKIP LOCKED: two safety nets at once take
-    different rows."""
+def claim_pending(session: so.Session, *, limit: int, claim_ms: int) -> list[tuple[dict, int]]:
+    """Claim for `claim_ms` the oldest REST submissions not yet made into jobs and not claimed by another
+    worker (or whose claim ran out: that worker died or was cut off mid-batch), each with its attempts
+    counted, this one included: (payload, attempts), oldest first. The caller commits the claim before the
+    work, so a process that dies on a row leaves it counted and, once the claim runs out, to the others.
+    SKIP LOCKED: two workers claiming at once take different rows."""
     table = PendingSubmission.__table__
+    now = now_ms()
+    free = sa.or_(table.c.claimed_until_timestamp.is_(None), table.c.claimed_until_timestamp < now)
     due = (
         sa.select(table.c.submission_id)
-        .where(table.c.received_timestamp < received_before)
+        .where(free)
         .order_by(table.c.received_timestamp)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -197,20 +201,21 @@ def take_pending(session: so.Session, *, received_before: int, limit: int) -> li
     rows = session.execute(
         sa.update(table)
         .where(table.c.submission_id.in_(due.scalar_subquery()))
-        .values(attempts=table.c.attempts + 1)
+        .values(attempts=table.c.attempts + 1, claimed_until_timestamp=now + claim_ms)
         .returning(table.c.payload, table.c.attempts, table.c.received_timestamp)
     ).all()
     return [(payload, attempts) for payload, attempts, _ in sorted(rows, key=lambda row: row[2])]
 
 
 def uncount_pending(session: so.Session, submission_ids: Sequence[object]) -> None:
-    """Take back the attempt of submissions whose ingest did not happen for a reason of the database's (away,
-    busy): only attempts that died with their process count toward storing a pending submission dead."""
+    """Take back the attempt and the claim of submissions whose ingest did not happen for a reason of the
+    database's (away, busy): only attempts that died with their process count toward storing a pending
+    submission dead, and the next worker need not wait for the claim to run out."""
     ids = _ids(submission_ids)
     if ids:
         table = PendingSubmission.__table__
         session.execute(
             sa.update(table)
             .where(table.c.submission_id.in_(ids), table.c.attempts > 0)
-            .values(attempts=table.c.attempts - 1)
+            .values(attempts=table.c.attempts - 1, claimed_until_timestamp=None)
         )

@@ -11,12 +11,11 @@ import sqlalchemy as sa
 import sqlalchemy.orm as so
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from app import dispatch
 from app.accounts.access import Actor, Scope
 from app.clock import now_ms
 from app.config import Settings
 from app.errors.domain import InvalidArgument, InvalidRequest
-from app.intake import duplicates
+from app.intake import duplicates, trigger
 from app.intake.ingest import SubmissionIdTaken, job_id_for
 from app.intake.validation import PAYLOAD_SCHEMA, InvalidSubmission, validate_payload
 from app.intake.wire import SHA256_PATTERN
@@ -139,17 +138,21 @@ def submit(
     session: so.Session, settings: Settings, *, sha256: str, body: dict, user: Actor, scope: Scope
 ) -> Accepted | RecentlySeen:
     """A REST upload from its loaded body to its answer: completed into a payload, checked against the
-    duplicate window, committed to pending_submissions (only then is it Accepted), then handed to the
-    workers. A broker that is away is logged, not answered: beat's `sampledb.ingest_pending` makes the
-    job of a committed submission whose task never came."""
+    duplicate window, committed to pending_submissions (only then is it Accepted), then a worker woken to
+    make its job (no Celery message of its own: SPEC 13.3). A broker or Redis that is away is logged, not
+    answered: beat's `sampledb.ingest_pending` makes the job of a committed submission nobody woke for."""
     with unit_of_work(session):
         payload = prepare_upload(session, sha256=sha256, body=body, user=user, scope=scope)
         if duplicates.recently_seen(session, settings, payload):
             return RecentlySeen(payload["submission"]["sample"]["id"])
         accept_upload(session, payload)
     try:
-        dispatch.send_ingest(settings, payload)
-    except dispatch.BrokerUnavailable:
-        log.warning("submission %s stored; its ingest task waits for the broker", payload["submission"]["id"])
+        trigger.trigger_ingest(settings)
+    except Exception as err:
+        log.warning(
+            "submission %s stored; its job waits for beat's safety net (wake-up failed: %s)",
+            payload["submission"]["id"],
+            type(err).__name__,
+        )
     submission = payload["submission"]
     return Accepted(submission, job_id_for(submission["id"]))

@@ -10,7 +10,7 @@ from app.models.base import Base
 
 
 class PendingSubmission(Base):
-    """A REST submission committed before its 202 and kept until a Celery worker has made its job."""
+    """A REST submission committed before its 202 and kept until a Celery worker has made its job (SPEC 13.3)."""
 
     __tablename__ = "pending_submissions"
 
@@ -19,6 +19,9 @@ class PendingSubmission(Base):
     customer: so.Mapped[str] = so.mapped_column(sa.String(1024))
     payload: so.Mapped[dict] = so.mapped_column(JSONB)
     received_timestamp: so.Mapped[int] = so.mapped_column(sa.BigInteger, index=True)
-    # Times beat's safety net took it (counted in a transaction of their own, before the work): one that
-    # keeps killing its worker process is stored dead after SAMPLEDB_INGEST_MAX_DELIVERIES.
+    # Times a worker took it (counted in a transaction of their own, before the work): one that keeps
+    # killing its worker process is stored dead after SAMPLEDB_INGEST_MAX_DELIVERIES.
     attempts: so.Mapped[int] = so.mapped_column(sa.Integer, server_default="0")
+    # The worker that took it last has it until then (ms, the database's clock); past it, a worker whose
+    # host died or was cut off mid-batch has left it to the others.
+    claimed_until_timestamp: so.Mapped[int | None] = so.mapped_column(sa.BigInteger, nullable=True)
