@@ -14,6 +14,8 @@ all-customers SAMPLEDB-UPLOADER key.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import http.client
 import json
 import os
@@ -134,30 +136,30 @@ def _open_loop(base: str, headers: dict, rate: float, duration: float) -> tuple[
     return info, sent, answered
 
 
-def run(
-    settings: Settings,
-    workdir: Path,
-    servers_pids: dict[str, int],
-    *,
-    duration: float = 10,
-    latency_duration: float = 20,
-    runs: int = 3,
-) -> dict:
-    """B7: submissions/s accepted with CONNECTIONS connections and the 202 latency (closed loop), then the
-    202 and submission → Kafka latency at LATENCY_RATE submissions/s offered (open loop); `runs` each."""
+@dataclasses.dataclass
+class _Stack:
+    base: str
+    headers: dict
+    follower: ingest.Follower
+    cpu: ingest.CpuMeter
+    accepted: int  # submissions answered 202 so far: every one reaches Kafka, in the end
+    seen: dict = dataclasses.field(default_factory=dict)  # the follower's arrivals, once it stopped
+
+
+@contextlib.contextmanager
+def _intake_stack(settings: Settings, workdir: Path, servers_pids: dict[str, int], name: str):
+    """gunicorn and a Celery worker as `make run` starts them, warmed up, and a follower of the job topic."""
     env = settings_env(settings)
     env["PYTHONPATH"] = str(REPO)
     key = _uploader_key(settings.database_url)
     headers = {"Argus-API-Key": key, "Content-Type": "application/json"}
-    worker = ingest.start_worker(commands.CELERY_APP, None, env, workdir / "celery-b7.log")
-    api = follower = None
-    closed, open_runs, phases = [], [], []
+    worker = ingest.start_worker(commands.CELERY_APP, None, env, workdir / f"celery-{name}.log")
+    api = follower = stack = None
     try:
         ingest.wait_worker_ready(settings.celery_broker, worker)
-        api, base = start_gunicorn("wsgi:app", env, workdir / "gunicorn-b7.log", HEALTH_PATH)
+        api, base = start_gunicorn("wsgi:app", env, workdir / f"gunicorn-{name}.log", HEALTH_PATH)
         follower = ingest.Follower(settings.kafka_bootstrap_servers, settings.job_topic)
         warm = python_load(base, submission_request, headers, 1)  # warm-up: the topic, the worker's producer
-        accepted = warm["requests"] - warm["non_2xx"]  # every accepted submission reaches Kafka, in the end
         if not follower.wait_for(1, 90):
             raise RuntimeError(f"no creation message reached Kafka:\n{worker.log_tail()}")
         cpu = ingest.CpuMeter(
@@ -170,47 +172,75 @@ def run(
                 "bench follower": (follower.process.pid, "self"),
             }
         )
-        for _ in range(runs):
-            cpu.start()
-            figures = python_load(base, submission_request, headers, duration)
-            closed.append({**figures, "per_s": figures["rps"], "cpu_cores": cpu.stop()})
-            accepted += figures["requests"] - figures["non_2xx"]
-        follower.wait_for(accepted, 120)  # the open loop starts on an idle pipeline
-        for _ in range(runs):
-            cpu.start()
-            info, sent, answered = _open_loop(base, headers, LATENCY_RATE, latency_duration)
-            info["cpu_cores"] = cpu.stop()
-            accepted += len(sent)
-            follower.wait_for(accepted, 120)
-            phases.append((info, sent, answered))
+        stack = _Stack(base, headers, follower, cpu, warm["requests"] - warm["non_2xx"])
+        yield stack
     finally:
-        seen = follower.stop() if follower is not None else {}
+        if follower is not None:
+            seen = follower.stop()
+            if stack is not None:
+                stack.seen = seen
         if api is not None:
             api.stop()
         worker.stop()
+
+
+def _open_figures(database_url: str, info: dict, sent: dict, answered: list, seen: dict) -> tuple[dict, list, str]:
+    """One open-loop run's figures (202 and → Kafka latency), its sorted → Kafka latencies and the commit clock."""
+    committed, clock = ingest.committed_at(database_url, list(sent))
+    figures, total = ingest.latency_figures(sent, seen, committed)
+    if not total:
+        raise RuntimeError(
+            f"none of the {len(sent)} submissions accepted at {info['rate']}/s "
+            f"({info['failed']} refused) reached Kafka within 120 s of the run's end"
+        )
+    return (
+        {
+            **{k: v for k, v in info.items() if k != "started"},
+            **figures,
+            "accepted_p50_ms": round(percentile(answered, 50), 1) if answered else None,
+            "accepted_p99_ms": round(percentile(answered, 99), 1) if answered else None,
+        },
+        sorted(total),
+        clock,
+    )
+
+
+def run(
+    settings: Settings,
+    workdir: Path,
+    servers_pids: dict[str, int],
+    *,
+    duration: float = 10,
+    latency_duration: float = 20,
+    runs: int = 3,
+) -> dict:
+    """B7: submissions/s accepted with CONNECTIONS connections and the 202 latency (closed loop), then the
+    202 and submission → Kafka latency at LATENCY_RATE submissions/s offered (open loop); `runs` each."""
+    closed, open_runs, phases = [], [], []
+    with _intake_stack(settings, workdir, servers_pids, "b7") as stack:
+        for _ in range(runs):
+            stack.cpu.start()
+            figures = python_load(stack.base, submission_request, stack.headers, duration)
+            closed.append({**figures, "per_s": figures["rps"], "cpu_cores": stack.cpu.stop()})
+            stack.accepted += figures["requests"] - figures["non_2xx"]
+        stack.follower.wait_for(stack.accepted, 120)  # the open loop starts on an idle pipeline
+        for _ in range(runs):
+            stack.cpu.start()
+            info, sent, answered = _open_loop(stack.base, stack.headers, LATENCY_RATE, latency_duration)
+            info["cpu_cores"] = stack.cpu.stop()
+            stack.accepted += len(sent)
+            stack.follower.wait_for(stack.accepted, 120)
+            phases.append((info, sent, answered))
     for run_ in closed:
         if run_["non_2xx"]:
             raise RuntimeError(f"B7 closed loop saw {run_['non_2xx']} answers other than 2xx: {run_}")
     samples, clock = [], None
     for info, sent, answered in phases:
-        committed, clock = ingest.committed_at(settings.database_url, list(sent))
-        figures, total = ingest.latency_figures(sent, seen, committed)
-        if not total:
-            raise RuntimeError(
-                f"none of the {len(sent)} submissions accepted at {info['rate']}/s "
-                f"({info['failed']} refused) reached Kafka within 120 s of the run's end"
-            )
-        open_runs.append(
-            {
-                **{k: v for k, v in info.items() if k != "started"},
-                **figures,
-                "accepted_p50_ms": round(percentile(answered, 50), 1) if answered else None,
-                "accepted_p99_ms": round(percentile(answered, 99), 1) if answered else None,
-            }
-        )
+        figures, total, clock = _open_figures(settings.database_url, info, sent, answered, stack.seen)
+        open_runs.append(figures)
         samples.append(
             {
-                "kafka_ms": [round(ms, 1) for ms in sorted(total)],
+                "kafka_ms": [round(ms, 1) for ms in total],
                 "accepted_ms": [round(ms, 1) for ms in sorted(answered)],
             }
         )
@@ -223,3 +253,43 @@ def run(
         "latency_samples_ms": samples,
         "commit_clock": ingest.COMMIT_CLOCKS[clock] if clock else None,
     }
+
+
+CAPACITY_RATES = (50, 100, 200, 400, 800)
+KNEE_KAFKA_P99_MS = 1000  # below the knee, p99 submission → Kafka stays within this
+KNEE_ACCEPTED_SHARE = 0.95  # and nearly all of the offered rate is accepted
+
+
+def capacity(
+    settings: Settings, workdir: Path, servers_pids: dict[str, int], *, rates=CAPACITY_RATES, duration: float = 20
+) -> dict:
+    """B8: the REST path's capacity curve. Each rate of `rates` offered open loop for `duration` s on an idle
+    pipeline: accepted/s, the 202 latency and submission → Kafka, CPU per accepted submission of each process;
+    the knee is the highest rate still accepted in full (KNEE_ACCEPTED_SHARE) with p99 → Kafka ≤ 1 s."""
+    phases = []
+    with _intake_stack(settings, workdir, servers_pids, "b8") as stack:
+        stack.follower.wait_for(stack.accepted, 120)
+        for rate in rates:
+            stack.cpu.start()
+            started = time.perf_counter()
+            info, sent, answered = _open_loop(stack.base, stack.headers, rate, duration)
+            info["elapsed_s"] = round(time.perf_counter() - started, 2)
+            info["cpu_cores"] = stack.cpu.stop()
+            stack.accepted += len(sent)
+            stack.follower.wait_for(stack.accepted, 180)  # the next rate starts on an idle pipeline
+            phases.append((info, sent, answered))
+    steps = []
+    for info, sent, answered in phases:
+        figures, _, _ = _open_figures(settings.database_url, info, sent, answered, stack.seen)
+        per_s = len(sent) / info["elapsed_s"]
+        figures["accepted_per_s"] = round(per_s, 1)
+        figures["cpu_ms_per_submission"] = {
+            name: round(cores * 1000 / per_s, 2) for name, cores in info["cpu_cores"].items() if per_s
+        }
+        steps.append(figures)
+    below = [
+        step["rate"]
+        for step in steps
+        if step["accepted_per_s"] >= KNEE_ACCEPTED_SHARE * step["rate"] and step["p99_ms"] <= KNEE_KAFKA_P99_MS
+    ]
+    return {"duration_s": duration, "steps": steps, "knee_per_s": max(below) if below else None}

@@ -32,6 +32,7 @@ B6_SCRAPE_P99_GOAL_MS = 50
 B7_RATE_GOAL = 500  # submissions/s accepted with 2 gunicorn workers
 B7_ACCEPTED_P99_GOAL_MS = 50
 B7_KAFKA_P99_GOAL_MS = 1000
+B8_KNEE_GOAL = 600  # submissions/s offered on the REST path with p99 → Kafka ≤ 1 s
 B5_API_RSS_GOAL_MB = 100
 B5_CELERY_RSS_GOAL_MB = 150
 
@@ -191,6 +192,21 @@ def goals(results: dict) -> list[dict]:
         )
     if "B7" in results and "error" not in results["B7"]:
         rows += _b7_rows(results["B7"])
+    if "B8" in results and "error" not in results["B8"]:
+        knee = results["B8"]["knee_per_s"]
+        rows.append(
+            _row(
+                "B8",
+                "REST intake capacity: the highest rate offered (of "
+                + ", ".join(str(step["rate"]) for step in results["B8"]["steps"])
+                + "/s) still accepted in full with p99 submission → Kafka ≤ 1 s",
+                f"{knee}/s" if knee else "none",
+                "—",
+                None,
+                f"≥ {B8_KNEE_GOAL}/s",
+                bool(knee) and knee >= B8_KNEE_GOAL,
+            )
+        )
     b5 = results.get("B5", {})
     for what, key, goal in (
         ("API (gunicorn worker, B1)", "api_worker_peak_rss_mb", B5_API_RSS_GOAL_MB),
@@ -417,6 +433,26 @@ def _details(results: dict) -> list[str]:
             )
         if b7.get("commit_clock"):
             out += ["", f"Commit time: {b7['commit_clock']}."]
+    if "B8" in results and "error" not in results["B8"]:
+        b8 = results["B8"]
+        out += _section(
+            f"B8: REST intake capacity ({b8['duration_s']:.0f} s per rate, open loop; knee {b8['knee_per_s']}/s)",
+            [
+                "offered/s",
+                "accepted/s",
+                "202 p50 / p99 ms",
+                "→ Kafka p50 / p99 ms",
+                "CPU ms per submission",
+            ],
+        )
+        for r in b8["steps"]:
+            cpu = ", ".join(f"{k} {v}" for k, v in r["cpu_ms_per_submission"].items() if not k.startswith("bench"))
+            total = sum(v for k, v in r["cpu_ms_per_submission"].items() if not k.startswith("bench"))
+            out.append(
+                f"| {r['rate']} | {_rate(r['accepted_per_s'])} | {_ms(r.get('accepted_p50_ms'))} / "
+                f"{_ms(r.get('accepted_p99_ms'))} | {_ms(r.get('p50_ms'))} / {_ms(r.get('p99_ms'))} | "
+                f"{cpu}; all {total:.2f} |"
+            )
     if "B4" in results and "error" not in results["B4"]:
         out += _section(
             "B4: timeout sweep",
@@ -527,6 +563,47 @@ def sweep_chart(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def capacity_chart(results: dict, path: Path) -> None:
+    """B8: accepted/s and the p50/p99 latencies against the offered rate, the knee marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    b8 = results["B8"]
+    steps = b8["steps"]
+    offered = [s["rate"] for s in steps]
+    fig, (rate_ax, lat_ax) = plt.subplots(1, 2, figsize=(11, 4.2))
+    rate_ax.plot(offered, offered, linestyle=":", color="grey", label="offered")
+    rate_ax.plot(offered, [s["accepted_per_s"] for s in steps], marker="o", label="accepted")
+    rate_ax.set_xlabel("submissions/s offered")
+    rate_ax.set_ylabel("submissions/s accepted (202)")
+    for key, style, label in (
+        ("p50_ms", "-", "→ Kafka p50"),
+        ("p99_ms", "-", "→ Kafka p99"),
+        ("accepted_p50_ms", ":", "202 p50"),
+        ("accepted_p99_ms", ":", "202 p99"),
+    ):
+        lat_ax.plot(offered, [s.get(key) for s in steps], marker="o", linestyle=style, label=label)
+    lat_ax.axhline(1000, color="tab:red", linewidth=1, label="knee: p99 → Kafka 1 s")
+    lat_ax.set_yscale("log")
+    lat_ax.set_xlabel("submissions/s offered")
+    lat_ax.set_ylabel("ms")
+    for ax in (rate_ax, lat_ax):
+        if b8["knee_per_s"]:
+            ax.axvline(b8["knee_per_s"], color="tab:green", linestyle="--", linewidth=1, label="knee")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.set_xticks(offered, [str(o) for o in offered])
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"B8: REST intake capacity on this machine (knee {b8['knee_per_s']}/s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _cdf_chart(
     path: Path, curves: list[tuple[list[float], dict]], goals: list[tuple[float, str, str]], xlabel: str, title: str
 ) -> None:
@@ -605,4 +682,7 @@ def write(results: dict, *, results_dir: Path, docs_dir: Path) -> list[Path]:
     if "B7" in results and "error" not in results["B7"]:
         intake_latency_chart(results, docs_dir / "bench-intake-latency.png")
         paths.append(docs_dir / "bench-intake-latency.png")
+    if "B8" in results and "error" not in results["B8"]:
+        capacity_chart(results, docs_dir / "bench-capacity.png")
+        paths.append(docs_dir / "bench-capacity.png")
     return paths

@@ -27,7 +27,7 @@ from bench.stack import Databases, Servers, bench_settings, start_servers
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent
-ALL = ("B1", "B2", "B3", "B3R", "B4", "B7", "B6")
+ALL = ("B1", "B2", "B3", "B3R", "B4", "B7", "B8", "B6")
 # B3R: B3 again with RabbitMQ as Celery's broker, in a virtual host of the run's own on this RabbitMQ.
 RABBITMQ_URL = os.environ.get("BENCH_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -67,6 +67,7 @@ def durations(quick: bool) -> dict:
             "b3_noop_tasks": 100,
             "b7_duration": 1,
             "b7_latency_duration": 1,
+            "b8_duration": 1,
             "b6_chunk": 1,
             "b6_scrapes": 20,
             "runs": 3,
@@ -84,6 +85,7 @@ def durations(quick: bool) -> dict:
         "b3_noop_tasks": 3000,
         "b7_duration": 10,
         "b7_latency_duration": 20,
+        "b8_duration": 20,
         "b6_chunk": 5,
         "b6_scrapes": 300,
         "runs": 3,
@@ -187,6 +189,10 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
                 runs=runs,
             ),
         ),
+        "B8": (
+            "REST intake capacity curve",
+            lambda: intake.capacity(settings, workdir, servers.pids(), duration=d["b8_duration"]),
+        ),
         "B4": ("sweep", lambda: _sweep_sizes(servers, dbs, config, settings, main_db.url)),
         # Deletes jobs of the big database: last.
         "B6": (
@@ -259,7 +265,7 @@ def main() -> int:
         " BENCH_QUICK" if config.quick else "",
         workdir,
     )
-    servers = start_servers(need_workers=bool({"B3", "B3R", "B7"} & set(config.only)))
+    servers = start_servers(need_workers=bool({"B3", "B3R", "B7", "B8"} & set(config.only)))
     dbs = Databases(servers.postgres_url, servers.run_id)
     try:
         results = run_benchmarks(servers, dbs, config, workdir)

@@ -137,8 +137,8 @@ def test_policy_evaluation_figures(settings):
 
 
 @pytest.mark.celery
-def test_bench_intake_b7_at_tiny_scale(postgres_server_url, kafka_broker, tmp_path):
-    """B7 at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis server of its own
+def test_bench_intake_b7_b8_at_tiny_scale(postgres_server_url, kafka_broker, tmp_path):
+    """B7 and B8 (the capacity curve) at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis server of its own
     (the session's Redis holds the other tests' keys) and topics of the run's own site (the test
     session's worker never sees these submissions)."""
     redis_server = start_redis(tmp_path / "redis")
@@ -149,7 +149,7 @@ def test_bench_intake_b7_at_tiny_scale(postgres_server_url, kafka_broker, tmp_pa
         _redis_was_empty=True,
     )
     dbs = Databases(postgres_server_url, servers.run_id)
-    config = Config(jobs=1000, quick=True, only=("B7",), durations=durations(quick=True))
+    config = Config(jobs=1000, quick=True, only=("B7", "B8"), durations=durations(quick=True))
     try:
         results = run_benchmarks(servers, dbs, config, tmp_path)
     finally:
@@ -167,7 +167,16 @@ def test_bench_intake_b7_at_tiny_scale(postgres_server_url, kafka_broker, tmp_pa
         # Every submission the intake accepted became a job whose creation message reached Kafka.
         assert run["accepted"] >= 1 and run["missing"] == 0 and run["seen"] == run["accepted"], run
         assert _is_positive_number(run["p99_ms"]) and _is_positive_number(run["accepted_p99_ms"]), run
-    assert {row["id"] for row in data["goals"]} == {"B7"}
-    assert len(data["goals"]) == 3 and all(isinstance(row["met"], bool) for row in data["goals"])
-    assert "| B7 |" in (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    b8 = data["B8"]
+    assert [step["rate"] for step in b8["steps"]] == [50, 100, 200, 400, 800]
+    for step in b8["steps"]:
+        assert step["accepted"] >= 1 and step["missing"] == 0 and step["seen"] == step["accepted"], step
+        assert _is_positive_number(step["accepted_per_s"]) and _is_positive_number(step["p99_ms"]), step
+        assert _is_positive_number(step["cpu_ms_per_submission"]["gunicorn"]), step
+    assert b8["knee_per_s"] is None or b8["knee_per_s"] in (50, 100, 200, 400, 800)
+    assert {row["id"] for row in data["goals"]} == {"B7", "B8"}
+    assert len(data["goals"]) == 4 and all(isinstance(row["met"], bool) for row in data["goals"])
+    doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
+    assert "| B7 |" in doc and "| B8 |" in doc and "### B8: REST intake capacity" in doc
     assert (tmp_path / "docs" / "bench-intake-latency.png").stat().st_size > 0
+    assert (tmp_path / "docs" / "bench-capacity.png").stat().st_size > 0

@@ -236,8 +236,8 @@ def queued(monkeypatch):
     accepted = []
     accept = upload.accept_upload
 
-    def accepting(session, payload):
-        accept(session, payload)
+    def accepting(session, payload, **options):
+        accept(session, payload, **options)
         accepted.append(payload)
 
     monkeypatch.setattr(upload, "accept_upload", accepting)

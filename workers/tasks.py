@@ -54,11 +54,13 @@ RELAY_BUDGET_SECONDS = 10.0
 RELAY_BUSY_RETRY_SECONDS = 0.05
 # Well inside the soft time limit; what is left waits for the next run.
 PURGE_BUDGET_SECONDS = 40.0
-# A woken drain of the pending REST submissions hands the stream on to a new task after this long (well
-# inside the soft time limit and the wake-up flag's expiry), and waits this long after a claim that found
-# less than a batch, so rows are made in batches without holding a submission up for long.
+# A woken drain of the pending REST submissions gives the wake-up flag up after this long (well inside the
+# soft time limit and the flag's expiry); it waits PENDING_LINGER_SECONDS after a claim that found less than
+# a batch, so rows are made in batches without holding a submission up for long, and gives the flag up once
+# its claims found nothing for PENDING_IDLE_SECONDS, so a stream with gaps is not a Celery message each.
 PENDING_BUDGET_SECONDS = 10.0
-PENDING_LINGER_SECONDS = 0.02
+PENDING_LINGER_SECONDS = 0.05
+PENDING_IDLE_SECONDS = 1.0
 
 
 @contextmanager
@@ -293,16 +295,18 @@ def _tally(results: list[ingest.IngestResult]) -> dict:
 
 
 @celery.task(name=TaskNames.INGEST_PENDING, max_retries=3, **RETRY)
-def ingest_pending(triggered: bool = False) -> dict:
+def ingest_pending(triggered: bool = False, helper: bool = False) -> dict:
     """Make the jobs of committed REST submissions (SPEC 13.3), oldest first, a claimed batch per transaction.
 
-    Woken on the ingest queue by the REST intake (`triggered`), it drains until a claim finds nothing, holding
-    the wake-up flag meanwhile, so a steady stream of submissions costs one message per PENDING_BUDGET_SECONDS;
-    a claim that found less than a batch lingers PENDING_LINGER_SECONDS before the next, so rows arrive in
-    batches, not one per transaction. Only then does it clear the flag and claim once more: a commit that saw
-    the flag still set came before that claim. A claim that comes back full sends one more drain, so a backlog
-    is shared among every free worker; past its budget it hands the flag on to a drain it sends. Beat runs
-    it too (not triggered: until a claim comes back short), the safety net of a wake-up that was lost.
+    Woken on the ingest queue by the REST intake (`triggered`), it holds the wake-up flag and drains until its
+    claims found nothing for PENDING_IDLE_SECONDS or its budget (PENDING_BUDGET_SECONDS) is spent, so a steady
+    stream of submissions costs one message per budget; a claim that found less than a batch lingers
+    PENDING_LINGER_SECONDS before the next, so rows are made in batches, not one per transaction. Only then
+    does it clear the flag and claim once more: a commit that saw the flag still set came before that claim,
+    and a commit after it wakes the next drain. At most one drain holds the flag, so at most one lingers: the
+    worker's other pool processes stay free for the relay. A claim that comes back full sends a `helper`
+    drain, which (like beat's run, the safety net of a lost wake-up) goes on until a claim comes back short,
+    so a backlog is shared among every free worker.
 
     One bad row never holds up the others: a batch PostgreSQL refuses is ingested one by one (the refused
     submission is stored dead and its pending row goes with it); each row's attempts are counted with its
@@ -312,21 +316,23 @@ def ingest_pending(triggered: bool = False) -> dict:
     settings = current_settings()
     batch_size = settings.sweep_batch_size
     outcome: dict[str, int] = {}
-    holding_flag = triggered
+    holding_flag = triggered and not helper
     deadline = time.monotonic() + PENDING_BUDGET_SECONDS
+    idle_since: float | None = None
     while True:
         taken = _claim_and_ingest(settings, outcome)
         full = len(taken) == batch_size
-        sent = full and _send_another(settings)
-        if time.monotonic() > deadline:  # past its budget, the stream goes on in a task of its own
-            if holding_flag and not (sent or _send_another(settings)):
-                intake_trigger.ingest_started(settings)
-            break
         if full:
+            _send_helper(settings)
+        if full and time.monotonic() < deadline:
             continue
         if not holding_flag:
-            break  # beat's run, or the claim after the flag was cleared: later commits woke another
+            break  # beat's run, a helper, or the claim after the flag was cleared
         if taken:
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        if time.monotonic() < deadline and (idle_since is None or time.monotonic() - idle_since < PENDING_IDLE_SECONDS):
             time.sleep(PENDING_LINGER_SECONDS)
             continue
         intake_trigger.ingest_started(settings)
@@ -362,15 +368,12 @@ def _claim_and_ingest(settings, outcome: dict[str, int]) -> list:
     return taken
 
 
-def _send_another(settings) -> bool:
-    """One more drain of the pending submissions (past the wake-up flag, which this one holds or has just
-    cleared); False if the broker refused it."""
+def _send_helper(settings) -> None:
+    """A helper drain for a backlog (past the wake-up flag, which it leaves alone)."""
     try:
-        intake_trigger.send_drain(settings)
-        return True
+        intake_trigger.send_drain(settings, helper=True)
     except Exception:  # this worker goes on alone; beat's safety net shares the rest
-        log.warning("could not send another drain of the pending submissions", exc_info=True)
-        return False
+        log.warning("could not send a helper drain of the pending submissions", exc_info=True)
 
 
 def _uncount_pending(payloads: list) -> None:

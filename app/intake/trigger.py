@@ -11,7 +11,7 @@ from app.dispatch import celery_client, wake, woken
 from app.task_names import QueueNames, TaskNames
 
 INGEST_PENDING_KEY = "sampledb:ingest-pending"
-# Above the woken task's budget (workers.tasks.PENDING_BUDGET_SECONDS): the flag outlives a drain that holds it.
+# Above the woken drain's budget (workers.tasks.PENDING_BUDGET_SECONDS): the flag outlives the drain that holds it.
 INGEST_PENDING_TTL_MS = 30_000
 
 
@@ -25,8 +25,9 @@ def ingest_started(settings: Settings) -> None:
     woken(settings, INGEST_PENDING_KEY)
 
 
-def send_drain(settings: Settings) -> None:
-    """One `sampledb.ingest_pending` on the ingest queue, whatever the flag says."""
+def send_drain(settings: Settings, *, helper: bool = False) -> None:
+    """One `sampledb.ingest_pending` on the ingest queue, whatever the flag says: the drain that holds the
+    flag, or a `helper` for a backlog."""
     celery_client(settings.celery_broker, sentinel_master=settings.redis_sentinel_master).send_task(
-        TaskNames.INGEST_PENDING, kwargs={"triggered": True}, queue=QueueNames.INGEST, retry=False
+        TaskNames.INGEST_PENDING, kwargs={"triggered": True, "helper": helper}, queue=QueueNames.INGEST, retry=False
     )

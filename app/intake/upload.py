@@ -70,15 +70,16 @@ def _may_submit_for(session: so.Session, short_name: str, scope: Scope) -> bool:
     return customer_id is not None and scope.allows(customer_id)
 
 
-def accept_upload(session: so.Session, payload: dict) -> None:
+def accept_upload(session: so.Session, payload: dict, *, id_chosen_here: bool = False) -> None:
     """Store a prepared REST submission until a worker makes its job; the caller commits, then answers 202.
 
     A retry of the same submission (same id, same customer) stores nothing again; the same id
-    under another customer raises SubmissionIdTaken."""
+    under another customer raises SubmissionIdTaken. An id the service chose (a new uuid4) belongs
+    to nothing yet: it is stored without looking for an owner, one round trip fewer."""
     submission_id = uuid.UUID(str(payload["submission"]["id"]))
     customer = payload["submission"]["customer"]
     conn = session.connection()
-    owner = _owner_of(conn, submission_id)
+    owner = None if id_chosen_here else _owner_of(conn, submission_id)
     if owner is None:
         stored = conn.execute(
             _STORE_PENDING,
@@ -145,7 +146,7 @@ def submit(
         payload = prepare_upload(session, sha256=sha256, body=body, user=user, scope=scope)
         if duplicates.recently_seen(session, settings, payload):
             return RecentlySeen(payload["submission"]["sample"]["id"])
-        accept_upload(session, payload)
+        accept_upload(session, payload, id_chosen_here=not body["submission"].get("id"))
     try:
         trigger.trigger_ingest(settings)
     except Exception as err:
