@@ -138,9 +138,9 @@ def test_policy_evaluation_figures(settings):
 
 @pytest.mark.celery
 def test_bench_intake_b7_b8_at_tiny_scale(postgres_server_url, kafka_broker, tmp_path):
-    """B7 and B8 (the capacity curve) at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis server of its own
-    (the session's Redis holds the other tests' keys) and topics of the run's own site (the test
-    session's worker never sees these submissions)."""
+    """B7 and B8 (the capacity curve) at a tiny scale: gunicorn, a Celery worker and Kafka for real, on a Redis
+    server of its own (the session's Redis holds the other tests' keys) and topics of the run's own site (the
+    test session's worker never sees these submissions)."""
     redis_server = start_redis(tmp_path / "redis")
     servers = Servers(
         postgres_server_url,
