@@ -53,21 +53,26 @@ def camelcase(name: str) -> str:
 
 def unstorable_text(value) -> bool:
     """True when some string in `value` (keys included, at any depth) cannot be stored in PostgreSQL:
-    a NUL character or a lone UTF-16 surrogate (both are valid JSON escapes)."""
+    a NUL character or a lone UTF-16 surrogate (both are valid JSON escapes).
+
+    Every schema's pre_load runs it over every body, so the plain JSON types are told by their exact
+    type first (the ABC checks cost more than the scan), and only a non-ASCII string is encoded."""
     stack = [value]
     while stack:
         item = stack.pop()
-        if isinstance(item, str):
+        kind = type(item)
+        if kind is str or (kind is not dict and kind is not list and isinstance(item, str)):
             if "\x00" in item:
                 return True
-            try:
-                item.encode("utf-8")
-            except UnicodeEncodeError:
-                return True
-        elif isinstance(item, Mapping):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return True
+        elif kind is dict or isinstance(item, Mapping):
             stack.extend(item.keys())
             stack.extend(item.values())
-        elif isinstance(item, (list, tuple)):
+        elif kind is list or isinstance(item, (list, tuple)):
             stack.extend(item)
     return False
 
