@@ -287,6 +287,21 @@ def test_a_rest_submission_postgresql_refuses_is_dead_and_no_longer_pending(work
     assert sql("SELECT count(*) FROM jobs WHERE submission_id = :s", s=good_id)[0][0] == 1
 
 
+def _store_pending(sql, payloads: list, attempts: list[int] | None = None) -> None:
+    """Pending REST submissions, as the intake commits them before its 202, oldest first (taken before
+    `attempts` times each, default none)."""
+    for n, payload in enumerate(payloads):
+        sql(
+            "INSERT INTO pending_submissions (submission_id, customer, payload, received_timestamp, attempts) "
+            "VALUES (:s, :c, CAST(:p AS jsonb), :t, :a)",
+            s=payload["submission"]["id"],
+            c=payload["submission"]["customer"],
+            p=json.dumps(payload),
+            t=n,
+            a=attempts[n] if attempts else 0,
+        )
+
+
 def test_the_safety_net_makes_every_good_pending_submission_despite_a_refused_one(worker, task_sender, wait_idle, sql):
     """Fault: beat's ingest_pending took the oldest pending rows in one transaction and had no one-by-one
     fallback, so one row PostgreSQL refuses failed the whole batch at every run: no REST submission whose task
@@ -295,16 +310,7 @@ def test_the_safety_net_makes_every_good_pending_submission_despite_a_refused_on
     refused["submission"]["name"] = "refused.exe"
     good = [submission_payload(customer=f"pending-good-{n}") for n in range(3)]
     poison = submission_payload(customer="pending-poison")
-    for n, (payload, attempts) in enumerate([(refused, 0), *((p, 0) for p in good), (poison, 99)]):
-        sql(
-            "INSERT INTO pending_submissions (submission_id, customer, payload, received_timestamp, attempts) "
-            "VALUES (:s, :c, CAST(:p AS jsonb), :t, :a)",
-            s=payload["submission"]["id"],
-            c=payload["submission"]["customer"],
-            p=json.dumps(payload),
-            t=n,
-            a=attempts,
-        )
+    _store_pending(sql, [refused, *good, poison], attempts=[0, 0, 0, 0, 99])
     with _postgresql_refuses(sql, "refused.exe"):
         task_sender.send(TaskNames.INGEST_PENDING)
         wait_idle()
@@ -354,19 +360,6 @@ def test_innocent_batch_mates_of_a_process_killing_submission_become_jobs_once(
     assert sorted(r.key.decode() for r in {dict(r.headers)["event-id"]: r for r in creation}.values()) == sorted(
         job_ids
     )
-
-
-def _store_pending(sql, payloads: list) -> None:
-    """Pending REST submissions, as the intake commits them before its 202, oldest first."""
-    for n, payload in enumerate(payloads):
-        sql(
-            "INSERT INTO pending_submissions (submission_id, customer, payload, received_timestamp) "
-            "VALUES (:s, :c, CAST(:p AS jsonb), :t)",
-            s=payload["submission"]["id"],
-            c=payload["submission"]["customer"],
-            p=json.dumps(payload),
-            t=n,
-        )
 
 
 def test_batch_mates_of_a_pending_submission_that_kills_its_drain_become_jobs_once(app, sql, tmp_path, request):
