@@ -125,8 +125,8 @@ def send_ingest(settings: Settings, payload: dict) -> None:
 def wake(settings: Settings, flag: str, ttl_ms: int, send: Callable[[], None]) -> None:
     """`send()` the task that works through what a commit left (the outbox, the pending submissions) unless one
     is pending under `flag`: the first caller sets the flag (SET NX) and sends at once; later callers send
-    nothing, because that task has not started and will see their rows. The task clears the flag
-    (`woken`) before it reads, so every commit after that point wakes it again. A burst of commits thus costs
+    nothing, because that task has not read yet and will see their rows. The task clears the flag
+    (`woken`) before its last read, so every commit after that point wakes it again. A burst of commits thus costs
     a few messages a second instead of one per commit. The flag expires after `ttl_ms` in case its message
     is lost; beat's safety nets do what a lost wake-up left. A broker or Redis that fails raises, and
     wake-ups skip them quietly for QUIET_AFTER_FAILURE_SECONDS."""

@@ -328,14 +328,15 @@ def ingest_pending(triggered: bool = False, helper: bool = False) -> dict:
             continue
         if not holding_flag:
             break  # beat's run, a helper, or the claim after the flag was cleared
+        now = time.monotonic()
         if taken:
             idle_since = None
         elif idle_since is None:
-            idle_since = time.monotonic()
-        if time.monotonic() < deadline and (idle_since is None or time.monotonic() - idle_since < PENDING_IDLE_SECONDS):
+            idle_since = now
+        if now < deadline and (idle_since is None or now - idle_since < PENDING_IDLE_SECONDS):
             time.sleep(PENDING_LINGER_SECONDS)
             continue
-        intake_trigger.ingest_started(settings)
+        intake_trigger.drain_ending(settings)
         holding_flag = False
     if any(outcome.values()):
         log.info("pending REST submissions ingested: %s", outcome)

@@ -20,8 +20,8 @@ def trigger_ingest(settings: Settings) -> None:
     wake(settings, INGEST_PENDING_KEY, INGEST_PENDING_TTL_MS, lambda: send_drain(settings))
 
 
-def ingest_started(settings: Settings) -> None:
-    """A woken worker found nothing more and is about to claim once more: later commits must wake one anew."""
+def drain_ending(settings: Settings) -> None:
+    """The drain that holds the flag is about to claim for the last time: later commits must wake one anew."""
     woken(settings, INGEST_PENDING_KEY)
 
 
