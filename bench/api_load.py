@@ -44,7 +44,7 @@ CONNECTIONS = 16
 WRK_THREADS = 1
 ID_COUNT = 10_000
 
-WRK_SCRIPT = """
+WRK_IDS_SCRIPT = """
 local ids = {%(ids)s}
 local key = "%(key)s"
 local prefix = "%(prefix)s"
@@ -53,11 +53,21 @@ request = function()
   counter = counter + 1
   return wrk.format("GET", prefix .. ids[(counter %% #ids) + 1], {["Argus-API-Key"] = key})
 end
+"""
+# One request again and again (B2's searches): a body as a Lua long string, which needs no escaping.
+WRK_FIXED_SCRIPT = """
+local key = "%(key)s"
+local body = %(body)s
+request = function()
+  return wrk.format("%(method)s", "%(path)s", {["Argus-API-Key"] = key, ["Content-Type"] = "application/json"}, body)
+end
+"""
+WRK_DONE = """
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
-    'BENCH_RESULT {"requests": %%d, "duration_us": %%d, "bytes": %%d, "errors": %%d, "non_2xx": %%d, ' ..
-    '"p50_us": %%d, "p90_us": %%d, "p99_us": %%d, "max_us": %%d}\\n',
+    'BENCH_RESULT {"requests": %d, "duration_us": %d, "bytes": %d, "errors": %d, "non_2xx": %d, ' ..
+    '"p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d}\\n',
     summary.requests, summary.duration, summary.bytes, e.connect + e.read + e.write + e.timeout, e.status,
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
 end
@@ -83,10 +93,13 @@ def _sample_ids(database_url: str, count: int = ID_COUNT) -> list[str]:
 
 
 def _wrk(base: str, prefix: str, ids: list[str], key: str, duration: float, workdir: Path, start: int) -> dict:
-    script = workdir / "bench-b1.lua"
-    script.write_text(
-        WRK_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "prefix": prefix, "start": start}
-    )
+    script = WRK_IDS_SCRIPT % {"ids": ",".join(f'"{i}"' for i in ids), "key": key, "prefix": prefix, "start": start}
+    return _run_wrk(base, script, duration, workdir)
+
+
+def _run_wrk(base: str, requests_script: str, duration: float, workdir: Path) -> dict:
+    script = workdir / "bench-load.lua"
+    script.write_text(requests_script + WRK_DONE)
     out = subprocess.run(
         [
             "wrk",
@@ -253,18 +266,7 @@ class ServingCpu:
             self.engine.dispose()
 
 
-def _measured(load, meter: ServingCpu, *args) -> dict:
-    """One load run with the CPU its server used: milliseconds per request, per group and in total."""
-    before = meter.sample()
-    figures = load(*args)
-    used = meter.used(before, meter.sample())
-    requests = max(1, figures["requests"])
-    figures["cpu_ms_per_request"] = {group: round(seconds * 1000 / requests, 3) for group, seconds in used.items()}
-    figures["cpu_ms_per_request"]["total"] = round(sum(used.values()) * 1000 / requests, 3)
-    return figures
-
-
-def _side_summary(runs: list[dict]) -> dict:
+def side_summary(runs: list[dict]) -> dict:
     summary = {key: spread(r[key] for r in runs) for key in ("rps", "p50_ms", "p99_ms")}
     summary["cpu_ms_per_request"] = {
         group: spread(r["cpu_ms_per_request"][group] for r in runs) for group in runs[0]["cpu_ms_per_request"]
@@ -285,6 +287,40 @@ def job_load(use_wrk: bool):
     return lambda base, prefix, ids, key, duration, workdir, start: python_load(
         base, functools.partial(get_request, [prefix + i for i in ids]), {"Argus-API-Key": key}, duration
     )
+
+
+def fixed_request(method: str, path: str, body: bytes | None, i: int) -> tuple[str, str, bytes | None]:
+    """The i-th request of a load that sends one request again and again."""
+    return method, path, body
+
+
+def fixed_load(use_wrk: bool):
+    """load(base, method, path, body, key, duration, workdir) -> figures: the same request over and over."""
+    if use_wrk:
+        return lambda base, method, path, body, key, duration, workdir: _run_wrk(
+            base,
+            WRK_FIXED_SCRIPT
+            % {"key": key, "body": f"[==[{body.decode()}]==]" if body else "nil", "method": method, "path": path},
+            duration,
+            workdir,
+        )
+    return lambda base, method, path, body, key, duration, workdir: python_load(
+        base,
+        functools.partial(fixed_request, method, path, body),
+        {"Argus-API-Key": key, "Content-Type": "application/json"},
+        duration,
+    )
+
+
+def measured(load, meter: ServingCpu, *args) -> dict:
+    """One load run with the CPU its server used: milliseconds per request, per group and in total."""
+    before = meter.sample()
+    figures = load(*args)
+    used = meter.used(before, meter.sample())
+    requests = max(1, figures["requests"])
+    figures["cpu_ms_per_request"] = {group: round(seconds * 1000 / requests, 3) for group, seconds in used.items()}
+    figures["cpu_ms_per_request"]["total"] = round(sum(used.values()) * 1000 / requests, 3)
+    return figures
 
 
 def run(
@@ -319,10 +355,10 @@ def run(
         target_runs, baseline_runs = [], []
         for n in range(runs):
             target_runs.append(
-                _measured(load, target_cpu, target_url, target_prefix, ids, api_key, duration, workdir, (n + 1) * 2749)
+                measured(load, target_cpu, target_url, target_prefix, ids, api_key, duration, workdir, (n + 1) * 2749)
             )
             baseline_runs.append(
-                _measured(load, baseline_cpu, baseline_url, baseline_prefix, ids, api_key, duration, workdir, 0)
+                measured(load, baseline_cpu, baseline_url, baseline_prefix, ids, api_key, duration, workdir, 0)
             )
         rss = memory.stop()
     finally:
@@ -334,7 +370,7 @@ def run(
     for run_ in target_runs + baseline_runs:
         if run_["errors"] or run_["non_2xx"]:
             raise RuntimeError(f"B1 load saw errors: {run_}")
-    target_summary, baseline_summary = _side_summary(target_runs), _side_summary(baseline_runs)
+    target_summary, baseline_summary = side_summary(target_runs), side_summary(baseline_runs)
     # Each target run against the baseline run right after it: the machine's mood is shared by neighbours.
     pair_ratios = [round(t["rps"] / b["rps"], 3) for t, b in zip(target_runs, baseline_runs)]
     return {

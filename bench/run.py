@@ -60,6 +60,8 @@ def durations(quick: bool) -> dict:
             "b1_warmup": 1,
             "b2_requests": 5,
             "b2_warmup": 1,
+            "b2_served_duration": 1,
+            "b2_served_runs": 1,
             "b3_duration": 3,
             "b3_bulk_duration": 3,
             "b3_latency_duration": 2,
@@ -78,6 +80,8 @@ def durations(quick: bool) -> dict:
         "b1_warmup": 2,
         "b2_requests": 30,
         "b2_warmup": 3,
+        "b2_served_duration": 3,
+        "b2_served_runs": 3,
         "b3_duration": 60,
         "b3_bulk_duration": 30,
         "b3_latency_duration": 20,
@@ -168,7 +172,16 @@ def run_benchmarks(servers: Servers, dbs: Databases, config: Config, workdir: Pa
     benchmarks = {
         "B2": (
             "searches",
-            lambda: searches.run(settings, key, requests=d["b2_requests"], rounds=runs, warmup=d["b2_warmup"]),
+            lambda: searches.run(
+                settings,
+                key,
+                workdir,
+                requests=d["b2_requests"],
+                rounds=runs,
+                warmup=d["b2_warmup"],
+                served_duration=d["b2_served_duration"],
+                served_runs=d["b2_served_runs"],
+            ),
         ),
         "B1": (
             "GET /job/{id} under load",

@@ -1,15 +1,23 @@
-"""B2: six searches, timed in-process through the Flask test client, against the same SQL run directly.
+"""B2: six searches, timed in-process through the Flask test client, against the same SQL run directly;
+then each served by gunicorn under load, with the CPU per request of every serving process.
 
-For each search the statements `search_jobs` issues (customer lookup, count, page, the
-page's tasks) are captured at the cursor, rendered with literal values
-(psycopg's client-side mogrify) and run directly on a psycopg connection: that is the
-baseline. One EXPLAIN (ANALYZE, BUFFERS) of each gives the plan and the indexes it uses.
+For each search the statements `search_jobs` issues (one per page since the page's JSON is
+PostgreSQL's; the count first for limit 0) are captured at the cursor, rendered with literal
+values (psycopg's client-side mogrify) and run directly on a psycopg connection: that is the
+baseline. The API side is server time: the answer is parsed after its clock stops. One
+EXPLAIN (ANALYZE, BUFFERS) of each statement gives the plan and the indexes it uses.
+
+Served: the same search sent again and again by B1's load generator (wrk, 16 connections) to a
+gunicorn run as the Procfile runs it, a few short runs each: req/s, p50/p99, and CPU time per
+request of gunicorn and of the PostgreSQL backends (app.api_load.ServingCpu), as B1 reports.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import sqlalchemy as sa
@@ -18,7 +26,9 @@ from app.accounts.access import EVERYONE
 from app.api.schemas import SearchCriteriaSchema
 from app.config import Settings
 from app.jobs.search import search_jobs
-from bench.stack import app_bound_to
+from bench import api_load
+from bench.processes import start_gunicorn
+from bench.stack import app_bound_to, settings_env
 from bench.stats import median, percentile
 
 BASE = "/sampledb/v2"
@@ -153,15 +163,67 @@ def _api_round(client, search: Search, headers: dict, requests: int) -> tuple[li
             response = client.get(f"{BASE}/job", headers=headers)
         else:
             response = client.post(f"{BASE}/job/search", json=search.body, headers=headers)
-        body = response.get_json()
+        data = response.get_data()
         times.append((time.perf_counter() - started) * 1000)
+        body = json.loads(data)
         if response.status_code != 200:
             raise RuntimeError(f"search {search.name} answered {response.status_code}: {body}")
     return times, body
 
 
-def run(settings: Settings, api_key: str, *, requests: int = 30, rounds: int = 3, warmup: int = 3) -> dict:
-    """B2: p50/p95 of each search through the API and as raw SQL (median of `rounds` rounds of `requests`)."""
+def request_of(search: Search) -> tuple[str, str, bytes | None]:
+    """The HTTP request of a search: method, path and body."""
+    if search.body is None:
+        return "GET", f"{BASE}/job", None
+    return "POST", f"{BASE}/job/search", json.dumps(search.body).encode()
+
+
+def served(
+    settings: Settings, api_key: str, workdir: Path, chosen: list[Search], *, duration: float, runs: int
+) -> dict:
+    """Each search under load through gunicorn: req/s, latency and CPU per request (median of `runs` runs)."""
+    use_wrk = api_load.load_generator() == "wrk"
+    load = api_load.fixed_load(use_wrk)
+    server, base = start_gunicorn("wsgi:app", settings_env(settings), workdir / "gunicorn-b2.log", api_load.HEALTH_PATH)
+    meter = api_load.ServingCpu(server.pid, settings.database_url)
+    figures = {}
+    try:
+        for search in chosen:
+            method, path, body = request_of(search)
+            load(base, method, path, body, api_key, 1, workdir)  # warm-up: the shape's statement is prepared
+            measured = [
+                api_load.measured(load, meter, base, method, path, body, api_key, duration, workdir)
+                for _ in range(runs)
+            ]
+            if any(r["errors"] or r["non_2xx"] for r in measured):
+                raise RuntimeError(f"B2 served {search.name} saw errors: {measured}")
+            figures[search.name] = api_load.side_summary(measured)
+    finally:
+        meter.close()
+        server.stop()
+    return {
+        "load_generator": f"wrk -t{api_load.WRK_THREADS} -c{api_load.CONNECTIONS}"
+        if use_wrk
+        else f"python ({api_load.CONNECTIONS} connections)",
+        "duration_s": duration,
+        "runs": runs,
+        "searches": figures,
+    }
+
+
+def run(
+    settings: Settings,
+    api_key: str,
+    workdir: Path,
+    *,
+    requests: int = 30,
+    rounds: int = 3,
+    warmup: int = 3,
+    served_duration: float = 3,
+    served_runs: int = 3,
+) -> dict:
+    """B2: p50/p95 of each search through the API and as raw SQL (median of `rounds` rounds of `requests`),
+    then each served under load."""
     sha, customer = pick_targets(settings.database_url)
     headers = {"Argus-API-Key": api_key}
     results = {}
@@ -213,4 +275,7 @@ def run(settings: Settings, api_key: str, *, requests: int = 30, rounds: int = 3
         "sample_sha256": sha,
         "customer": customer,
         "searches": results,
+        "served": served(
+            settings, api_key, workdir, searches(sha, customer), duration=served_duration, runs=served_runs
+        ),
     }

@@ -87,6 +87,11 @@ def test_bench_harness_at_tiny_scale(postgres_server_url, database_url, app, tmp
             assert _is_positive_number(search[key]), (name, key, search[key])
         assert search["plans"] and all(p["nodes"] for p in search["plans"]), name
         assert search["count"] >= 1, name  # every search finds something in the data set
+    served = data["B2"]["served"]
+    assert served["load_generator"].startswith(generator) and set(served["searches"]) == SEARCHES
+    for name, figures in served["searches"].items():
+        assert all(_is_positive_number(figures[k]) for k in ("rps", "p50_ms", "p99_ms", "cpu_ms")), (name, figures)
+        assert _is_positive_number(figures["spread"]["cpu_ms_per_request"]["postgresql"]["median"]), name
 
     sizes = data["B4"]["sizes"]
     assert [s["table_jobs"] for s in sizes][:2] == [JOBS // 100, JOBS // 10]

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from app.accounts.keys import ANALYZER, USER, VIEWER
 from app.api.auth import current_principal, requires
 from app.api.base import BASE_PATH, Blueprint
-from app.api.envelope import envelope
+from app.api.envelope import envelope, envelope_around
 from app.api.schemas import (
     AbortSchema,
     HistorySchema,
@@ -35,8 +35,8 @@ JobListEnvelope = envelope_schema(JobSchema, many=True)
 
 
 def _job_list(criteria: Criteria):
-    jobs, count = search_jobs(db.reader(), criteria, current_principal().scope)
-    return envelope(jobs, count=count, limit=criteria.limit, offset=criteria.offset)
+    page = search_jobs(db.reader(), criteria, current_principal().scope)
+    return envelope_around(page.data, count=page.matches, limit=criteria.limit, offset=criteria.offset, size=page.size)
 
 
 def _update_job(update: dict, job_id: uuid.UUID):
@@ -82,7 +82,7 @@ class JobItem(MethodView):
     @blp.alt_response(404, response="NOT_FOUND")
     def get(self, _args, job_id: uuid.UUID):
         """Fetch one job with its tasks"""
-        return envelope(read.read_job(db.reader(), job_id, current_principal().scope))
+        return envelope_around(read.read_job(db.reader(), job_id, current_principal().scope))
 
     @requires(ANALYZER)
     @blp.arguments(JobUpdateSchema)

@@ -1,151 +1,156 @@
-"""Jobs as the API shows them, read with Core selects straight into the response dicts.
+"""Jobs as the API shows them, written as JSON by PostgreSQL and spliced into the envelope.
 
-The hot reads (GET /job/{id}, the search pages) skip the ORM: no identity map, no
-relationship loaders, no uniquing of joined rows. One select reads each job with its
-customer, its users and its tasks as one JSON array of column values (tasks aggregated by
-PostgreSQL), and hands them to the serializers of app.jobs.serialize under the models'
-attribute names, so the answer is the one the ORM objects would make. `conn` is a Connection or
-a Session: the API passes an autocommit connection, so a read costs no BEGIN/ROLLBACK round trips.
+The hot reads (GET /job/{id}, the search pages) neither load ORM objects nor decode rows:
+one select builds each job's JSON (`json_build_object`, its customer, users and tasks
+included, the stored JSONB as it is) and the page's array (`json_agg`), and hands it to the
+API as one text value. The answer equals, after JSON parsing, what app.jobs.serialize makes of
+the ORM objects (the write paths' answers and the Kafka messages): tests/test_read_path.py
+compares both on random jobs. Text outside ASCII goes out as UTF-8 instead of `\\u` escapes.
+`conn` is a Connection or a Session: the API passes an autocommit connection, so a read costs no
+BEGIN/ROLLBACK round trips.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections import namedtuple
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from app.accounts.access import EVERYONE, Scope
-from app.jobs.serialize import job_view, task_to_dict
 from app.jobs.service import JobNotFound
+from app.jobs.states import JOB_ACTIVE
 from app.models import Customer, Job, JobTask, User
 
 _jobs, _tasks = Job.__table__, JobTask.__table__
-# The field names are given literally to namedtuple, so that type checkers know the rows' fields.
-JobRow = namedtuple(  # what job_view reads of a job
-    "JobRow",
-    (
-        "id",
-        "state",
-        "abort_requested",
-        "site",
-        "sample_sha256",
-        "sample_size",
-        "submission",
-        "classification",
-        "options",
-        "enqueued_timestamp",
-        "start_timestamp",
-        "end_timestamp",
-        "last_updated_timestamp",
-        "abort_requested_timestamp",
-        "abort_reason",
-        "message",
-    ),
-)
-JOB_FIELDS = JobRow._fields
-CUSTOMER_FIELDS = ("id", "short_name", "name", "domain_id", "domain_name")  # the arguments of Customer.info
-USER_FIELDS = ("id", "short_name", "name")  # the arguments of User.info before the customer
-TaskRow = namedtuple(  # what task_to_dict reads of a task
-    "TaskRow",
-    (
-        "id",
-        "worker",
-        "state",
-        "enqueued_timestamp",
-        "start_timestamp",
-        "end_timestamp",
-        "last_updated_timestamp",
-        "analyses",
-        "message",
-    ),
-)
-TASK_FIELDS = TaskRow._fields
+_EMPTY: sa.ColumnElement = sa.literal_column("'[]'::json")
+_EMPTY_JSONB: sa.ColumnElement = sa.literal_column("'[]'::jsonb")
 
 
-def _values(table, names) -> sa.ColumnElement:
-    return sa.func.json_build_array(*(table.c[name] for name in names))
+def _key(text: str) -> sa.ColumnElement:
+    return sa.literal_column(f"'{text}'")  # the keys are this module's constants: SQL text, not bind parameters
 
 
-def _people() -> tuple[list, sa.FromClause]:
-    """The job's customer, last-updating user and abort-requesting user (each user with its customer):
-    one JSON array of column values each, and the join that reads them."""
+def _object(*pairs) -> sa.ColumnElement:
+    """A JSON object of (key, value) pairs in this order: the order app.jobs.serialize writes them in."""
+    return sa.func.json_build_object(*(part for key, value in pairs for part in (_key(key), value)))
+
+
+def _customer(customer) -> sa.ColumnElement:  # Customer.info
+    domain = sa.case(
+        (customer.c.domain_id.is_not(None), _object(("id", customer.c.domain_id), ("name", customer.c.domain_name)))
+    )
+    return _object(
+        ("id", customer.c.id), ("shortName", customer.c.short_name), ("name", customer.c.name), ("domain", domain)
+    )
+
+
+def _user(user, customer) -> sa.ColumnElement:  # User.info, null for no user
+    info = _object(
+        ("id", user.c.id), ("shortName", user.c.short_name), ("name", user.c.name), ("customer", _customer(customer))
+    )
+    return sa.case((user.c.id.is_not(None), info))
+
+
+def _people() -> tuple[dict, sa.FromClause]:
+    """The job's customer, last-updating user and abort-requesting user (each user with its customer) as
+    JSON, and the join that reads them."""
     customer = Customer.__table__.alias("job_customer")
-    columns = [_values(customer, CUSTOMER_FIELDS)]
+    people = {"customer": _customer(customer)}
     joined = _jobs.join(customer, customer.c.id == _jobs.c.customer_id)
     for role, user_id in (
-        ("updater", _jobs.c.last_updated_by_user_id),
-        ("aborter", _jobs.c.abort_requested_by_user_id),
+        ("lastUpdatedByUser", _jobs.c.last_updated_by_user_id),
+        ("abortRequestedByUser", _jobs.c.abort_requested_by_user_id),
     ):
-        user, user_customer = User.__table__.alias(role), Customer.__table__.alias(f"{role}_customer")
-        columns.append(
-            sa.func.json_build_array(
-                *(user.c[name] for name in USER_FIELDS), *(user_customer.c[name] for name in CUSTOMER_FIELDS)
-            )
-        )
+        user, user_customer = User.__table__.alias(f"{role}_user"), Customer.__table__.alias(f"{role}_customer")
+        people[role] = _user(user, user_customer)
         joined = joined.outerjoin(user, user.c.id == user_id).outerjoin(
             user_customer, user_customer.c.id == user.c.customer_id
         )
-    return columns, joined
+    return people, joined
 
 
-_PEOPLE, _JOINED = _people()
-# The job's tasks in the order of the Job.tasks relationship (by worker), in the job's row.
-_TASKS = (
-    sa.select(
-        sa.func.coalesce(
-            sa.func.json_agg(aggregate_order_by(_values(_tasks, TASK_FIELDS), _tasks.c.worker)),
-            sa.literal_column("'[]'::json"),
-        )
-    )
+def _or_empty(value, empty=_EMPTY) -> sa.ColumnElement:
+    return sa.func.coalesce(value, empty)
+
+
+_TASK = _object(  # task_to_dict
+    ("id", sa.cast(_tasks.c.id, sa.Text)),
+    ("worker", _tasks.c.worker),
+    ("state", _tasks.c.state),
+    ("enqueuedTimestamp", _tasks.c.enqueued_timestamp),
+    ("startTimestamp", _tasks.c.start_timestamp),
+    ("endTimestamp", _tasks.c.end_timestamp),
+    ("lastUpdatedTimestamp", _tasks.c.last_updated_timestamp),
+    ("analyses", _or_empty(_tasks.c.analyses, _EMPTY_JSONB)),
+    ("message", _tasks.c.message),
+)
+# The job's tasks in the order of the Job.tasks relationship (by worker).
+_TASK_LIST = _or_empty(
+    sa.select(sa.func.json_agg(aggregate_order_by(_TASK, _tasks.c.worker)))
     .where(_tasks.c.job_id == _jobs.c.id)
     .scalar_subquery()
 )
-# A job is one JSON array of its columns, people and tasks: psycopg parses it in C, and a one-column
-# result is cheap to describe (psycopg builds an object per column of every result, SQLAlchemy reads them).
-JOBS = sa.select(sa.func.json_build_array(*(_jobs.c[name] for name in JOB_FIELDS), *_PEOPLE, _TASKS)).select_from(
-    _JOINED
+_PEOPLE, JOINED = _people()
+_FLAGS = sa.case(  # job_flags
+    (
+        sa.and_(_jobs.c.abort_requested, _jobs.c.state.in_([_key(state) for state in JOB_ACTIVE])),
+        sa.literal_column("""'["ABORT_REQUESTED"]'::json"""),
+    ),
+    else_=_EMPTY,
 )
-_CUSTOMER, _UPDATER, _ABORTER, _TASK_LIST = range(len(JOB_FIELDS), len(JOB_FIELDS) + 4)
-_U = len(USER_FIELDS)
+JOB = _object(  # job_view
+    ("id", sa.cast(_jobs.c.id, sa.Text)),
+    ("state", _jobs.c.state),
+    ("flags", _FLAGS),
+    ("site", _jobs.c.site),
+    ("analysedSample", _object(("id", _jobs.c.sample_sha256), ("size", _jobs.c.sample_size))),
+    ("customer", _PEOPLE["customer"]),
+    ("submission", _jobs.c.submission),
+    ("classification", _jobs.c.classification),
+    ("tasks", _TASK_LIST),
+    ("options", _or_empty(_jobs.c.options, _EMPTY_JSONB)),
+    ("enqueuedTimestamp", _jobs.c.enqueued_timestamp),
+    ("startTimestamp", _jobs.c.start_timestamp),
+    ("endTimestamp", _jobs.c.end_timestamp),
+    ("lastUpdatedTimestamp", _jobs.c.last_updated_timestamp),
+    ("lastUpdatedByUser", _PEOPLE["lastUpdatedByUser"]),
+    ("abortRequestedTimestamp", _jobs.c.abort_requested_timestamp),
+    ("abortRequestedByUser", _PEOPLE["abortRequestedByUser"]),
+    ("abortReason", _jobs.c.abort_reason),
+    ("message", _jobs.c.message),
+)
+"""One job's API JSON, a column of any select from JOINED."""
 
 
-def _user(values: list) -> dict | None:
-    if values[0] is None:
-        return None
-    id_, short_name, name = values[:_U]
-    return User.info(id_, short_name, name, Customer.info(*values[_U:]))
+def as_text(json_value: sa.ColumnElement) -> sa.ColumnElement:
+    """JSON handed over as the text PostgreSQL wrote: psycopg returns it as a str without parsing it."""
+    return sa.cast(json_value, sa.Text)
 
 
-def job_dicts(conn, stmt: sa.Select, params: dict | None = None) -> list[dict]:
-    """The jobs `stmt` (JOBS narrowed and ordered) selects, as the API shows them, in its order."""
-    return [
-        job_view(
-            JobRow(*job[:_CUSTOMER]),
-            customer=Customer.info(*job[_CUSTOMER]),
-            tasks=[task_to_dict(TaskRow(*task)) for task in job[_TASK_LIST]],
-            last_updated_by=_user(job[_UPDATER]),
-            abort_requested_by=_user(job[_ABORTER]),
+def page_of(ordered_ids: sa.Subquery, order_by: list) -> sa.ColumnElement:
+    """The JSON array of the jobs whose ids `ordered_ids` selects, in the order `order_by` (over its columns)."""
+    return as_text(
+        _or_empty(
+            sa.select(sa.func.json_agg(aggregate_order_by(JOB, *order_by)))
+            .select_from(JOINED.join(ordered_ids, ordered_ids.c.id == _jobs.c.id))
+            .scalar_subquery()
         )
-        for job in conn.scalars(stmt, params)
-    ]
+    )
 
 
-# Built once: SQLAlchemy computes a statement's cache key once per statement object, and for this one
-# that costs more than the rest of its execution on the Python side.
-_JOB_BY_ID = JOBS.where(_jobs.c.id == sa.bindparam("job_id", type_=sa.Uuid))
-_JOB_BY_ID_IN_SCOPE = _JOB_BY_ID.where(
-    _jobs.c.customer_id == sa.any_(sa.bindparam("customer_ids", type_=ARRAY(sa.Integer)))
-)
+# Built once, with bind parameters: SQLAlchemy computes a statement's cache key once per statement
+# object, and for these that costs more than the rest of their execution on the Python side.
+_JOB_BY_ID = sa.select(as_text(JOB)).select_from(JOINED).where(_jobs.c.id == sa.bindparam("job_id", type_=sa.Uuid))
+_JOB_BY_ID_IN_SCOPE = _JOB_BY_ID.where(_jobs.c.customer_id.in_(sa.bindparam("customer_ids", expanding=True)))
 
 
-def read_job(conn, job_id: uuid.UUID, scope: Scope = EVERYONE) -> dict:
-    """GET /job/{id}: the job with its tasks; JobNotFound also for a job outside `scope`."""
+def read_job(conn, job_id: uuid.UUID, scope: Scope = EVERYONE) -> str:
+    """GET /job/{id}: the job with its tasks, as JSON text; JobNotFound also for a job outside `scope`."""
     if scope.customer_ids is None:
-        found = job_dicts(conn, _JOB_BY_ID, {"job_id": job_id})
+        found = conn.scalar(_JOB_BY_ID, {"job_id": job_id})
     else:
-        found = job_dicts(conn, _JOB_BY_ID_IN_SCOPE, {"job_id": job_id, "customer_ids": sorted(scope.customer_ids)})
-    if not found:
+        found = conn.scalar(_JOB_BY_ID_IN_SCOPE, {"job_id": job_id, "customer_ids": sorted(scope.customer_ids)})
+    if found is None:
         raise JobNotFound(f"Job {job_id} not found")
-    return found[0]
+    return found
