@@ -307,6 +307,88 @@ def insert_commit_rate(settings: Settings, duration: float) -> dict:
     return {**summarize_runs(runs, ("per_s",)), "row_bytes": len(value)}
 
 
+FLOOR_TABLES = ("jobs", "job_tasks", "job_history", "outbox")
+
+
+def _floor_rows(raw, job_ids: list) -> dict[str, str]:
+    """What ingest writes for these jobs, table by table, as JSON arrays of rows: the jobs and their tasks as the
+    data set holds them, one history entry each, one outbox row each whose value is the job's submission and
+    classification (the size of its creation message)."""
+    return {
+        "jobs": raw.execute("SELECT json_agg(j)::text FROM jobs j WHERE id = ANY(%s)", (job_ids,)).fetchone()[0],
+        "job_tasks": raw.execute(
+            "SELECT json_agg(t)::text FROM job_tasks t WHERE job_id = ANY(%s)", (job_ids,)
+        ).fetchone()[0],
+        "job_history": raw.execute(
+            "SELECT json_agg(json_build_object('job_id', id, 'timestamp', enqueued_timestamp, 'to_state', "
+            "'enqueued', 'message', 'created'))::text FROM jobs WHERE id = ANY(%s)",
+            (job_ids,),
+        ).fetchone()[0],
+        "outbox": raw.execute(
+            "SELECT json_agg(json_build_object('event_id', gen_random_uuid(), 'topic', 'sampledb.job', 'key', id, "
+            "'value', json_build_object('jobID', id, 'submission', submission, 'classification', classification), "
+            "'created_timestamp', enqueued_timestamp, 'attempts', 0, 'next_attempt_timestamp', 0))::text "
+            "FROM jobs WHERE id = ANY(%s)",
+            (job_ids,),
+        ).fetchone()[0],
+    }
+
+
+def database_floor(settings: Settings, *, submissions: int = 4000, batch: int = 250) -> dict:
+    """The database's own cost of what ingest writes per submission (SPEC 6.1): the rows of `submissions` jobs
+    of the data set (the job, its tasks, a history entry, an outbox row) inserted again, `batch` submissions
+    per transaction, one INSERT per table and a COMMIT, into tables LIKE the real ones (their indexes and
+    defaults included). Wall time, and CPU per submission of the PostgreSQL backend and of this client (which
+    only sends what it read before the clock started)."""
+    engine = sa.create_engine(settings.database_url, poolclass=sa.pool.NullPool)
+    with engine.connect() as conn:
+        raw = conn.connection.dbapi_connection
+        raw.autocommit = True
+        ids = [row[0] for row in raw.execute("SELECT id FROM jobs ORDER BY id LIMIT %s", (submissions,))]
+        batches = [_floor_rows(raw, ids[i : i + batch]) for i in range(0, len(ids), batch)]
+        columns = {table: list(json.loads(batches[0][table])[0]) if batches[0][table] else [] for table in FLOOR_TABLES}
+        for table in FLOOR_TABLES:
+            raw.execute(f"DROP TABLE IF EXISTS bench_floor_{table}")
+            raw.execute(f"CREATE TABLE bench_floor_{table} (LIKE {table} INCLUDING ALL)")
+        backend_pid = raw.execute("SELECT pg_backend_pid()").fetchone()[0]
+        try:
+            backend: psutil.Process | None = psutil.Process(backend_pid)
+            backend_before = sum(backend.cpu_times()[:2])
+        except psutil.Error:  # a server on another machine
+            backend, backend_before = None, 0.0
+        raw.autocommit = False
+        client_before, started = time.process_time(), time.perf_counter()
+        for rows in batches:
+            for table in FLOOR_TABLES:
+                if rows[table] is None:
+                    continue
+                names = ", ".join(f'"{c}"' for c in columns[table])
+                raw.execute(
+                    f"INSERT INTO bench_floor_{table} ({names}) SELECT {names} "
+                    f"FROM json_populate_recordset(NULL::bench_floor_{table}, %s)",
+                    (rows[table],),
+                )
+            raw.commit()
+        seconds = time.perf_counter() - started
+        client_seconds = time.process_time() - client_before
+        backend_seconds = sum(backend.cpu_times()[:2]) - backend_before if backend is not None else None
+        raw.autocommit = True
+        for table in FLOOR_TABLES:
+            raw.execute(f"DROP TABLE bench_floor_{table}")
+    engine.dispose()
+    count = len(ids)
+    return {
+        "submissions": count,
+        "batch": batch,
+        "tables": list(FLOOR_TABLES),
+        "per_s": round(count / seconds, 1),
+        "postgresql_cpu_ms_per_submission": round(backend_seconds * 1000 / count, 3)
+        if backend_seconds is not None
+        else None,
+        "client_cpu_ms_per_submission": round(client_seconds * 1000 / count, 3),
+    }
+
+
 def produce_rate(settings: Settings, duration: float) -> dict:
     """Messages per second acknowledged by Kafka through the relay's producer (workers.kafka: acks=all,
     idempotent, linger 5 ms), 1.5 KB each, with at most PRODUCE_IN_FLIGHT sent and not yet acknowledged
@@ -476,6 +558,7 @@ def run(
     }
     results["baseline_produce"] = produce_rate(settings, baseline_duration)
     results["baseline_insert_commit"] = insert_commit_rate(settings, baseline_duration)
+    results["database_floor"] = database_floor(settings)
     results["baseline_noop_task"] = noop_rate(settings, env, workdir, noop_tasks, servers_pids)
 
     customers = [f"bench-customer-{k:02d}" for k in range(1, 21)]

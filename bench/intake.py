@@ -318,4 +318,9 @@ def capacity(
         for step in steps
         if step["accepted_per_s"] >= KNEE_ACCEPTED_SHARE * step["rate"] and step["p99_ms"] <= KNEE_KAFKA_P99_MS
     ]
-    return {"duration_s": duration, "steps": steps, "knee_per_s": max(below) if below else None}
+    return {
+        "duration_s": duration,
+        "steps": steps,
+        "knee_per_s": max(below) if below else None,
+        "database_floor": ingest.database_floor(settings),
+    }

@@ -33,6 +33,8 @@ B7_RATE_GOAL = 500  # submissions/s accepted with 2 gunicorn workers
 B7_ACCEPTED_P99_GOAL_MS = 50
 B7_KAFKA_P99_GOAL_MS = 1000
 B8_KNEE_GOAL = 600  # submissions/s offered on the REST path with p99 → Kafka ≤ 1 s
+CPU_PER_REST_SUBMISSION_GOAL_MS = 2  # every process, B8 at 200/s offered
+B3_NOOP_RATIO_GOAL = 0.9  # the single-message path ÷ its broker's no-op task
 B5_API_RSS_GOAL_MB = 100
 B5_CELERY_RSS_GOAL_MB = 150
 
@@ -207,6 +209,42 @@ def goals(results: dict) -> list[dict]:
                 bool(knee) and knee >= B8_KNEE_GOAL,
             )
         )
+    floor = database_floor(results)
+    floor_text = (
+        f"the database's floor: PostgreSQL {floor['postgresql_cpu_ms_per_submission']} ms per submission, batched"
+        if floor and floor.get("postgresql_cpu_ms_per_submission") is not None
+        else "—"
+    )
+    for label, figures in cpu_per_submission(results):
+        if label.startswith("REST"):
+            total = round(sum(figures.values()), 2)
+            rows.append(
+                _row(
+                    "B8",
+                    f"end-to-end CPU per submission, every process: {label}",
+                    f"{total} ms",
+                    floor_text,
+                    None,
+                    f"≤ {CPU_PER_REST_SUBMISSION_GOAL_MS} ms",
+                    total <= CPU_PER_REST_SUBMISSION_GOAL_MS,
+                )
+            )
+    for key, broker, _goal in B3_BROKERS:
+        if key in results and "error" not in results[key]:
+            b3 = results[key]
+            noop, single = b3["baseline_noop_task"]["per_s"], b3["sustained"]["per_s"]
+            ratio = round(single / noop, 3) if noop else None
+            rows.append(
+                _row(
+                    "B3",
+                    f"ingest on {broker}, one submission per message, against its broker's no-op task",
+                    f"{_rate(single)} jobs/s",
+                    f"no-op Celery task {_rate(noop)}/s",
+                    ratio,
+                    f"≥ {B3_NOOP_RATIO_GOAL} of the no-op rate",
+                    ratio is not None and ratio >= B3_NOOP_RATIO_GOAL,
+                )
+            )
     b5 = results.get("B5", {})
     for what, key, goal in (
         ("API (gunicorn worker, B1)", "api_worker_peak_rss_mb", B5_API_RSS_GOAL_MB),
@@ -309,6 +347,82 @@ def _cores(run: dict) -> str:
 def _section(title: str, columns: list[str]) -> list[str]:
     """A heading and the head of its table."""
     return ["", f"### {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
+CPU_PATHS = (  # the runs of the CPU-per-submission table: (results key, run, label)
+    ("B3", "sustained", "Celery path, one submission per message ({broker})"),
+    ("B3", "sustained_bulk", "Celery path, {batch} submissions per message ({broker})"),
+    ("B3R", "sustained", "Celery path, one submission per message ({broker})"),
+)
+REST_CPU_RATE = 200  # B8's step shown in the table (the goal's rate)
+
+
+def _per_submission(cpu_cores: dict, per_s: float) -> dict[str, float]:
+    """CPU ms per submission of each process group but the bench's own (load, sender, follower)."""
+    return {k: cores * 1000 / per_s for k, cores in cpu_cores.items() if not k.startswith("bench") and per_s}
+
+
+def cpu_per_submission(results: dict) -> list[tuple[str, dict[str, float]]]:
+    """(label, {process group: CPU ms per submission}) for each path `make bench` measured: the REST path at
+    B8's REST_CPU_RATE step, the Celery path's runs of B3 (the median run by rate)."""
+    rows = []
+    if "B8" in results and "error" not in results["B8"]:
+        for step in results["B8"]["steps"]:
+            if step["rate"] == REST_CPU_RATE:
+                rows.append((f"REST path, {REST_CPU_RATE}/s offered (B8)", _per_submission_ms(step)))
+    for key, run, label in CPU_PATHS:
+        if key in results and "error" not in results[key]:
+            b3 = results[key]
+            runs = sorted(b3[run]["runs"], key=lambda r: r["per_s"])
+            middle = runs[len(runs) // 2]
+            broker = "RabbitMQ" if key == "B3R" else "Redis"
+            rows.append(
+                (
+                    label.format(broker=broker, batch=b3.get("bulk_batch")),
+                    _per_submission(middle["cpu_cores"], middle["per_s"]),
+                )
+            )
+    return rows
+
+
+def _per_submission_ms(step: dict) -> dict[str, float]:
+    return {k: v for k, v in step["cpu_ms_per_submission"].items() if not k.startswith("bench")}
+
+
+def database_floor(results: dict) -> dict | None:
+    """The batched INSERT of ingest's rows measured in this run (bench.ingest.database_floor), by B3 or B8."""
+    for key in ("B3", "B8"):
+        if key in results and "error" not in results[key] and results[key].get("database_floor"):
+            return results[key]["database_floor"]
+    return None
+
+
+def _cpu_per_submission(results: dict) -> list[str]:
+    rows = cpu_per_submission(results)
+    if not rows:
+        return []
+    groups = list(dict.fromkeys(group for _, figures in rows for group in figures))
+    out = _section(
+        "CPU per submission, every process (user + system ms per submission made and announced; the bench's own "
+        "load generator and topic follower left out)",
+        ["path", *groups, "all"],
+    )
+    for label, figures in rows:
+        cells = [f"{figures[g]:.2f}" if g in figures else "—" for g in groups]
+        out.append(f"| {label} | {' | '.join(cells)} | **{sum(figures.values()):.2f}** |")
+    floor = database_floor(results)
+    if floor:
+        pg = floor["postgresql_cpu_ms_per_submission"]
+        out += [
+            "",
+            f"The database's floor, measured in the same run: the rows ingest writes for one submission "
+            f"({', '.join(floor['tables'])}) of {floor['submissions']:,} jobs of the data set, inserted again "
+            f"{floor['batch']} submissions per transaction (one INSERT per table, a COMMIT): "
+            f"{_rate(floor['per_s'])} submissions/s on one connection, PostgreSQL "
+            f"{'—' if pg is None else f'{pg:.3f}'} ms and the client {floor['client_cpu_ms_per_submission']:.3f} ms "
+            "of CPU per submission.",
+        ]
+    return out
 
 
 def _details(results: dict) -> list[str]:
@@ -469,6 +583,7 @@ def _details(results: dict) -> list[str]:
                 f"{_ms(r.get('accepted_p99_ms'))} | {_ms(r.get('p50_ms'))} / {_ms(r.get('p99_ms'))} | "
                 f"{cpu}; all {total:.2f} |"
             )
+    out += _cpu_per_submission(results)
     if "B4" in results and "error" not in results["B4"]:
         out += _section(
             "B4: timeout sweep",

@@ -180,8 +180,12 @@ def test_bench_intake_b7_b8_at_tiny_scale(postgres_server_url, kafka_broker, tmp
         assert _is_positive_number(step["cpu_ms_per_submission"]["gunicorn"]), step
     assert b8["knee_per_s"] is None or b8["knee_per_s"] in (50, 100, 200, 400, 800)
     assert {row["id"] for row in data["goals"]} == {"B7", "B8"}
-    assert len(data["goals"]) == 4 and all(isinstance(row["met"], bool) for row in data["goals"])
+    assert len(data["goals"]) == 5 and all(isinstance(row["met"], bool) for row in data["goals"])
+    floor = b8["database_floor"]
+    assert floor["submissions"] >= 1 and _is_positive_number(floor["per_s"]), floor
+    assert _is_positive_number(floor["postgresql_cpu_ms_per_submission"]), floor  # the session's own server
     doc = (tmp_path / "docs" / "BENCHMARKS.md").read_text()
     assert "| B7 |" in doc and "| B8 |" in doc and "### B8: REST intake capacity" in doc
+    assert "### CPU per submission, every process" in doc and "REST path, 200/s offered (B8)" in doc
     assert (tmp_path / "docs" / "bench-intake-latency.png").stat().st_size > 0
     assert (tmp_path / "docs" / "bench-capacity.png").stat().st_size > 0
