@@ -211,10 +211,13 @@ def make_key(app):
 
 @pytest.fixture
 def make_job(app, settings):
-    """make_job(customer="acme", ...) -> job id (str), created by the service layer as ingest does."""
+    """make_job(customer="acme", ...) -> job id (str), created by the service layer as ingest does; `payload`
+    gives the submission and classification instead of the seed-shaped ones."""
 
-    def make(customer: str = "acme", sha256: str = SAMPLE_SHA256, **classification) -> str:
-        payload = submission_payload(customer, sha256, **classification)
+    def make(
+        customer: str = "acme", sha256: str = SAMPLE_SHA256, *, payload: dict | None = None, **classification
+    ) -> str:
+        payload = payload or submission_payload(customer, sha256, **classification)
         with app.app_context(), unit_of_work(db.session) as session:
             owner = ensure_customer(session, customer)
             job_id, _ = service.create_job(

@@ -21,13 +21,11 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from app.accounts.customers import ensure_customer
 from app.api.envelope import envelope
 from app.dev import synthetic
 from app.extensions import db
 from app.jobs import service
 from app.jobs.serialize import job_to_dict
-from app.unit_of_work import unit_of_work
 
 BASE = "/sampledb/v2"
 # Committed for real: the reads run on connections of their own (autocommit), as in the service.
@@ -197,9 +195,9 @@ huge_meta_data = st.builds(lambda text: {f"key-{n} ✓": text * 50 + str(n) for 
 )
 def test_random_jobs_answer_the_orm_serializers_json(
     app,
-    settings,
     client,
     make_key,
+    make_job,
     sql,
     meta_data,
     name,
@@ -215,15 +213,7 @@ def test_random_jobs_answer_the_orm_serializers_json(
     viewer = make_key("VIEWER", customer="analysis", user="viewer", all_customers=True)
     sha256 = hashlib.sha256(uuid.uuid4().bytes).hexdigest()  # not `random`'s: hypothesis seeds it per example
     payload = synthetic.submission_payload("acme ✓", sha256, name=name, meta_data=meta_data)
-    with app.app_context(), unit_of_work(db.session) as session:
-        owner = ensure_customer(session, "acme ✓")
-        job_id, _ = service.create_job(
-            session,
-            settings,
-            submission=payload["submission"],
-            classification=payload["classification"],
-            customer=owner,
-        )
+    job_id = make_job("acme ✓", payload=payload)
     message, abort_reason, analysis = texts
     sql(
         "UPDATE jobs SET state = :state, abort_requested = :abort, message = :message, abort_reason = :reason, "
