@@ -21,6 +21,11 @@ _settings = Settings.from_env()
 # RabbitMQ needs no such timeout: it re-queues a message the moment its consumer's connection is gone.
 VISIBILITY_TIMEOUT_SECONDS = _settings.celery_visibility_timeout_seconds
 
+# Redis: the lock a worker holds while it puts abandoned messages back (kombu's unacked_mutex) expires after
+# this long, not kombu's 300 s. A worker cut off from Redis in the middle of that pass keeps the lock until it
+# expires, and no other worker restores anything meanwhile; one pass takes well under a second.
+UNACKED_RESTORE_LOCK_SECONDS = 30
+
 # A worker process takes up to this many ingest messages as one batch (workers.batching).
 INGEST_BATCH_SIZE = 100
 
@@ -51,6 +56,7 @@ def broker_options(url: str, sentinel_master: str | None = None) -> dict:
         # Look for abandoned messages often enough that a short visibility timeout is honoured.
         "unacked_restore_interval": max(1, min(10, VISIBILITY_TIMEOUT_SECONDS // 4)),
         "unacked_restore_throttle": 1,
+        "unacked_mutex_expire": UNACKED_RESTORE_LOCK_SECONDS,
         "socket_connect_timeout": 5,
         "socket_timeout": 30,
     }

@@ -201,3 +201,45 @@ def test_a_sender_configures_for_the_broker_it_sends_to_not_for_its_own_environm
     assert "visibility_timeout" in redis_client.conf.broker_transport_options
     assert countdown_for("amqp://mq/sampledb", 0.05) == 1.0 and countdown_for("amqp://mq/sampledb", 2.2) == 3.0
     assert countdown_for("redis://127.0.0.1:6379/9", 0.05) == 0.05
+
+
+def test_a_worker_cut_off_while_it_restores_abandoned_messages_holds_the_others_up_for_30_s_not_5_min(redis_url):
+    """Fault: a worker host cut off from Redis in the middle of its pass that puts abandoned messages back keeps
+    kombu's restore lock. Another worker restores a message taken and never acknowledged once that lock expires:
+    within UNACKED_RESTORE_LOCK_SECONDS here, where kombu's default held every redelivery up for 300 s."""
+    import time
+    import uuid
+
+    import kombu
+
+    prefix = f"test-{uuid.uuid4().hex[:8]}-"
+    options = {
+        **celeryconfig.broker_options(redis_url)["broker_transport_options"],
+        "visibility_timeout": 1,
+        "unacked_key": prefix + "unacked",
+        "unacked_index_key": prefix + "unacked_index",
+        "unacked_mutex_key": prefix + "unacked_mutex",
+    }
+    queue = prefix + "ingest"
+    with (
+        kombu.Connection(redis_url, transport_options=options) as cut_off,
+        kombu.Connection(redis_url, transport_options=options) as other,
+    ):
+        taken = cut_off.default_channel
+        kombu.Queue(queue, routing_key=queue)(taken).declare()
+        kombu.Producer(taken).publish({"n": 1}, routing_key=queue)
+        assert taken.basic_get(queue, no_ack=False) is not None  # taken, never acknowledged
+        # Cut off mid-restore: the lock it took is never released.
+        assert taken.client.lock(options["unacked_mutex_key"], timeout=taken.unacked_mutex_expire).acquire(
+            blocking=False
+        )
+        channel, started = other.default_channel, time.monotonic()
+        while channel.client.llen(queue) == 0 and time.monotonic() - started < 60:
+            channel.qos.restore_visible(num=None, interval=1)
+            time.sleep(0.5)
+        waited = time.monotonic() - started
+        try:
+            assert channel.client.llen(queue) == 1, "the abandoned message never went back to its queue"
+            assert waited <= celeryconfig.UNACKED_RESTORE_LOCK_SECONDS + 5, waited
+        finally:
+            channel.client.delete(queue, *(options[k] for k in ("unacked_key", "unacked_index_key")))
