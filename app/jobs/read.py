@@ -99,7 +99,7 @@ _FLAGS = sa.case(  # job_flags
     ),
     else_=_EMPTY,
 )
-JOB = _object(  # job_view
+JOB = _object(  # app.jobs.serialize.job_to_dict
     ("id", sa.cast(_jobs.c.id, sa.Text)),
     ("state", _jobs.c.state),
     ("flags", _FLAGS),
@@ -128,15 +128,9 @@ def as_text(json_value: sa.ColumnElement) -> sa.ColumnElement:
     return sa.cast(json_value, sa.Text)
 
 
-def page_of(ordered_ids: sa.Subquery, order_by: list) -> sa.ColumnElement:
-    """The JSON array of the jobs whose ids `ordered_ids` selects, in the order `order_by` (over its columns)."""
-    return as_text(
-        _or_empty(
-            sa.select(sa.func.json_agg(aggregate_order_by(JOB, *order_by)))
-            .select_from(JOINED.join(ordered_ids, ordered_ids.c.id == _jobs.c.id))
-            .scalar_subquery()
-        )
-    )
+def array_text(json_array: sa.ColumnElement) -> sa.ColumnElement:
+    """A JSON array (`json_agg`, null over no rows) as text, `[]` for no rows."""
+    return as_text(_or_empty(json_array))
 
 
 # Built once, with bind parameters: SQLAlchemy computes a statement's cache key once per statement

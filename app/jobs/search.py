@@ -189,9 +189,7 @@ def _statements(shape: _Shape) -> tuple[sa.Select, sa.Select]:
             ),
             else_=count.scalar_subquery(),
         )
-    return count, sa.select(
-        built.c.size, read.as_text(sa.func.coalesce(built.c.data, sa.literal_column("'[]'::json"))), matches
-    )
+    return count, sa.select(built.c.size, read.array_text(built.c.data), matches)
 
 
 def search_jobs(session: so.Session | sa.Connection, criteria: Criteria, scope: Scope) -> Page:

@@ -12,7 +12,7 @@ def user_info(user) -> dict | None:
 
 
 def task_to_dict(task) -> dict:
-    """`task` is a JobTask or anything with its column attributes (a Core row of app.jobs.read)."""
+    """`task` is a JobTask."""
     return {
         "id": str(task.id),
         "worker": task.worker,
@@ -31,37 +31,26 @@ def job_flags(job: Job) -> list[str]:
 
 
 def job_to_dict(job: Job) -> dict:
-    return job_view(
-        job,
-        customer=job.customer.to_info(),
-        tasks=[task_to_dict(t) for t in job.tasks],
-        last_updated_by=user_info(job.last_updated_by_user),
-        abort_requested_by=user_info(job.abort_requested_by_user),
-    )
-
-
-def job_view(
-    job, *, customer: dict, tasks: list[dict], last_updated_by: dict | None, abort_requested_by: dict | None
-) -> dict:
-    """The API's job: `job` is a Job or anything with its column attributes (a Core row of app.jobs.read)."""
+    """The API's job (the write paths' answers and the Kafka messages; the reads' JSON is PostgreSQL's,
+    app.jobs.read, and equals this after parsing)."""
     return {
         "id": str(job.id),
         "state": job.state,
         "flags": job_flags(job),
         "site": job.site,
         "analysedSample": {"id": job.sample_sha256, "size": job.sample_size},
-        "customer": customer,
+        "customer": job.customer.to_info(),
         "submission": job.submission,
         "classification": job.classification,
-        "tasks": tasks,
+        "tasks": [task_to_dict(t) for t in job.tasks],
         "options": job.options or [],
         "enqueuedTimestamp": job.enqueued_timestamp,
         "startTimestamp": job.start_timestamp,
         "endTimestamp": job.end_timestamp,
         "lastUpdatedTimestamp": job.last_updated_timestamp,
-        "lastUpdatedByUser": last_updated_by,
+        "lastUpdatedByUser": user_info(job.last_updated_by_user),
         "abortRequestedTimestamp": job.abort_requested_timestamp,
-        "abortRequestedByUser": abort_requested_by,
+        "abortRequestedByUser": user_info(job.abort_requested_by_user),
         "abortReason": job.abort_reason,
         "message": job.message,
     }
