@@ -38,6 +38,36 @@ def test_two_snapshots_name_the_line_whose_memory_grew(tmp_path):
     assert grown.size_diff > 5_000_000 and grown.traceback[0].lineno == GROWTH_LINE, grown
 
 
+POOLED = """
+import os, signal, time
+from workers import heap
+heap.trace_if_asked()
+kept = [["submission", n] for n in range(200_000)]  # small objects: pymalloc's arenas
+os.kill(os.getpid(), signal.SIGUSR2)
+time.sleep(0.5)
+"""
+
+
+def test_without_tracing_a_signal_writes_the_allocators_arenas_and_the_objects_by_type(tmp_path):
+    """SAMPLEDB_HEAP_TRACE_FRAMES=0: no tracemalloc (its cost would change what is measured), but what pymalloc
+    holds (arenas in use against bytes in live blocks) and which objects are alive, for a soak's diagnosis."""
+    subprocess.run(
+        [sys.executable, "-c", POOLED],
+        cwd=ROOT,
+        env={"SAMPLEDB_HEAP_SNAPSHOT_DIR": str(tmp_path), "SAMPLEDB_HEAP_TRACE_FRAMES": "0", "PATH": "/usr/bin:/bin"},
+        check=True,
+        timeout=60,
+    )
+    wait_for(lambda: len(list(tmp_path.glob("*.census"))) == 1, 10, "one census")
+    assert not list(tmp_path.glob("*.snapshot"))
+    (stats,) = tmp_path.glob("*.mallocstats")
+    arenas = next(line for line in stats.read_text().splitlines() if line.startswith("# arenas allocated current"))
+    assert int(arenas.split("=")[1].replace(",", "")) >= 10, arenas  # 200,000 lists take more than 10 MiB
+    (census,) = tmp_path.glob("*.census")
+    counts = {name: int(n) for n, name in (line.split("\t") for line in census.read_text().splitlines())}
+    assert counts["list"] >= 200_000, list(counts.items())[:5]
+
+
 def test_without_the_setting_nothing_is_traced(tmp_path):
     result = subprocess.run(
         [

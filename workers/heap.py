@@ -14,17 +14,20 @@ to that directory, `<pid>-<n>.snapshot`, each time it gets SIGUSR2. Two snapshot
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import ctypes.util
 import gc
 import itertools
 import os
 import signal
+import sys
 import time
 import tracemalloc
 from pathlib import Path
 
 SNAPSHOT_DIR_ENV = "SAMPLEDB_HEAP_SNAPSHOT_DIR"
+TRACE_FRAMES_ENV = "SAMPLEDB_HEAP_TRACE_FRAMES"  # 0: no tracemalloc, only the allocator's figures and the census
 TRIM_INTERVAL_SECONDS = 1.0
 
 _malloc_trim = None
@@ -56,12 +59,35 @@ def trace_if_asked() -> None:
     directory = os.environ.get(SNAPSHOT_DIR_ENV)
     if not directory:
         return
-    tracemalloc.start(25)
+    frames = int(os.environ.get(TRACE_FRAMES_ENV, "25"))
+    if frames:
+        tracemalloc.start(frames)
     numbers = itertools.count(1)
 
     def dump(_signum, _frame) -> None:
-        target = Path(directory) / f"{os.getpid()}-{next(numbers)}.snapshot"
+        base = Path(directory) / f"{os.getpid()}-{next(numbers)}"
         gc.collect()  # what is kept, not garbage awaiting a collection
-        tracemalloc.take_snapshot().dump(str(target))
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(f"{base}.snapshot")
+        _write_allocator_stats(Path(f"{base}.mallocstats"))
+        _write_census(Path(f"{base}.census"))
 
     signal.signal(signal.SIGUSR2, dump)
+
+
+def _write_allocator_stats(target: Path) -> None:
+    """pymalloc's arenas, pools and blocks by size class (sys._debugmallocstats writes them to C's stderr)."""
+    saved = os.dup(2)
+    try:
+        with target.open("wb") as out:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _write_census(target: Path) -> None:
+    """The objects the garbage collector tracks, counted by type, most numerous first."""
+    counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    target.write_text("".join(f"{n}\t{name}\n" for name, n in counts.most_common(200)))
