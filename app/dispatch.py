@@ -145,9 +145,9 @@ def wake(settings: Settings, flag: str, ttl_ms: int, send: Callable[[], None]) -
         raise
 
 
-def woken(settings: Settings, flag: str) -> None:
-    """The task `wake` sent under `flag` is about to read: later commits must wake it anew."""
+def woken(settings: Settings, *flags: str) -> None:
+    """The task `wake` sent under each of `flags` is about to read: later commits must wake it anew."""
     try:
-        redis_client(settings).delete(flag)
+        redis_client(settings).delete(*flags)
     except Exception:  # the flag expires on its own; until then beat's safety net does the work
-        log.warning("could not clear the wake-up flag %s", flag, exc_info=True)
+        log.warning("could not clear the wake-up flags %s", ", ".join(flags), exc_info=True)

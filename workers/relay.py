@@ -121,11 +121,13 @@ def relay_outbox(
     budget_seconds: float = 10.0,
     send_timeout: float = SEND_TIMEOUT_SECONDS,
     on_first_lock: Callable[[], None] | None = None,
+    another_batch_asked: Callable[[], bool] | None = None,
 ) -> RelayOutcome:
     """Relay due rows batch by batch until nothing more is due, nothing goes through or the budget ends.
 
     `on_first_lock` runs once the first batch holds the relay lock, before it reads the
-    outbox (the dispatcher clears its "relay pending" flag there).
+    outbox (the dispatcher clears its "relay pending" flag there). `another_batch_asked()`
+    runs when nothing is left due: True (a relay found the lock busy meanwhile) makes one more batch.
     """
     deadline = time.monotonic() + budget_seconds
     outcome = RelayOutcome()
@@ -143,8 +145,15 @@ def relay_outbox(
         if batch.oldest is not None:
             outcome.lag_ms = max(outcome.lag_ms, now_ms() - batch.oldest)
         # Nothing went through (the broker is away): the failed rows wait out their back-off.
-        # A short batch whose keys have no successors left nothing due behind it.
-        if not batch.sent or (batch.claimed < batch_size and not batch.successors):
+        if batch.claimed and not batch.sent:
+            break
+        # A short batch whose keys have no successors left nothing due behind it, but what the relays that
+        # found the lock busy meanwhile were woken for.
+        if (
+            batch.claimed < batch_size
+            and not batch.successors
+            and (another_batch_asked is None or not another_batch_asked())
+        ):
             break
         if time.monotonic() >= deadline:
             outcome.more = True

@@ -17,11 +17,10 @@ import time
 from contextlib import contextmanager
 
 import sqlalchemy.exc as sa_exc
-from celery.exceptions import MaxRetriesExceededError, SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.utils.time import get_exponential_backoff_interval
 
 import celeryconfig
-from app import dispatch
 from app.clock import now_ms
 from app.errors.database import TRANSIENT_ERROR_CLASSES, Outcome, outcome_of, refusal_text
 from app.extensions import current_settings, db
@@ -49,9 +48,6 @@ RETRY = {
 # Submissions one ingest transaction takes at most; the worker's prefetch grows by as many.
 INGEST_BATCH_SIZE = celeryconfig.INGEST_BATCH_SIZE
 RELAY_BUDGET_SECONDS = 10.0
-# A relay that finds another one mid-batch tries again this soon: rows committed after that one read the
-# outbox wait for it, and on the hot path that wait is their latency.
-RELAY_BUSY_RETRY_SECONDS = 0.05
 # Well inside the soft time limit; what is left waits for the next run.
 PURGE_BUDGET_SECONDS = 40.0
 # A woken drain of the pending REST submissions gives the wake-up flag up after this long (well inside the
@@ -406,21 +402,17 @@ def _ingest_alone(payload) -> list[ingest.IngestResult]:
 
 @celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
 def relay_outbox(self, triggered: bool = False) -> dict:
-    """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net)."""
+    """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net). A relay that finds
+    another one mid-batch leaves the rows to it (app.outbox.trigger): no retry."""
     settings = current_settings()
+    trigger.ask_for_another_batch(settings)
     outcome = relay.relay_outbox(
         db.session,
         settings,
         budget_seconds=RELAY_BUDGET_SECONDS,
         on_first_lock=lambda: trigger.relay_started(settings),
+        another_batch_asked=lambda: trigger.another_batch_asked(settings),
     )
-    if outcome.busy and triggered:
-        # Another relay is mid-batch; it may finish before reading the rows that triggered us.
-        try:
-            countdown = dispatch.countdown_for(settings.celery_broker, RELAY_BUSY_RETRY_SECONDS)
-            raise self.retry(countdown=countdown, max_retries=round(60 / countdown))
-        except MaxRetriesExceededError:
-            log.warning("relay lock busy for a minute; beat's safety net takes over")
     try:
         if outcome.more:
             trigger.send_relay(settings)
