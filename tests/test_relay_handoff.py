@@ -21,9 +21,8 @@ pytestmark = pytest.mark.committing  # the relay commits its batches, as in a wo
 
 
 def _write_row(app, topic: str, key: str) -> None:
-    with app.app_context():
-        with unit_of_work(db.session) as session:
-            add_message(session, topic, key, {"jobID": key})
+    with app.app_context(), unit_of_work(db.session) as session:
+        add_message(session, topic, key, {"jobID": key})
 
 
 def test_a_relay_that_finds_the_lock_busy_leaves_its_rows_to_the_holder_and_is_not_retried(
