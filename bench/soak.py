@@ -1,7 +1,9 @@
 """`make soak`: the service as `make run` runs it, under steady load with simulated analyzers, for a set time.
 
 It starts `sampledb-jobs dev` in a directory of its own (embedded servers unless SAMPLEDB_* URLs are
-set, as for `make run`), measures the capacity with analyzers for CALIBRATION_SUBMISSIONS submissions,
+set, as for `make run`) and sends every other submission over the REST API, the others as
+`sampledb.ingest_submission` messages, as the upstream sample service does (SOAK_INTAKE=rest or celery
+for one intake only). It measures the capacity with analyzers for CALIBRATION_SUBMISSIONS submissions,
 then offers half of it open-loop (each submission sent at its scheduled time, whatever the answers
 before it) for SOAK_MINUTES. Every SOAK_SAMPLE_SECONDS it samples the RSS of each of the service's
 processes and the service's own figures (`status --json`, the API's 5xx from its /metrics, the 202
@@ -12,8 +14,9 @@ RSS slope after the warm-up, in MB per 10,000 submissions.
 
 Settings (environment): SOAK_MINUTES (30), SOAK_RATE (submissions/s; default half the calibrated
 capacity), SOAK_WARMUP_MINUTES (5), SOAK_SAMPLE_SECONDS (60), SOAK_RESULTS (the JSON's path),
-SOAK_CHART (the chart's path). Other variables reach the service as they would reach `make run`
-(MALLOC_ARENA_MAX=2 make soak measures the service with that allocator setting).
+SOAK_CHART (the chart's path), SOAK_INTAKE (both, rest or celery). Other variables reach the service
+as they would reach `make run` (MALLOC_ARENA_MAX=2 make soak measures the service with that allocator
+setting).
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ from app.config import Settings, read_dev_env
 from app.dev.demo import TopicFollower
 from app.dev.processes import Child, free_port
 from app.dev.synthetic import random_submission
+from app.dispatch import BrokerUnavailable, send_ingest
+from app.intake.ingest import job_id_for
 from bench.machine import code_version, describe
 from bench.stats import percentile
 
@@ -73,6 +78,7 @@ class SoakConfig:
     sample_seconds: float
     results: Path
     chart: Path
+    intake: str = "both"
 
     @classmethod
     def from_env(cls, environ=os.environ) -> SoakConfig:
@@ -84,6 +90,7 @@ class SoakConfig:
             sample_seconds=float(environ.get("SOAK_SAMPLE_SECONDS", "60")),
             results=Path(environ.get("SOAK_RESULTS", REPO / "bench" / "results" / f"soak-{today}.json")),
             chart=Path(environ.get("SOAK_CHART", REPO / "docs" / "soak-rss.png")),
+            intake=_intake(environ.get("SOAK_INTAKE", "both")),
         )
 
 
@@ -181,13 +188,26 @@ class DevStack:
 # -- the load ----------------------------------------------------------------------------------
 
 
+INTAKES = ("both", "rest", "celery")
+
+
+def _intake(value: str) -> str:
+    if value not in INTAKES:
+        raise SystemExit(f"SOAK_INTAKE must be one of {', '.join(INTAKES)}, not {value!r}")
+    return value
+
+
 @dataclass
 class Load:
-    """Sends submissions over the REST API: open loop at `rate`, or as fast as LOAD_THREADS allow."""
+    """Sends submissions, open loop at `rate` or as fast as LOAD_THREADS allow, over the REST API, as
+    `sampledb.ingest_submission` messages (as the upstream sample service does), or every other one each way."""
 
     api_url: str
     key: str
     on_job: object  # called with each accepted job's id (the simulated analyzers' abort candidate)
+    settings: Settings | None = None  # the service's; needed for the Celery intake
+    intake: str = "rest"
+    published: int = 0  # submissions sent as Celery messages (the others went over REST)
     accepted: dict[str, str] = field(default_factory=dict)  # submission id -> job id
     latencies: list[tuple[float, float]] = field(default_factory=list)  # (time answered, 202 latency ms)
     failed: int = 0
@@ -195,11 +215,14 @@ class Load:
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _rng: random.Random = field(default_factory=lambda: random.Random(7))
 
-    def send(self, conn: http.client.HTTPConnection) -> http.client.HTTPConnection:
+    def send(self, conn: http.client.HTTPConnection, n: int) -> http.client.HTTPConnection:
         with self._lock:
             payload = random_submission(self._rng, meta_data={"source": "sampledb-jobs soak"}, user_agent="soak")
         submission_id = str(uuid.uuid4())
         payload["submission"]["id"] = submission_id
+        if self.intake == "celery" or (self.intake == "both" and n % 2):
+            self._publish(submission_id, payload)
+            return conn
         sha256 = payload["submission"]["sample"]["id"]
         headers = {"Content-Type": "application/json", "Argus-API-Key": self.key}
         at = time.time()
@@ -230,6 +253,20 @@ class Load:
             self.on_job(job_id)  # type: ignore[operator]
         return conn
 
+    def _publish(self, submission_id: str, payload: dict) -> None:
+        """One submission as a Celery message; its job's id is known before any worker made it (SPEC 6.1)."""
+        try:
+            send_ingest(self.settings, payload)
+        except BrokerUnavailable:
+            with self._lock:
+                self.failed += 1
+            return
+        job_id = str(job_id_for(submission_id))
+        with self._lock:
+            self.accepted[submission_id] = job_id
+            self.published += 1
+        self.on_job(job_id)  # type: ignore[operator]
+
     def connection(self) -> http.client.HTTPConnection:
         address = urllib.parse.urlsplit(self.api_url)
         return http.client.HTTPConnection(address.hostname, address.port, timeout=30)
@@ -252,7 +289,7 @@ class Load:
                         break
                     if due > time.time():
                         time.sleep(due - time.time())
-                conn = self.send(conn)
+                conn = self.send(conn, n)
             conn.close()
 
         threads = [threading.Thread(target=sender, daemon=True) for _ in range(LOAD_THREADS)]
@@ -402,7 +439,7 @@ def run(config: SoakConfig) -> int:
             settings.site,
             settings.kafka_client_options,
         )
-        load = Load(stack.api_url, stack.key, simulation.submitted)
+        load = Load(stack.api_url, stack.key, simulation.submitted, settings=settings, intake=config.intake)
 
         def final_count() -> int:
             return sum(
@@ -464,6 +501,7 @@ def run(config: SoakConfig) -> int:
         analysed = victim_aborted and states == collections.Counter(done=len(submission_ids) - 1, aborted=1)
         checks = {
             "submissionsAccepted": len(submission_ids),
+            "submissionsSentAsCeleryMessages": load.published,
             "submissionsRefusedOrFailed": load.failed,
             "clientServerErrors": load.server_errors,
             "apiServerErrors": stack.server_errors(),
@@ -495,6 +533,7 @@ def run(config: SoakConfig) -> int:
                 "rate": rate,
                 "calibratedCapacity": None if capacity is None else round(capacity, 1),
                 "mallocArenaMax": os.environ.get("MALLOC_ARENA_MAX"),
+                "intake": config.intake,
             },
             "processes": figures,
             "checks": checks,
