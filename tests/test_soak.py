@@ -45,6 +45,8 @@ def test_a_short_soak_loses_nothing_and_writes_its_results(tmp_path):
     checks = data["checks"]
     accepted = checks["submissionsAccepted"]
     assert accepted >= 140  # 5/s for 30 s, give or take the last second
+    # Both intakes: every other submission went as a sampledb.ingest_submission message, the others over REST.
+    assert abs(checks["submissionsSentAsCeleryMessages"] - accepted / 2) <= 2, checks
     assert checks["lostJobs"] == checks["duplicatedJobs"] == 0
     assert checks["jobsNotAnnounced"] == checks["creationMessagesDuplicated"] == 0
     assert checks["submissionsRefusedOrFailed"] == checks["clientServerErrors"] == checks["apiServerErrors"] == 0
