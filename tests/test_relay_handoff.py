@@ -14,6 +14,7 @@ from app.dev.kafka import read_topic
 from app.extensions import db
 from app.models import OutboxMessage
 from app.outbox.store import add_message
+from app.outbox.trigger import RELAY_PENDING_KEY
 from app.unit_of_work import unit_of_work
 from workers import relay, tasks
 
@@ -26,7 +27,7 @@ def _write_row(app, topic: str, key: str) -> None:
 
 
 def test_a_relay_that_finds_the_lock_busy_leaves_its_rows_to_the_holder_and_is_not_retried(
-    live_app, worker_settings, kafka_broker, monkeypatch
+    live_app, worker_settings, kafka_broker, redis_client, monkeypatch
 ):
     """Fault: a row is committed (and wakes a relay) while another relay holds the lock, after that one read the
     outbox. Before the fix the woken relay retried every 50 ms as a Celery retry (here, called directly, its
@@ -59,6 +60,9 @@ def test_a_relay_that_finds_the_lock_busy_leaves_its_rows_to_the_holder_and_is_n
         with live_app.app_context():
             woken = tasks.relay_outbox.run(triggered=True)  # the relay that commit woke
         assert woken["busy"] is True and woken["sent"] == 0, woken
+        # It woke for the second row's commit; the holder reads after it gave up, so a later commit must wake a
+        # relay anew, not find the wake-up flag still up (it would wait for the flag to expire, or for beat).
+        assert not redis_client.exists(RELAY_PENDING_KEY)
     finally:
         go_on.set()
         thread.join(60)

@@ -413,6 +413,8 @@ def relay_outbox(self, triggered: bool = False) -> dict:
         on_first_lock=lambda: trigger.relay_started(settings),
         another_batch_asked=lambda: trigger.another_batch_asked(settings),
     )
+    if outcome.busy:
+        trigger.left_to_holder(settings)
     try:
         if outcome.more:
             trigger.send_relay(settings)

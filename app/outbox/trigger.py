@@ -6,9 +6,11 @@ relay lock and before it reads the outbox. A broker outage never fails the commi
 A relay woken while another one is mid-batch must not lose the rows that woke it: the other one may have
 read the outbox before they were committed. It raises the flag `RELAY_AGAIN_KEY` before it tries the relay
 lock, and gives up if the lock is held; the holder, when it would end, takes the flag down and runs one more
-batch if it was up. (It used to try again every 50 ms as a Celery retry: each retry built an exception record
-that copies every frame's code positions, and those allocations, a few a second, kept the pool process growing
-(README, "Memory of a long run").)
+batch if it was up. Giving up, it clears the wake-up flag its commit raised: the holder reads after that,
+so later commits must wake a relay anew (else they would wait for the flag to expire, or for beat).
+
+It used to try again every 50 ms as a Celery retry. Each retry built an exception record that copies every
+frame's code positions; a few a second kept the pool process growing (README, "Memory of a long run").
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def ask_for_another_batch(settings: Settings) -> None:
         redis_client(settings).set(RELAY_AGAIN_KEY, "1", px=RELAY_AGAIN_TTL_MS)
     except Exception:  # this relay may still take the lock; if not, beat's safety net relays the rows
         log.warning("could not ask the relay for another batch", exc_info=True)
+
+
+def left_to_holder(settings: Settings) -> None:
+    """The relay found the lock busy and left its rows to the holder (asked before it tried): later commits wake
+    a relay of their own."""
+    woken(settings, RELAY_PENDING_KEY)
 
 
 def another_batch_asked(settings: Settings) -> bool:
