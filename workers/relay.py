@@ -23,6 +23,7 @@ the later rows of its key wait until `sampledb-jobs outbox retry` puts it back i
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -161,6 +162,11 @@ def relay_outbox(
     return outcome
 
 
+# The relay's conditions and its claim are built once: a batch runs for every few commits, and building them
+# anew made an alias of the outbox table (a Column object per column) twice a batch.
+
+
+@functools.cache
 def _earlier_unsent():
     """An earlier unsent row of the same key exists: the row must wait for it."""
     earlier = so.aliased(OutboxMessage)
@@ -171,6 +177,7 @@ def _earlier_unsent():
     )
 
 
+@functools.cache
 def _later_unsent():
     later = so.aliased(OutboxMessage)
     return (
@@ -180,6 +187,7 @@ def _later_unsent():
     )
 
 
+@functools.cache
 def _heads():
     """Unsent, unparked rows with no earlier unsent row of their key: the only rows the relay may send."""
     return sa.and_(OutboxMessage.sent_timestamp.is_(None), OutboxMessage.parked_timestamp.is_(None), ~_earlier_unsent())
@@ -195,23 +203,7 @@ def _relay_batch(
             return batch
         if on_lock is not None:
             on_lock()
-        rows = session.execute(
-            sa.select(
-                OutboxMessage.id,
-                OutboxMessage.event_id,
-                OutboxMessage.topic,
-                OutboxMessage.key,
-                OutboxMessage.value,
-                OutboxMessage.attempts,
-                OutboxMessage.refusals,
-                OutboxMessage.created_timestamp,
-                _later_unsent().label("has_successor"),
-            )
-            .where(_heads(), OutboxMessage.next_attempt_timestamp <= now_ms())
-            .order_by(OutboxMessage.id)
-            .limit(limit)
-            .with_for_update(of=OutboxMessage, skip_locked=True)
-        ).all()
+        rows = session.execute(_claim(limit), {"now": now_ms()}).all()
         batch.claimed = len(rows)
         if rows:
             batch.oldest = min(r.created_timestamp for r in rows)
@@ -222,6 +214,28 @@ def _relay_batch(
             batch.successors = any(r.has_successor for r in rows if r.id in acked_ids)
     metrics.count_relayed(batch.sent, batch.failed)
     return batch
+
+
+@functools.lru_cache(maxsize=8)
+def _claim(limit: int) -> sa.Select:
+    """The due heads, oldest first, locked; `now` is bound at each run."""
+    return (
+        sa.select(
+            OutboxMessage.id,
+            OutboxMessage.event_id,
+            OutboxMessage.topic,
+            OutboxMessage.key,
+            OutboxMessage.value,
+            OutboxMessage.attempts,
+            OutboxMessage.refusals,
+            OutboxMessage.created_timestamp,
+            _later_unsent().label("has_successor"),
+        )
+        .where(_heads(), OutboxMessage.next_attempt_timestamp <= sa.bindparam("now"))
+        .order_by(OutboxMessage.id)
+        .limit(limit)
+        .with_for_update(of=OutboxMessage, skip_locked=True)
+    )
 
 
 def _encode(value: dict) -> bytes:
