@@ -400,8 +400,8 @@ def _ingest_alone(payload) -> list[ingest.IngestResult]:
 # -- outbox relay -----------------------------------------------------------------------------
 
 
-@celery.task(name=TaskNames.RELAY_OUTBOX, bind=True, max_retries=3, **RETRY)
-def relay_outbox(self, triggered: bool = False) -> dict:
+@celery.task(name=TaskNames.RELAY_OUTBOX, max_retries=3, **RETRY)
+def relay_outbox(triggered: bool = False) -> dict:
     """Send due outbox rows to Kafka; `triggered` by a commit (vs. beat's safety net). A relay that finds
     another one mid-batch leaves the rows to it (app.outbox.trigger): no retry."""
     settings = current_settings()
