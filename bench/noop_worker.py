@@ -1,15 +1,20 @@
 """B3's broker baseline: a Celery app with one task that does nothing, configured like the service's
-(celeryconfig: its broker, JSON, acks_late, the broker's queue type and prefetch), consuming a queue of its own.
+(celeryconfig: its broker, JSON, acks_late, the broker's queue type and prefetch, the worker's Redis transport),
+consuming a queue of its own. BENCH_KOMBU_REDIS_TRANSPORT=1: kombu's own Redis transport instead
+(bench.redis_transport compares the two).
 
     celery -A bench.noop_worker worker -Q bench-noop -c 2
 """
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 from kombu import Exchange, Queue
 
 import celeryconfig
+from workers import redis_transport
 
 NOOP_TASK = "bench.noop"
 NOOP_QUEUE = "bench-noop"
@@ -41,6 +46,8 @@ def make_app(broker_url: str) -> Celery:
     return made
 
 
+if os.environ.get("BENCH_KOMBU_REDIS_TRANSPORT") != "1":
+    redis_transport.install()
 celery = make_app(celeryconfig.broker_url)
 
 

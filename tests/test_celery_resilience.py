@@ -153,9 +153,8 @@ def test_a_worker_killed_between_its_commit_and_its_ack_makes_no_second_job_and_
         blocker.execute(sa.text("LOCK TABLE jobs IN SHARE ROW EXCLUSIVE MODE"))  # ingest INSERTs now wait
         task_sender.send_many(TaskNames.INGEST_SUBMISSION, [[p] for p in payloads])
 
-        # Every message taken and recorded as unacknowledged before the main process is stopped: on Redis a
-        # message that reaches a stopped worker's BRPOP is in no list and in no unacked hash, and the SIGKILL
-        # loses it (kombu's window between the pop and the record, which a stop holds open).
+        # Every message taken and recorded as unacknowledged before the main process is stopped, so the
+        # killed worker held all 60 (workers.redis_transport records a message in the step that pops it).
         def all_taken() -> bool:
             waiting, unacked = broker_queues.counts()
             return waiting == 0 and unacked >= 60

@@ -23,7 +23,7 @@ from app.extensions import current_settings, db
 from app.factory import create_app
 from app.operations import sweep_runs
 from app.unit_of_work import unit_of_work
-from workers import heap, kafka, metrics_port
+from workers import heap, kafka, metrics_port, redis_transport
 
 # kafka-python narrates every connection at INFO; the relay logs what matters.
 logging.getLogger("kafka").setLevel(logging.WARNING)
@@ -59,6 +59,8 @@ class FlaskTask(Task):
             return self.run(*args, **kwargs)
 
 
+# Before the app makes its first broker connection: a message popped from Redis is recorded in the same step.
+redis_transport.install()
 celery = Celery("sampledb", task_cls=FlaskTask, include=["workers.tasks"])
 celery.config_from_object("celeryconfig")
 

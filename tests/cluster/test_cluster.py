@@ -238,6 +238,24 @@ def _made(site: Site, job_ids: list[str]) -> int:
     return site.sql("SELECT count(*) FROM jobs WHERE id = ANY(CAST(:ids AS uuid[]))", ids=job_ids)[0][0]
 
 
+def _ingest_state(site: Site, job_ids: list[str]) -> str:
+    """Where submissions not yet made are, for a failure message: the broker's ingest queue, the messages
+    delivered and not acknowledged, whether a restore of them is under way (kombu's mutex), dead ones."""
+    import redis
+
+    with site.cluster.inside("client"):
+        broker = redis.Redis.from_url(site.redis_url)
+        state = {
+            "made": _made(site, job_ids),
+            "queued": broker.llen("ingest"),
+            "unacknowledged": broker.hlen("unacked"),
+            "restore mutex held": bool(broker.exists("unacked_mutex")),
+            "dead": site.sql("SELECT count(*) FROM dead_submissions")[0][0],
+        }
+        broker.close()
+    return f"{state}; logs in {site.cluster.directory}"
+
+
 def _wait_relayed(site: Site, timeout: float, interval: float = 0.2) -> None:
     wait_for(
         lambda: site.sql("SELECT count(*) FROM outbox WHERE sent_timestamp IS NULL")[0][0] == 0,
@@ -350,7 +368,7 @@ def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site)
     wait_for(
         lambda: _made(site, job_ids) == len(job_ids),
         300,
-        f"{len(job_ids)} jobs (made so far: {_made(site, job_ids)})",
+        f"{len(job_ids)} jobs ({_ingest_state(site, job_ids)})",
         interval=1,
     )
     _wait_relayed(site, 120, interval=1)
