@@ -240,7 +240,8 @@ def _made(site: Site, job_ids: list[str]) -> int:
 
 def _ingest_state(site: Site, job_ids: list[str]) -> str:
     """Where submissions not yet made are, for a failure message: the broker's ingest queue, the messages
-    delivered and not acknowledged, whether a restore of them is under way (kombu's mutex), dead ones."""
+    delivered and not acknowledged, whether a restore of them is under way (kombu's mutex), REST submissions
+    not yet taken, dead ones."""
     import redis
 
     with site.cluster.inside("client"):
@@ -250,6 +251,7 @@ def _ingest_state(site: Site, job_ids: list[str]) -> str:
             "queued": broker.llen("ingest"),
             "unacknowledged": broker.hlen("unacked"),
             "restore mutex held": bool(broker.exists("unacked_mutex")),
+            "pending REST": site.sql("SELECT count(*) FROM pending_submissions")[0][0],
             "dead": site.sql("SELECT count(*) FROM dead_submissions")[0][0],
         }
         broker.close()
@@ -368,7 +370,7 @@ def test_a_worker_host_cut_off_mid_burst_loses_nothing_and_doubles_nothing(site)
     wait_for(
         lambda: _made(site, job_ids) == len(job_ids),
         300,
-        f"{len(job_ids)} jobs ({_ingest_state(site, job_ids)})",
+        lambda: f"{len(job_ids)} jobs ({_ingest_state(site, job_ids)})",
         interval=1,
     )
     _wait_relayed(site, 120, interval=1)
