@@ -49,15 +49,15 @@ def main() -> None:
     try:
         settings = bench_settings("postgresql+psycopg://unused@127.0.0.1:1/unused", SAMPLEDB_REDIS_URL=redis_server.url)
         pids = {"redis": redis_server.pid}
-        figures: dict[str, list] = {"kombu BRPOP": [], "recorded pop": []}
-        idle: dict[str, dict] = {}
+        envs = {
+            name: {**settings_env(settings), "BENCH_KOMBU_REDIS_TRANSPORT": stock}
+            for name, stock in (("kombu BRPOP", "1"), ("recorded pop", "0"))
+        }
+        figures: dict[str, list] = {name: [] for name in envs}
         for _ in range(args.rounds):
-            for name, stock in (("kombu BRPOP", "1"), ("recorded pop", "0")):
-                env = {**settings_env(settings), "BENCH_KOMBU_REDIS_TRANSPORT": stock}
+            for name, env in envs.items():
                 figures[name].append(noop_rate(settings, env, workdir, args.tasks, pids))
-        for name, stock in (("kombu BRPOP", "1"), ("recorded pop", "0")):
-            env = {**settings_env(settings), "BENCH_KOMBU_REDIS_TRANSPORT": stock}
-            idle[name] = idle_cpu(settings, env, workdir, redis_server.pid)
+        idle = {name: idle_cpu(settings, env, workdir, redis_server.pid) for name, env in envs.items()}
     finally:
         redis_server.stop()
 

@@ -83,16 +83,16 @@ class Channel(redis.Channel):
 
     def __init__(self, *args, **kwargs):
         self._recorded: set[str] = set()  # delivery tags the pop recorded in `unacked`, until QoS.append
+        self._no_ack_queues: set[str] = set()  # consumed without acknowledgements: kombu's BRPOP for them
         super().__init__(*args, **kwargs)
 
     def basic_consume(self, queue, no_ack, callback, consumer_tag, **kwargs):
         if no_ack:
-            self._no_ack_queues = {*getattr(self, "_no_ack_queues", set()), queue}
+            self._no_ack_queues.add(queue)
         return super().basic_consume(queue, no_ack, callback, consumer_tag, **kwargs)
 
     def _recorded_pop(self) -> bool:
-        no_ack: set = getattr(self, "_no_ack_queues", set())
-        return self.ack_emulation and not any(queue in no_ack for queue in self.active_queues)
+        return self.ack_emulation and self._no_ack_queues.isdisjoint(self.active_queues)
 
     def _prefixed(self, key: str) -> str:
         return self.global_keyprefix + key if self.global_keyprefix else key
